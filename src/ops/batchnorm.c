@@ -1,0 +1,449 @@
+// BatchNorm over NHWC activations: the scalar reference (always compiled, the judge of every SIMD
+// variant) and the driver that runs an ISA's row kernels over blocks of rows, across threads.
+//
+// Sizes: M = N*H*W rows, C channels. x, y, dy, dx: (M, C). Per-channel vectors: (C).
+#include "core/common.h"
+#include "ops/dispatch.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+bnl_bn_config bnl_bn_config_default(void) {
+    bnl_bn_config c;
+    c.eps = 1e-5f;
+    c.momentum = 0.9f;
+    c.cumulative = 0;
+    c.unbiased = 0;
+    c.use_scale = 1;
+    c.use_bias = 1;
+    c.relu = 0;
+    return c;
+}
+
+static bnl_status check_config(const bnl_bn_config *cfg, const char *who) {
+    if (!cfg) return bnl_fail(BNL_ERR_ARG, "%s: config is NULL", who);
+    if (!(cfg->eps > 0.0f) || !isfinite(cfg->eps))
+        return bnl_fail(BNL_ERR_ARG, "%s: eps must be a positive finite number (got %g)", who, (double)cfg->eps);
+    if (!(cfg->momentum >= 0.0f && cfg->momentum <= 1.0f))
+        return bnl_fail(BNL_ERR_ARG, "%s: momentum must be in [0, 1] (got %g)", who, (double)cfg->momentum);
+    return BNL_OK;
+}
+
+// Running statistics, in double as PyTorch's CPU kernel does. Flax/blog convention:
+// running = momentum*running + (1-momentum)*batch; cumulative: the average of all batches so far.
+static void update_running(float *running_mean, float *running_var, int64_t *num_batches_tracked,
+                           const float *mean, const double *var, size_t M, size_t C,
+                           const bnl_bn_config *cfg) {
+    int64_t tracked = num_batches_tracked ? *num_batches_tracked + 1 : 1;
+    if (num_batches_tracked) *num_batches_tracked = tracked;
+    double f = cfg->cumulative ? 1.0 / (double)tracked : 1.0 - (double)cfg->momentum;
+    double vscale = cfg->unbiased ? (double)M / (double)(M - 1) : 1.0;
+    for (size_t c = 0; c < C; c++) {
+        if (running_mean) running_mean[c] = (float)((1.0 - f) * running_mean[c] + f * mean[c]);
+        if (running_var) running_var[c] = (float)((1.0 - f) * running_var[c] + f * var[c] * vscale);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scalar reference: plain two-pass statistics in double, every formula written out.
+
+static void ref_forward_train(float *y, float *mean, float *invstd, double *var, const float *x,
+                              const float *gamma, const float *beta, size_t M, size_t C,
+                              const bnl_bn_config *cfg) {
+    for (size_t c = 0; c < C; c++) {
+        double s = 0.0;
+        for (size_t r = 0; r < M; r++) s += x[r * C + c];
+        double mu = s / (double)M;
+        double s2 = 0.0;
+        for (size_t r = 0; r < M; r++) {
+            double d = x[r * C + c] - mu;
+            s2 += d * d;
+        }
+        var[c] = s2 / (double)M;
+        mean[c] = (float)mu;
+        invstd[c] = (float)(1.0 / sqrt(var[c] + (double)cfg->eps));
+        double g = cfg->use_scale ? gamma[c] : 1.0, b = cfg->use_bias ? beta[c] : 0.0;
+        double is = 1.0 / sqrt(var[c] + (double)cfg->eps);
+        for (size_t r = 0; r < M; r++) {
+            double t = (x[r * C + c] - mu) * is * g + b;
+            if (cfg->relu && !(t > 0.0)) t = 0.0;
+            y[r * C + c] = (float)t;
+        }
+    }
+}
+
+static void ref_forward_eval(float *y, const float *x, const float *gamma, const float *beta,
+                             const float *rm, const float *rv, size_t M, size_t C,
+                             const bnl_bn_config *cfg) {
+    for (size_t c = 0; c < C; c++) {
+        double is = 1.0 / sqrt((double)rv[c] + (double)cfg->eps);
+        double g = cfg->use_scale ? gamma[c] : 1.0, b = cfg->use_bias ? beta[c] : 0.0;
+        for (size_t r = 0; r < M; r++) {
+            double t = ((double)x[r * C + c] - rm[c]) * is * g + b;
+            if (cfg->relu && !(t > 0.0)) t = 0.0;
+            y[r * C + c] = (float)t;
+        }
+    }
+}
+
+// Shared by train and eval backward. With batch statistics (train): the mean and variance depend
+// on x, giving the two correction terms; with running statistics (eval) they are constants.
+static void ref_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x,
+                         const float *gamma, const float *beta, const double *mean,
+                         const double *invstd, size_t M, size_t C, int train,
+                         const bnl_bn_config *cfg) {
+    for (size_t c = 0; c < C; c++) {
+        double g = cfg->use_scale ? gamma[c] : 1.0, b = cfg->use_bias ? beta[c] : 0.0;
+        double is = invstd[c], mu = mean[c];
+        double sum_g = 0.0, sum_gxhat = 0.0;
+        for (size_t r = 0; r < M; r++) {
+            double xhat = (x[r * C + c] - mu) * is;
+            double gr = dy[r * C + c];
+            if (cfg->relu && !(xhat * g + b > 0.0)) gr = 0.0;
+            sum_g += gr;
+            sum_gxhat += gr * xhat;
+        }
+        for (size_t r = 0; r < M; r++) {
+            double xhat = (x[r * C + c] - mu) * is;
+            double gr = dy[r * C + c];
+            if (cfg->relu && !(xhat * g + b > 0.0)) gr = 0.0;
+            double d = train ? g * is / (double)M * ((double)M * gr - sum_g - xhat * sum_gxhat) : g * is * gr;
+            dx[r * C + c] = (float)d;
+        }
+        if (dgamma && cfg->use_scale) dgamma[c] += (float)sum_gxhat;
+        if (dbeta && cfg->use_bias) dbeta[c] += (float)sum_g;
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// SIMD driver
+
+// Rows per block: about 64 KB of activations, so a block's second pass hits L2.
+static size_t block_rows(size_t C) {
+    size_t R = 16384 / C;
+    if (R < 16) R = 16;
+    if (R > 4096) R = 4096;
+    return R;
+}
+
+static int thread_count(size_t work_items) {
+    int t = bnl_threads_effective();
+    if ((size_t)t > work_items) t = (int)work_items;
+    return t < 1 ? 1 : t;
+}
+
+// Per-channel batch mean (float) and biased variance (double) by blocks merged with Chan's formula.
+static bnl_status simd_stats(float *mean, double *var, const bnl_bn_kernels *k, const float *x,
+                             size_t M, size_t C) {
+    size_t R = block_rows(C), nblocks = (M + R - 1) / R;
+    int T = thread_count(nblocks);
+    double *acc = bnl_calloc((size_t)T * 2 * C, sizeof(double));    // per thread: mean[C], m2[C]
+    double *cnt = bnl_calloc((size_t)T, sizeof(double));
+    float *scratch = bnl_calloc((size_t)T * 2 * C, sizeof(float));
+    if (!acc || !cnt || !scratch) {
+        bnl_free(acc), bnl_free(cnt), bnl_free(scratch);
+        return bnl_fail(BNL_ERR_NOMEM, "batchnorm: out of memory for statistics (C = %zu)", C);
+    }
+#ifdef _OPENMP
+#pragma omp parallel num_threads(T)
+#endif
+    {
+#ifdef _OPENMP
+        int t = omp_get_thread_num();
+#else
+        int t = 0;
+#endif
+        size_t b0 = nblocks * (size_t)t / (size_t)T, b1 = nblocks * (size_t)(t + 1) / (size_t)T;
+        double *am = acc + (size_t)t * 2 * C, *a2 = am + C;
+        float *bm = scratch + (size_t)t * 2 * C, *b2 = bm + C;
+        double na = 0.0;
+        for (size_t b = b0; b < b1; b++) {
+            size_t r0 = b * R, rows = r0 + R <= M ? R : M - r0;
+            k->block_stats(bm, b2, x + r0 * C, rows, C);
+            double nb = (double)rows, n = na + nb;
+            for (size_t c = 0; c < C; c++) {
+                double delta = (double)bm[c] - am[c];
+                am[c] += delta * nb / n;
+                a2[c] += (double)b2[c] + delta * delta * na * nb / n;
+            }
+            na = n;
+        }
+        cnt[t] = na;
+    }
+    // merge the threads' partial results in a fixed order: deterministic for a given thread count
+    double na = cnt[0];
+    for (int t = 1; t < T; t++) {
+        double nb = cnt[t], n = na + nb;
+        if (nb == 0.0) continue;
+        double *bm = acc + (size_t)t * 2 * C, *b2 = bm + C;
+        for (size_t c = 0; c < C; c++) {
+            double delta = bm[c] - acc[c];
+            acc[c] += delta * nb / n;
+            acc[C + c] += b2[c] + delta * delta * na * nb / n;
+        }
+        na = n;
+    }
+    for (size_t c = 0; c < C; c++) {
+        mean[c] = (float)acc[c];
+        double v = acc[C + c] / (double)M;
+        var[c] = v > 0.0 ? v : 0.0;
+    }
+    bnl_free(acc), bnl_free(cnt), bnl_free(scratch);
+    return BNL_OK;
+}
+
+static void simd_apply(const bnl_bn_kernels *k, float *y, const float *x, const float *mean,
+                       const float *scale, const float *beta, size_t M, size_t C, int relu) {
+    // Write around the cache when the output is far larger than the caches and is not the input.
+    int stream = y != x && M * C * sizeof(float) >= ((size_t)8 << 20);
+    int T = thread_count(M / 64 + 1);
+#ifdef _OPENMP
+#pragma omp parallel num_threads(T)
+#endif
+    {
+#ifdef _OPENMP
+        int t = omp_get_thread_num();
+#else
+        int t = 0;
+#endif
+        size_t r0 = M * (size_t)t / (size_t)T, r1 = M * (size_t)(t + 1) / (size_t)T;
+        if (r1 > r0) k->apply(y + r0 * C, x + r0 * C, mean, scale, beta, r1 - r0, C, relu, stream);
+    }
+}
+
+// Backward reduction: per-channel sum(g) and sum(g*(x-mean)), blocked, merged in double.
+static bnl_status simd_bwd_reduce(double *sum_g, double *sum_gxc, const bnl_bn_kernels *k,
+                                  const float *dy, const float *x, const float *mean,
+                                  const float *scale, const float *beta, size_t M, size_t C, int relu) {
+    size_t R = block_rows(C), nblocks = (M + R - 1) / R;
+    int T = thread_count(nblocks);
+    double *acc = bnl_calloc((size_t)T * 2 * C, sizeof(double));
+    float *scratch = bnl_calloc((size_t)T * 2 * C, sizeof(float));
+    if (!acc || !scratch) {
+        bnl_free(acc), bnl_free(scratch);
+        return bnl_fail(BNL_ERR_NOMEM, "batchnorm: out of memory for backward (C = %zu)", C);
+    }
+#ifdef _OPENMP
+#pragma omp parallel num_threads(T)
+#endif
+    {
+#ifdef _OPENMP
+        int t = omp_get_thread_num();
+#else
+        int t = 0;
+#endif
+        size_t b0 = nblocks * (size_t)t / (size_t)T, b1 = nblocks * (size_t)(t + 1) / (size_t)T;
+        double *ag = acc + (size_t)t * 2 * C, *agx = ag + C;
+        float *sg = scratch + (size_t)t * 2 * C, *sgx = sg + C;
+        for (size_t b = b0; b < b1; b++) {
+            size_t r0 = b * R, rows = r0 + R <= M ? R : M - r0;
+            k->bwd_reduce(sg, sgx, dy + r0 * C, x + r0 * C, mean, scale, beta, rows, C, relu);
+            for (size_t c = 0; c < C; c++) ag[c] += sg[c], agx[c] += sgx[c];
+        }
+    }
+    for (size_t c = 0; c < C; c++) {
+        double a = 0.0, b = 0.0;
+        for (int t = 0; t < T; t++) a += acc[(size_t)t * 2 * C + c], b += acc[(size_t)t * 2 * C + C + c];
+        sum_g[c] = a, sum_gxc[c] = b;
+    }
+    bnl_free(acc), bnl_free(scratch);
+    return BNL_OK;
+}
+
+static void simd_bwd_apply(const bnl_bn_kernels *k, float *dx, const float *dy, const float *x,
+                           const float *mean, const float *a, const float *b, const float *d,
+                           const float *scale, const float *beta, size_t M, size_t C, int relu) {
+    int T = thread_count(M / 64 + 1);
+#ifdef _OPENMP
+#pragma omp parallel num_threads(T)
+#endif
+    {
+#ifdef _OPENMP
+        int t = omp_get_thread_num();
+#else
+        int t = 0;
+#endif
+        size_t r0 = M * (size_t)t / (size_t)T, r1 = M * (size_t)(t + 1) / (size_t)T;
+        if (r1 > r0)
+            k->bwd_apply(dx + r0 * C, dy + r0 * C, x + r0 * C, mean, a, b, d, scale, beta, r1 - r0, C, relu);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Public entry points
+
+static bnl_status check_common(const char *who, const void *out, const void *in, const float *gamma,
+                               const float *beta, size_t M, size_t C, const bnl_bn_config *cfg) {
+    bnl_status s = check_config(cfg, who);
+    if (s != BNL_OK) return s;
+    if (!out || !in) return bnl_fail(BNL_ERR_ARG, "%s: input or output pointer is NULL", who);
+    if (M == 0 || C == 0) return bnl_fail(BNL_ERR_ARG, "%s: empty tensor (M = %zu, C = %zu)", who, M, C);
+    size_t n;
+    if (!bnl_mul_ok(M, C, &n) || !bnl_mul_ok(n, sizeof(float), &n))
+        return bnl_fail(BNL_ERR_ARG, "%s: tensor size M*C = %zu*%zu overflows", who, M, C);
+    if (cfg->use_scale && !gamma) return bnl_fail(BNL_ERR_ARG, "%s: gamma is NULL but use_scale is set", who);
+    if (cfg->use_bias && !beta) return bnl_fail(BNL_ERR_ARG, "%s: beta is NULL but use_bias is set", who);
+    return BNL_OK;
+}
+
+// Per-channel work arrays for the SIMD path: scale = gamma*invstd and an effective beta.
+typedef struct {
+    float *buf, *scale, *beta, *a, *b, *d, *mean;
+    double *dbl;
+} bn_work;
+
+static bnl_status work_alloc(bn_work *w, size_t C, const char *who) {
+    memset(w, 0, sizeof *w);
+    w->buf = bnl_calloc(6 * C, sizeof(float));
+    w->dbl = bnl_calloc(2 * C, sizeof(double));
+    if (!w->buf || !w->dbl) {
+        bnl_free(w->buf), bnl_free(w->dbl);
+        return bnl_fail(BNL_ERR_NOMEM, "%s: out of memory (C = %zu)", who, C);
+    }
+    w->scale = w->buf, w->beta = w->buf + C, w->a = w->buf + 2 * C, w->b = w->buf + 3 * C;
+    w->d = w->buf + 4 * C, w->mean = w->buf + 5 * C;
+    return BNL_OK;
+}
+
+static void work_free(bn_work *w) { bnl_free(w->buf), bnl_free(w->dbl); }
+
+static void fill_scale(bn_work *w, const float *gamma, const float *beta, const float *invstd,
+                       size_t C, const bnl_bn_config *cfg) {
+    for (size_t c = 0; c < C; c++) {
+        w->scale[c] = (cfg->use_scale ? gamma[c] : 1.0f) * invstd[c];
+        w->beta[c] = cfg->use_bias ? beta[c] : 0.0f;
+    }
+}
+
+bnl_status bnl_batchnorm_forward_train(float *y, float *mean, float *invstd, float *var_out,
+                                       float *running_mean, float *running_var,
+                                       int64_t *num_batches_tracked, const float *x,
+                                       const float *gamma, const float *beta, size_t M, size_t C,
+                                       const bnl_bn_config *cfg) {
+    const char *who = "batchnorm train forward";
+    bnl_status s = check_common(who, y, x, gamma, beta, M, C, cfg);
+    if (s != BNL_OK) return s;
+    if (!mean || !invstd) return bnl_fail(BNL_ERR_ARG, "%s: mean/invstd outputs are NULL", who);
+    if (M == 1)
+        return bnl_fail(BNL_ERR_BATCH,
+                        "%s: expected more than 1 value per channel when training (N*H*W = 1, C = %zu)", who, C);
+    bn_work w;
+    if ((s = work_alloc(&w, C, who)) != BNL_OK) return s;
+    double *var = w.dbl;
+    const bnl_bn_kernels *k = bnl_bn_kernels_for(bnl_isa_active());
+    if (!k) {
+        ref_forward_train(y, mean, invstd, var, x, gamma, beta, M, C, cfg);
+    } else {
+        if ((s = simd_stats(mean, var, k, x, M, C)) != BNL_OK) {
+            work_free(&w);
+            return s;
+        }
+        for (size_t c = 0; c < C; c++) invstd[c] = (float)(1.0 / sqrt(var[c] + (double)cfg->eps));
+        fill_scale(&w, gamma, beta, invstd, C, cfg);
+        simd_apply(k, y, x, mean, w.scale, w.beta, M, C, cfg->relu);
+    }
+    if (var_out)
+        for (size_t c = 0; c < C; c++) var_out[c] = (float)var[c];
+    update_running(running_mean, running_var, num_batches_tracked, mean, var, M, C, cfg);
+    work_free(&w);
+    return BNL_OK;
+}
+
+bnl_status bnl_batchnorm_forward_eval(float *y, const float *x, const float *gamma,
+                                      const float *beta, const float *running_mean,
+                                      const float *running_var, size_t M, size_t C,
+                                      const bnl_bn_config *cfg) {
+    const char *who = "batchnorm eval forward";
+    bnl_status s = check_common(who, y, x, gamma, beta, M, C, cfg);
+    if (s != BNL_OK) return s;
+    if (!running_mean || !running_var) return bnl_fail(BNL_ERR_ARG, "%s: running statistics are NULL", who);
+    const bnl_bn_kernels *k = bnl_bn_kernels_for(bnl_isa_active());
+    if (!k) {
+        ref_forward_eval(y, x, gamma, beta, running_mean, running_var, M, C, cfg);
+        return BNL_OK;
+    }
+    bn_work w;
+    if ((s = work_alloc(&w, C, who)) != BNL_OK) return s;
+    for (size_t c = 0; c < C; c++) w.a[c] = (float)(1.0 / sqrt((double)running_var[c] + (double)cfg->eps));
+    fill_scale(&w, gamma, beta, w.a, C, cfg);
+    simd_apply(k, y, x, running_mean, w.scale, w.beta, M, C, cfg->relu);
+    work_free(&w);
+    return BNL_OK;
+}
+
+bnl_status bnl_batchnorm_backward_train(float *dx, float *dgamma, float *dbeta, const float *dy,
+                                        const float *x, const float *mean, const float *invstd,
+                                        const float *gamma, const float *beta, size_t M, size_t C,
+                                        const bnl_bn_config *cfg) {
+    const char *who = "batchnorm train backward";
+    bnl_status s = check_common(who, dx, dy, gamma, beta, M, C, cfg);
+    if (s != BNL_OK) return s;
+    if (!x || !mean || !invstd) return bnl_fail(BNL_ERR_ARG, "%s: saved x/mean/invstd are NULL", who);
+    bn_work w;
+    if ((s = work_alloc(&w, C, who)) != BNL_OK) return s;
+    const bnl_bn_kernels *k = bnl_bn_kernels_for(bnl_isa_active());
+    if (!k) {
+        for (size_t c = 0; c < C; c++) w.dbl[c] = mean[c], w.dbl[C + c] = invstd[c];
+        ref_backward(dx, dgamma, dbeta, dy, x, gamma, beta, w.dbl, w.dbl + C, M, C, 1, cfg);
+        work_free(&w);
+        return BNL_OK;
+    }
+    fill_scale(&w, gamma, beta, invstd, C, cfg);
+    double *sum_g = w.dbl, *sum_gxc = w.dbl + C;
+    if ((s = simd_bwd_reduce(sum_g, sum_gxc, k, dy, x, mean, w.scale, w.beta, M, C, cfg->relu)) != BNL_OK) {
+        work_free(&w);
+        return s;
+    }
+    // dx = A*g + B*(x-mean) + D with A = gamma*invstd, B = -A*invstd^2*sum(g*(x-mean))/M, D = -A*sum(g)/M
+    for (size_t c = 0; c < C; c++) {
+        double A = w.scale[c], is = invstd[c];
+        w.a[c] = (float)A;
+        w.b[c] = (float)(-A * is * is * sum_gxc[c] / (double)M);
+        w.d[c] = (float)(-A * sum_g[c] / (double)M);
+        if (dgamma && cfg->use_scale) dgamma[c] += (float)(is * sum_gxc[c]);
+        if (dbeta && cfg->use_bias) dbeta[c] += (float)sum_g[c];
+    }
+    simd_bwd_apply(k, dx, dy, x, mean, w.a, w.b, w.d, w.scale, w.beta, M, C, cfg->relu);
+    work_free(&w);
+    return BNL_OK;
+}
+
+bnl_status bnl_batchnorm_backward_eval(float *dx, float *dgamma, float *dbeta, const float *dy,
+                                       const float *x, const float *gamma, const float *beta,
+                                       const float *running_mean, const float *running_var,
+                                       size_t M, size_t C, const bnl_bn_config *cfg) {
+    const char *who = "batchnorm eval backward";
+    bnl_status s = check_common(who, dx, dy, gamma, beta, M, C, cfg);
+    if (s != BNL_OK) return s;
+    if (!x || !running_mean || !running_var)
+        return bnl_fail(BNL_ERR_ARG, "%s: x or running statistics are NULL", who);
+    bn_work w;
+    if ((s = work_alloc(&w, C, who)) != BNL_OK) return s;
+    const bnl_bn_kernels *k = bnl_bn_kernels_for(bnl_isa_active());
+    if (!k) {
+        for (size_t c = 0; c < C; c++)
+            w.dbl[c] = running_mean[c], w.dbl[C + c] = 1.0 / sqrt((double)running_var[c] + (double)cfg->eps);
+        ref_backward(dx, dgamma, dbeta, dy, x, gamma, beta, w.dbl, w.dbl + C, M, C, 0, cfg);
+        work_free(&w);
+        return BNL_OK;
+    }
+    for (size_t c = 0; c < C; c++) w.mean[c] = (float)(1.0 / sqrt((double)running_var[c] + (double)cfg->eps));
+    fill_scale(&w, gamma, beta, w.mean, C, cfg);
+    double *sum_g = w.dbl, *sum_gxc = w.dbl + C;
+    if ((s = simd_bwd_reduce(sum_g, sum_gxc, k, dy, x, running_mean, w.scale, w.beta, M, C, cfg->relu)) != BNL_OK) {
+        work_free(&w);
+        return s;
+    }
+    for (size_t c = 0; c < C; c++) {
+        w.a[c] = w.scale[c], w.b[c] = 0.0f, w.d[c] = 0.0f;
+        if (dgamma && cfg->use_scale) dgamma[c] += (float)(w.mean[c] * sum_gxc[c]);
+        if (dbeta && cfg->use_bias) dbeta[c] += (float)sum_g[c];
+    }
+    simd_bwd_apply(k, dx, dy, x, running_mean, w.a, w.b, w.d, w.scale, w.beta, M, C, cfg->relu);
+    work_free(&w);
+    return BNL_OK;
+}

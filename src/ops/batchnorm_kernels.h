@@ -1,0 +1,35 @@
+// The BatchNorm kernel table: one per ISA, filled by batchnorm_impl.inc compiled with that ISA's
+// vector vocabulary. The driver (batchnorm.c) does the per-channel math, threading and dispatch;
+// kernels stream over rows. x, dy, y, dx: (rows, C) row-major NHWC views.
+#ifndef BNL_BATCHNORM_KERNELS_H
+#define BNL_BATCHNORM_KERNELS_H
+#include <stddef.h>
+
+typedef struct bnl_bn_kernels {
+    // Block statistics over rows [0, R): bmean[c] and m2[c] = sum (x - bmean)^2, shifted two-pass
+    // inside the block (the block is cache-resident on the second pass).
+    void (*block_stats)(float *bmean, float *m2, const float *x, size_t R, size_t C);
+    // y = (x - mean)*scale + beta, then max(.,0) if relu. stream: y is aligned and large, write
+    // around the cache (x86 non-temporal stores).
+    void (*apply)(float *y, const float *x, const float *mean, const float *scale,
+                  const float *beta, size_t R, size_t C, int relu, int stream);
+    // g = dy, masked where (x - mean)*scale + beta <= 0 if relu.
+    // sum_g[c] = sum g, sum_gxc[c] = sum g*(x - mean) over the R rows (written, not added).
+    void (*bwd_reduce)(float *sum_g, float *sum_gxc, const float *dy, const float *x,
+                       const float *mean, const float *scale, const float *beta, size_t R,
+                       size_t C, int relu);
+    // dx = a*g + b*(x - mean) + d, g as above.
+    void (*bwd_apply)(float *dx, const float *dy, const float *x, const float *mean,
+                      const float *a, const float *b, const float *d, const float *scale,
+                      const float *beta, size_t R, size_t C, int relu);
+} bnl_bn_kernels;
+
+#ifdef __x86_64__
+extern const bnl_bn_kernels bnl_bn_kernels__avx2;
+extern const bnl_bn_kernels bnl_bn_kernels__avx512;
+#endif
+#ifdef __wasm_simd128__
+extern const bnl_bn_kernels bnl_bn_kernels__wasmsimd;
+#endif
+
+#endif

@@ -1,0 +1,7 @@
+// Kernel tables per ISA; NULL means "use the scalar reference".
+#ifndef BNL_DISPATCH_H
+#define BNL_DISPATCH_H
+#include "bnlab.h"
+#include "ops/batchnorm_kernels.h"
+const bnl_bn_kernels *bnl_bn_kernels_for(bnl_isa isa);
+#endif

@@ -1,0 +1,69 @@
+// The ResNet ops other than BatchNorm (which is in bnlab.h), NHWC float32, forward and backward
+// side by side. Backward kernels WRITE dx and ADD into weight gradients (dw, db): a separate
+// zero-grad clears those. All return BNL_OK or an error status with bnl_last_error() set.
+// Sizes legend: N batch, H/W input height/width, C input channels, K output channels,
+// R/S kernel height/width, P/Q output height/width.
+#ifndef BNL_OPS_H
+#define BNL_OPS_H
+#include "bnlab.h"
+#include <stddef.h>
+#include <stdint.h>
+
+// ---- 2-D convolution, no bias (ResNet convs are followed by BatchNorm) -----------------------
+typedef struct bnl_conv_shape {
+    int N, H, W, C;      // input
+    int K, R, S;         // output channels, kernel size
+    int stride, pad;     // same in both directions
+    int P, Q;            // output size: (H + 2*pad - R)/stride + 1, (W + 2*pad - S)/stride + 1
+} bnl_conv_shape;
+
+// Fills P, Q and checks the numbers (positive sizes, output at least 1x1).
+bnl_status bnl_conv_shape_init(bnl_conv_shape *s, int N, int H, int W, int C, int K, int R, int S,
+                               int stride, int pad);
+// y: (N,P,Q,K)  x: (N,H,W,C)  w: (K,R,S,C) -- bnlab's OHWI layout (torch's OIHW is converted on load)
+bnl_status bnl_conv2d_forward(float *y, const float *x, const float *w, const bnl_conv_shape *s);
+// dx: (N,H,W,C) written (may be NULL: the stem needs no input gradient)  dw: (K,R,S,C) added
+bnl_status bnl_conv2d_backward(float *dx, float *dw, const float *dy, const float *x,
+                               const float *w, const bnl_conv_shape *s);
+
+// ---- GEMM: the kernel boundary convolutions and linear layers share --------------------------
+// C[M,N] (+)= A[M,K] * B^T where B is (N,K) row-major ("NT"); accumulate: 0 overwrite, 1 add.
+void bnl_gemm_nt(float *Cm, const float *A, const float *B, size_t M, size_t N, size_t K, int accumulate);
+// C[M,N] (+)= A[M,K] * B[K,N] ("NN").
+void bnl_gemm_nn(float *Cm, const float *A, const float *B, size_t M, size_t N, size_t K, int accumulate);
+// C[M,N] (+)= A^T * B where A is (K,M), B is (K,N) ("TN").
+void bnl_gemm_tn(float *Cm, const float *A, const float *B, size_t M, size_t N, size_t K, int accumulate);
+
+// ---- pooling ---------------------------------------------------------------------------------
+// Max pool kxk, stride, padding (padding never wins: -inf). y: (N,P,Q,C). argmax: (N,P,Q,C) int32
+// index into the (H*W) plane of the input, for backward; may be NULL in eval mode.
+bnl_status bnl_maxpool_forward(float *y, int32_t *argmax, const float *x, int N, int H, int W, int C,
+                               int k, int stride, int pad, int P, int Q);
+// dx: (N,H,W,C) written (zeroed, then dy scattered to the argmax positions)
+bnl_status bnl_maxpool_backward(float *dx, const float *dy, const int32_t *argmax, int N, int H, int W,
+                                int C, int P, int Q);
+// Global average pool: y: (N,C) = mean over H*W of x: (N,H,W,C)
+bnl_status bnl_avgpool_forward(float *y, const float *x, int N, int HW, int C);
+bnl_status bnl_avgpool_backward(float *dx, const float *dy, int N, int HW, int C);
+
+// ---- linear ----------------------------------------------------------------------------------
+// y: (N,O) = x: (N,I) * w^T + b, w: (O,I) as torch's fc.weight, b: (O) (may be NULL)
+bnl_status bnl_linear_forward(float *y, const float *x, const float *w, const float *b, int N, int I, int O);
+// dx: (N,I) written (may be NULL), dw: (O,I) added, db: (O) added (may be NULL)
+bnl_status bnl_linear_backward(float *dx, float *dw, float *db, const float *dy, const float *x,
+                               const float *w, int N, int I, int O);
+
+// ---- elementwise -----------------------------------------------------------------------------
+void bnl_relu_forward(float *y, const float *x, size_t n);                   // y may alias x
+void bnl_relu_backward(float *dx, const float *dy, const float *y, size_t n); // dx = dy*(y>0); may alias dy
+void bnl_add_forward(float *y, const float *a, const float *b, size_t n);    // y may alias a or b
+
+// ---- loss ------------------------------------------------------------------------------------
+// Softmax cross-entropy, mean over the batch. logits: (N,K), labels: (N) in [0,K) (else BNL_ERR_ARG
+// naming the row), probs: (N,K) softmax written for backward. *loss = mean of -log p[label].
+bnl_status bnl_softmax_xent_forward(float *loss, float *probs, const float *logits,
+                                    const int64_t *labels, int N, int K);
+// dlogits: (N,K) = (probs - onehot(labels)) / N
+bnl_status bnl_softmax_xent_backward(float *dlogits, const float *probs, const int64_t *labels, int N, int K);
+
+#endif
