@@ -1,0 +1,224 @@
+// bnlab.mjs: the JavaScript bridge to bnlab.wasm (the C core built with -msimd128, standalone).
+// One ES module, unchanged in Node 20+, browser pages and Web Workers. No Emscripten glue: we
+// instantiate the module ourselves with the few imports it lists.
+//
+//   import { createBnLab } from './bnlab.mjs';
+//   const lab = await createBnLab();                // or createBnLab({ wasmBytes })
+//   const { y, mean, var: v } = lab.batchNorm.forwardTrain(x, M, C, { gamma, beta });
+//
+// Errors are thrown as Error with the C core's message; the instance stays usable afterwards.
+
+const IS_NODE = typeof process !== 'undefined' && !!(process.versions && process.versions.node);
+
+async function loadWasmBytes() {
+  const url = new URL('./bnlab.wasm', import.meta.url);
+  if (IS_NODE && url.protocol === 'file:') {
+    const { readFile } = await import('node:fs/promises');
+    const { fileURLToPath } = await import('node:url');
+    return readFile(fileURLToPath(url));
+  }
+  const res = await fetch(url);
+  if (!res.ok) throw new Error(`bnlab: cannot fetch ${url}: HTTP ${res.status}`);
+  return new Uint8Array(await res.arrayBuffer());
+}
+
+// Imports the standalone module may list. Anything unexpected throws when called, naming itself,
+// rather than failing the instantiation.
+function makeImports(module, state) {
+  const known = {
+    env: {
+      emscripten_notify_memory_growth: () => {},   // views are re-made on every access
+    },
+    wasi_snapshot_preview1: {
+      fd_write: (fd, iov, iovcnt, pnum) => {
+        const mem = new DataView(state.memory.buffer);
+        let total = 0, text = '';
+        for (let i = 0; i < iovcnt; i++) {
+          const ptr = mem.getUint32(iov + 8 * i, true), len = mem.getUint32(iov + 8 * i + 4, true);
+          text += new TextDecoder().decode(new Uint8Array(state.memory.buffer, ptr, len));
+          total += len;
+        }
+        if (text) (fd === 2 ? console.error : console.log)(text.replace(/\n$/, ''));
+        mem.setUint32(pnum, total, true);
+        return 0;
+      },
+      fd_close: () => 0,
+      fd_seek: () => 70,   // ESPIPE: there are no files in the browser
+      fd_read: () => 8,    // EBADF
+      proc_exit: (code) => { throw new Error(`bnlab: wasm called exit(${code})`); },
+      environ_sizes_get: (pc, ps) => { const m = new DataView(state.memory.buffer); m.setUint32(pc, 0, true); m.setUint32(ps, 0, true); return 0; },
+      environ_get: () => 0,
+      clock_time_get: (id, prec, out) => {
+        const ns = BigInt(Math.round((typeof performance !== 'undefined' ? performance.now() : Date.now()) * 1e6));
+        new DataView(state.memory.buffer).setBigUint64(out, ns, true);
+        return 0;
+      },
+    },
+  };
+  const imports = {};
+  for (const imp of WebAssembly.Module.imports(module)) {
+    if (imp.kind !== 'function') continue;
+    imports[imp.module] ??= {};
+    const fn = known[imp.module] && known[imp.module][imp.name];
+    imports[imp.module][imp.name] = fn || (() => { throw new Error(`bnlab: wasm import ${imp.module}.${imp.name} is not provided`); });
+  }
+  return imports;
+}
+
+const BN_FLAG = { cumulative: 1, unbiased: 2, noScale: 4, noBias: 8, relu: 16 };
+
+function bnFlags(o) {
+  return (o.cumulative ? BN_FLAG.cumulative : 0) | (o.unbiased ? BN_FLAG.unbiased : 0) |
+    (o.useScale === false ? BN_FLAG.noScale : 0) | (o.useBias === false ? BN_FLAG.noBias : 0) |
+    (o.relu ? BN_FLAG.relu : 0);
+}
+
+export const ISA = Object.freeze({ scalar: 0, avx2: 1, avx512: 2, wasmsimd: 3 });
+
+export async function createBnLab(options = {}) {
+  const bytes = options.wasmBytes || await loadWasmBytes();
+  const module = await WebAssembly.compile(bytes);
+  const state = { memory: null };
+  const instance = await WebAssembly.instantiate(module, makeImports(module, state));
+  const ex = instance.exports;
+  state.memory = ex.memory;
+  if (ex._initialize) ex._initialize();
+  return new BnLab(ex, state);
+}
+
+class BnLab {
+  constructor(ex, state) {
+    this._ex = ex;
+    this._state = state;
+    this.batchNorm = new BatchNormOps(this);
+  }
+
+  get isa() { return this._cstr(this._ex.bnl_wasm_isa()); }
+  forceIsa(name) { this._check(this._ex.bnl_wasm_isa_force(ISA[name] ?? -1)); }
+  resetIsa() { this._ex.bnl_wasm_isa_reset(); }
+  // Bytes of wasm linear memory (grows, never shrinks).
+  get memoryBytes() { return this._ex.memory.buffer.byteLength; }
+
+  // ---- memory helpers (internal) --------------------------------------------------------------
+  _cstr(ptr) {
+    const mem = new Uint8Array(this._ex.memory.buffer);
+    let end = ptr;
+    while (mem[end]) end++;
+    return new TextDecoder().decode(mem.subarray(ptr, end));
+  }
+  _check(status) {
+    if (status !== 0) {
+      const msg = this._cstr(this._ex.bnl_wasm_last_error()) || this._cstr(this._ex.bnl_wasm_status_str(status));
+      throw new Error(`bnlab: ${msg}`);
+    }
+  }
+  _malloc(bytes) {
+    if (!Number.isSafeInteger(bytes) || bytes < 0 || bytes > 0xffff0000)
+      throw new Error(`bnlab: cannot allocate ${bytes} bytes in wasm memory (limit 4 GiB)`);
+    const p = this._ex.bnl_wasm_malloc(bytes);
+    if (!p) throw new Error(`bnlab: out of memory allocating ${bytes} bytes in wasm memory`);
+    return p;
+  }
+  _free(p) { if (p) this._ex.bnl_wasm_free(p); }
+  // Runs fn(alloc) and frees every allocation made through alloc, whatever happens.
+  _scoped(fn) {
+    const ptrs = [];
+    const alloc = (bytes) => { const p = this._malloc(bytes); ptrs.push(p); return p; };
+    try {
+      return fn(alloc);
+    } finally {
+      for (const p of ptrs) this._free(p);
+    }
+  }
+  _f32(ptr, n) { return new Float32Array(this._ex.memory.buffer, ptr, n); }
+  _putF32(alloc, arr, n, what) {
+    if (arr == null) return 0;
+    if (!(arr instanceof Float32Array)) arr = Float32Array.from(arr);
+    if (arr.length !== n) throw new Error(`bnlab: ${what} has ${arr.length} values, expected ${n}`);
+    const p = alloc(n * 4);
+    this._f32(p, n).set(arr);
+    return p;
+  }
+  _getF32(ptr, n) { return this._f32(ptr, n).slice(); }
+}
+
+function checkSizes(M, C) {
+  if (!Number.isInteger(M) || !Number.isInteger(C) || M <= 0 || C <= 0 || M * C > 0x3fffffff)
+    throw new Error(`bnlab: batchnorm sizes must be positive integers with M*C < 2^30 (got M=${M}, C=${C})`);
+}
+
+// BatchNorm on an NHWC activation viewed as (M = N*H*W, C). Options: gamma, beta (Float32Array C,
+// default 1 and 0), eps (1e-5), momentum (0.9, Flax convention), unbiased, cumulative, relu,
+// useScale, useBias, runningMean/runningVar (default 0 and 1), numBatchesTracked (0).
+class BatchNormOps {
+  constructor(lab) { this._lab = lab; }
+
+  forwardTrain(x, M, C, o = {}) {
+    checkSizes(M, C);
+    const L = this._lab;
+    return L._scoped((alloc) => {
+      const px = L._putF32(alloc, x, M * C, 'x');
+      const pg = L._putF32(alloc, o.gamma ?? new Float32Array(C).fill(1), C, 'gamma');
+      const pb = L._putF32(alloc, o.beta ?? new Float32Array(C), C, 'beta');
+      const prm = L._putF32(alloc, o.runningMean ?? new Float32Array(C), C, 'runningMean');
+      const prv = L._putF32(alloc, o.runningVar ?? new Float32Array(C).fill(1), C, 'runningVar');
+      const py = alloc(M * C * 4), pm = alloc(C * 4), pis = alloc(C * 4), pv = alloc(C * 4);
+      const pn = alloc(8);
+      new BigInt64Array(L._ex.memory.buffer, pn, 1)[0] = BigInt(o.numBatchesTracked ?? 0);
+      L._check(L._ex.bnl_wasm_bn_forward_train(py, pm, pis, pv, prm, prv, pn, px, pg, pb, M, C,
+        o.eps ?? 1e-5, o.momentum ?? 0.9, bnFlags(o)));
+      return {
+        y: L._getF32(py, M * C), mean: L._getF32(pm, C), var: L._getF32(pv, C), invstd: L._getF32(pis, C),
+        runningMean: L._getF32(prm, C), runningVar: L._getF32(prv, C),
+        numBatchesTracked: Number(new BigInt64Array(L._ex.memory.buffer, pn, 1)[0]),
+      };
+    });
+  }
+
+  forwardEval(x, M, C, o = {}) {
+    checkSizes(M, C);
+    const L = this._lab;
+    return L._scoped((alloc) => {
+      const px = L._putF32(alloc, x, M * C, 'x');
+      const pg = L._putF32(alloc, o.gamma ?? new Float32Array(C).fill(1), C, 'gamma');
+      const pb = L._putF32(alloc, o.beta ?? new Float32Array(C), C, 'beta');
+      const prm = L._putF32(alloc, o.runningMean ?? new Float32Array(C), C, 'runningMean');
+      const prv = L._putF32(alloc, o.runningVar ?? new Float32Array(C).fill(1), C, 'runningVar');
+      const py = alloc(M * C * 4);
+      L._check(L._ex.bnl_wasm_bn_forward_eval(py, px, pg, pb, prm, prv, M, C, o.eps ?? 1e-5, bnFlags(o)));
+      return L._getF32(py, M * C);
+    });
+  }
+
+  // saved: { mean, invstd } from forwardTrain.
+  backwardTrain(dy, x, saved, M, C, o = {}) {
+    checkSizes(M, C);
+    const L = this._lab;
+    return L._scoped((alloc) => {
+      const pdy = L._putF32(alloc, dy, M * C, 'dy'), px = L._putF32(alloc, x, M * C, 'x');
+      const pm = L._putF32(alloc, saved.mean, C, 'mean'), pis = L._putF32(alloc, saved.invstd, C, 'invstd');
+      const pg = L._putF32(alloc, o.gamma ?? new Float32Array(C).fill(1), C, 'gamma');
+      const pb = L._putF32(alloc, o.beta ?? new Float32Array(C), C, 'beta');
+      const pdx = alloc(M * C * 4), pdg = L._putF32(alloc, new Float32Array(C), C, 'dgamma');
+      const pdb = L._putF32(alloc, new Float32Array(C), C, 'dbeta');
+      L._check(L._ex.bnl_wasm_bn_backward_train(pdx, pdg, pdb, pdy, px, pm, pis, pg, pb, M, C, o.eps ?? 1e-5, bnFlags(o)));
+      return { dx: L._getF32(pdx, M * C), dgamma: L._getF32(pdg, C), dbeta: L._getF32(pdb, C) };
+    });
+  }
+
+  backwardEval(dy, x, M, C, o = {}) {
+    checkSizes(M, C);
+    const L = this._lab;
+    return L._scoped((alloc) => {
+      const pdy = L._putF32(alloc, dy, M * C, 'dy'), px = L._putF32(alloc, x, M * C, 'x');
+      const pg = L._putF32(alloc, o.gamma ?? new Float32Array(C).fill(1), C, 'gamma');
+      const pb = L._putF32(alloc, o.beta ?? new Float32Array(C), C, 'beta');
+      const prm = L._putF32(alloc, o.runningMean ?? new Float32Array(C), C, 'runningMean');
+      const prv = L._putF32(alloc, o.runningVar ?? new Float32Array(C).fill(1), C, 'runningVar');
+      const pdx = alloc(M * C * 4), pdg = L._putF32(alloc, new Float32Array(C), C, 'dgamma');
+      const pdb = L._putF32(alloc, new Float32Array(C), C, 'dbeta');
+      L._check(L._ex.bnl_wasm_bn_backward_eval(pdx, pdg, pdb, pdy, px, pg, pb, prm, prv, M, C, o.eps ?? 1e-5, bnFlags(o)));
+      return { dx: L._getF32(pdx, M * C), dgamma: L._getF32(pdg, C), dbeta: L._getF32(pdb, C) };
+    });
+  }
+}
