@@ -6,6 +6,9 @@
 // Layout: u64 LE header length L | L bytes of JSON (space padded) | data section.
 // Data may sit at any alignment in the buffer: every element is read with memcpy.
 // Little-endian host assumed (x86-64 and wasm32).
+#if !defined(_POSIX_C_SOURCE) && !defined(_GNU_SOURCE)
+#define _POSIX_C_SOURCE 200809L   // fileno, fsync, getpid under strict -std=c11
+#endif
 #include "io/safetensors.h"
 #include "core/common.h"
 
@@ -126,7 +129,7 @@ static int jstring(jparser *j, char **out) {
     const char *start = ++j->p;
     const char *q = start;
     while (q < j->end && *q != '"') {
-        if (*q == '\\') q++;   // the escaped char can't end the string
+        if (*q == '\\' && q + 1 < j->end) q++;   // the escaped char can't end the string
         q++;
     }
     if (q >= j->end) return jfail(j, "unterminated string");
@@ -531,10 +534,26 @@ static int cmp_by_name(const void *a, const void *b) {
     return x->idx < y->idx ? -1 : x->idx > y->idx;
 }
 
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
 // Duplicate names, offset coverage, then reorders tensors by data offset.
 static bnl_status finish(st_parse *s, const uint8_t *data) {
     bnl_st_file *f = s->f;
     size_t n = f->count;
+    if (f->meta_count > 1) {   // sorted copy of the keys: linear-log even for a hostile 100 MB header
+        char **keys = malloc(f->meta_count * sizeof *keys);
+        if (!keys) return bnl_fail(BNL_ERR_NOMEM, "safetensors: out of memory checking __metadata__");
+        memcpy(keys, f->meta_keys, f->meta_count * sizeof *keys);
+        qsort(keys, f->meta_count, sizeof *keys, cmp_str);
+        for (size_t i = 1; i < f->meta_count; i++)
+            if (strcmp(keys[i - 1], keys[i]) == 0) {
+                bnl_status st = bnl_fail(BNL_ERR_FORMAT,
+                                         "safetensors: __metadata__ must be a string->string map (duplicate key '%.100s')", keys[i]);
+                free(keys);
+                return st;
+            }
+        free(keys);
+    }
     if (n == 0) {
         if (s->data_len != 0)
             return bnl_fail(BNL_ERR_FORMAT, "safetensors: %zu trailing bytes in the data section (no tensor covers them)",
@@ -552,13 +571,6 @@ static bnl_status finish(st_parse *s, const uint8_t *data) {
             free(ord);
             return st;
         }
-    for (size_t i = 0; i < f->meta_count; i++)   // metadata maps are small: a quadratic check is fine
-        for (size_t k = 0; k < i; k++)
-            if (strcmp(f->meta_keys[i], f->meta_keys[k]) == 0) {
-                free(ord);
-                return bnl_fail(BNL_ERR_FORMAT, "safetensors: __metadata__ must be a string->string map (duplicate key '%.100s')",
-                                f->meta_keys[i]);
-            }
     qsort(ord, n, sizeof *ord, cmp_by_offset);
     uint64_t at = 0;
     for (size_t i = 0; i < n; i++) {
@@ -855,4 +867,334 @@ bnl_status bnl_read_file(const char *path, uint8_t **buf, size_t *len) {
     fclose(f);
     *buf = b, *len = n;
     return BNL_OK;
+}
+
+static char *st_strndup(const char *s, size_t n) {
+    char *d = malloc(n + 1);
+    if (d) memcpy(d, s, n), d[n] = 0;
+    return d;
+}
+static char *st_strdup(const char *s) { return st_strndup(s, strlen(s)); }
+
+// Writes parts[0..n) to PATH.tmp.<pid> in PATH's directory, fsyncs it, and renames it over PATH,
+// so PATH is always either the old file or the complete new one. On failure the temp file is removed.
+static bnl_status write_parts_atomic(const char *path, const void *const *parts, const size_t *lens, size_t n) {
+    if (!path || !*path) return bnl_fail(BNL_ERR_ARG, "write: empty output path");
+    size_t plen = strlen(path);
+    char *tmp = malloc(plen + 32);
+    if (!tmp) return bnl_fail(BNL_ERR_NOMEM, "%s: out of memory", path);
+#ifdef BNL_HAVE_POSIX
+    long pid = (long)getpid();
+#else
+    long pid = 0;
+#endif
+    snprintf(tmp, plen + 32, "%s.tmp.%ld", path, pid);
+    FILE *f = fopen(tmp, "wb");
+    if (!f) {
+        int e = errno;
+        free(tmp);
+        return bnl_fail(BNL_ERR_IO, "%s: cannot create temporary file: %s", path, strerror(e));
+    }
+    int e = 0;
+    const char *what = "cannot write";
+    for (size_t i = 0; i < n && !e; i++)
+        if (lens[i] && fwrite(parts[i], 1, lens[i], f) != lens[i]) e = errno ? errno : EIO;
+    if (!e && fflush(f) != 0) e = errno ? errno : EIO;
+#ifdef BNL_HAVE_POSIX
+    if (!e && fsync(fileno(f)) != 0) e = errno, what = "cannot sync";
+#endif
+    if (fclose(f) != 0 && !e) e = errno ? errno : EIO;
+    if (!e && rename(tmp, path) != 0) e = errno, what = "cannot rename the temporary file over it";
+    if (e) {
+        remove(tmp);
+        free(tmp);
+        return bnl_fail(BNL_ERR_IO, "%s: %s: %s", path, what, strerror(e));
+    }
+    free(tmp);
+#if defined(BNL_HAVE_POSIX) && !defined(__EMSCRIPTEN__)
+    // make the rename itself durable; best effort (some filesystems refuse to fsync directories)
+    {
+        const char *slash = strrchr(path, '/');
+        char *dir = slash ? st_strndup(path, slash == path ? 1 : (size_t)(slash - path)) : st_strdup(".");
+        if (dir) {
+            int fd = open(dir, O_RDONLY);
+            if (fd >= 0) {
+                (void)fsync(fd);
+                close(fd);
+            }
+            free(dir);
+        }
+    }
+#endif
+    return BNL_OK;
+}
+
+bnl_status bnl_write_file_atomic(const char *path, const uint8_t *buf, size_t len) {
+    if (!buf && len) return bnl_fail(BNL_ERR_ARG, "bnl_write_file_atomic: buffer is NULL");
+    const void *parts[1] = {buf};
+    return write_parts_atomic(path, parts, &len, 1);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writer
+
+typedef struct st_wtensor {
+    char *name;
+    bnl_dtype dtype;
+    int ndim;
+    int64_t shape[BNL_ST_MAX_DIMS];
+    size_t nbytes;
+    const void *data;
+} st_wtensor;
+
+struct bnl_st_writer {
+    st_wtensor *t;
+    size_t count, cap;
+    char **mk, **mv;
+    size_t mcount, mcap;
+};
+
+bnl_status bnl_st_writer_create(bnl_st_writer **out) {
+    if (!out) return bnl_fail(BNL_ERR_ARG, "bnl_st_writer_create: out is NULL");
+    *out = calloc(1, sizeof **out);
+    if (!*out) return bnl_fail(BNL_ERR_NOMEM, "safetensors writer: out of memory");
+    return BNL_OK;
+}
+
+void bnl_st_writer_free(bnl_st_writer *w) {
+    if (!w) return;
+    for (size_t i = 0; i < w->count; i++) free(w->t[i].name);
+    free(w->t);
+    for (size_t i = 0; i < w->mcount; i++) free(w->mk[i]), free(w->mv[i]);
+    free(w->mk);
+    free(w->mv);
+    free(w);
+}
+
+// Names and values must be valid UTF-8 (the header is JSON text) and non-empty names.
+static int valid_text(const char *s) { return utf8_invalid_at((const uint8_t *)s, strlen(s)) == SIZE_MAX; }
+
+bnl_status bnl_st_writer_add(bnl_st_writer *w, const char *name, bnl_dtype dt, int ndim,
+                             const int64_t *shape, const void *data) {
+    if (!w || !name) return bnl_fail(BNL_ERR_ARG, "safetensors writer: NULL writer or name");
+    if (!*name || strcmp(name, "__metadata__") == 0 || !valid_text(name))
+        return bnl_fail(BNL_ERR_ARG, "safetensors writer: invalid tensor name '%.100s' (empty, reserved or not UTF-8)", name);
+    if ((int)dt < 0 || (int)dt >= ST_NDTYPES)
+        return bnl_fail(BNL_ERR_ARG, "safetensors writer: tensor '%.100s': invalid dtype %d", name, (int)dt);
+    if (ndim < 0 || ndim > BNL_ST_MAX_DIMS || (ndim > 0 && !shape))
+        return bnl_fail(BNL_ERR_ARG, "safetensors writer: tensor '%.100s': ndim %d (need 0..%d and a shape)", name, ndim,
+                        BNL_ST_MAX_DIMS);
+    size_t nelem = 1;
+    int zero = 0;
+    for (int i = 0; i < ndim; i++) {
+        if (shape[i] < 0)
+            return bnl_fail(BNL_ERR_ARG, "safetensors writer: tensor '%.100s': negative dim %lld", name, (long long)shape[i]);
+        zero |= shape[i] == 0;
+    }
+    if (zero) nelem = 0;
+    else
+        for (int i = 0; i < ndim; i++)
+            if ((uint64_t)shape[i] > SIZE_MAX || !bnl_mul_ok(nelem, (size_t)shape[i], &nelem))
+                return bnl_fail(BNL_ERR_ARG, "safetensors writer: tensor '%.100s': shape too large", name);
+    size_t nbytes;
+    if (!bnl_mul_ok(nelem, bnl_dtype_size(dt), &nbytes))
+        return bnl_fail(BNL_ERR_ARG, "safetensors writer: tensor '%.100s': shape too large", name);
+    if (nbytes && !data) return bnl_fail(BNL_ERR_ARG, "safetensors writer: tensor '%.100s': data is NULL", name);
+    for (size_t i = 0; i < w->count; i++)
+        if (strcmp(w->t[i].name, name) == 0)
+            return bnl_fail(BNL_ERR_ARG, "safetensors writer: duplicate tensor name '%.100s'", name);
+    if (w->count == w->cap) {
+        size_t nc = w->cap ? 2 * w->cap : 64;
+        st_wtensor *nt = realloc(w->t, nc * sizeof *nt);
+        if (!nt) return bnl_fail(BNL_ERR_NOMEM, "safetensors writer: out of memory");
+        w->t = nt, w->cap = nc;
+    }
+    st_wtensor *t = &w->t[w->count];
+    memset(t, 0, sizeof *t);
+    t->name = st_strdup(name);
+    if (!t->name) return bnl_fail(BNL_ERR_NOMEM, "safetensors writer: out of memory");
+    t->dtype = dt;
+    t->ndim = ndim;
+    for (int i = 0; i < ndim; i++) t->shape[i] = shape[i];
+    t->nbytes = nbytes;
+    t->data = data;
+    w->count++;
+    return BNL_OK;
+}
+
+// Sets key to value (a later call for the same key replaces the value, as a dict would).
+bnl_status bnl_st_writer_meta(bnl_st_writer *w, const char *key, const char *value) {
+    if (!w || !key || !value) return bnl_fail(BNL_ERR_ARG, "safetensors writer: NULL writer, key or value");
+    if (!valid_text(key) || !valid_text(value))
+        return bnl_fail(BNL_ERR_ARG, "safetensors writer: metadata '%.100s' is not valid UTF-8", key);
+    char *v = st_strdup(value);
+    if (!v) return bnl_fail(BNL_ERR_NOMEM, "safetensors writer: out of memory");
+    for (size_t i = 0; i < w->mcount; i++)
+        if (strcmp(w->mk[i], key) == 0) {
+            free(w->mv[i]);
+            w->mv[i] = v;
+            return BNL_OK;
+        }
+    if (w->mcount == w->mcap) {
+        size_t nc = w->mcap ? 2 * w->mcap : 8;
+        char **nk = realloc(w->mk, nc * sizeof *nk);
+        if (nk) w->mk = nk;
+        char **nv = nk ? realloc(w->mv, nc * sizeof *nv) : NULL;
+        if (nv) w->mv = nv;
+        if (!nv) return free(v), bnl_fail(BNL_ERR_NOMEM, "safetensors writer: out of memory");
+        w->mcap = nc;
+    }
+    char *k = st_strdup(key);
+    if (!k) return free(v), bnl_fail(BNL_ERR_NOMEM, "safetensors writer: out of memory");
+    w->mk[w->mcount] = k;
+    w->mv[w->mcount] = v;
+    w->mcount++;
+    return BNL_OK;
+}
+
+// A growable byte string for the header.
+typedef struct sbuf {
+    char *p;
+    size_t n, cap;
+    int oom;
+} sbuf;
+
+static void sb_put(sbuf *b, const char *s, size_t n) {
+    if (b->oom) return;
+    if (n > SIZE_MAX - b->n - 1) { b->oom = 1; return; }
+    if (b->n + n + 1 > b->cap) {
+        size_t nc = b->cap ? b->cap : 256;
+        while (nc < b->n + n + 1) nc = nc > SIZE_MAX / 2 ? SIZE_MAX : nc * 2;
+        char *np = realloc(b->p, nc);
+        if (!np) { b->oom = 1; return; }
+        b->p = np, b->cap = nc;
+    }
+    memcpy(b->p + b->n, s, n);
+    b->n += n;
+    b->p[b->n] = 0;
+}
+
+static void sb_str(sbuf *b, const char *s) { sb_put(b, s, strlen(s)); }
+
+static void sb_json_string(sbuf *b, const char *s) {
+    sb_put(b, "\"", 1);
+    for (const unsigned char *p = (const unsigned char *)s; *p; p++) {
+        char esc[8];
+        switch (*p) {
+        case '"': sb_put(b, "\\\"", 2); break;
+        case '\\': sb_put(b, "\\\\", 2); break;
+        case '\n': sb_put(b, "\\n", 2); break;
+        case '\r': sb_put(b, "\\r", 2); break;
+        case '\t': sb_put(b, "\\t", 2); break;
+        case '\b': sb_put(b, "\\b", 2); break;
+        case '\f': sb_put(b, "\\f", 2); break;
+        default:
+            if (*p < 0x20) {
+                snprintf(esc, sizeof esc, "\\u%04x", *p);
+                sb_put(b, esc, 6);
+            } else {
+                sb_put(b, (const char *)p, 1);
+            }
+        }
+    }
+    sb_put(b, "\"", 1);
+}
+
+// Builds the header (padded with spaces to a multiple of 8, as the Python library does) and the
+// total data size. Tensors are laid out back to back in the order they were added.
+static bnl_status build_header(const bnl_st_writer *w, sbuf *hb, size_t *data_len) {
+    memset(hb, 0, sizeof *hb);
+    char num[64];
+    size_t off = 0;
+    sb_str(hb, "{");
+    if (w->mcount) {
+        sb_str(hb, "\"__metadata__\":{");
+        for (size_t i = 0; i < w->mcount; i++) {
+            if (i) sb_str(hb, ",");
+            sb_json_string(hb, w->mk[i]);
+            sb_str(hb, ":");
+            sb_json_string(hb, w->mv[i]);
+        }
+        sb_str(hb, "}");
+    }
+    for (size_t i = 0; i < w->count; i++) {
+        const st_wtensor *t = &w->t[i];
+        if (i || w->mcount) sb_str(hb, ",");
+        sb_json_string(hb, t->name);
+        sb_str(hb, ":{\"dtype\":\"");
+        sb_str(hb, bnl_dtype_name(t->dtype));
+        sb_str(hb, "\",\"shape\":[");
+        for (int d = 0; d < t->ndim; d++) {
+            snprintf(num, sizeof num, d ? ",%lld" : "%lld", (long long)t->shape[d]);
+            sb_str(hb, num);
+        }
+        if (t->nbytes > SIZE_MAX - off) {
+            free(hb->p);
+            return bnl_fail(BNL_ERR_ARG, "safetensors writer: total data size overflows");
+        }
+        snprintf(num, sizeof num, "],\"data_offsets\":[%zu,%zu]}", off, off + t->nbytes);
+        sb_str(hb, num);
+        off += t->nbytes;
+    }
+    sb_str(hb, "}");
+    while (!hb->oom && hb->n % 8) sb_str(hb, " ");
+    if (hb->oom) {
+        free(hb->p);
+        return bnl_fail(BNL_ERR_NOMEM, "safetensors writer: out of memory building the header");
+    }
+    *data_len = off;
+    return BNL_OK;
+}
+
+bnl_status bnl_st_writer_to_buffer(bnl_st_writer *w, uint8_t **buf, size_t *len) {
+    if (!w || !buf || !len) return bnl_fail(BNL_ERR_ARG, "bnl_st_writer_to_buffer: NULL argument");
+    *buf = NULL, *len = 0;
+    sbuf hb;
+    size_t dlen;
+    bnl_status st = build_header(w, &hb, &dlen);
+    if (st != BNL_OK) return st;
+    if (hb.n > SIZE_MAX - 8 || dlen > SIZE_MAX - 8 - hb.n) {
+        free(hb.p);
+        return bnl_fail(BNL_ERR_NOMEM, "safetensors writer: file size overflows");
+    }
+    size_t total = 8 + hb.n + dlen;
+    uint8_t *b = malloc(total);
+    if (!b) {
+        free(hb.p);
+        return bnl_fail(BNL_ERR_NOMEM, "safetensors writer: out of memory for %zu bytes", total);
+    }
+    uint64_t L = hb.n;
+    memcpy(b, &L, 8);
+    memcpy(b + 8, hb.p, hb.n);
+    size_t at = 8 + hb.n;
+    for (size_t i = 0; i < w->count; i++) {
+        if (w->t[i].nbytes) memcpy(b + at, w->t[i].data, w->t[i].nbytes);
+        at += w->t[i].nbytes;
+    }
+    free(hb.p);
+    *buf = b, *len = total;
+    return BNL_OK;
+}
+
+// Streams header and tensor data straight to the file: no second copy of the weights in memory.
+bnl_status bnl_st_writer_to_file(bnl_st_writer *w, const char *path) {
+    if (!w) return bnl_fail(BNL_ERR_ARG, "bnl_st_writer_to_file: writer is NULL");
+    sbuf hb;
+    size_t dlen;
+    bnl_status st = build_header(w, &hb, &dlen);
+    if (st != BNL_OK) return st;
+    size_t n = w->count + 2;
+    const void **parts = malloc(n * sizeof *parts);
+    size_t *lens = malloc(n * sizeof *lens);
+    if (!parts || !lens) {
+        free(parts), free(lens), free(hb.p);
+        return bnl_fail(BNL_ERR_NOMEM, "safetensors writer: out of memory");
+    }
+    uint64_t L = hb.n;
+    parts[0] = &L, lens[0] = 8;
+    parts[1] = hb.p, lens[1] = hb.n;
+    for (size_t i = 0; i < w->count; i++) parts[i + 2] = w->t[i].data, lens[i + 2] = w->t[i].nbytes;
+    st = write_parts_atomic(path, parts, lens, n);
+    free(parts), free(lens), free(hb.p);
+    return st;
 }
