@@ -27,5 +27,8 @@ int cli_error(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
 // Subcommands (src/cli/cmd_*.c). Each returns the process exit code.
 int cmd_bench(int argc, char **argv);
 int cmd_demo(int argc, char **argv);
+int cmd_info(int argc, char **argv);
+int cmd_infer(int argc, char **argv);
+int cmd_step(int argc, char **argv);
 
 #endif

@@ -12,6 +12,9 @@ typedef struct {
 
 static const command commands[] = {
     {"demo", cmd_demo, "BatchNorm demonstration: batch vs running statistics for a few batch sizes"},
+    {"info", cmd_info, "prints the ResNet architecture read from a safetensors file"},
+    {"infer", cmd_infer, "forward pass of a batch (eval or train mode); writes logits"},
+    {"step", cmd_step, "one SGD training step; writes the updated state"},
     {"bench", cmd_bench, "timings of the core kernels (key=value lines)"},
 };
 

@@ -1,0 +1,973 @@
+// torchvision ResNet in NHWC: layout from the state dict, forward, backward, SGD, save.
+// Sizes: N batch; H,W spatial; C channels; K classes; F features (fc input).
+#include "model/resnet.h"
+
+#include "core/common.h"
+#include "io/safetensors.h"
+#include "ops/ops.h"
+
+#include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define NAME_LEN 64
+
+typedef struct {
+    char name[NAME_LEN];   // "layer1.0.conv1" (".weight" appended in the file)
+    int cin, cout, k, stride, pad;
+    size_t w;              // params offset of (cout,k,k,cin), OHWI
+} conv_t;
+
+typedef struct {
+    char name[NAME_LEN];   // "layer1.0.bn1"
+    int C;
+    int relu;              // a ReLU follows directly: fused
+    size_t gamma, beta;    // params offsets
+    size_t rm, rv;         // stats offsets (running mean, running var)
+    size_t bm, bv, bis;    // batch offsets (batch mean, batch var, invstd saved for backward)
+    int64_t tracked;
+    // plan: input (the conv output) and output of this layer for the current batch shape
+    float *pre, *post;
+    int H, W;              // spatial size of its input
+} bn_t;
+
+typedef struct {
+    int conv1, conv2, conv3, dconv;   // indices (conv3/dconv -1 if absent)
+    int bn1, bn2, bn3, dbn;
+    int cin, cout, stride;
+    float *in, *out;                  // plan: block input and output
+    int Hin, Win, Hout, Wout;
+} block_t;
+
+typedef struct { size_t off, n; int decay; } segment_t;
+
+struct bnl_resnet {
+    bnl_resnet_info info;
+    conv_t *convs;
+    int nconv;
+    bn_t *bns;
+    int nbn;
+    block_t *blocks;
+    int nblocks;
+    size_t fc_w, fc_b;
+    segment_t *segs;
+    int nseg;
+    float *params, *grads, *mom;
+    float *stats;
+    float *batch;
+    int has_batch, has_tracked, training;
+    bnl_bn_config bn;
+    char **meta_k, **meta_v;
+    size_t nmeta;
+    // activation plan for (N,H,W,keep)
+    int pN, pH, pW, pkeep;
+    float *arena;
+    int32_t *argmax;
+    float *stem_pool, *feat, *probs, *grad_buf[4], *scratch;
+    int Hs, Ws, Hp, Wp;   // stem conv output, pool output
+};
+
+bnl_sgd bnl_sgd_default(void) {
+    bnl_sgd s = {0.1f, 0.0f, 0.0f, 0, 0};
+    return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Building the layout
+
+typedef struct {
+    bnl_resnet *m;
+    size_t np, ns, nb;   // running sizes of params, stats, batch buffers
+    int cap_conv, cap_bn, cap_seg;
+} builder;
+
+static int add_seg(builder *b, size_t off, size_t n, int decay) {
+    bnl_resnet *m = b->m;
+    if (m->nseg == b->cap_seg) {
+        int cap = b->cap_seg ? 2 * b->cap_seg : 64;
+        segment_t *s = realloc(m->segs, (size_t)cap * sizeof *s);
+        if (!s) return 0;
+        m->segs = s, b->cap_seg = cap;
+    }
+    m->segs[m->nseg++] = (segment_t){off, n, decay};
+    return 1;
+}
+
+static int add_conv(builder *b, const char *name, int cin, int cout, int k, int stride) {
+    bnl_resnet *m = b->m;
+    if (m->nconv == b->cap_conv) {
+        int cap = b->cap_conv ? 2 * b->cap_conv : 64;
+        conv_t *c = realloc(m->convs, (size_t)cap * sizeof *c);
+        if (!c) return -1;
+        m->convs = c, b->cap_conv = cap;
+    }
+    conv_t *c = &m->convs[m->nconv];
+    memset(c, 0, sizeof *c);
+    snprintf(c->name, NAME_LEN, "%s", name);
+    c->cin = cin, c->cout = cout, c->k = k, c->stride = stride, c->pad = k / 2;
+    c->w = b->np;
+    size_t n = (size_t)cout * (size_t)k * (size_t)k * (size_t)cin;
+    if (!add_seg(b, b->np, n, 1)) return -1;
+    b->np += n;
+    return m->nconv++;
+}
+
+static int add_bn(builder *b, const char *name, int C, int relu) {
+    bnl_resnet *m = b->m;
+    if (m->nbn == b->cap_bn) {
+        int cap = b->cap_bn ? 2 * b->cap_bn : 64;
+        bn_t *x = realloc(m->bns, (size_t)cap * sizeof *x);
+        if (!x) return -1;
+        m->bns = x, b->cap_bn = cap;
+    }
+    bn_t *x = &m->bns[m->nbn];
+    memset(x, 0, sizeof *x);
+    snprintf(x->name, NAME_LEN, "%s", name);
+    x->C = C, x->relu = relu;
+    x->gamma = b->np, x->beta = b->np + (size_t)C;
+    if (!add_seg(b, b->np, 2 * (size_t)C, 0)) return -1;
+    b->np += 2 * (size_t)C;
+    x->rm = b->ns, x->rv = b->ns + (size_t)C;
+    b->ns += 2 * (size_t)C;
+    x->bm = b->nb, x->bv = b->nb + (size_t)C, x->bis = b->nb + 2 * (size_t)C;
+    b->nb += 3 * (size_t)C;
+    return m->nbn++;
+}
+
+// Shape of a tensor in the file as text, for messages.
+static void shape_str(char *out, size_t cap, const bnl_st_tensor *t) {
+    size_t p = 0;
+    p += (size_t)snprintf(out + p, cap - p, "[");
+    for (int i = 0; i < t->ndim && p < cap; i++)
+        p += (size_t)snprintf(out + p, cap - p, "%s%lld", i ? "," : "", (long long)t->shape[i]);
+    if (p < cap) snprintf(out + p, cap - p, "]");
+}
+
+static const bnl_st_tensor *find_fmt(const bnl_st_file *f, char *name, size_t cap, const char *fmt, ...)
+    BNL_PRINTF(4, 5);
+static const bnl_st_tensor *find_fmt(const bnl_st_file *f, char *name, size_t cap, const char *fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(name, cap, fmt, ap);
+    va_end(ap);
+    return bnl_st_find(f, name);
+}
+
+// Checks a tensor's shape against the expected dims; names it in the message.
+static bnl_status expect_shape(const bnl_st_file *f, const char *name, int ndim, const int64_t *dims,
+                               const char *hint) {
+    const bnl_st_tensor *t = bnl_st_find(f, name);
+    if (!t) return bnl_fail(BNL_ERR_FORMAT, "missing tensor '%s'%s%s", name, hint ? ": " : "", hint ? hint : "");
+    int ok = t->ndim == ndim;
+    for (int i = 0; ok && i < ndim; i++) ok = t->shape[i] == dims[i];
+    if (!ok) {
+        char got[128], want[128];
+        shape_str(got, sizeof got, t);
+        size_t p = (size_t)snprintf(want, sizeof want, "[");
+        for (int i = 0; i < ndim && p < sizeof want; i++)
+            p += (size_t)snprintf(want + p, sizeof want - p, "%s%lld", i ? "," : "", (long long)dims[i]);
+        if (p < sizeof want) snprintf(want + p, sizeof want - p, "]");
+        return bnl_fail(BNL_ERR_SHAPE, "tensor '%s' has shape %s, expected %s for a torchvision ResNet%s%s", name,
+                        got, want, hint ? " " : "", hint ? hint : "");
+    }
+    if (t->dtype != BNL_DT_F32 && t->dtype != BNL_DT_F16 && t->dtype != BNL_DT_BF16 && t->dtype != BNL_DT_F64)
+        return bnl_fail(BNL_ERR_FORMAT, "tensor '%s' has dtype %s, expected a float type (F32, F16, BF16)", name,
+                        bnl_dtype_name(t->dtype));
+    return BNL_OK;
+}
+
+// Reads a 4-D conv weight's dims from the file (for layers whose widths the file decides).
+static bnl_status conv_dims(const bnl_st_file *f, const char *name, int64_t d[4]) {
+    const bnl_st_tensor *t = bnl_st_find(f, name);
+    if (!t) return bnl_fail(BNL_ERR_FORMAT, "missing tensor '%s'", name);
+    if (t->ndim != 4) {
+        char got[128];
+        shape_str(got, sizeof got, t);
+        return bnl_fail(BNL_ERR_SHAPE, "tensor '%s' has shape %s, expected a 4-D convolution weight [O,I,kh,kw]",
+                        name, got);
+    }
+    for (int i = 0; i < 4; i++) {
+        if (t->shape[i] <= 0 || t->shape[i] > 65536)
+            return bnl_fail(BNL_ERR_SHAPE, "tensor '%s' has an implausible dimension %lld", name, (long long)t->shape[i]);
+        d[i] = t->shape[i];
+    }
+    return BNL_OK;
+}
+
+static bnl_status check_conv(const bnl_st_file *f, const char *layer, int cin, int cout, int k, const char *hint) {
+    char name[192];
+    snprintf(name, sizeof name, "%s.weight", layer);
+    int64_t dims[4] = {cout, cin, k, k};
+    return expect_shape(f, name, 4, dims, hint);
+}
+
+static bnl_status check_bn(const bnl_st_file *f, const char *layer, int C) {
+    static const char *parts[] = {"weight", "bias", "running_mean", "running_var"};
+    char name[NAME_LEN + 32];
+    int64_t dims[1] = {C};
+    for (int i = 0; i < 4; i++) {
+        snprintf(name, sizeof name, "%s.%s", layer, parts[i]);
+        bnl_status s = expect_shape(f, name, 1, dims, NULL);
+        if (s != BNL_OK) return s;
+    }
+    return BNL_OK;
+}
+
+// Derives the architecture and checks every expected tensor; fills the layer tables.
+static bnl_status build_layout(bnl_resnet *m, const bnl_st_file *f) {
+    builder b;
+    memset(&b, 0, sizeof b);
+    b.m = m;
+    char name[160];
+    bnl_status s;
+    int64_t d[4];
+    bnl_resnet_info *info = &m->info;
+
+    if (!bnl_st_find(f, "conv1.weight"))
+        return bnl_fail(BNL_ERR_FORMAT, "missing tensor 'conv1.weight': not a torchvision ResNet state dict");
+    if ((s = conv_dims(f, "conv1.weight", d)) != BNL_OK) return s;
+    if (d[2] != 7 || d[3] != 7)
+        return bnl_fail(BNL_ERR_SHAPE, "tensor 'conv1.weight' has a %lldx%lld kernel, expected the 7x7 ResNet stem",
+                        (long long)d[2], (long long)d[3]);
+    info->stem_width = (int)d[0], info->in_channels = (int)d[1];
+    if (add_conv(&b, "conv1", info->in_channels, info->stem_width, 7, 2) < 0) goto oom;
+    if ((s = check_bn(f, "bn1", info->stem_width)) != BNL_OK) return s;
+    if (add_bn(&b, "bn1", info->stem_width, 1) < 0) goto oom;
+
+    info->bottleneck = bnl_st_find(f, "layer1.0.conv3.weight") != NULL;
+    int cin = info->stem_width, cap_blocks = 0;
+    for (int st = 0; st < BNL_MAX_STAGES; st++) {
+        if (!find_fmt(f, name, sizeof name, "layer%d.0.conv1.weight", st + 1)) break;
+        int nb = 0;
+        while (find_fmt(f, name, sizeof name, "layer%d.%d.conv1.weight", st + 1, nb)) nb++;
+        for (int bi = 0; bi < nb; bi++) {
+            char pre[NAME_LEN / 2], lname[NAME_LEN];
+            snprintf(pre, sizeof pre, "layer%d.%d", st + 1, bi);
+            int stride = (st > 0 && bi == 0) ? 2 : 1;
+            if (m->nblocks == cap_blocks) {
+                cap_blocks = cap_blocks ? 2 * cap_blocks : 32;
+                block_t *nbk = realloc(m->blocks, (size_t)cap_blocks * sizeof *nbk);
+                if (!nbk) goto oom;
+                m->blocks = nbk;
+            }
+            block_t *blk = &m->blocks[m->nblocks];
+            memset(blk, 0, sizeof *blk);
+            blk->cin = cin, blk->stride = stride, blk->conv3 = blk->bn3 = blk->dconv = blk->dbn = -1;
+            snprintf(lname, sizeof lname, "%s.conv1.weight", pre);
+            if ((s = conv_dims(f, lname, d)) != BNL_OK) return s;
+            int mid = (int)d[0], cout;
+            if (info->bottleneck) {
+                snprintf(lname, sizeof lname, "%s.conv3.weight", pre);
+                if ((s = conv_dims(f, lname, d)) != BNL_OK) {
+                    return bnl_fail(BNL_ERR_FORMAT,
+                                    "missing tensor '%s': layer1.0 is a bottleneck block, so every block needs conv3",
+                                    lname);
+                }
+                cout = (int)d[0];
+                snprintf(lname, sizeof lname, "%s.conv1", pre);
+                if ((s = check_conv(f, lname, cin, mid, 1, "(bottleneck 1x1)")) != BNL_OK) return s;
+                blk->conv1 = add_conv(&b, lname, cin, mid, 1, 1);
+                snprintf(lname, sizeof lname, "%s.bn1", pre);
+                if ((s = check_bn(f, lname, mid)) != BNL_OK) return s;
+                blk->bn1 = add_bn(&b, lname, mid, 1);
+                snprintf(lname, sizeof lname, "%s.conv2", pre);
+                if ((s = check_conv(f, lname, mid, mid, 3, "(3x3; grouped convolutions are not supported)")) != BNL_OK)
+                    return s;
+                blk->conv2 = add_conv(&b, lname, mid, mid, 3, stride);
+                snprintf(lname, sizeof lname, "%s.bn2", pre);
+                if ((s = check_bn(f, lname, mid)) != BNL_OK) return s;
+                blk->bn2 = add_bn(&b, lname, mid, 1);
+                snprintf(lname, sizeof lname, "%s.conv3", pre);
+                if ((s = check_conv(f, lname, mid, cout, 1, "(bottleneck 1x1)")) != BNL_OK) return s;
+                blk->conv3 = add_conv(&b, lname, mid, cout, 1, 1);
+                snprintf(lname, sizeof lname, "%s.bn3", pre);
+                if ((s = check_bn(f, lname, cout)) != BNL_OK) return s;
+                blk->bn3 = add_bn(&b, lname, cout, 0);
+            } else {
+                cout = mid;
+                snprintf(lname, sizeof lname, "%s.conv1", pre);
+                if ((s = check_conv(f, lname, cin, cout, 3, "(basic block 3x3)")) != BNL_OK) return s;
+                blk->conv1 = add_conv(&b, lname, cin, cout, 3, stride);
+                snprintf(lname, sizeof lname, "%s.bn1", pre);
+                if ((s = check_bn(f, lname, cout)) != BNL_OK) return s;
+                blk->bn1 = add_bn(&b, lname, cout, 1);
+                snprintf(lname, sizeof lname, "%s.conv2", pre);
+                if ((s = check_conv(f, lname, cout, cout, 3, "(basic block 3x3)")) != BNL_OK) return s;
+                blk->conv2 = add_conv(&b, lname, cout, cout, 3, 1);
+                snprintf(lname, sizeof lname, "%s.bn2", pre);
+                if ((s = check_bn(f, lname, cout)) != BNL_OK) return s;
+                blk->bn2 = add_bn(&b, lname, cout, 0);
+            }
+            snprintf(lname, sizeof lname, "%s.downsample.0.weight", pre);
+            int has_down = bnl_st_find(f, lname) != NULL;
+            if (!has_down && (stride != 1 || cin != cout))
+                return bnl_fail(BNL_ERR_FORMAT,
+                                "missing tensor '%s': block %s changes %s (%d -> %d channels, stride %d) and needs a downsample",
+                                lname, pre, stride != 1 ? "resolution" : "width", cin, cout, stride);
+            if (has_down) {
+                snprintf(lname, sizeof lname, "%s.downsample.0", pre);
+                if ((s = check_conv(f, lname, cin, cout, 1, "(downsample 1x1)")) != BNL_OK) return s;
+                blk->dconv = add_conv(&b, lname, cin, cout, 1, stride);
+                m->convs[blk->dconv].pad = 0;
+                snprintf(lname, sizeof lname, "%s.downsample.1", pre);
+                if ((s = check_bn(f, lname, cout)) != BNL_OK) return s;
+                blk->dbn = add_bn(&b, lname, cout, 0);
+            }
+            if (blk->conv1 < 0 || blk->bn1 < 0 || blk->conv2 < 0 || blk->bn2 < 0) goto oom;
+            blk->cout = cout;
+            cin = cout;
+            m->nblocks++;
+        }
+        info->blocks[st] = nb;
+        info->widths[st] = cin;
+        info->num_stages = st + 1;
+    }
+    if (info->num_stages == 0)
+        return bnl_fail(BNL_ERR_FORMAT, "missing tensor 'layer1.0.conv1.weight': a ResNet needs at least one stage");
+    if (find_fmt(f, name, sizeof name, "layer%d.0.conv1.weight", BNL_MAX_STAGES + 1))
+        return bnl_fail(BNL_ERR_SHAPE, "more than %d stages are not supported", BNL_MAX_STAGES);
+
+    const bnl_st_tensor *fw = bnl_st_find(f, "fc.weight");
+    if (!fw) return bnl_fail(BNL_ERR_FORMAT, "missing tensor 'fc.weight'");
+    if (fw->ndim != 2 || fw->shape[0] <= 0 || fw->shape[0] > 1000000)
+        return bnl_fail(BNL_ERR_SHAPE, "tensor 'fc.weight' must be 2-D [classes, features]");
+    info->num_classes = (int)fw->shape[0];
+    info->num_features = cin;
+    int64_t fdims[2] = {info->num_classes, cin}, bdims[1] = {info->num_classes};
+    if ((s = expect_shape(f, "fc.weight", 2, fdims, "(features = last stage width)")) != BNL_OK) return s;
+    if ((s = expect_shape(f, "fc.bias", 1, bdims, NULL)) != BNL_OK) return s;
+    m->fc_w = b.np;
+    if (!add_seg(&b, b.np, (size_t)info->num_classes * (size_t)cin, 1)) goto oom;
+    b.np += (size_t)info->num_classes * (size_t)cin;
+    m->fc_b = b.np;
+    if (!add_seg(&b, b.np, (size_t)info->num_classes, 0)) goto oom;
+    b.np += (size_t)info->num_classes;
+
+    info->num_bn = m->nbn;
+    info->num_params = b.np;
+    info->num_stats = b.ns;
+    m->params = bnl_calloc(b.np, sizeof(float));
+    m->grads = bnl_calloc(b.np, sizeof(float));
+    m->mom = bnl_calloc(b.np, sizeof(float));
+    m->stats = bnl_calloc(b.ns, sizeof(float));
+    m->batch = bnl_calloc(b.nb, sizeof(float));
+    if (!m->params || !m->grads || !m->mom || !m->stats || !m->batch) goto oom;
+    return BNL_OK;
+oom:
+    return bnl_fail(BNL_ERR_NOMEM, "out of memory building the ResNet layout");
+}
+
+// Every tensor in the file must be one we expect: names the first unexpected one.
+static bnl_status check_unexpected(const bnl_resnet *m, const bnl_st_file *f) {
+    static const char *bn_parts[] = {"weight", "bias", "running_mean", "running_var", "num_batches_tracked"};
+    char name[160];
+    for (size_t i = 0; i < f->count; i++) {
+        const char *n = f->tensors[i].name;
+        int ok = !strcmp(n, "fc.weight") || !strcmp(n, "fc.bias");
+        for (int c = 0; !ok && c < m->nconv; c++) {
+            snprintf(name, sizeof name, "%s.weight", m->convs[c].name);
+            ok = !strcmp(n, name);
+        }
+        for (int b = 0; !ok && b < m->nbn; b++)
+            for (int p = 0; !ok && p < 5; p++) {
+                snprintf(name, sizeof name, "%s.%s", m->bns[b].name, bn_parts[p]);
+                ok = !strcmp(n, name);
+            }
+        if (!ok)
+            return bnl_fail(BNL_ERR_FORMAT, "unexpected tensor '%s': not part of the torchvision ResNet read from this file",
+                            n);
+    }
+    return BNL_OK;
+}
+
+static bnl_status load_values(bnl_resnet *m, const bnl_st_file *f) {
+    char name[160];
+    bnl_status s;
+    float *tmp = NULL;
+    size_t tmp_n = 0;
+    for (int c = 0; c < m->nconv; c++) {
+        const conv_t *cv = &m->convs[c];
+        snprintf(name, sizeof name, "%s.weight", cv->name);
+        const bnl_st_tensor *t = bnl_st_find(f, name);
+        if (t->nelem > tmp_n) {
+            bnl_free(tmp);
+            tmp_n = t->nelem;
+            if (!(tmp = bnl_alloc(tmp_n * sizeof(float)))) return bnl_fail(BNL_ERR_NOMEM, "out of memory loading '%s'", name);
+        }
+        if ((s = bnl_st_to_f32(tmp, t)) != BNL_OK) {
+            bnl_free(tmp);
+            return s;
+        }
+        // torch OIHW -> bnlab OHWI
+        float *w = m->params + cv->w;
+        int K = cv->cout, C = cv->cin, R = cv->k;
+        for (int o = 0; o < K; o++)
+            for (int i = 0; i < C; i++)
+                for (int r = 0; r < R; r++)
+                    for (int q = 0; q < R; q++)
+                        w[(((size_t)o * R + r) * R + q) * C + i] = tmp[(((size_t)o * C + i) * R + r) * R + q];
+    }
+    bnl_free(tmp);
+    m->has_tracked = 0;
+    for (int b = 0; b < m->nbn; b++) {
+        bn_t *x = &m->bns[b];
+        struct { const char *part; float *dst; } parts[] = {
+            {"weight", m->params + x->gamma}, {"bias", m->params + x->beta},
+            {"running_mean", m->stats + x->rm}, {"running_var", m->stats + x->rv}};
+        for (int p = 0; p < 4; p++) {
+            snprintf(name, sizeof name, "%s.%s", x->name, parts[p].part);
+            if ((s = bnl_st_to_f32(parts[p].dst, bnl_st_find(f, name))) != BNL_OK) return s;
+        }
+        for (int c = 0; c < x->C; c++)
+            if (!(m->stats[x->rv + c] >= 0.0f) || !isfinite(m->stats[x->rv + c]))
+                return bnl_fail(BNL_ERR_NUMERIC, "tensor '%s.running_var' has a negative or non-finite value at [%d]",
+                                x->name, c);
+        snprintf(name, sizeof name, "%s.num_batches_tracked", x->name);
+        const bnl_st_tensor *t = bnl_st_find(f, name);
+        x->tracked = 0;
+        if (t) {
+            if (t->nelem != 1)
+                return bnl_fail(BNL_ERR_SHAPE, "tensor '%s' must hold one integer (shape [])", name);
+            if ((s = bnl_st_to_i64(&x->tracked, t)) != BNL_OK) return s;
+            m->has_tracked = 1;
+        }
+    }
+    if ((s = bnl_st_to_f32(m->params + m->fc_w, bnl_st_find(f, "fc.weight"))) != BNL_OK) return s;
+    if ((s = bnl_st_to_f32(m->params + m->fc_b, bnl_st_find(f, "fc.bias"))) != BNL_OK) return s;
+    return BNL_OK;
+}
+
+static bnl_status copy_meta(bnl_resnet *m, const bnl_st_file *f) {
+    if (!f->meta_count) return BNL_OK;
+    m->meta_k = calloc(f->meta_count, sizeof(char *));
+    m->meta_v = calloc(f->meta_count, sizeof(char *));
+    if (!m->meta_k || !m->meta_v) return bnl_fail(BNL_ERR_NOMEM, "out of memory copying metadata");
+    for (size_t i = 0; i < f->meta_count; i++) {
+        m->meta_k[i] = strdup(f->meta_keys[i]);
+        m->meta_v[i] = strdup(f->meta_values[i]);
+        m->nmeta = i + 1;
+        if (!m->meta_k[i] || !m->meta_v[i]) return bnl_fail(BNL_ERR_NOMEM, "out of memory copying metadata");
+    }
+    return BNL_OK;
+}
+
+static bnl_status load_from(bnl_resnet **out, const bnl_st_file *f) {
+    bnl_resnet *m = calloc(1, sizeof *m);
+    if (!m) return bnl_fail(BNL_ERR_NOMEM, "out of memory allocating the model");
+    m->bn = bnl_bn_config_default();
+    m->training = 0;
+    bnl_status s = build_layout(m, f);
+    if (s == BNL_OK) s = check_unexpected(m, f);
+    if (s == BNL_OK) s = load_values(m, f);
+    if (s == BNL_OK) s = copy_meta(m, f);
+    if (s != BNL_OK) {
+        bnl_resnet_free(m);
+        return s;
+    }
+    *out = m;
+    return BNL_OK;
+}
+
+bnl_status bnl_resnet_load(bnl_resnet **out, const uint8_t *buf, size_t len) {
+    if (!out || !buf) return bnl_fail(BNL_ERR_ARG, "resnet load: NULL argument");
+    *out = NULL;
+    bnl_st_file f;
+    bnl_status s = bnl_st_parse(&f, buf, len);
+    if (s != BNL_OK) return s;
+    s = load_from(out, &f);
+    bnl_st_free(&f);
+    return s;
+}
+
+bnl_status bnl_resnet_load_file(bnl_resnet **out, const char *path) {
+    if (!out || !path) return bnl_fail(BNL_ERR_ARG, "resnet load: NULL argument");
+    *out = NULL;
+    bnl_st_file f;
+    bnl_status s = bnl_st_read_file(&f, path);
+    if (s != BNL_OK) return s;
+    s = load_from(out, &f);
+    if (s != BNL_OK) {
+        // prefix the path so command-line users know which file
+        char msg[512];
+        snprintf(msg, sizeof msg, "%s", bnl_last_error());
+        bnl_fail(s, "%s: %s", path, msg);
+    }
+    bnl_st_free(&f);
+    return s;
+}
+
+static void free_plan(bnl_resnet *m) {
+    bnl_free(m->arena);
+    bnl_free(m->argmax);
+    m->arena = NULL, m->argmax = NULL;
+    m->pN = 0;
+}
+
+void bnl_resnet_free(bnl_resnet *m) {
+    if (!m) return;
+    free_plan(m);
+    free(m->convs), free(m->bns), free(m->blocks), free(m->segs);
+    bnl_free(m->params), bnl_free(m->grads), bnl_free(m->mom), bnl_free(m->stats), bnl_free(m->batch);
+    for (size_t i = 0; i < m->nmeta; i++) free(m->meta_k[i]), free(m->meta_v[i]);
+    free(m->meta_k), free(m->meta_v);
+    free(m);
+}
+
+const bnl_resnet_info *bnl_resnet_get_info(const bnl_resnet *m) { return &m->info; }
+
+const char *bnl_resnet_meta(const bnl_resnet *m, const char *key) {
+    for (size_t i = 0; i < m->nmeta; i++)
+        if (!strcmp(m->meta_k[i], key)) return m->meta_v[i];
+    return NULL;
+}
+
+void bnl_resnet_set_training(bnl_resnet *m, int training) { m->training = training != 0; }
+int bnl_resnet_training(const bnl_resnet *m) { return m->training; }
+
+bnl_status bnl_resnet_set_bn_config(bnl_resnet *m, const bnl_bn_config *cfg) {
+    if (!cfg) return bnl_fail(BNL_ERR_ARG, "bn config is NULL");
+    if (!(cfg->eps > 0.0f) || !(cfg->momentum >= 0.0f && cfg->momentum <= 1.0f))
+        return bnl_fail(BNL_ERR_ARG, "bn config: eps must be > 0 and momentum in [0, 1] (got eps %g, momentum %g)",
+                        (double)cfg->eps, (double)cfg->momentum);
+    m->bn = *cfg;
+    m->bn.relu = 0, m->bn.use_scale = 1, m->bn.use_bias = 1;
+    return BNL_OK;
+}
+bnl_bn_config bnl_resnet_bn_config(const bnl_resnet *m) { return m->bn; }
+
+float *bnl_resnet_params(bnl_resnet *m, size_t *count) { if (count) *count = m->info.num_params; return m->params; }
+float *bnl_resnet_grads(bnl_resnet *m, size_t *count) { if (count) *count = m->info.num_params; return m->grads; }
+float *bnl_resnet_momentum(bnl_resnet *m, size_t *count) { if (count) *count = m->info.num_params; return m->mom; }
+float *bnl_resnet_stats(bnl_resnet *m, size_t *count) { if (count) *count = m->info.num_stats; return m->stats; }
+
+int bnl_resnet_bn_count(const bnl_resnet *m) { return m->nbn; }
+const char *bnl_resnet_bn_name(const bnl_resnet *m, int i) { return i >= 0 && i < m->nbn ? m->bns[i].name : NULL; }
+int bnl_resnet_bn_find(const bnl_resnet *m, const char *name) {
+    for (int i = 0; i < m->nbn; i++)
+        if (!strcmp(m->bns[i].name, name)) return i;
+    return -1;
+}
+
+bnl_status bnl_resnet_bn_stats(const bnl_resnet *m, int i, bnl_bn_view *out) {
+    if (i < 0 || i >= m->nbn) return bnl_fail(BNL_ERR_ARG, "no BatchNorm layer #%d (the model has %d)", i, m->nbn);
+    const bn_t *x = &m->bns[i];
+    out->channels = x->C;
+    out->batch_mean = m->batch + x->bm, out->batch_var = m->batch + x->bv;
+    out->running_mean = m->stats + x->rm, out->running_var = m->stats + x->rv;
+    out->num_batches_tracked = x->tracked;
+    out->has_batch = m->has_batch;
+    return BNL_OK;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Activation plan
+
+static int out_size(int in, int k, int stride, int pad) { return (in + 2 * pad - k) / stride + 1; }
+
+// keep = 1: every activation backward needs gets its own slice of one arena.
+// keep = 0: three ping-pong buffers of the largest activation; BN runs in place.
+static bnl_status plan(bnl_resnet *m, int N, int H, int W, int keep) {
+    if (m->pN == N && m->pH == H && m->pW == W && m->pkeep == keep && m->arena) return BNL_OK;
+    free_plan(m);
+    int Hs = out_size(H, 7, 2, 3), Ws = out_size(W, 7, 2, 3);
+    if (Hs < 1 || Ws < 1) return bnl_fail(BNL_ERR_SHAPE, "input %dx%d is too small for the 7x7/2 stem", H, W);
+    int Hp = out_size(Hs, 3, 2, 1), Wp = out_size(Ws, 3, 2, 1);
+    if (Hp < 1 || Wp < 1) return bnl_fail(BNL_ERR_SHAPE, "input %dx%d is too small for the stem max pool", H, W);
+    m->Hs = Hs, m->Ws = Ws, m->Hp = Hp, m->Wp = Wp;
+    // spatial sizes through the blocks
+    int h = Hp, w = Wp;
+    size_t maxact = (size_t)Hs * Ws * m->info.stem_width;
+    size_t total = 0;   // keep mode: sum of slices (per image)
+    total += 2 * (size_t)Hs * Ws * m->info.stem_width + (size_t)Hp * Wp * m->info.stem_width;
+    for (int b = 0; b < m->nblocks; b++) {
+        block_t *blk = &m->blocks[b];
+        blk->Hin = h, blk->Win = w;
+        int ho = out_size(h, 3, blk->stride, 1), wo = out_size(w, 3, blk->stride, 1);
+        blk->Hout = ho, blk->Wout = wo;
+        int bns[4] = {blk->bn1, blk->bn2, blk->bn3, blk->dbn};
+        for (int j = 0; j < 4; j++) {
+            if (bns[j] < 0) continue;
+            bn_t *x = &m->bns[bns[j]];
+            // bottleneck bn1 runs at the input resolution, everything after conv2 at the output's;
+            // basic: both at the output resolution
+            int at_in = m->info.bottleneck && j == 0;
+            x->H = at_in ? h : ho, x->W = at_in ? w : wo;
+            size_t n = (size_t)x->H * x->W * x->C;
+            if (n > maxact) maxact = n;
+            total += 2 * n;
+        }
+        h = ho, w = wo;
+    }
+    // the scratch buffer also holds the head's gradients (N*(K+F)) during backward
+    size_t head_need = (size_t)(m->info.num_features + m->info.num_classes);
+    size_t per_image_max = maxact > head_need ? maxact : head_need;
+    size_t nimg = (size_t)N;
+    size_t floats;
+    if (keep) {
+        // + 4 gradient buffers and one scratch of the largest activation
+        if (!bnl_mul_ok(total + 5 * per_image_max, nimg, &floats)) goto too_big;
+    } else {
+        if (!bnl_mul_ok(3 * per_image_max, nimg, &floats)) goto too_big;
+    }
+    size_t head = nimg * (size_t)(m->info.num_features + 2 * m->info.num_classes);
+    if (floats > ((size_t)1 << 40) / sizeof(float)) goto too_big;
+    m->arena = bnl_alloc((floats + head) * sizeof(float));
+    if (keep) m->argmax = bnl_alloc(nimg * (size_t)Hp * Wp * m->info.stem_width * sizeof(int32_t));
+    if (!m->arena || (keep && !m->argmax)) {
+        free_plan(m);
+        return bnl_fail(BNL_ERR_NOMEM,
+                        "out of memory for activations: batch %d at %dx%d needs %.1f MB", N, H, W,
+                        (double)(floats + head) * 4.0 / 1e6);
+    }
+    float *p = m->arena;
+    size_t big = per_image_max * nimg;
+    bn_t *stem = &m->bns[0];
+    stem->H = Hs, stem->W = Ws;
+    if (keep) {
+        stem->pre = p, p += nimg * (size_t)Hs * Ws * stem->C;
+        stem->post = p, p += nimg * (size_t)Hs * Ws * stem->C;
+        m->stem_pool = p, p += nimg * (size_t)Hp * Wp * stem->C;
+        float *in = m->stem_pool;
+        for (int b = 0; b < m->nblocks; b++) {
+            block_t *blk = &m->blocks[b];
+            blk->in = in;
+            int bns[4] = {blk->bn1, blk->bn2, blk->bn3, blk->dbn};
+            int last = m->info.bottleneck ? 2 : 1;   // the BN whose output feeds the residual add
+            for (int j = 0; j < 4; j++) {
+                if (bns[j] < 0) continue;
+                bn_t *x = &m->bns[bns[j]];
+                size_t n = nimg * (size_t)x->H * x->W * x->C;
+                x->pre = p, p += n;
+                x->post = p, p += n;
+                if (j == 3) x->post = NULL;   // set to scratch below: only read by the add
+                if (j == last) blk->out = x->post;   // out = relu(post + shortcut), in place
+            }
+            in = blk->out;
+        }
+        for (int i = 0; i < 4; i++) m->grad_buf[i] = p, p += big;
+        m->scratch = p, p += big;
+        for (int b = 0; b < m->nblocks; b++)
+            if (m->blocks[b].dbn >= 0) m->bns[m->blocks[b].dbn].post = m->scratch;
+    } else {
+        float *buf[3] = {p, p + big, p + 2 * big};
+        p += 3 * big;
+        stem->pre = stem->post = buf[0];
+        m->stem_pool = buf[1];
+        int in = 1;
+        for (int b = 0; b < m->nblocks; b++) {
+            block_t *blk = &m->blocks[b];
+            int a = (in + 1) % 3, c = (in + 2) % 3;
+            blk->in = buf[in];
+            m->bns[blk->bn1].pre = m->bns[blk->bn1].post = buf[a];
+            m->bns[blk->bn2].pre = m->bns[blk->bn2].post = buf[c];
+            if (blk->bn3 >= 0) m->bns[blk->bn3].pre = m->bns[blk->bn3].post = buf[a];
+            if (blk->dbn >= 0) m->bns[blk->dbn].pre = m->bns[blk->dbn].post = buf[c];
+            // the output lands where the last BN of the main path wrote
+            blk->out = m->info.bottleneck ? buf[a] : buf[c];
+            if (!m->info.bottleneck && blk->dbn >= 0) m->bns[blk->dbn].pre = m->bns[blk->dbn].post = buf[a];
+            in = m->info.bottleneck ? a : c;
+        }
+        m->scratch = NULL;
+    }
+    m->feat = p, p += nimg * (size_t)m->info.num_features;
+    m->probs = p, p += nimg * (size_t)m->info.num_classes;
+    m->pN = N, m->pH = H, m->pW = W, m->pkeep = keep;
+    return BNL_OK;
+too_big:
+    return bnl_fail(BNL_ERR_NOMEM, "batch %d at %dx%d is too large to plan", N, H, W);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward and backward
+
+static bnl_status conv_fwd(bnl_resnet *m, const conv_t *cv, float *y, const float *x, int N, int H, int W) {
+    bnl_conv_shape s;
+    bnl_status st = bnl_conv_shape_init(&s, N, H, W, cv->cin, cv->cout, cv->k, cv->k, cv->stride, cv->pad);
+    if (st != BNL_OK) return st;
+    return bnl_conv2d_forward(y, x, m->params + cv->w, &s);
+}
+
+static bnl_status conv_bwd(bnl_resnet *m, const conv_t *cv, float *dx, const float *dy, const float *x, int N, int H,
+                           int W) {
+    bnl_conv_shape s;
+    bnl_status st = bnl_conv_shape_init(&s, N, H, W, cv->cin, cv->cout, cv->k, cv->k, cv->stride, cv->pad);
+    if (st != BNL_OK) return st;
+    return bnl_conv2d_backward(dx, m->grads + cv->w, dy, x, m->params + cv->w, &s);
+}
+
+static bnl_status bn_fwd(bnl_resnet *m, bn_t *x, int N, int train) {
+    bnl_bn_config cfg = m->bn;
+    cfg.relu = x->relu;
+    size_t M = (size_t)N * x->H * x->W;
+    bnl_status s;
+    if (train) {
+        s = bnl_batchnorm_forward_train(x->post, m->batch + x->bm, m->batch + x->bis, m->batch + x->bv,
+                                        m->stats + x->rm, m->stats + x->rv, &x->tracked, x->pre,
+                                        m->params + x->gamma, m->params + x->beta, M, (size_t)x->C, &cfg);
+    } else {
+        s = bnl_batchnorm_forward_eval(x->post, x->pre, m->params + x->gamma, m->params + x->beta,
+                                       m->stats + x->rm, m->stats + x->rv, M, (size_t)x->C, &cfg);
+    }
+    if (s != BNL_OK && s == BNL_ERR_BATCH) {
+        char msg[400];
+        snprintf(msg, sizeof msg, "%s", bnl_last_error());
+        return bnl_fail(s, "%s: %s", x->name, msg);
+    }
+    return s;
+}
+
+static bnl_status bn_bwd(bnl_resnet *m, bn_t *x, float *dx, const float *dy, int N) {
+    bnl_bn_config cfg = m->bn;
+    cfg.relu = x->relu;
+    size_t M = (size_t)N * x->H * x->W;
+    return bnl_batchnorm_backward_train(dx, m->grads + x->gamma, m->grads + x->beta, dy, x->pre, m->batch + x->bm,
+                                        m->batch + x->bis, m->params + x->gamma, m->params + x->beta, M,
+                                        (size_t)x->C, &cfg);
+}
+
+#define TRY(expr)                              \
+    do {                                       \
+        bnl_status _s = (expr);                \
+        if (_s != BNL_OK) return _s;           \
+    } while (0)
+
+static bnl_status forward_impl(bnl_resnet *m, float *logits, const float *x, int N, int H, int W, int train) {
+    bn_t *stem = &m->bns[0];
+    TRY(conv_fwd(m, &m->convs[0], stem->pre, x, N, H, W));
+    TRY(bn_fwd(m, stem, N, train));
+    TRY(bnl_maxpool_forward(m->stem_pool, m->pkeep ? m->argmax : NULL, stem->post, N, m->Hs, m->Ws, stem->C, 3, 2, 1,
+                            m->Hp, m->Wp));
+    for (int b = 0; b < m->nblocks; b++) {
+        block_t *blk = &m->blocks[b];
+        bn_t *b1 = &m->bns[blk->bn1], *b2 = &m->bns[blk->bn2];
+        TRY(conv_fwd(m, &m->convs[blk->conv1], b1->pre, blk->in, N, blk->Hin, blk->Win));
+        TRY(bn_fwd(m, b1, N, train));
+        int h2 = m->info.bottleneck ? blk->Hin : blk->Hout, w2 = m->info.bottleneck ? blk->Win : blk->Wout;
+        TRY(conv_fwd(m, &m->convs[blk->conv2], b2->pre, b1->post, N, h2, w2));
+        TRY(bn_fwd(m, b2, N, train));
+        bn_t *last = b2;
+        if (blk->bn3 >= 0) {
+            last = &m->bns[blk->bn3];
+            TRY(conv_fwd(m, &m->convs[blk->conv3], last->pre, b2->post, N, blk->Hout, blk->Wout));
+            TRY(bn_fwd(m, last, N, train));
+        }
+        const float *shortcut = blk->in;
+        if (blk->dbn >= 0) {
+            bn_t *db = &m->bns[blk->dbn];
+            TRY(conv_fwd(m, &m->convs[blk->dconv], db->pre, blk->in, N, blk->Hin, blk->Win));
+            TRY(bn_fwd(m, db, N, train));
+            shortcut = db->post;
+        }
+        size_t n = (size_t)N * blk->Hout * blk->Wout * blk->cout;
+        bnl_add_forward(blk->out, last->post, shortcut, n);
+        bnl_relu_forward(blk->out, blk->out, n);
+    }
+    const block_t *lb = &m->blocks[m->nblocks - 1];
+    TRY(bnl_avgpool_forward(m->feat, lb->out, N, lb->Hout * lb->Wout, lb->cout));
+    TRY(bnl_linear_forward(logits, m->feat, m->params + m->fc_w, m->params + m->fc_b, N, m->info.num_features,
+                           m->info.num_classes));
+    if (train) m->has_batch = 1;
+    return BNL_OK;
+}
+
+static bnl_status check_input(const bnl_resnet *m, const float *x, int N, int H, int W, const char *who) {
+    if (!x) return bnl_fail(BNL_ERR_ARG, "%s: input is NULL", who);
+    if (N < 1 || H < 1 || W < 1 || N > 65536 || H > 8192 || W > 8192)
+        return bnl_fail(BNL_ERR_SHAPE, "%s: bad input shape [%d,%d,%d,%d]", who, N, H, W, m->info.in_channels);
+    return BNL_OK;
+}
+
+bnl_status bnl_resnet_forward(bnl_resnet *m, float *logits, const float *x, int N, int H, int W) {
+    if (!m || !logits) return bnl_fail(BNL_ERR_ARG, "forward: NULL argument");
+    TRY(check_input(m, x, N, H, W, "forward"));
+    // train-mode forward without backward keeps nothing: the lean plan serves both modes
+    TRY(plan(m, N, H, W, m->pkeep && m->pN == N && m->pH == H && m->pW == W));
+    return forward_impl(m, logits, x, N, H, W, m->training);
+}
+
+bnl_status bnl_resnet_forward_backward(bnl_resnet *m, float *loss, float *logits, const float *x, int N, int H, int W,
+                                       const int64_t *labels) {
+    if (!m || !loss || !labels) return bnl_fail(BNL_ERR_ARG, "forward_backward: NULL argument");
+    TRY(check_input(m, x, N, H, W, "step"));
+    for (int i = 0; i < N; i++)
+        if (labels[i] < 0 || labels[i] >= m->info.num_classes)
+            return bnl_fail(BNL_ERR_ARG, "step: label %lld of image %d is outside [0, %d)", (long long)labels[i], i,
+                            m->info.num_classes);
+    TRY(plan(m, N, H, W, 1));
+    size_t K = (size_t)m->info.num_classes, F = (size_t)m->info.num_features;
+    float *lg = m->probs;
+    float *tmp_logits = bnl_alloc((size_t)N * K * sizeof(float));
+    if (!tmp_logits) return bnl_fail(BNL_ERR_NOMEM, "out of memory for logits");
+    bnl_status s = forward_impl(m, tmp_logits, x, N, H, W, 1);
+    if (s == BNL_OK) s = bnl_softmax_xent_forward(loss, lg, tmp_logits, labels, N, (int)K);
+    if (s == BNL_OK && logits) memcpy(logits, tmp_logits, (size_t)N * K * sizeof(float));
+    bnl_free(tmp_logits);
+    if (s != BNL_OK) return s;
+    if (!isfinite(*loss)) return bnl_fail(BNL_ERR_NUMERIC, "step: the loss is %g", (double)*loss);
+
+    memset(m->grads, 0, m->info.num_params * sizeof(float));
+    float **G = m->grad_buf;
+    // head: dlogits -> fc -> avgpool
+    float *dlog = m->scratch;   // (N,K) fits: scratch is as large as the largest activation
+    TRY(bnl_softmax_xent_backward(dlog, m->probs, labels, N, (int)K));
+    float *dfeat = dlog + (size_t)N * K;
+    TRY(bnl_linear_backward(dfeat, m->grads + m->fc_w, m->grads + m->fc_b, dlog, m->feat, m->params + m->fc_w, N,
+                            (int)F, (int)K));
+    const block_t *lb = &m->blocks[m->nblocks - 1];
+    TRY(bnl_avgpool_backward(G[0], dfeat, N, lb->Hout * lb->Wout, lb->cout));
+    int g0 = 0;   // index of the buffer holding the gradient of the current block's output
+    for (int b = m->nblocks - 1; b >= 0; b--) {
+        block_t *blk = &m->blocks[b];
+        int i1 = (g0 + 1) % 4, i2 = (g0 + 2) % 4, i3 = (g0 + 3) % 4;
+        size_t nout = (size_t)N * blk->Hout * blk->Wout * blk->cout;
+        size_t nin = (size_t)N * blk->Hin * blk->Win * blk->cin;
+        bnl_relu_backward(G[g0], G[g0], blk->out, nout);
+        bn_t *b1 = &m->bns[blk->bn1], *b2 = &m->bns[blk->bn2];
+        const float *gmid;
+        if (blk->bn3 >= 0) {
+            bn_t *b3 = &m->bns[blk->bn3];
+            TRY(bn_bwd(m, b3, G[i1], G[g0], N));
+            TRY(conv_bwd(m, &m->convs[blk->conv3], G[i2], G[i1], b2->post, N, blk->Hout, blk->Wout));
+            gmid = G[i2];
+        } else {
+            gmid = G[g0];
+        }
+        TRY(bn_bwd(m, b2, G[i1], gmid, N));
+        int h2 = m->info.bottleneck ? blk->Hin : blk->Hout, w2 = m->info.bottleneck ? blk->Win : blk->Wout;
+        TRY(conv_bwd(m, &m->convs[blk->conv2], G[i2], G[i1], b1->post, N, h2, w2));
+        TRY(bn_bwd(m, b1, G[i1], G[i2], N));
+        TRY(conv_bwd(m, &m->convs[blk->conv1], G[i2], G[i1], blk->in, N, blk->Hin, blk->Win));
+        // shortcut
+        if (blk->dbn >= 0) {
+            bn_t *db = &m->bns[blk->dbn];
+            TRY(bn_bwd(m, db, G[i1], G[g0], N));
+            TRY(conv_bwd(m, &m->convs[blk->dconv], G[i3], G[i1], blk->in, N, blk->Hin, blk->Win));
+            bnl_add_forward(G[i2], G[i2], G[i3], nin);
+        } else {
+            bnl_add_forward(G[i2], G[i2], G[g0], nin);
+        }
+        g0 = i2;
+    }
+    // stem: max pool, bn1 (+relu), conv1 (no input gradient)
+    bn_t *stem = &m->bns[0];
+    int i1 = (g0 + 1) % 4, i2 = (g0 + 2) % 4;
+    TRY(bnl_maxpool_backward(G[i1], G[g0], m->argmax, N, m->Hs, m->Ws, stem->C, m->Hp, m->Wp));
+    TRY(bn_bwd(m, stem, G[i2], G[i1], N));
+    TRY(conv_bwd(m, &m->convs[0], NULL, G[i2], x, N, m->pH, m->pW));
+    return BNL_OK;
+}
+
+bnl_status bnl_resnet_sgd_update(bnl_resnet *m, const bnl_sgd *o) {
+    if (!m || !o) return bnl_fail(BNL_ERR_ARG, "sgd: NULL argument");
+    if (!isfinite(o->lr) || o->lr < 0 || !(o->momentum >= 0) || !(o->weight_decay >= 0))
+        return bnl_fail(BNL_ERR_ARG, "sgd: lr, momentum and weight decay must be finite and >= 0");
+    // PyTorch SGD: d = g + wd*p; buf = mom*buf + d (buf = d on the first step: the buffer starts
+    // at zero, which is the same); p -= lr * (nesterov ? d + mom*buf : buf)
+    for (int s = 0; s < m->nseg; s++) {
+        const segment_t *sg = &m->segs[s];
+        float wd = (sg->decay || !o->no_decay_bn_bias) ? o->weight_decay : 0.0f;
+        float *p = m->params + sg->off, *g = m->grads + sg->off, *b = m->mom + sg->off;
+        for (size_t i = 0; i < sg->n; i++) {
+            float d = g[i] + wd * p[i];
+            if (o->momentum != 0.0f) {
+                b[i] = o->momentum * b[i] + d;
+                d = o->nesterov ? d + o->momentum * b[i] : b[i];
+            }
+            p[i] -= o->lr * d;
+        }
+    }
+    return BNL_OK;
+}
+
+bnl_status bnl_resnet_step(bnl_resnet *m, float *loss, const float *x, int N, int H, int W, const int64_t *labels,
+                           const bnl_sgd *opt) {
+    if (!m || !opt) return bnl_fail(BNL_ERR_ARG, "step: NULL argument");
+    TRY(bnl_resnet_forward_backward(m, loss, NULL, x, N, H, W, labels));
+    return bnl_resnet_sgd_update(m, opt);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Saving
+
+static bnl_status build_writer(const bnl_resnet *m, bnl_st_writer **out, float **conv_tmp) {
+    bnl_st_writer *w;
+    TRY(bnl_st_writer_create(&w));
+    // conv weights back to torch's OIHW, in a temporary copy the writer reads at write time
+    size_t nconvw = 0;
+    for (int c = 0; c < m->nconv; c++)
+        nconvw += (size_t)m->convs[c].cout * m->convs[c].k * m->convs[c].k * m->convs[c].cin;
+    float *tmp = bnl_alloc(nconvw * sizeof(float));
+    if (!tmp) {
+        bnl_st_writer_free(w);
+        return bnl_fail(BNL_ERR_NOMEM, "out of memory saving the model");
+    }
+    char name[160];
+    bnl_status s = BNL_OK;
+    size_t off = 0;
+    int next_bn = 0;
+    // torchvision order: a conv, then its BN
+    for (int c = 0; c < m->nconv && s == BNL_OK; c++) {
+        const conv_t *cv = &m->convs[c];
+        int K = cv->cout, C = cv->cin, R = cv->k;
+        const float *src = m->params + cv->w;
+        float *dst = tmp + off;
+        for (int o = 0; o < K; o++)
+            for (int i = 0; i < C; i++)
+                for (int r = 0; r < R; r++)
+                    for (int q = 0; q < R; q++)
+                        dst[(((size_t)o * C + i) * R + r) * R + q] = src[(((size_t)o * R + r) * R + q) * C + i];
+        off += (size_t)K * C * R * R;
+        int64_t shape[4] = {K, C, R, R};
+        snprintf(name, sizeof name, "%s.weight", cv->name);
+        s = bnl_st_writer_add(w, name, BNL_DT_F32, 4, shape, dst);
+        // every conv is followed by exactly one BN, in the same order
+        const bn_t *x = &m->bns[next_bn++];
+        int64_t cs[1] = {x->C};
+        struct { const char *part; const float *src; } parts[] = {
+            {"weight", m->params + x->gamma}, {"bias", m->params + x->beta},
+            {"running_mean", m->stats + x->rm}, {"running_var", m->stats + x->rv}};
+        for (int p = 0; p < 4 && s == BNL_OK; p++) {
+            snprintf(name, sizeof name, "%s.%s", x->name, parts[p].part);
+            s = bnl_st_writer_add(w, name, BNL_DT_F32, 1, cs, parts[p].src);
+        }
+        if (s == BNL_OK && m->has_tracked) {
+            snprintf(name, sizeof name, "%s.num_batches_tracked", x->name);
+            s = bnl_st_writer_add(w, name, BNL_DT_I64, 0, NULL, &x->tracked);
+        }
+    }
+    int64_t fs[2] = {m->info.num_classes, m->info.num_features}, bs[1] = {m->info.num_classes};
+    if (s == BNL_OK) s = bnl_st_writer_add(w, "fc.weight", BNL_DT_F32, 2, fs, m->params + m->fc_w);
+    if (s == BNL_OK) s = bnl_st_writer_add(w, "fc.bias", BNL_DT_F32, 1, bs, m->params + m->fc_b);
+    for (size_t i = 0; i < m->nmeta && s == BNL_OK; i++) s = bnl_st_writer_meta(w, m->meta_k[i], m->meta_v[i]);
+    if (s != BNL_OK) {
+        bnl_st_writer_free(w);
+        bnl_free(tmp);
+        return s;
+    }
+    *out = w, *conv_tmp = tmp;
+    return BNL_OK;
+}
+
+bnl_status bnl_resnet_save(const bnl_resnet *m, uint8_t **buf, size_t *len) {
+    if (!m || !buf || !len) return bnl_fail(BNL_ERR_ARG, "save: NULL argument");
+    bnl_st_writer *w;
+    float *tmp;
+    TRY(build_writer(m, &w, &tmp));
+    bnl_status s = bnl_st_writer_to_buffer(w, buf, len);
+    bnl_st_writer_free(w);
+    bnl_free(tmp);
+    return s;
+}
+
+bnl_status bnl_resnet_save_file(const bnl_resnet *m, const char *path) {
+    if (!m || !path) return bnl_fail(BNL_ERR_ARG, "save: NULL argument");
+    bnl_st_writer *w;
+    float *tmp;
+    TRY(build_writer(m, &w, &tmp));
+    bnl_status s = bnl_st_writer_to_file(w, path);
+    bnl_st_writer_free(w);
+    bnl_free(tmp);
+    return s;
+}

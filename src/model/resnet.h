@@ -1,0 +1,104 @@
+// torchvision ResNet (v1.5: stride on the 3x3 conv of bottlenecks) in NHWC, read from a
+// safetensors state dict. The architecture comes from the file: blocks per stage, basic or
+// bottleneck, widths, class count.
+//
+//     bnl_resnet *m;
+//     if (bnl_resnet_load_file(&m, "resnet50.safetensors") != BNL_OK) puts(bnl_last_error());
+//     bnl_resnet_set_training(m, 0);                        // eval: running statistics
+//     bnl_resnet_forward(m, logits, x, N, 224, 224);        // x: (N,224,224,3), logits: (N,classes)
+//     bnl_sgd sgd = bnl_sgd_default(); sgd.lr = 0.1f;
+//     bnl_resnet_step(m, &loss, x, N, 224, 224, labels, &sgd);   // train-mode step
+//     bnl_resnet_save_file(m, "out.safetensors");
+//     bnl_resnet_free(m);                                   // whoever loads, frees
+//
+// Memory: parameters, gradients and SGD momentum are three buffers of one layout (one flat update
+// loop); running statistics and the last batch statistics live beside them without gradients.
+// Activations are planned once per batch shape and reused; a forward without backward keeps only
+// three ping-pong buffers.
+#ifndef BNL_RESNET_H
+#define BNL_RESNET_H
+#include "bnlab.h"
+
+#define BNL_MAX_STAGES 8
+
+typedef struct bnl_resnet bnl_resnet;
+
+typedef struct bnl_resnet_info {
+    int num_stages;
+    int blocks[BNL_MAX_STAGES];       // blocks per stage, e.g. 3,4,6,3
+    int widths[BNL_MAX_STAGES];       // output channels of each stage (256,512,1024,2048 for R50)
+    int bottleneck;                   // 1: bottleneck blocks, 0: basic blocks
+    int stem_width;                   // conv1 output channels (64)
+    int in_channels;                  // conv1 input channels (3)
+    int num_classes;
+    int num_features;                 // fc input (2048 for R50)
+    int num_bn;                       // BatchNorm layers, stem to last block
+    size_t num_params;                // learnable parameters (conv, BN affine, fc)
+    size_t num_stats;                 // running statistics values (means and variances)
+} bnl_resnet_info;
+
+typedef struct bnl_sgd {
+    float lr;
+    float momentum;            // PyTorch SGD: buf = momentum*buf + grad (first step: buf = grad)
+    float weight_decay;        // grad += weight_decay * param, before momentum
+    int nesterov;
+    int no_decay_bn_bias;      // 1: no weight decay on BatchNorm parameters and the fc bias
+} bnl_sgd;
+
+bnl_sgd bnl_sgd_default(void);   // lr 0.1, plain SGD: no momentum, no decay
+
+bnl_status bnl_resnet_load(bnl_resnet **out, const uint8_t *buf, size_t len);
+bnl_status bnl_resnet_load_file(bnl_resnet **out, const char *path);
+void bnl_resnet_free(bnl_resnet *m);
+
+const bnl_resnet_info *bnl_resnet_get_info(const bnl_resnet *m);
+const char *bnl_resnet_meta(const bnl_resnet *m, const char *key);   // __metadata__ value or NULL
+
+// One switch for every BatchNorm layer (nnx .train()/.eval()).
+void bnl_resnet_set_training(bnl_resnet *m, int training);
+int bnl_resnet_training(const bnl_resnet *m);
+// BatchNorm momentum (Flax convention), eps, running-variance rule, cumulative average. Relu
+// fusion is the model's own business and is ignored here.
+bnl_status bnl_resnet_set_bn_config(bnl_resnet *m, const bnl_bn_config *cfg);
+bnl_bn_config bnl_resnet_bn_config(const bnl_resnet *m);
+
+// logits: (N, classes), x: (N,H,W,in_channels) NHWC float32, already normalized.
+// Train mode uses batch statistics and updates the running ones; eval mode only reads them.
+bnl_status bnl_resnet_forward(bnl_resnet *m, float *logits, const float *x, int N, int H, int W);
+
+// Train-mode forward + softmax cross-entropy (mean over the batch) + backward: gradients are
+// overwritten (zero-grad is part of it). *loss gets the loss; logits (may be NULL) the logits.
+bnl_status bnl_resnet_forward_backward(bnl_resnet *m, float *loss, float *logits, const float *x, int N,
+                                       int H, int W, const int64_t *labels);
+// One SGD update from the current gradients.
+bnl_status bnl_resnet_sgd_update(bnl_resnet *m, const bnl_sgd *opt);
+// forward_backward then sgd_update, in train mode whatever the switch says (restored after).
+bnl_status bnl_resnet_step(bnl_resnet *m, float *loss, const float *x, int N, int H, int W,
+                           const int64_t *labels, const bnl_sgd *opt);
+
+// Flat views for data-parallel training: count floats each; gradients all-reduce as one buffer.
+float *bnl_resnet_params(bnl_resnet *m, size_t *count);
+float *bnl_resnet_grads(bnl_resnet *m, size_t *count);
+float *bnl_resnet_momentum(bnl_resnet *m, size_t *count);
+float *bnl_resnet_stats(bnl_resnet *m, size_t *count);   // running means and variances
+
+// BatchNorm layers, in order from the stem: names as in the state dict ("bn1", "layer1.0.bn1", ...).
+int bnl_resnet_bn_count(const bnl_resnet *m);
+const char *bnl_resnet_bn_name(const bnl_resnet *m, int i);
+int bnl_resnet_bn_find(const bnl_resnet *m, const char *name);   // -1 if absent
+// The batch statistics of the last train-mode forward (batch_var biased; zeros before any) and
+// the running statistics. Pointers stay valid until the next forward or free.
+typedef struct bnl_bn_view {
+    int channels;
+    const float *batch_mean, *batch_var, *running_mean, *running_var;
+    int64_t num_batches_tracked;
+    int has_batch;   // a train-mode forward has run since load
+} bnl_bn_view;
+bnl_status bnl_resnet_bn_stats(const bnl_resnet *m, int i, bnl_bn_view *out);
+
+// The whole state in the loaded file's names and layouts (conv weights back to OIHW), F32, with
+// num_batches_tracked as I64 [] and the file's __metadata__.
+bnl_status bnl_resnet_save(const bnl_resnet *m, uint8_t **buf, size_t *len);   // free() the buffer
+bnl_status bnl_resnet_save_file(const bnl_resnet *m, const char *path);       // atomic
+
+#endif

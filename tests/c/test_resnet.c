@@ -1,0 +1,245 @@
+// ResNet against PyTorch 1.13 fixtures (tests/fixtures/resnet, made by tests/gen_fixtures_resnet.py):
+// eval and train logits, running statistics after a train-mode forward (both variance rules),
+// batch statistics, the state after one SGD step (two optimizer configs), F16/BF16 weights, and
+// load -> save bit-exactness. Runs once per available ISA.
+#include "bnlab.h"
+#include "io/safetensors.h"
+#include "model/resnet.h"
+#include "util.h"
+
+#include <stdint.h>
+
+static const char *DIR = "tests/fixtures/resnet";
+
+typedef struct {
+    bnl_st_file weights, input, expected;
+    uint8_t *wbuf;
+    size_t wlen;
+} fixture;
+
+static int load_fixture(fixture *f, const char *name) {
+    char p[512];
+    snprintf(p, sizeof p, "%s/%s.weights.safetensors", DIR, name);
+    if (bnl_read_file(p, &f->wbuf, &f->wlen) != BNL_OK || bnl_st_parse(&f->weights, f->wbuf, f->wlen) != BNL_OK) {
+        fprintf(stderr, "FAIL cannot read %s: %s\n", p, bnl_last_error());
+        return 0;
+    }
+    snprintf(p, sizeof p, "%s/%s.input.safetensors", DIR, name);
+    if (bnl_st_read_file(&f->input, p) != BNL_OK) return fprintf(stderr, "FAIL %s: %s\n", p, bnl_last_error()), 0;
+    snprintf(p, sizeof p, "%s/%s.expected.safetensors", DIR, name);
+    if (bnl_st_read_file(&f->expected, p) != BNL_OK) return fprintf(stderr, "FAIL %s: %s\n", p, bnl_last_error()), 0;
+    return 1;
+}
+
+static float *tensor_f32(const bnl_st_file *f, const char *name, size_t *n) {
+    const bnl_st_tensor *t = bnl_st_find(f, name);
+    if (!t) {
+        fprintf(stderr, "FAIL fixture tensor '%s' missing\n", name);
+        g_failures++;
+        return NULL;
+    }
+    float *d = malloc(t->nelem * sizeof(float) + 4);
+    bnl_st_to_f32(d, t);
+    if (n) *n = t->nelem;
+    return d;
+}
+
+static double max_abs(const float *a, size_t n) {
+    double m = 0;
+    for (size_t i = 0; i < n; i++) m = fabs(a[i]) > m ? fabs(a[i]) : m;
+    return m;
+}
+
+// logits: relative 1e-4 of the largest |logit| (and elementwise 1e-4)
+static void check_logits(const char *what, const float *got, const bnl_st_file *exp, const char *key) {
+    size_t n;
+    float *want = tensor_f32(exp, key, &n);
+    if (!want) return;
+    check_close(what, got, want, n, 1e-4 * max_abs(want, n), 1e-4);
+    free(want);
+}
+
+// Every tensor of the saved state against `prefix.<name>` in the expected file.
+static void check_state(const char *what, bnl_resnet *m, const bnl_st_file *exp, const char *prefix,
+                        int only_running, double atol, double rtol) {
+    uint8_t *buf;
+    size_t len;
+    bnl_st_file s;
+    CHECK(bnl_resnet_save(m, &buf, &len) == BNL_OK, "%s: save: %s", what, bnl_last_error());
+    CHECK(bnl_st_parse(&s, buf, len) == BNL_OK, "%s: parse saved: %s", what, bnl_last_error());
+    int compared = 0;
+    for (size_t i = 0; i < s.count; i++) {
+        const bnl_st_tensor *t = &s.tensors[i];
+        if (only_running && !strstr(t->name, "running_") && !strstr(t->name, "num_batches")) continue;
+        char key[256], label[300];
+        snprintf(key, sizeof key, "%s.%s", prefix, t->name);
+        const bnl_st_tensor *w = bnl_st_find(exp, key);
+        if (!w) {
+            CHECK(0, "%s: expected tensor '%s' missing", what, key);
+            continue;
+        }
+        snprintf(label, sizeof label, "%s %s", what, t->name);
+        if (t->dtype == BNL_DT_I64) {
+            int64_t a, b;
+            bnl_st_to_i64(&a, t), bnl_st_to_i64(&b, w);
+            CHECK(a == b, "%s: got %lld want %lld", label, (long long)a, (long long)b);
+        } else {
+            float *g = malloc(t->nelem * 4 + 4), *e = malloc(w->nelem * 4 + 4);
+            bnl_st_to_f32(g, t), bnl_st_to_f32(e, w);
+            CHECK(t->nelem == w->nelem, "%s: %zu values, want %zu", label, t->nelem, w->nelem);
+            if (t->nelem == w->nelem) check_close(label, g, e, t->nelem, atol, rtol);
+            free(g), free(e);
+        }
+        compared++;
+    }
+    CHECK(compared > 0, "%s: nothing compared", what);
+    bnl_st_free(&s);
+    free(buf);
+}
+
+static bnl_resnet *load_model(const fixture *f, int unbiased) {
+    bnl_resnet *m = NULL;
+    bnl_status s = bnl_resnet_load(&m, f->wbuf, f->wlen);
+    CHECK(s == BNL_OK, "load: %s", bnl_last_error());
+    if (m) {
+        bnl_bn_config c = bnl_resnet_bn_config(m);
+        c.unbiased = unbiased;
+        bnl_resnet_set_bn_config(m, &c);
+    }
+    return m;
+}
+
+static void run_model(const char *name, int check_halves) {
+    fixture f;
+    memset(&f, 0, sizeof f);
+    if (!load_fixture(&f, name)) {
+        g_failures++;
+        return;
+    }
+    const bnl_st_tensor *xt = bnl_st_find(&f.input, "input");
+    int N = (int)xt->shape[0], H = (int)xt->shape[1], W = (int)xt->shape[2];
+    float *x = tensor_f32(&f.input, "input", NULL);
+    int64_t labels[64];
+    bnl_st_to_i64(labels, bnl_st_find(&f.input, "labels"));
+    char what[320];
+
+    // eval, then the state must be untouched (bit-identical running stats)
+    bnl_resnet *m = load_model(&f, 0);
+    if (!m) return;
+    int K = bnl_resnet_get_info(m)->num_classes;
+    float *logits = calloc((size_t)N * K, sizeof(float));
+    size_t nstats;
+    float *stats = bnl_resnet_stats(m, &nstats);
+    float *before = malloc(nstats * sizeof(float));
+    memcpy(before, stats, nstats * sizeof(float));
+    bnl_resnet_set_training(m, 0);
+    CHECK(bnl_resnet_forward(m, logits, x, N, H, W) == BNL_OK, "%s eval: %s", name, bnl_last_error());
+    snprintf(what, sizeof what, "%s logits_eval", name);
+    check_logits(what, logits, &f.expected, "logits_eval");
+    CHECK(!memcmp(before, stats, nstats * sizeof(float)), "%s: eval forward changed running statistics", name);
+
+    // train-mode forward, bnlab default (biased) rule
+    bnl_resnet_set_training(m, 1);
+    CHECK(bnl_resnet_forward(m, logits, x, N, H, W) == BNL_OK, "%s train: %s", name, bnl_last_error());
+    snprintf(what, sizeof what, "%s logits_train", name);
+    check_logits(what, logits, &f.expected, "logits_train");
+    snprintf(what, sizeof what, "%s after_train_forward_biased", name);
+    check_state(what, m, &f.expected, "after_train_forward_biased", 1, 1e-5, 1e-4);
+    // the batch statistics each layer used
+    for (int i = 0; i < bnl_resnet_bn_count(m); i++) {
+        bnl_bn_view v;
+        bnl_resnet_bn_stats(m, i, &v);
+        char key[200];
+        snprintf(key, sizeof key, "train_batch_mean.%s", bnl_resnet_bn_name(m, i));
+        float *e = tensor_f32(&f.expected, key, NULL);
+        snprintf(what, sizeof what, "%s %s", name, key);
+        if (e) check_close(what, v.batch_mean, e, (size_t)v.channels, 1e-5, 1e-4), free(e);
+        snprintf(key, sizeof key, "train_batch_var.%s", bnl_resnet_bn_name(m, i));
+        e = tensor_f32(&f.expected, key, NULL);
+        snprintf(what, sizeof what, "%s %s", name, key);
+        if (e) check_close(what, v.batch_var, e, (size_t)v.channels, 1e-5, 1e-4), free(e);
+        CHECK(v.has_batch, "%s: no batch statistics after a train forward", name);
+    }
+    bnl_resnet_free(m);
+
+    // PyTorch's unbiased rule
+    m = load_model(&f, 1);
+    bnl_resnet_set_training(m, 1);
+    CHECK(bnl_resnet_forward(m, logits, x, N, H, W) == BNL_OK, "%s train: %s", name, bnl_last_error());
+    snprintf(what, sizeof what, "%s after_train_forward", name);
+    check_state(what, m, &f.expected, "after_train_forward", 1, 1e-5, 1e-4);
+    bnl_resnet_free(m);
+
+    // one SGD step: lr 0.1, momentum 0.9, weight decay 1e-4; and plain SGD lr 0.05
+    struct { const char *prefix, *loss; bnl_sgd sgd; } steps[] = {
+        {"after_step", "step_loss", {0.1f, 0.9f, 1e-4f, 0, 0}},
+        {"after_step_plain", "step_plain_loss", {0.05f, 0.0f, 0.0f, 0, 0}},
+    };
+    for (int s = 0; s < 2; s++) {
+        m = load_model(&f, 1);
+        float loss = 0;
+        CHECK(bnl_resnet_step(m, &loss, x, N, H, W, labels, &steps[s].sgd) == BNL_OK, "%s step: %s", name,
+              bnl_last_error());
+        float *el = tensor_f32(&f.expected, steps[s].loss, NULL);
+        snprintf(what, sizeof what, "%s %s", name, steps[s].loss);
+        if (el) check_close(what, &loss, el, 1, 1e-6, 1e-5), free(el);
+        snprintf(what, sizeof what, "%s %s", name, steps[s].prefix);
+        check_state(what, m, &f.expected, steps[s].prefix, 0, 1e-5, 1e-4);
+        bnl_resnet_free(m);
+    }
+
+    // load -> save is bit-exact: every tensor's bytes equal the file's
+    m = load_model(&f, 0);
+    uint8_t *buf;
+    size_t len;
+    bnl_st_file saved;
+    CHECK(bnl_resnet_save(m, &buf, &len) == BNL_OK, "save: %s", bnl_last_error());
+    CHECK(bnl_st_parse(&saved, buf, len) == BNL_OK, "parse saved: %s", bnl_last_error());
+    CHECK(saved.count == f.weights.count, "%s: saved %zu tensors, file has %zu", name, saved.count, f.weights.count);
+    for (size_t i = 0; i < f.weights.count; i++) {
+        const bnl_st_tensor *a = &f.weights.tensors[i], *b = bnl_st_find(&saved, a->name);
+        CHECK(b && b->nbytes == a->nbytes && !memcmp(a->data, b->data, a->nbytes) && b->ndim == a->ndim,
+              "%s: tensor '%s' not bit-exact after load+save", name, a->name);
+    }
+    for (size_t i = 0; i < f.weights.meta_count; i++) {
+        const char *v = bnl_st_meta(&saved, f.weights.meta_keys[i]);
+        CHECK(v && !strcmp(v, f.weights.meta_values[i]), "%s: metadata '%s' lost on save", name,
+              f.weights.meta_keys[i]);
+    }
+    bnl_st_free(&saved);
+    free(buf);
+    bnl_resnet_free(m);
+
+    // half-precision weights load and give torch's logits for the same rounded weights
+    if (check_halves) {
+        const char *kinds[2][2] = {{"weights_f16", "logits_eval_from_f16"}, {"weights_bf16", "logits_eval_from_bf16"}};
+        for (int k = 0; k < 2; k++) {
+            char p[512];
+            snprintf(p, sizeof p, "%s/%s.%s.safetensors", DIR, name, kinds[k][0]);
+            bnl_resnet *h = NULL;
+            CHECK(bnl_resnet_load_file(&h, p) == BNL_OK, "%s: %s", p, bnl_last_error());
+            if (!h) continue;
+            bnl_resnet_set_training(h, 0);
+            CHECK(bnl_resnet_forward(h, logits, x, N, H, W) == BNL_OK, "%s: %s", p, bnl_last_error());
+            snprintf(what, sizeof what, "%s %s", name, kinds[k][1]);
+            check_logits(what, logits, &f.expected, kinds[k][1]);
+            bnl_resnet_free(h);
+        }
+    }
+    free(x), free(logits), free(before);
+    bnl_st_free(&f.weights), bnl_st_free(&f.input), bnl_st_free(&f.expected);
+    free(f.wbuf);
+}
+
+int main(void) {
+    for (int isa = 0; isa < BNL_ISA_COUNT; isa++) {
+        if (!bnl_isa_available((bnl_isa)isa)) continue;
+        bnl_isa_force((bnl_isa)isa);
+        int before = g_failures;
+        run_model("resnet50", 0);
+        run_model("resnet18", 1);
+        printf("isa %s: %s\n", bnl_isa_name((bnl_isa)isa), g_failures == before ? "ok" : "FAILED");
+    }
+    bnl_isa_reset();
+    return test_summary("test_resnet");
+}
