@@ -93,6 +93,21 @@ class BnLab {
     this.batchNorm = new BatchNormOps(this);
   }
 
+  // Loads a safetensors state dict (torchvision ResNet names; F32/F16/BF16). Throws on a bad file.
+  loadModel(bytes) {
+    if (!(bytes instanceof Uint8Array)) {
+      if (bytes instanceof ArrayBuffer) bytes = new Uint8Array(bytes);
+      else throw new Error('bnlab: loadModel expects a Uint8Array (or ArrayBuffer) holding a safetensors file');
+    }
+    const handle = this._scoped((alloc) => {
+      const pb = alloc(bytes.length), pout = alloc(4);
+      new Uint8Array(this._ex.memory.buffer, pb, bytes.length).set(bytes);
+      this._check(this._ex.bnl_wasm_model_load(pb, bytes.length, pout));
+      return new Uint32Array(this._ex.memory.buffer, pout, 1)[0];
+    });
+    return new Model(this, handle);
+  }
+
   get isa() { return this._cstr(this._ex.bnl_wasm_isa()); }
   forceIsa(name) { this._check(this._ex.bnl_wasm_isa_force(ISA[name] ?? -1)); }
   resetIsa() { this._ex.bnl_wasm_isa_reset(); }
@@ -220,5 +235,141 @@ class BatchNormOps {
       L._check(L._ex.bnl_wasm_bn_backward_eval(pdx, pdg, pdb, pdy, px, pg, pb, prm, prv, M, C, o.eps ?? 1e-5, bnFlags(o)));
       return { dx: L._getF32(pdx, M * C), dgamma: L._getF32(pdg, C), dbeta: L._getF32(pdb, C) };
     });
+  }
+}
+
+const I32 = (L, p, n) => new Int32Array(L._ex.memory.buffer, p, n);
+
+function checkShape(shape, what) {
+  if (!Array.isArray(shape) || shape.length !== 4 || !shape.every((d) => Number.isInteger(d) && d > 0))
+    throw new Error(`bnlab: ${what}: shape must be [n, h, w, c] of positive integers (got ${JSON.stringify(shape)})`);
+  const n = shape[0] * shape[1] * shape[2] * shape[3];
+  if (shape[0] > 65536 || shape[1] > 8192 || shape[2] > 8192 || n > 0x3fffffff)
+    throw new Error(`bnlab: ${what}: shape ${JSON.stringify(shape)} is too large`);
+  return n;
+}
+
+// A loaded ResNet. Mirrors nnx: one train()/eval() switch for every BatchNorm layer.
+class Model {
+  constructor(lab, handle) {
+    this._lab = lab;
+    this._h = handle;
+    this._training = false;
+    const L = lab;
+    this.info = L._scoped((alloc) => {
+      const p = alloc(4 * 23);
+      const numParams = L._ex.bnl_wasm_model_info(handle, p);
+      const v = Array.from(I32(L, p, 23));
+      const stages = v[0];
+      const bnLayers = [];
+      for (let i = 0; i < v[6]; i++) bnLayers.push(L._cstr(L._ex.bnl_wasm_model_bn_name(handle, i)));
+      const info = {
+        blocks: v.slice(7, 7 + stages), widths: v.slice(15, 15 + stages), block: v[1] ? 'bottleneck' : 'basic',
+        stemWidth: v[2], inChannels: v[3], numClasses: v[4], numFeatures: v[5], numParams, bnLayers,
+      };
+      for (const key of ['labels', 'mean', 'std', 'input_size']) {
+        const raw = this._meta(key, alloc);
+        if (raw == null) continue;
+        let val = raw;
+        try { val = JSON.parse(raw); } catch { /* plain string */ }
+        info[key === 'input_size' ? 'inputSize' : key] = val;
+      }
+      return Object.freeze(info);
+    });
+  }
+
+  _meta(key, alloc) {
+    const L = this._lab, kb = new TextEncoder().encode(key + '\0');
+    const pk = alloc(kb.length);
+    new Uint8Array(L._ex.memory.buffer, pk, kb.length).set(kb);
+    const p = L._ex.bnl_wasm_model_meta(this._h, pk);
+    return p ? L._cstr(p) : null;
+  }
+
+  _live() {
+    if (!this._h) throw new Error('bnlab: this model was disposed');
+    return this._h;
+  }
+
+  get training() { return this._training; }
+  train() { this._lab._ex.bnl_wasm_model_set_training(this._live(), 1); this._training = true; return this; }
+  eval() { this._lab._ex.bnl_wasm_model_set_training(this._live(), 0); this._training = false; return this; }
+
+  // BatchNorm options for every layer: momentum (Flax convention, 0.9), eps, unbiased, cumulative.
+  setBatchNorm({ momentum = 0.9, eps = 1e-5, unbiased = false, cumulative = false } = {}) {
+    this._lab._check(this._lab._ex.bnl_wasm_model_set_bn(this._live(), momentum, eps, bnFlags({ unbiased, cumulative })));
+  }
+
+  // x: Float32Array NHWC, shape [n, h, w, c]; returns logits Float32Array [n * classes].
+  forward(x, shape) {
+    const h = this._live(), L = this._lab;
+    const n = checkShape(shape, 'forward');
+    return L._scoped((alloc) => {
+      const px = L._putF32(alloc, x, n, 'input');
+      const K = this.info.numClasses, pl = alloc(shape[0] * K * 4);
+      L._check(L._ex.bnl_wasm_model_forward(h, pl, px, shape[0], shape[1], shape[2], shape[3]));
+      return L._getF32(pl, shape[0] * K);
+    });
+  }
+
+  // The statistics layer `name` (or index) used: the batch ones of the last train-mode forward
+  // (biased variance; null before any) and the running ones.
+  bnStats(name) {
+    const h = this._live(), L = this._lab;
+    const i = typeof name === 'number' ? name : this.info.bnLayers.indexOf(name);
+    if (i < 0 || i >= this.info.bnLayers.length)
+      throw new Error(`bnlab: no BatchNorm layer named ${JSON.stringify(name)} (see model.info.bnLayers)`);
+    return L._scoped((alloc) => {
+      const po = alloc(16), pp = alloc(16);
+      L._check(L._ex.bnl_wasm_model_bn_stats(h, i, po, pp));
+      const [C, hasBatch, lo, hi] = I32(L, po, 4);
+      const ptrs = new Uint32Array(L._ex.memory.buffer, pp, 4).slice();
+      return {
+        layer: this.info.bnLayers[i], channels: C,
+        batchMean: hasBatch ? L._getF32(ptrs[0], C) : null, batchVar: hasBatch ? L._getF32(ptrs[1], C) : null,
+        runningMean: L._getF32(ptrs[2], C), runningVar: L._getF32(ptrs[3], C),
+        numBatchesTracked: hi * 4294967296 + (lo >>> 0),
+      };
+    });
+  }
+
+  // One SGD step in train mode (softmax cross-entropy, mean over the batch). Returns the loss.
+  step(x, shape, labels, { lr = 0.1, momentum = 0, weightDecay = 0, nesterov = false } = {}) {
+    const h = this._live(), L = this._lab;
+    const n = checkShape(shape, 'step');
+    if (!labels || labels.length !== shape[0])
+      throw new Error(`bnlab: step: ${labels ? labels.length : 0} labels for a batch of ${shape[0]}`);
+    return L._scoped((alloc) => {
+      const px = L._putF32(alloc, x, n, 'input');
+      const pl = alloc(8 * shape[0]);
+      const lab64 = new BigInt64Array(L._ex.memory.buffer, pl, shape[0]);
+      for (let i = 0; i < shape[0]; i++) {
+        const v = Number(labels[i]);
+        if (!Number.isInteger(v)) throw new Error(`bnlab: step: label ${i} is not an integer (${labels[i]})`);
+        lab64[i] = BigInt(v);
+      }
+      const ploss = alloc(4);
+      L._check(L._ex.bnl_wasm_model_step(h, ploss, px, shape[0], shape[1], shape[2], shape[3], pl, lr, momentum,
+        weightDecay, nesterov ? 1 : 0));
+      return L._f32(ploss, 1)[0];
+    });
+  }
+
+  // The whole state as safetensors bytes, in the loaded file's names and layouts.
+  saveState() {
+    const h = this._live(), L = this._lab;
+    return L._scoped((alloc) => {
+      const pb = alloc(4), pl = alloc(4);
+      L._check(L._ex.bnl_wasm_model_save(h, pb, pl));
+      const buf = new Uint32Array(L._ex.memory.buffer, pb, 1)[0], len = new Uint32Array(L._ex.memory.buffer, pl, 1)[0];
+      const out = new Uint8Array(L._ex.memory.buffer, buf, len).slice();
+      L._free(buf);
+      return out;
+    });
+  }
+
+  dispose() {
+    if (this._h) this._lab._ex.bnl_wasm_model_free(this._h);
+    this._h = 0;
   }
 }

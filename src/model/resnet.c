@@ -8,6 +8,7 @@
 
 #include <math.h>
 #include <stdarg.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -612,7 +613,7 @@ static bnl_status plan(bnl_resnet *m, int N, int H, int W, int keep) {
         if (!bnl_mul_ok(3 * per_image_max, nimg, &floats)) goto too_big;
     }
     size_t head = nimg * (size_t)(m->info.num_features + 2 * m->info.num_classes);
-    if (floats > ((size_t)1 << 40) / sizeof(float)) goto too_big;
+    if (floats > (SIZE_MAX - 64) / sizeof(float) - head) goto too_big;
     m->arena = bnl_alloc((floats + head) * sizeof(float));
     if (keep) m->argmax = bnl_alloc(nimg * (size_t)Hp * Wp * m->info.stem_width * sizeof(int32_t));
     if (!m->arena || (keep && !m->argmax)) {

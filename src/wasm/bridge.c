@@ -61,3 +61,62 @@ EMSCRIPTEN_KEEPALIVE int bnl_wasm_bn_backward_eval(float *dx, float *dgamma, flo
     bnl_bn_config c = cfg_from(eps, 0.9f, flags);
     return bnl_batchnorm_backward_eval(dx, dgamma, dbeta, dy, x, gamma, beta, rm, rv, (size_t)M, (size_t)C, &c);
 }
+
+// ---- ResNet model -------------------------------------------------------------------------------
+#include "model/resnet.h"
+
+EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_load(const uint8_t *buf, size_t len, bnl_resnet **out) {
+    return bnl_resnet_load(out, buf, len);
+}
+EMSCRIPTEN_KEEPALIVE void bnl_wasm_model_free(bnl_resnet *m) { bnl_resnet_free(m); }
+
+// info as int32s: [num_stages, bottleneck, stem_width, in_channels, num_classes, num_features, num_bn,
+//                  blocks[8], widths[8]]; num_params returned as a double.
+EMSCRIPTEN_KEEPALIVE double bnl_wasm_model_info(const bnl_resnet *m, int32_t *out) {
+    const bnl_resnet_info *in = bnl_resnet_get_info(m);
+    out[0] = in->num_stages, out[1] = in->bottleneck, out[2] = in->stem_width, out[3] = in->in_channels;
+    out[4] = in->num_classes, out[5] = in->num_features, out[6] = in->num_bn;
+    for (int i = 0; i < BNL_MAX_STAGES; i++) out[7 + i] = in->blocks[i], out[15 + i] = in->widths[i];
+    return (double)in->num_params;
+}
+EMSCRIPTEN_KEEPALIVE const char *bnl_wasm_model_meta(const bnl_resnet *m, const char *key) { return bnl_resnet_meta(m, key); }
+EMSCRIPTEN_KEEPALIVE const char *bnl_wasm_model_bn_name(const bnl_resnet *m, int i) { return bnl_resnet_bn_name(m, i); }
+EMSCRIPTEN_KEEPALIVE void bnl_wasm_model_set_training(bnl_resnet *m, int t) { bnl_resnet_set_training(m, t); }
+
+EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_set_bn(bnl_resnet *m, float momentum, float eps, int flags) {
+    bnl_bn_config c = cfg_from(eps, momentum, flags);
+    return bnl_resnet_set_bn_config(m, &c);
+}
+
+EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_forward(bnl_resnet *m, float *logits, const float *x, int N, int H, int W, int C) {
+    const bnl_resnet_info *in = bnl_resnet_get_info(m);
+    if (C != in->in_channels)
+        return bnl_fail(BNL_ERR_SHAPE, "forward: input has %d channels, the model expects %d (NHWC [N,H,W,%d])", C,
+                        in->in_channels, in->in_channels);
+    return bnl_resnet_forward(m, logits, x, N, H, W);
+}
+
+// out: [channels, has_batch, tracked_lo, tracked_hi], ptrs: batch_mean, batch_var, running_mean, running_var
+EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_bn_stats(const bnl_resnet *m, int i, int32_t *out, const float **ptrs) {
+    bnl_bn_view v;
+    bnl_status s = bnl_resnet_bn_stats(m, i, &v);
+    if (s != BNL_OK) return s;
+    out[0] = v.channels, out[1] = v.has_batch;
+    out[2] = (int32_t)(v.num_batches_tracked & 0xffffffff), out[3] = (int32_t)(v.num_batches_tracked >> 32);
+    ptrs[0] = v.batch_mean, ptrs[1] = v.batch_var, ptrs[2] = v.running_mean, ptrs[3] = v.running_var;
+    return BNL_OK;
+}
+
+EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_step(bnl_resnet *m, float *loss, const float *x, int N, int H, int W, int C,
+                                             const int64_t *labels, float lr, float momentum, float wd, int nesterov) {
+    const bnl_resnet_info *in = bnl_resnet_get_info(m);
+    if (C != in->in_channels)
+        return bnl_fail(BNL_ERR_SHAPE, "step: input has %d channels, the model expects %d", C, in->in_channels);
+    bnl_sgd sgd = bnl_sgd_default();
+    sgd.lr = lr, sgd.momentum = momentum, sgd.weight_decay = wd, sgd.nesterov = nesterov;
+    return bnl_resnet_step(m, loss, x, N, H, W, labels, &sgd);
+}
+
+EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_save(const bnl_resnet *m, uint8_t **buf, size_t *len) {
+    return bnl_resnet_save(m, buf, len);
+}
