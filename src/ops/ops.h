@@ -25,6 +25,9 @@ bnl_status bnl_conv2d_forward(float *y, const float *x, const float *w, const bn
 // dx: (N,H,W,C) written (may be NULL: the stem needs no input gradient)  dw: (K,R,S,C) added
 bnl_status bnl_conv2d_backward(float *dx, float *dw, const float *dy, const float *x,
                                const float *w, const bnl_conv_shape *s);
+// Output pixels per im2col tile, for tests and benchmarks (0 = automatic: up to 512 pixels and
+// about 1 MB of patches). Global, like bnl_set_threads; results do not depend on it.
+void bnl_conv_set_tile_pixels(int pixels);
 
 // ---- GEMM: the kernel boundary convolutions and linear layers share --------------------------
 // C[M,N] (+)= A[M,K] * B^T where B is (N,K) row-major ("NT"); accumulate: 0 overwrite, 1 add.
