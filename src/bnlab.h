@@ -116,6 +116,34 @@ bnl_status bnl_batchnorm_backward_eval(float *dx, float *dgamma, float *dbeta, c
                                        const float *running_mean, const float *running_var,
                                        size_t M, size_t C, const bnl_bn_config *cfg);
 
+// ---------------------------------------------------------------------------------------------
+// The train-mode passes one by one, for synchronized BatchNorm across replicas (each replica has
+// M_local rows; sums are combined by the caller, e.g. MPI_Allreduce, before the next pass):
+//   stats (local mean, m2) -> combine -> apply (+ update_running with M_total)
+//   backward_reduce (local sums) -> sum over replicas -> backward_apply with M_total
+// Local statistics in double: mean[c] and m2[c] = sum over rows of (x - mean)^2.
+bnl_status bnl_batchnorm_stats(double *mean, double *m2, const float *x, size_t M, size_t C);
+// y = (x - mean)*invstd*gamma + beta (+ReLU) with the given statistics. y may alias x.
+bnl_status bnl_batchnorm_apply(float *y, const float *x, const float *mean, const float *invstd,
+                               const float *gamma, const float *beta, size_t M, size_t C,
+                               const bnl_bn_config *cfg);
+// Running statistics from a batch of M_total rows with mean and biased variance var.
+bnl_status bnl_batchnorm_update_running(float *running_mean, float *running_var,
+                                        int64_t *num_batches_tracked, const float *mean,
+                                        const double *var, size_t M_total, size_t C,
+                                        const bnl_bn_config *cfg);
+// sum_g[c] = sum g, sum_gxc[c] = sum g*(x - mean), g = dy masked by the fused ReLU (written).
+bnl_status bnl_batchnorm_backward_reduce(double *sum_g, double *sum_gxc, const float *dy,
+                                         const float *x, const float *mean, const float *invstd,
+                                         const float *gamma, const float *beta, size_t M, size_t C,
+                                         const bnl_bn_config *cfg);
+// dx from the (global) sums over M_total rows; dgamma/dbeta are not touched (add
+// invstd*sum_gxc and sum_g of the LOCAL sums yourself: replicas average parameter gradients).
+bnl_status bnl_batchnorm_backward_apply(float *dx, const float *dy, const float *x, const float *mean,
+                                        const float *invstd, const float *gamma, const float *beta,
+                                        const double *sum_g, const double *sum_gxc, size_t M_local,
+                                        size_t M_total, size_t C, const bnl_bn_config *cfg);
+
 #ifdef __cplusplus
 }
 #endif

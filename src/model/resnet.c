@@ -3,6 +3,7 @@
 #include "model/resnet.h"
 
 #include "core/common.h"
+#include "core/rng.h"
 #include "io/safetensors.h"
 #include "ops/ops.h"
 
@@ -12,6 +13,17 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#define TRY_RET(expr)                          \
+    do {                                       \
+        bnl_status _s = (expr);                \
+        if (_s != BNL_OK) return _s;           \
+    } while (0)
+#define TRY(expr)                              \
+    do {                                       \
+        bnl_status _s = (expr);                \
+        if (_s != BNL_OK) return _s;           \
+    } while (0)
 
 #define NAME_LEN 64
 
@@ -62,6 +74,9 @@ struct bnl_resnet {
     bnl_bn_config bn;
     char **meta_k, **meta_v;
     size_t nmeta;
+    bnl_allreduce_fn sync_fn;
+    void *sync_ctx;
+    double *sync_buf;   // 4*C doubles of the widest BN layer, for the cross-replica sums
     // activation plan for (N,H,W,keep)
     int pN, pH, pW, pkeep;
     float *arena;
@@ -454,13 +469,13 @@ static bnl_status copy_meta(bnl_resnet *m, const bnl_st_file *f) {
     return BNL_OK;
 }
 
-static bnl_status load_from(bnl_resnet **out, const bnl_st_file *f) {
+static bnl_status load_from(bnl_resnet **out, const bnl_st_file *f, int allow_extra) {
     bnl_resnet *m = calloc(1, sizeof *m);
     if (!m) return bnl_fail(BNL_ERR_NOMEM, "out of memory allocating the model");
     m->bn = bnl_bn_config_default();
     m->training = 0;
     bnl_status s = build_layout(m, f);
-    if (s == BNL_OK) s = check_unexpected(m, f);
+    if (s == BNL_OK && !allow_extra) s = check_unexpected(m, f);
     if (s == BNL_OK) s = load_values(m, f);
     if (s == BNL_OK) s = copy_meta(m, f);
     if (s != BNL_OK) {
@@ -477,9 +492,15 @@ bnl_status bnl_resnet_load(bnl_resnet **out, const uint8_t *buf, size_t len) {
     bnl_st_file f;
     bnl_status s = bnl_st_parse(&f, buf, len);
     if (s != BNL_OK) return s;
-    s = load_from(out, &f);
+    s = load_from(out, &f, 0);
     bnl_st_free(&f);
     return s;
+}
+
+bnl_status bnl_resnet_load_parsed(bnl_resnet **out, const bnl_st_file *f, int allow_extra) {
+    if (!out || !f) return bnl_fail(BNL_ERR_ARG, "resnet load: NULL argument");
+    *out = NULL;
+    return load_from(out, f, allow_extra);
 }
 
 bnl_status bnl_resnet_load_file(bnl_resnet **out, const char *path) {
@@ -488,7 +509,7 @@ bnl_status bnl_resnet_load_file(bnl_resnet **out, const char *path) {
     bnl_st_file f;
     bnl_status s = bnl_st_read_file(&f, path);
     if (s != BNL_OK) return s;
-    s = load_from(out, &f);
+    s = load_from(out, &f, 0);
     if (s != BNL_OK) {
         // prefix the path so command-line users know which file
         char msg[512];
@@ -511,6 +532,7 @@ void bnl_resnet_free(bnl_resnet *m) {
     free_plan(m);
     free(m->convs), free(m->bns), free(m->blocks), free(m->segs);
     bnl_free(m->params), bnl_free(m->grads), bnl_free(m->mom), bnl_free(m->stats), bnl_free(m->batch);
+    bnl_free(m->sync_buf);
     for (size_t i = 0; i < m->nmeta; i++) free(m->meta_k[i]), free(m->meta_v[i]);
     free(m->meta_k), free(m->meta_v);
     free(m);
@@ -698,12 +720,44 @@ static bnl_status conv_bwd(bnl_resnet *m, const conv_t *cv, float *dx, const flo
     return bnl_conv2d_backward(dx, m->grads + cv->w, dy, x, m->params + cv->w, &s);
 }
 
+// Synchronized BatchNorm forward: local statistics, global mean and M2 by Chan's formula over
+// replicas (two reductions: the mean first, then M2 around it), then the usual normalization.
+static bnl_status bn_fwd_sync(bnl_resnet *m, bn_t *x, size_t M, const bnl_bn_config *cfg) {
+    size_t C = (size_t)x->C;
+    double *mean = m->sync_buf, *m2 = mean + C, *red = m2 + C;   // red: C+1 values
+    TRY_RET(bnl_batchnorm_stats(mean, m2, x->pre, M, C));
+    red[0] = (double)M;
+    for (size_t c = 0; c < C; c++) red[1 + c] = (double)M * mean[c];
+    TRY_RET(m->sync_fn(m->sync_ctx, red, C + 1));
+    double Mt = red[0];
+    float *bm = m->batch + x->bm, *bv = m->batch + x->bv, *bis = m->batch + x->bis;
+    for (size_t c = 0; c < C; c++) {
+        double gm = red[1 + c] / Mt, d = mean[c] - gm;
+        bm[c] = (float)gm;
+        m2[c] += (double)M * d * d;   // this replica's M2 around the global mean
+    }
+    TRY_RET(m->sync_fn(m->sync_ctx, m2, C));
+    for (size_t c = 0; c < C; c++) {
+        double v = m2[c] / Mt;
+        m2[c] = v > 0.0 ? v : 0.0;   // now the global biased variance
+        bv[c] = (float)m2[c];
+        bis[c] = (float)(1.0 / sqrt(m2[c] + (double)cfg->eps));
+    }
+    if (Mt < 2.0)
+        return bnl_fail(BNL_ERR_BATCH, "%s: expected more than 1 value per channel when training (global N*H*W = 1)",
+                        x->name);
+    TRY_RET(bnl_batchnorm_update_running(m->stats + x->rm, m->stats + x->rv, &x->tracked, bm, m2, (size_t)Mt, C, cfg));
+    return bnl_batchnorm_apply(x->post, x->pre, bm, bis, m->params + x->gamma, m->params + x->beta, M, C, cfg);
+}
+
 static bnl_status bn_fwd(bnl_resnet *m, bn_t *x, int N, int train) {
     bnl_bn_config cfg = m->bn;
     cfg.relu = x->relu;
     size_t M = (size_t)N * x->H * x->W;
     bnl_status s;
-    if (train) {
+    if (train && m->sync_fn) {
+        s = bn_fwd_sync(m, x, M, &cfg);
+    } else if (train) {
         s = bnl_batchnorm_forward_train(x->post, m->batch + x->bm, m->batch + x->bis, m->batch + x->bv,
                                         m->stats + x->rm, m->stats + x->rv, &x->tracked, x->pre,
                                         m->params + x->gamma, m->params + x->beta, M, (size_t)x->C, &cfg);
@@ -723,16 +777,25 @@ static bnl_status bn_bwd(bnl_resnet *m, bn_t *x, float *dx, const float *dy, int
     bnl_bn_config cfg = m->bn;
     cfg.relu = x->relu;
     size_t M = (size_t)N * x->H * x->W;
+    if (m->sync_fn) {
+        // local sums -> parameter gradients (replicas average those later); global sums -> dx
+        size_t C = (size_t)x->C;
+        double *red = m->sync_buf;   // [count, sum_g (C), sum_gxc (C)]
+        const float *mean = m->batch + x->bm, *is = m->batch + x->bis;
+        TRY_RET(bnl_batchnorm_backward_reduce(red + 1, red + 1 + C, dy, x->pre, mean, is, m->params + x->gamma,
+                                              m->params + x->beta, M, C, &cfg));
+        float *dg = m->grads + x->gamma, *db = m->grads + x->beta;
+        for (size_t c = 0; c < C; c++) dg[c] += (float)(is[c] * red[1 + C + c]), db[c] += (float)red[1 + c];
+        red[0] = (double)M;
+        TRY_RET(m->sync_fn(m->sync_ctx, red, 2 * C + 1));
+        return bnl_batchnorm_backward_apply(dx, dy, x->pre, mean, is, m->params + x->gamma, m->params + x->beta,
+                                            red + 1, red + 1 + C, M, (size_t)red[0], C, &cfg);
+    }
     return bnl_batchnorm_backward_train(dx, m->grads + x->gamma, m->grads + x->beta, dy, x->pre, m->batch + x->bm,
                                         m->batch + x->bis, m->params + x->gamma, m->params + x->beta, M,
                                         (size_t)x->C, &cfg);
 }
 
-#define TRY(expr)                              \
-    do {                                       \
-        bnl_status _s = (expr);                \
-        if (_s != BNL_OK) return _s;           \
-    } while (0)
 
 static bnl_status forward_impl(bnl_resnet *m, float *logits, const float *x, int N, int H, int W, int train) {
     bn_t *stem = &m->bns[0];
@@ -892,18 +955,27 @@ bnl_status bnl_resnet_step(bnl_resnet *m, float *loss, const float *x, int N, in
 // ---------------------------------------------------------------------------------------------
 // Saving
 
+static bnl_status add_tensors(const bnl_resnet *m, bnl_st_writer *w, float **conv_tmp);
+
 static bnl_status build_writer(const bnl_resnet *m, bnl_st_writer **out, float **conv_tmp) {
     bnl_st_writer *w;
     TRY(bnl_st_writer_create(&w));
+    bnl_status s = add_tensors(m, w, conv_tmp);
+    if (s != BNL_OK) {
+        bnl_st_writer_free(w);
+        return s;
+    }
+    *out = w;
+    return BNL_OK;
+}
+
+static bnl_status add_tensors(const bnl_resnet *m, bnl_st_writer *w, float **conv_tmp) {
     // conv weights back to torch's OIHW, in a temporary copy the writer reads at write time
     size_t nconvw = 0;
     for (int c = 0; c < m->nconv; c++)
         nconvw += (size_t)m->convs[c].cout * m->convs[c].k * m->convs[c].k * m->convs[c].cin;
     float *tmp = bnl_alloc(nconvw * sizeof(float));
-    if (!tmp) {
-        bnl_st_writer_free(w);
-        return bnl_fail(BNL_ERR_NOMEM, "out of memory saving the model");
-    }
+    if (!tmp) return bnl_fail(BNL_ERR_NOMEM, "out of memory saving the model");
     char name[160];
     bnl_status s = BNL_OK;
     size_t off = 0;
@@ -943,11 +1015,10 @@ static bnl_status build_writer(const bnl_resnet *m, bnl_st_writer **out, float *
     if (s == BNL_OK) s = bnl_st_writer_add(w, "fc.bias", BNL_DT_F32, 1, bs, m->params + m->fc_b);
     for (size_t i = 0; i < m->nmeta && s == BNL_OK; i++) s = bnl_st_writer_meta(w, m->meta_k[i], m->meta_v[i]);
     if (s != BNL_OK) {
-        bnl_st_writer_free(w);
         bnl_free(tmp);
         return s;
     }
-    *out = w, *conv_tmp = tmp;
+    *conv_tmp = tmp;
     return BNL_OK;
 }
 
@@ -971,4 +1042,146 @@ bnl_status bnl_resnet_save_file(const bnl_resnet *m, const char *path) {
     bnl_st_writer_free(w);
     bnl_free(tmp);
     return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Synchronized BatchNorm, creation, checkpoint helpers
+
+void bnl_resnet_set_sync_bn(bnl_resnet *m, bnl_allreduce_fn fn, void *ctx) {
+    if (fn && !m->sync_buf) {
+        int maxc = 0;
+        for (int i = 0; i < m->nbn; i++) maxc = m->bns[i].C > maxc ? m->bns[i].C : maxc;
+        m->sync_buf = bnl_calloc(4 * (size_t)maxc + 2, sizeof(double));
+        if (!m->sync_buf) fn = NULL;   // cannot sync without the buffer: stay local
+    }
+    m->sync_fn = fn, m->sync_ctx = ctx;
+}
+
+bnl_status bnl_resnet_add_to_writer(const bnl_resnet *m, bnl_st_writer *w, void **keep) {
+    if (!m || !w || !keep) return bnl_fail(BNL_ERR_ARG, "add_to_writer: NULL argument");
+    return add_tensors(m, w, (float **)keep);
+}
+
+bnl_status bnl_resnet_spec_named(bnl_resnet_spec *sp, int depth, float width_mult, int num_classes) {
+    static const struct { int depth, bottleneck, blocks[4]; } known[] = {
+        {18, 0, {2, 2, 2, 2}}, {34, 0, {3, 4, 6, 3}}, {50, 1, {3, 4, 6, 3}}, {101, 1, {3, 4, 23, 3}}, {152, 1, {3, 8, 36, 3}}};
+    if (!sp) return bnl_fail(BNL_ERR_ARG, "spec: NULL");
+    if (!(width_mult > 0.0f && width_mult <= 16.0f) || num_classes < 1)
+        return bnl_fail(BNL_ERR_ARG, "spec: width multiplier must be in (0, 16] and classes >= 1");
+    for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) {
+        if (known[i].depth != depth) continue;
+        memset(sp, 0, sizeof *sp);
+        sp->num_stages = 4, sp->bottleneck = known[i].bottleneck, sp->in_channels = 3, sp->num_classes = num_classes;
+        int stem = (int)lroundf(64.0f * width_mult);
+        sp->stem_width = stem < 1 ? 1 : stem;
+        for (int s = 0; s < 4; s++) {
+            int wd = (int)lroundf((float)(64 << s) * width_mult);
+            sp->blocks[s] = known[i].blocks[s], sp->widths[s] = wd < 1 ? 1 : wd;
+        }
+        return BNL_OK;
+    }
+    return bnl_fail(BNL_ERR_ARG, "spec: unknown ResNet depth %d (known: 18, 34, 50, 101, 152)", depth);
+}
+
+// Builds the initialized state dict as a safetensors buffer, then loads it: one path for layouts.
+bnl_status bnl_resnet_create(bnl_resnet **out, const bnl_resnet_spec *sp, uint64_t seed) {
+    if (!out || !sp) return bnl_fail(BNL_ERR_ARG, "create: NULL argument");
+    *out = NULL;
+    if (sp->num_stages < 1 || sp->num_stages > BNL_MAX_STAGES || sp->stem_width < 1 || sp->in_channels < 1 ||
+        sp->num_classes < 1)
+        return bnl_fail(BNL_ERR_ARG, "create: bad ResNet spec");
+    // count floats
+    size_t total = 0;
+    int exp = sp->bottleneck ? 4 : 1, cin = sp->stem_width;
+    total += (size_t)sp->stem_width * sp->in_channels * 49 + 4 * (size_t)sp->stem_width;
+    for (int s = 0; s < sp->num_stages; s++) {
+        if (sp->blocks[s] < 1 || sp->widths[s] < 1) return bnl_fail(BNL_ERR_ARG, "create: stage %d is empty", s + 1);
+        int wd = sp->widths[s], co = wd * exp;
+        for (int b = 0; b < sp->blocks[s]; b++) {
+            if (sp->bottleneck)
+                total += (size_t)wd * cin + 9 * (size_t)wd * wd + (size_t)co * wd + 4 * (size_t)(2 * wd + co);
+            else
+                total += 9 * (size_t)co * cin + 9 * (size_t)co * co + 8 * (size_t)co;
+            if (b == 0 && (s > 0 || cin != co)) total += (size_t)co * cin + 4 * (size_t)co;
+            cin = co;
+        }
+    }
+    total += (size_t)sp->num_classes * cin + (size_t)sp->num_classes;
+    float *vals = bnl_alloc(total * sizeof(float));
+    int64_t *zeros = bnl_calloc(512, sizeof(int64_t));
+    bnl_st_writer *w = NULL;
+    bnl_status st = (vals && zeros) ? bnl_st_writer_create(&w) : bnl_fail(BNL_ERR_NOMEM, "create: out of memory");
+    bnl_rng rng = bnl_rng_seed(seed);
+    float *p = vals;
+    char name[128];
+#define ADD_CONV(nm, co_, ci_, k_)                                                                       \
+    do {                                                                                                 \
+        int64_t sh[4] = {(co_), (ci_), (k_), (k_)};                                                      \
+        size_t n = (size_t)(co_) * (ci_) * (k_) * (k_);                                                  \
+        double sd = sqrt(2.0 / ((double)(co_) * (k_) * (k_)));   /* kaiming_normal_, fan_out, relu */ \
+        for (size_t i = 0; i < n; i++) p[i] = (float)(bnl_rng_normal(&rng) * sd);                        \
+        if (st == BNL_OK) st = bnl_st_writer_add(w, nm, BNL_DT_F32, 4, sh, p);                           \
+        p += n;                                                                                          \
+    } while (0)
+#define ADD_BN(prefix, c_)                                                                               \
+    do {                                                                                                 \
+        static const char *parts[4] = {"weight", "bias", "running_mean", "running_var"};                 \
+        static const float init[4] = {1.0f, 0.0f, 0.0f, 1.0f};                                           \
+        int64_t sh[1] = {(c_)};                                                                          \
+        for (int q = 0; q < 4; q++) {                                                                    \
+            for (int i = 0; i < (c_); i++) p[i] = init[q];                                               \
+            snprintf(name, sizeof name, "%s.%s", prefix, parts[q]);                                      \
+            if (st == BNL_OK) st = bnl_st_writer_add(w, name, BNL_DT_F32, 1, sh, p);                     \
+            p += (c_);                                                                                   \
+        }                                                                                                \
+        snprintf(name, sizeof name, "%s.num_batches_tracked", prefix);                                   \
+        if (st == BNL_OK) st = bnl_st_writer_add(w, name, BNL_DT_I64, 0, NULL, zeros);                   \
+    } while (0)
+    if (st == BNL_OK) {
+        ADD_CONV("conv1.weight", sp->stem_width, sp->in_channels, 7);
+        ADD_BN("bn1", sp->stem_width);
+        cin = sp->stem_width;
+        for (int s = 0; s < sp->num_stages; s++) {
+            int wd = sp->widths[s], co = wd * exp;
+            for (int b = 0; b < sp->blocks[s]; b++) {
+                char pre[48], cn[96];
+                snprintf(pre, sizeof pre, "layer%d.%d", s + 1, b);
+                if (sp->bottleneck) {
+                    snprintf(cn, sizeof cn, "%s.conv1.weight", pre); ADD_CONV(cn, wd, cin, 1);
+                    snprintf(cn, sizeof cn, "%s.bn1", pre); ADD_BN(cn, wd);
+                    snprintf(cn, sizeof cn, "%s.conv2.weight", pre); ADD_CONV(cn, wd, wd, 3);
+                    snprintf(cn, sizeof cn, "%s.bn2", pre); ADD_BN(cn, wd);
+                    snprintf(cn, sizeof cn, "%s.conv3.weight", pre); ADD_CONV(cn, co, wd, 1);
+                    snprintf(cn, sizeof cn, "%s.bn3", pre); ADD_BN(cn, co);
+                } else {
+                    snprintf(cn, sizeof cn, "%s.conv1.weight", pre); ADD_CONV(cn, co, cin, 3);
+                    snprintf(cn, sizeof cn, "%s.bn1", pre); ADD_BN(cn, co);
+                    snprintf(cn, sizeof cn, "%s.conv2.weight", pre); ADD_CONV(cn, co, co, 3);
+                    snprintf(cn, sizeof cn, "%s.bn2", pre); ADD_BN(cn, co);
+                }
+                if (b == 0 && (s > 0 || cin != co)) {
+                    snprintf(cn, sizeof cn, "%s.downsample.0.weight", pre); ADD_CONV(cn, co, cin, 1);
+                    snprintf(cn, sizeof cn, "%s.downsample.1", pre); ADD_BN(cn, co);
+                }
+                cin = co;
+            }
+        }
+        // torch.nn.Linear default: U(-1/sqrt(fan_in), 1/sqrt(fan_in)) for weight and bias
+        double bound = 1.0 / sqrt((double)cin);
+        int64_t fs[2] = {sp->num_classes, cin}, bs[1] = {sp->num_classes};
+        for (size_t i = 0; i < (size_t)sp->num_classes * cin + (size_t)sp->num_classes; i++)
+            p[i] = (float)((2.0 * bnl_rng_uniform(&rng) - 1.0) * bound);
+        if (st == BNL_OK) st = bnl_st_writer_add(w, "fc.weight", BNL_DT_F32, 2, fs, p);
+        if (st == BNL_OK) st = bnl_st_writer_add(w, "fc.bias", BNL_DT_F32, 1, bs, p + (size_t)sp->num_classes * cin);
+    }
+#undef ADD_CONV
+#undef ADD_BN
+    uint8_t *buf = NULL;
+    size_t len = 0;
+    if (st == BNL_OK) st = bnl_st_writer_to_buffer(w, &buf, &len);
+    if (st == BNL_OK) st = bnl_resnet_load(out, buf, len);
+    free(buf);
+    bnl_st_writer_free(w);
+    bnl_free(vals), bnl_free(zeros);
+    return st;
 }

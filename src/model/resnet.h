@@ -47,8 +47,27 @@ typedef struct bnl_sgd {
 
 bnl_sgd bnl_sgd_default(void);   // lr 0.1, plain SGD: no momentum, no decay
 
+// A new torchvision-style ResNet with torchvision's initialization (Kaiming-normal fan_out convs,
+// BN gamma 1 beta 0, running 0/1, fc uniform(+-1/sqrt(F))), deterministic from seed.
+typedef struct bnl_resnet_spec {
+    int num_stages;
+    int blocks[BNL_MAX_STAGES];   // e.g. 3,4,6,3
+    int widths[BNL_MAX_STAGES];   // inner widths (bottleneck: 64,128,256,512; outputs are 4x)
+    int bottleneck;
+    int stem_width;               // 64
+    int in_channels;              // 3
+    int num_classes;
+} bnl_resnet_spec;
+// Fills spec for a named torchvision depth (18, 34, 50, 101, 152) at width_mult (1.0 = torchvision).
+bnl_status bnl_resnet_spec_named(bnl_resnet_spec *spec, int depth, float width_mult, int num_classes);
+bnl_status bnl_resnet_create(bnl_resnet **out, const bnl_resnet_spec *spec, uint64_t seed);
+
 bnl_status bnl_resnet_load(bnl_resnet **out, const uint8_t *buf, size_t len);
 bnl_status bnl_resnet_load_file(bnl_resnet **out, const char *path);
+// From an already parsed file (see io/safetensors.h). allow_extra: tensors that are not part of
+// the model are ignored instead of refused (checkpoints carry optimizer state beside the model).
+struct bnl_st_file;
+bnl_status bnl_resnet_load_parsed(bnl_resnet **out, const struct bnl_st_file *f, int allow_extra);
 void bnl_resnet_free(bnl_resnet *m);
 
 const bnl_resnet_info *bnl_resnet_get_info(const bnl_resnet *m);
@@ -100,5 +119,15 @@ bnl_status bnl_resnet_bn_stats(const bnl_resnet *m, int i, bnl_bn_view *out);
 // num_batches_tracked as I64 [] and the file's __metadata__.
 bnl_status bnl_resnet_save(const bnl_resnet *m, uint8_t **buf, size_t *len);   // free() the buffer
 bnl_status bnl_resnet_save_file(const bnl_resnet *m, const char *path);       // atomic
+// Adds the state's tensors and metadata to a caller's writer (to add more, e.g. optimizer state,
+// then write once). *keep must be freed with bnl_free() after the writer has written.
+struct bnl_st_writer;
+bnl_status bnl_resnet_add_to_writer(const bnl_resnet *m, struct bnl_st_writer *w, void **keep);
+
+// Cross-replica reduction for synchronized BatchNorm (data-parallel training): fn sums buf[0..n)
+// in place over all replicas. When set, every train-mode BatchNorm uses the statistics of the
+// global batch (forward) and the global sums of its backward. NULL turns it off.
+typedef bnl_status (*bnl_allreduce_fn)(void *ctx, double *buf, size_t n);
+void bnl_resnet_set_sync_bn(bnl_resnet *m, bnl_allreduce_fn fn, void *ctx);
 
 #endif

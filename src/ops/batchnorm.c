@@ -137,7 +137,7 @@ static int thread_count(size_t work_items) {
 }
 
 // Per-channel batch mean (float) and biased variance (double) by blocks merged with Chan's formula.
-static bnl_status simd_stats(float *mean, double *var, const bnl_bn_kernels *k, const float *x,
+static bnl_status simd_stats(double *mean, double *var, const bnl_bn_kernels *k, const float *x,
                              size_t M, size_t C) {
     size_t R = block_rows(C), nblocks = (M + R - 1) / R;
     int T = thread_count(nblocks);
@@ -188,7 +188,7 @@ static bnl_status simd_stats(float *mean, double *var, const bnl_bn_kernels *k, 
         na = n;
     }
     for (size_t c = 0; c < C; c++) {
-        mean[c] = (float)acc[c];
+        mean[c] = acc[c];
         double v = acc[C + c] / (double)M;
         var[c] = v > 0.0 ? v : 0.0;
     }
@@ -338,10 +338,12 @@ bnl_status bnl_batchnorm_forward_train(float *y, float *mean, float *invstd, flo
     if (!k) {
         ref_forward_train(y, mean, invstd, var, x, gamma, beta, M, C, cfg);
     } else {
-        if ((s = simd_stats(mean, var, k, x, M, C)) != BNL_OK) {
+        double *dmean = (double *)(void *)w.buf;   // 6*C floats hold 3*C doubles; scale/beta are filled after
+        if ((s = simd_stats(dmean, var, k, x, M, C)) != BNL_OK) {
             work_free(&w);
             return s;
         }
+        for (size_t c = 0; c < C; c++) mean[c] = (float)dmean[c];
         for (size_t c = 0; c < C; c++) invstd[c] = (float)(1.0 / sqrt(var[c] + (double)cfg->eps));
         fill_scale(&w, gamma, beta, invstd, C, cfg);
         simd_apply(k, y, x, mean, w.scale, w.beta, M, C, cfg->relu);
@@ -444,6 +446,132 @@ bnl_status bnl_batchnorm_backward_eval(float *dx, float *dgamma, float *dbeta, c
         if (dbeta && cfg->use_bias) dbeta[c] += (float)sum_g[c];
     }
     simd_bwd_apply(k, dx, dy, x, running_mean, w.a, w.b, w.d, w.scale, w.beta, M, C, cfg->relu);
+    work_free(&w);
+    return BNL_OK;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The passes one by one (synchronized BatchNorm)
+
+bnl_status bnl_batchnorm_stats(double *mean, double *m2, const float *x, size_t M, size_t C) {
+    if (!mean || !m2 || !x) return bnl_fail(BNL_ERR_ARG, "batchnorm stats: NULL argument");
+    if (M == 0 || C == 0) return bnl_fail(BNL_ERR_ARG, "batchnorm stats: empty tensor (M = %zu, C = %zu)", M, C);
+    const bnl_bn_kernels *k = bnl_bn_kernels_for(bnl_isa_active());
+    if (k) {
+        bnl_status s = simd_stats(mean, m2, k, x, M, C);
+        if (s != BNL_OK) return s;
+        for (size_t c = 0; c < C; c++) m2[c] *= (double)M;
+        return BNL_OK;
+    }
+    for (size_t c = 0; c < C; c++) {
+        double s = 0.0, q = 0.0;
+        for (size_t r = 0; r < M; r++) s += x[r * C + c];
+        double mu = s / (double)M;
+        for (size_t r = 0; r < M; r++) q += (x[r * C + c] - mu) * (x[r * C + c] - mu);
+        mean[c] = mu, m2[c] = q;
+    }
+    return BNL_OK;
+}
+
+bnl_status bnl_batchnorm_apply(float *y, const float *x, const float *mean, const float *invstd,
+                               const float *gamma, const float *beta, size_t M, size_t C,
+                               const bnl_bn_config *cfg) {
+    const char *who = "batchnorm apply";
+    bnl_status s = check_common(who, y, x, gamma, beta, M, C, cfg);
+    if (s != BNL_OK) return s;
+    if (!mean || !invstd) return bnl_fail(BNL_ERR_ARG, "%s: mean/invstd are NULL", who);
+    const bnl_bn_kernels *k = bnl_bn_kernels_for(bnl_isa_active());
+    bn_work w;
+    if ((s = work_alloc(&w, C, who)) != BNL_OK) return s;
+    fill_scale(&w, gamma, beta, invstd, C, cfg);
+    if (k) {
+        simd_apply(k, y, x, mean, w.scale, w.beta, M, C, cfg->relu);
+    } else {
+        for (size_t r = 0; r < M; r++)
+            for (size_t c = 0; c < C; c++) {
+                double t = ((double)x[r * C + c] - mean[c]) * invstd[c] * (cfg->use_scale ? gamma[c] : 1.0) +
+                           (cfg->use_bias ? beta[c] : 0.0);
+                y[r * C + c] = cfg->relu && !(t > 0.0) ? 0.0f : (float)t;
+            }
+    }
+    work_free(&w);
+    return BNL_OK;
+}
+
+bnl_status bnl_batchnorm_update_running(float *running_mean, float *running_var,
+                                        int64_t *num_batches_tracked, const float *mean,
+                                        const double *var, size_t M_total, size_t C,
+                                        const bnl_bn_config *cfg) {
+    bnl_status s = check_config(cfg, "batchnorm running update");
+    if (s != BNL_OK) return s;
+    if (!mean || !var) return bnl_fail(BNL_ERR_ARG, "batchnorm running update: NULL statistics");
+    if (M_total < 2)
+        return bnl_fail(BNL_ERR_BATCH, "batchnorm: expected more than 1 value per channel when training (N*H*W = %zu)",
+                        M_total);
+    update_running(running_mean, running_var, num_batches_tracked, mean, var, M_total, C, cfg);
+    return BNL_OK;
+}
+
+bnl_status bnl_batchnorm_backward_reduce(double *sum_g, double *sum_gxc, const float *dy,
+                                         const float *x, const float *mean, const float *invstd,
+                                         const float *gamma, const float *beta, size_t M, size_t C,
+                                         const bnl_bn_config *cfg) {
+    const char *who = "batchnorm backward reduce";
+    bnl_status s = check_common(who, sum_g, dy, gamma, beta, M, C, cfg);
+    if (s != BNL_OK) return s;
+    if (!sum_gxc || !x || !mean || !invstd) return bnl_fail(BNL_ERR_ARG, "%s: NULL argument", who);
+    bn_work w;
+    if ((s = work_alloc(&w, C, who)) != BNL_OK) return s;
+    fill_scale(&w, gamma, beta, invstd, C, cfg);
+    const bnl_bn_kernels *k = bnl_bn_kernels_for(bnl_isa_active());
+    if (k) {
+        s = simd_bwd_reduce(sum_g, sum_gxc, k, dy, x, mean, w.scale, w.beta, M, C, cfg->relu);
+    } else {
+        for (size_t c = 0; c < C; c++) {
+            double g0 = 0.0, g1 = 0.0, sc = (double)(cfg->use_scale ? gamma[c] : 1.0) * invstd[c];
+            double b = cfg->use_bias ? beta[c] : 0.0;
+            for (size_t r = 0; r < M; r++) {
+                double xc = (double)x[r * C + c] - mean[c], g = dy[r * C + c];
+                if (cfg->relu && !(xc * sc + b > 0.0)) g = 0.0;
+                g0 += g, g1 += g * xc;
+            }
+            sum_g[c] = g0, sum_gxc[c] = g1;
+        }
+    }
+    work_free(&w);
+    return s;
+}
+
+bnl_status bnl_batchnorm_backward_apply(float *dx, const float *dy, const float *x, const float *mean,
+                                        const float *invstd, const float *gamma, const float *beta,
+                                        const double *sum_g, const double *sum_gxc, size_t M_local,
+                                        size_t M_total, size_t C, const bnl_bn_config *cfg) {
+    const char *who = "batchnorm backward apply";
+    bnl_status s = check_common(who, dx, dy, gamma, beta, M_local, C, cfg);
+    if (s != BNL_OK) return s;
+    if (!x || !mean || !invstd || !sum_g || !sum_gxc || M_total < M_local)
+        return bnl_fail(BNL_ERR_ARG, "%s: NULL argument or M_total < M_local", who);
+    bn_work w;
+    if ((s = work_alloc(&w, C, who)) != BNL_OK) return s;
+    fill_scale(&w, gamma, beta, invstd, C, cfg);
+    for (size_t c = 0; c < C; c++) {
+        double A = w.scale[c], is = invstd[c];
+        w.a[c] = (float)A;
+        w.b[c] = (float)(-A * is * is * sum_gxc[c] / (double)M_total);
+        w.d[c] = (float)(-A * sum_g[c] / (double)M_total);
+    }
+    const bnl_bn_kernels *k = bnl_bn_kernels_for(bnl_isa_active());
+    if (k) {
+        simd_bwd_apply(k, dx, dy, x, mean, w.a, w.b, w.d, w.scale, w.beta, M_local, C, cfg->relu);
+    } else {
+        for (size_t r = 0; r < M_local; r++)
+            for (size_t c = 0; c < C; c++) {
+                double xc = (double)x[r * C + c] - mean[c], g = dy[r * C + c];
+                double b = cfg->use_bias ? beta[c] : 0.0;
+                if (cfg->relu && !(xc * w.scale[c] + b > 0.0)) g = 0.0;
+                dx[r * C + c] = (float)((double)w.a[c] * g + (double)w.b[c] * xc + (double)w.d[c]);
+            }
+    }
     work_free(&w);
     return BNL_OK;
 }
