@@ -1,0 +1,129 @@
+// Datasets for training and the browser demo: a procedural one (generated on demand, identical
+// natively and in wasm), CIFAR-10 (binary format) and torchvision-style ImageFolder (JPEG/PNG).
+// Every dataset hands out normalized float batches in NHWC through one call.
+//
+//     bnl_dataset *d;
+//     bnl_procedural_opts po = bnl_procedural_opts_default();   // 10 classes, 32x32, 10000 images
+//     po.seed = 1;
+//     if (bnl_dataset_procedural(&d, &po) != BNL_OK) fprintf(stderr, "%s\n", bnl_last_error());
+//     // or: bnl_dataset_cifar10(&d, "data/cifar-10-batches-bin", 1);
+//     // or: bnl_imagefolder_opts io = bnl_imagefolder_opts_default(); io.size = 64;
+//     //     bnl_dataset_imagefolder(&d, "data/imagenette/train", &io);
+//     size_t n = bnl_dataset_size(d), B = 128;
+//     int H = bnl_dataset_height(d), W = bnl_dataset_width(d);
+//     float *x = malloc(B * H * W * 3 * sizeof(float));                 // x: (B,H,W,3)
+//     int64_t labels[128];
+//     size_t *perm = malloc(n * sizeof(size_t));
+//     bnl_augment aug = bnl_dataset_augment_default(d, 1);              // train: crop/flip + mean/std
+//     for (int epoch = 0; epoch < E; epoch++) {
+//         bnl_dataset_permutation(perm, n, seed, epoch);
+//         for (size_t b = 0; b + B <= n; b += B)
+//             bnl_dataset_get_batch(d, x, labels, perm + b, B, &aug, seed * 1000003u + epoch);
+//     }
+//     bnl_dataset_free(d);   // whoever creates a dataset frees it
+//
+// Determinism: image i of a procedural dataset depends only on (opts.seed, i); the augmentation of
+// image i in a batch depends only on (batch seed, i), never on the thread count or the batch it is in.
+#ifndef BNL_DATASET_H
+#define BNL_DATASET_H
+#include "bnlab.h"
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct bnl_dataset bnl_dataset;
+
+void bnl_dataset_free(bnl_dataset *d);   // NULL is fine
+
+size_t bnl_dataset_size(const bnl_dataset *d);              // number of images
+int bnl_dataset_num_classes(const bnl_dataset *d);
+const char *bnl_dataset_class_name(const bnl_dataset *d, int i);   // NULL if i is out of range
+int bnl_dataset_height(const bnl_dataset *d);               // of the produced samples
+int bnl_dataset_width(const bnl_dataset *d);
+// Label of image i without producing the image; -1 if i is out of range.
+int64_t bnl_dataset_label(const bnl_dataset *d, size_t i);
+
+// ---------------------------------------------------------------------------------------------
+// Procedural shapes: several shape classes (circle, square, triangle, ring, cross, ...) drawn with
+// random position, scale, rotation, colour and texture on cluttered backgrounds. Nothing is stored:
+// image i is drawn when asked for. Labels are balanced (image i has class (i + k) % classes).
+#define BNL_PROCEDURAL_MAX_CLASSES 16
+
+typedef struct bnl_procedural_opts {
+    uint64_t seed;   // use different seeds for the train and the test split
+    size_t count;    // number of images (default 10000)
+    int classes;     // 2..BNL_PROCEDURAL_MAX_CLASSES (default 10)
+    int size;        // images are size x size, size >= 8 (default 32)
+} bnl_procedural_opts;
+
+bnl_procedural_opts bnl_procedural_opts_default(void);
+// o == NULL takes the defaults.
+bnl_status bnl_dataset_procedural(bnl_dataset **out, const bnl_procedural_opts *o);
+
+// ---------------------------------------------------------------------------------------------
+// CIFAR-10 binary version: dir/data_batch_1.bin .. data_batch_5.bin (train = 1) or dir/test_batch.bin
+// (train = 0); records of 1 label byte + 3072 bytes (R, G, B planes of 32x32). Class names come from
+// dir/batches.meta.txt when present. Errors name the file (missing, size not a multiple of 3073,
+// label > 9). Images are kept in memory as uint8 NHWC (150 MB for the train split).
+bnl_status bnl_dataset_cifar10(bnl_dataset **out, const char *dir, int train);
+// The same from bytes (the concatenated records, e.g. one .bin file in the browser); name is used in
+// error messages. The bytes are copied.
+bnl_status bnl_dataset_cifar10_from_buffer(bnl_dataset **out, const uint8_t *buf, size_t len,
+                                           const char *name);
+
+// ---------------------------------------------------------------------------------------------
+// ImageFolder (torchvision layout): root/<class>/<image>.{jpg,jpeg,png} (case-insensitive
+// extensions), classes sorted by name, files sorted by name. Decoded with libjpeg / libpng
+// (BNL_ERR_UNSUPPORTED in builds without them, e.g. wasm), converted to RGB. Eval samples: shorter
+// side resized to `resize` (antialiased bilinear), then a size x size center crop. Errors name the
+// file (corrupt or truncated image).
+typedef struct bnl_imagefolder_opts {
+    int size;            // produced samples are size x size (default 224)
+    int resize;          // shorter side before the center crop (default: size * 256 / 224)
+    int cache;           // 1: decode every image once at open and keep it at shorter side = resize
+                         //    (uint8) in memory; 0 (default): decode when a batch asks for it
+    size_t max_per_class;   // 0 = all; else the first files of each class (quick experiments)
+} bnl_imagefolder_opts;
+
+bnl_imagefolder_opts bnl_imagefolder_opts_default(void);
+bnl_status bnl_dataset_imagefolder(bnl_dataset **out, const char *root, const bnl_imagefolder_opts *o);
+
+// ---------------------------------------------------------------------------------------------
+// Batches. x[k] = (v/255 - mean[c]) / std[c] for each pixel value v of the (augmented) sample.
+typedef struct bnl_augment {
+    float mean[3], std[3];      // per RGB channel
+    int flip;                   // 1: horizontal flip with probability 1/2
+    int pad_crop;               // p > 0: pad by p zero pixels on each side, crop H x W at a random
+                                //        offset (the CIFAR recipe uses 4)
+    int random_resized_crop;    // 1: a random region of area [scale_min, 1] of the source image and
+                                //    aspect ratio [3/4, 4/3], resized to H x W (torchvision's
+                                //    RandomResizedCrop); replaces the eval resize + center crop
+    float scale_min;            // 0.08 in torchvision; larger is kinder to small images
+} bnl_augment;
+
+// ImageNet mean (0.485, 0.456, 0.406) and std (0.229, 0.224, 0.225), no augmentation.
+bnl_augment bnl_augment_none(void);
+// The usual recipe for this dataset: per-dataset mean/std; train = 1 adds augmentation
+// (procedural, CIFAR: pad_crop = size/8 and flip; ImageFolder: random_resized_crop and flip).
+bnl_augment bnl_dataset_augment_default(const bnl_dataset *d, int train);
+
+// x: (n,H,W,3) floats, labels: (n) (may be NULL), indices: (n) image indices (each < size).
+// aug == NULL means bnl_augment_none(). Augmentation of image indices[k] is drawn from
+// (seed, indices[k]) only: pass a different seed each epoch. Images are produced in parallel
+// (OpenMP, bnl_set_threads); results do not depend on the thread count.
+bnl_status bnl_dataset_get_batch(const bnl_dataset *d, float *x, int64_t *labels, const size_t *indices,
+                                 size_t n, const bnl_augment *aug, uint64_t seed);
+
+// The un-normalized, un-augmented sample i as bytes, rgb: (H,W,3) (for display and checks).
+bnl_status bnl_dataset_get_image_u8(const bnl_dataset *d, uint8_t *rgb, size_t i);
+
+// perm: (n) a permutation of 0..n-1 drawn from (seed, epoch) (Fisher-Yates, splitmix64).
+bnl_status bnl_dataset_permutation(size_t *perm, size_t n, uint64_t seed, uint64_t epoch);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
