@@ -3,10 +3,10 @@
 //
 // Sizes: N batch, H/W input, C input channels, K output channels, R/S kernel, P/Q output.
 // x: (N,H,W,C)  w: (K,R,S,C)  y: (N,P,Q,K). A patch row is (R,S,C) = RSC floats, in w's order, so
-//   y[pix, k] = sum_j patch[pix, j] * w[k, j]                           (forward: GEMM NN with w^T)
+//   y[pix, k] = sum_j patch[pix, j] * w[k, j]                           (forward: GEMM NT)
 //   dw[k, j] += sum_pix dy[pix, k] * patch[pix, j]                      (GEMM TN)
 //   dpatch[pix, j] = sum_k dy[pix, k] * w[k, j], then col2im into dx    (GEMM NN)
-// Tiles are ranges of flattened output pixels (n,p,q), at most ~512 of them and ~1 MB of patches,
+// Tiles are ranges of flattened output pixels (n,p,q): 128 to 512 of them, about 4 MB of patches,
 // so the scratch stays bounded whatever the batch. 1x1 stride-1 unpadded convs are GEMMs on x
 // itself, no copy.
 //
@@ -24,13 +24,20 @@
 #include <omp.h>
 #endif
 
-#define CONV_TILE_FLOATS (256 * 1024)   // target patch buffer: 1 MB
-#define CONV_TILE_MIN 64
+#define CONV_TILE_FLOATS (1024 * 1024)   // target patch buffer: 4 MB
+#define CONV_TILE_MIN 128
 #define CONV_TILE_MAX 512
 
 static int g_tile_pixels = 0;   // 0: automatic
 
 void bnl_conv_set_tile_pixels(int pixels) { g_tile_pixels = pixels > 0 ? pixels : 0; }
+
+// a*b*c*d floats fit in size_t bytes (sizes positive)
+static int bytes_fit(int a, int b, int c, int d) {
+    size_t n = sizeof(float);
+    return bnl_mul_ok(n, (size_t)a, &n) && bnl_mul_ok(n, (size_t)b, &n) && bnl_mul_ok(n, (size_t)c, &n) &&
+           bnl_mul_ok(n, (size_t)d, &n);
+}
 
 bnl_status bnl_conv_shape_init(bnl_conv_shape *s, int N, int H, int W, int C, int K, int R, int S,
                                int stride, int pad) {
@@ -46,13 +53,8 @@ bnl_status bnl_conv_shape_init(bnl_conv_shape *s, int N, int H, int W, int C, in
                         R, S, (long long)hp, (long long)wp);
     int64_t P = (hp - R) / stride + 1, Q = (wp - S) / stride + 1;
     if (P > INT_MAX || Q > INT_MAX) return bnl_fail(BNL_ERR_ARG, "conv: output size overflows int");
-    // every tensor's element count (and byte count) must fit size_t
-    size_t n;
-    if (!bnl_mul_ok((size_t)N * (size_t)H, (size_t)W, &n) || !bnl_mul_ok(n, (size_t)C, &n) ||
-        !bnl_mul_ok(n, sizeof(float), &n) || !bnl_mul_ok((size_t)N * (size_t)P, (size_t)Q, &n) ||
-        !bnl_mul_ok(n, (size_t)K, &n) || !bnl_mul_ok(n, sizeof(float), &n) ||
-        !bnl_mul_ok((size_t)K * (size_t)R, (size_t)S, &n) || !bnl_mul_ok(n, (size_t)C, &n) ||
-        !bnl_mul_ok(n, sizeof(float), &n))
+    // every tensor's byte count must fit size_t (32 bits in wasm)
+    if (!bytes_fit(N, H, W, C) || !bytes_fit(N, (int)P, (int)Q, K) || !bytes_fit(K, R, S, C))
         return bnl_fail(BNL_ERR_ARG, "conv: tensor sizes overflow (N=%d H=%d W=%d C=%d K=%d R=%d S=%d)",
                         N, H, W, C, K, R, S);
     s->N = N, s->H = H, s->W = W, s->C = C, s->K = K, s->R = R, s->S = S;
@@ -174,12 +176,6 @@ static void col2im_tile(float *dx, const float *dpatch, const bnl_conv_shape *s,
     }
 }
 
-// wt (RSC,K) = w (K,RSC)^T, so the forward GEMM reads both operands along rows.
-static void transpose_w(float *wt, const float *w, size_t K, size_t rsc) {
-    for (size_t k = 0; k < K; k++)
-        for (size_t j = 0; j < rsc; j++) wt[j * K + k] = w[k * rsc + j];
-}
-
 bnl_status bnl_conv2d_forward(float *y, const float *x, const float *w, const bnl_conv_shape *s) {
     bnl_status st = check_shape(s, "conv2d_forward");
     if (st != BNL_OK) return st;
@@ -195,13 +191,10 @@ bnl_status bnl_conv2d_forward(float *y, const float *x, const float *w, const bn
     int tiles_parallel = T > 1 && ntiles >= 2 * (size_t)T;
     if (!tiles_parallel) T = threads_for(tp);
     size_t nbuf = tiles_parallel ? (size_t)T : 1;
-    float *wt = bnl_alloc(rsc * K * sizeof(float));
-    float *buf = bnl_alloc(nbuf * tp * rsc * sizeof(float));   // sizes checked by check_shape, tp*rsc small
-    if (!wt || !buf) {
-        bnl_free(wt), bnl_free(buf);
-        return bnl_fail(BNL_ERR_NOMEM, "conv2d_forward: out of memory for %zu x %zu patches", tp, rsc);
-    }
-    transpose_w(wt, w, K, rsc);
+    size_t bytes = 0;
+    float *buf = NULL;
+    if (bnl_mul_ok(nbuf * tp, rsc * sizeof(float), &bytes)) buf = bnl_alloc(bytes);
+    if (!buf) return bnl_fail(BNL_ERR_NOMEM, "conv2d_forward: out of memory for %zu x %zu patches", tp, rsc);
     if (tiles_parallel) {
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(T)
@@ -214,16 +207,16 @@ bnl_status bnl_conv2d_forward(float *y, const float *x, const float *w, const bn
 #endif
             size_t t0 = (size_t)t * tp, t1 = t0 + tp < npix ? t0 + tp : npix;
             gather_tile(b, x, s, rsc, t0, t1, 1);
-            bnl_gemm_nn(y + t0 * K, b, wt, t1 - t0, K, rsc, 0);   // serial inside a parallel region
+            bnl_gemm_nt(y + t0 * K, b, w, t1 - t0, K, rsc, 0);   // serial inside a parallel region
         }
     } else {
         for (size_t t0 = 0; t0 < npix; t0 += tp) {
             size_t t1 = t0 + tp < npix ? t0 + tp : npix;
             gather_tile(buf, x, s, rsc, t0, t1, T);
-            bnl_gemm_nn(y + t0 * K, buf, wt, t1 - t0, K, rsc, 0);
+            bnl_gemm_nt(y + t0 * K, buf, w, t1 - t0, K, rsc, 0);
         }
     }
-    bnl_free(wt), bnl_free(buf);
+    bnl_free(buf);
     return BNL_OK;
 }
 
@@ -244,7 +237,9 @@ bnl_status bnl_conv2d_backward(float *dx, float *dw, const float *dy, const floa
     }
     size_t tp = tile_pixels(s, rsc);
     int T = threads_for(tp);
-    float *buf = bnl_alloc(tp * rsc * sizeof(float));
+    size_t bytes = 0;
+    float *buf = NULL;
+    if (bnl_mul_ok(tp, rsc * sizeof(float), &bytes)) buf = bnl_alloc(bytes);
     if (!buf) return bnl_fail(BNL_ERR_NOMEM, "conv2d_backward: out of memory for %zu x %zu patches", tp, rsc);
     if (dx) {
         size_t total = nin * C;

@@ -1,17 +1,19 @@
 // GEMM: the kernel boundary that convolutions and linear layers share. Row-major float32.
 //
-// One portable engine serves all three variants: C[M,N] (+)= A(M,K) * B(K,N), where A is read
-// through two strides (so A and A^T need no copy) and B is (K,N) row-major (the "NT" variant
-// transposes its B once into a scratch buffer). The engine is cache-blocked (KC rows of B at a
-// time, C split into MC x NC tasks) around a 4x16 register tile of local accumulators, written so
-// that gcc -O3 / clang vectorize the inner loops over the contiguous N dimension. No intrinsics,
-// no fast-math: a later packed SIMD micro-kernel replaces tile_4x16 and friends.
+// One portable engine serves all three variants: C[M,N] (+)= A(M,K) * B(K,N), with A and B read
+// through a pair of strides each, so A^T and B^T need no copy. The engine is cache-blocked: C is
+// split into MC x NC tasks (the unit of threading); per KC-deep pass a task packs its A block into
+// 4-row panels ([k][4]) and each 16-column panel of B into [k][16], then runs a 4x16 register tile
+// over them. Packing makes every kernel read contiguous memory whatever the layout (a B row stride
+// of 2 KB used to thrash L1) and lets edges run the same tile on zero-padded panels. The loops
+// are written so gcc -O3 / clang vectorize them over the 16 columns. No intrinsics, no fast-math:
+// a later packed SIMD micro-kernel replaces kernel_4x16.
 //
 // Determinism: every element of C is computed by exactly one task, as C (or 0) plus the products
 // for k = 0, 1, ..., K-1 in order, whatever the tile, task or thread it lands in. So results do
 // not depend on the thread count or on how C is partitioned.
 //
-// Sizes: C (M,N). A(i,k) at A[i*a_si + k*a_sk]. B (K,N) with row stride ldb.
+// Sizes: C (M,N) with row stride ldc. A(i,k) at A[i*a_si + k*a_sk]; B(k,j) at B[k*b_sk + j*b_sj].
 #include "core/common.h"
 #include "ops/ops.h"
 
@@ -22,8 +24,8 @@
 
 #define GEMM_MR 4     // register tile rows
 #define GEMM_NR 16    // register tile columns (4 SSE / 2 AVX / 4 wasm simd128 vectors)
-#define GEMM_KC 256   // depth of one pass: a KC x NR panel of B stays in L1 across a task's rows
-#define GEMM_MC 64    // task rows
+#define GEMM_KC 256   // depth of one pass: a KC x NR panel of B (16 KB) stays in L1
+#define GEMM_MC 64    // task rows: the packed A block (64 KB) stays in L2
 #define GEMM_NC 256   // task columns
 
 typedef struct gemm_args {
@@ -32,64 +34,94 @@ typedef struct gemm_args {
     const float *A;
     size_t a_si, a_sk;
     const float *B;
-    size_t ldb;
+    size_t b_sk, b_sj;
     size_t M, N, K;
     int accumulate;
 } gemm_args;
 
-// The 4x16 register tile over kb steps. init: start from 0 instead of C (first pass, overwrite).
-static void tile_4x16(float *restrict C, size_t ldc, const float *restrict A, size_t a_si,
-                      size_t a_sk, const float *restrict B, size_t ldb, size_t kb, int init) {
-    float acc[GEMM_MR][GEMM_NR];
-    for (int r = 0; r < GEMM_MR; r++)
-        for (int j = 0; j < GEMM_NR; j++) acc[r][j] = init ? 0.0f : C[r * ldc + j];
+// C (4,16) = (init ? 0 : C) + ap (kb,4 packed)^T * bp (kb,16 packed), k ascending.
+// Four named accumulator rows and one j loop with the four A values hoisted: gcc and clang keep
+// c0..c3 in vector registers (a 2-D acc[4][16] array got spilled to the stack).
+static void kernel_4x16(float *restrict C, size_t ldc, const float *restrict ap,
+                        const float *restrict bp, size_t kb, int init) {
+    float c0[GEMM_NR], c1[GEMM_NR], c2[GEMM_NR], c3[GEMM_NR];
+    if (init) {
+        for (int j = 0; j < GEMM_NR; j++) c0[j] = c1[j] = c2[j] = c3[j] = 0.0f;
+    } else {
+        for (int j = 0; j < GEMM_NR; j++) {
+            c0[j] = C[j], c1[j] = C[ldc + j], c2[j] = C[2 * ldc + j], c3[j] = C[3 * ldc + j];
+        }
+    }
     for (size_t k = 0; k < kb; k++) {
-        const float *b = B + k * ldb;
-        const float *a = A + k * a_sk;
-        for (int r = 0; r < GEMM_MR; r++) {
-            float ar = a[r * a_si];
-            for (int j = 0; j < GEMM_NR; j++) acc[r][j] += ar * b[j];
+        const float *b = bp + k * GEMM_NR;
+        float a0 = ap[4 * k], a1 = ap[4 * k + 1], a2 = ap[4 * k + 2], a3 = ap[4 * k + 3];
+        for (int j = 0; j < GEMM_NR; j++) {
+            float bj = b[j];
+            c0[j] += a0 * bj, c1[j] += a1 * bj, c2[j] += a2 * bj, c3[j] += a3 * bj;
         }
     }
-    for (int r = 0; r < GEMM_MR; r++)
-        for (int j = 0; j < GEMM_NR; j++) C[r * ldc + j] = acc[r][j];
-}
-
-// Edges: mr rows (< 4 or anything) x nr columns (<= NR), same arithmetic order as the tile.
-static void tile_edge(float *restrict C, size_t ldc, const float *restrict A, size_t a_si,
-                      size_t a_sk, const float *restrict B, size_t ldb, size_t kb, size_t mr,
-                      size_t nr, int init) {
-    for (size_t r = 0; r < mr; r++) {
-        float acc[GEMM_NR];
-        float *c = C + r * ldc;
-        const float *a = A + r * a_si;
-        for (size_t j = 0; j < nr; j++) acc[j] = init ? 0.0f : c[j];
-        for (size_t k = 0; k < kb; k++) {
-            float ar = a[k * a_sk];
-            const float *b = B + k * ldb;
-            for (size_t j = 0; j < nr; j++) acc[j] += ar * b[j];
-        }
-        for (size_t j = 0; j < nr; j++) c[j] = acc[j];
+    for (int j = 0; j < GEMM_NR; j++) {
+        C[j] = c0[j], C[ldc + j] = c1[j], C[2 * ldc + j] = c2[j], C[3 * ldc + j] = c3[j];
     }
 }
 
-// One task: rows [i0,i1) x columns [j0,j1) of C, all of K.
+// Rows [i0, i0+mb) x depth [k0, k0+kb) of A into 4-row panels: panel p holds ap[p*4*kb + k*4 + r],
+// rows past mb are zero.
+static void pack_a(float *restrict ap, const gemm_args *g, size_t i0, size_t mb, size_t k0, size_t kb) {
+    for (size_t p = 0; p < mb; p += GEMM_MR) {
+        float *dst = ap + p * kb;
+        size_t rows = mb - p < GEMM_MR ? mb - p : GEMM_MR;
+        if (rows < GEMM_MR) memset(dst, 0, GEMM_MR * kb * sizeof(float));
+        const float *src = g->A + (i0 + p) * g->a_si + k0 * g->a_sk;
+        if (g->a_sk == 1) {
+            for (size_t r = 0; r < rows; r++)
+                for (size_t k = 0; k < kb; k++) dst[k * GEMM_MR + r] = src[r * g->a_si + k];
+        } else {
+            for (size_t k = 0; k < kb; k++)
+                for (size_t r = 0; r < rows; r++) dst[k * GEMM_MR + r] = src[k * g->a_sk + r * g->a_si];
+        }
+    }
+}
+
+// Columns [j, j+nr) x depth [k0, k0+kb) of B into bp[k*16 + c], columns past nr zero.
+static void pack_b(float *restrict bp, const gemm_args *g, size_t k0, size_t kb, size_t j, size_t nr) {
+    const float *src = g->B + k0 * g->b_sk + j * g->b_sj;
+    if (nr < GEMM_NR) memset(bp, 0, kb * GEMM_NR * sizeof(float));
+    if (g->b_sj == 1) {
+        for (size_t k = 0; k < kb; k++) memcpy(bp + k * GEMM_NR, src + k * g->b_sk, nr * sizeof(float));
+    } else {
+        for (size_t c = 0; c < nr; c++)
+            for (size_t k = 0; k < kb; k++) bp[k * GEMM_NR + c] = src[c * g->b_sj + k * g->b_sk];
+    }
+}
+
+// One task: rows [i0,i1) x columns [j0,j1) of C, all of K. i1 - i0 <= GEMM_MC.
 static void gemm_task(const gemm_args *g, size_t i0, size_t i1, size_t j0, size_t j1) {
+    _Alignas(64) float ap[GEMM_MC * GEMM_KC];
+    _Alignas(64) float bp[GEMM_KC * GEMM_NR];
+    _Alignas(64) float edge[GEMM_MR * GEMM_NR];
+    size_t mb = i1 - i0;
     for (size_t k0 = 0; k0 < g->K; k0 += GEMM_KC) {
         size_t kb = g->K - k0 < GEMM_KC ? g->K - k0 : GEMM_KC;
         int init = !g->accumulate && k0 == 0;
-        const float *Ak = g->A + k0 * g->a_sk;
-        const float *Bk = g->B + k0 * g->ldb;
+        pack_a(ap, g, i0, mb, k0, kb);
         for (size_t j = j0; j < j1; j += GEMM_NR) {
             size_t nr = j1 - j < GEMM_NR ? j1 - j : GEMM_NR;
-            size_t i = i0;
-            if (nr == GEMM_NR)
-                for (; i + GEMM_MR <= i1; i += GEMM_MR)
-                    tile_4x16(g->C + i * g->ldc + j, g->ldc, Ak + i * g->a_si, g->a_si, g->a_sk,
-                              Bk + j, g->ldb, kb, init);
-            if (i < i1)
-                tile_edge(g->C + i * g->ldc + j, g->ldc, Ak + i * g->a_si, g->a_si, g->a_sk,
-                          Bk + j, g->ldb, kb, i1 - i, nr, init);
+            pack_b(bp, g, k0, kb, j, nr);
+            for (size_t p = 0; p < mb; p += GEMM_MR) {
+                size_t mr = mb - p < GEMM_MR ? mb - p : GEMM_MR;
+                float *c = g->C + (i0 + p) * g->ldc + j;
+                if (mr == GEMM_MR && nr == GEMM_NR) {
+                    kernel_4x16(c, g->ldc, ap + p * kb, bp, kb, init);
+                    continue;
+                }
+                // edge: the same tile on a zero-padded copy, so every value gets the same sums
+                memset(edge, 0, sizeof edge);
+                if (!init)
+                    for (size_t r = 0; r < mr; r++) memcpy(edge + r * GEMM_NR, c + r * g->ldc, nr * sizeof(float));
+                kernel_4x16(edge, GEMM_NR, ap + p * kb, bp, kb, init);
+                for (size_t r = 0; r < mr; r++) memcpy(c + r * g->ldc, edge + r * GEMM_NR, nr * sizeof(float));
+            }
         }
     }
 }
@@ -147,51 +179,18 @@ static void gemm_run(const gemm_args *g) {
 
 void bnl_gemm_nn(float *Cm, const float *A, const float *B, size_t M, size_t N, size_t K, int accumulate) {
     if (!Cm || ((!A || !B) && K > 0 && M > 0 && N > 0)) return;
-    gemm_args g = {Cm, N, A, K, 1, B, N, M, N, K, accumulate};
+    gemm_args g = {Cm, N, A, K, 1, B, N, 1, M, N, K, accumulate};   // A (M,K), B (K,N)
+    gemm_run(&g);
+}
+
+void bnl_gemm_nt(float *Cm, const float *A, const float *B, size_t M, size_t N, size_t K, int accumulate) {
+    if (!Cm || ((!A || !B) && K > 0 && M > 0 && N > 0)) return;
+    gemm_args g = {Cm, N, A, K, 1, B, 1, K, M, N, K, accumulate};   // A (M,K), B (N,K)
     gemm_run(&g);
 }
 
 void bnl_gemm_tn(float *Cm, const float *A, const float *B, size_t M, size_t N, size_t K, int accumulate) {
     if (!Cm || ((!A || !B) && K > 0 && M > 0 && N > 0)) return;
-    gemm_args g = {Cm, N, A, 1, M, B, N, M, N, K, accumulate};
+    gemm_args g = {Cm, N, A, 1, M, B, N, 1, M, N, K, accumulate};   // A (K,M), B (K,N)
     gemm_run(&g);
-}
-
-// dst (cols, rows) = src (rows, cols)^T, in 32x32 blocks so both sides stay in cache.
-static void transpose(float *restrict dst, const float *restrict src, size_t rows, size_t cols) {
-    const size_t TB = 32;
-    size_t nbr = cdiv(rows, TB), nbc = cdiv(cols, TB);
-    int T = rows * cols >= (1u << 18) && !in_parallel() ? bnl_threads_effective() : 1;
-    (void)T;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
-#endif
-    for (long long b = 0; b < (long long)(nbr * nbc); b++) {
-        size_t r0 = ((size_t)b / nbc) * TB, c0 = ((size_t)b % nbc) * TB;
-        size_t r1 = r0 + TB < rows ? r0 + TB : rows, c1 = c0 + TB < cols ? c0 + TB : cols;
-        for (size_t r = r0; r < r1; r++)
-            for (size_t c = c0; c < c1; c++) dst[c * rows + r] = src[r * cols + c];
-    }
-}
-
-void bnl_gemm_nt(float *Cm, const float *A, const float *B, size_t M, size_t N, size_t K, int accumulate) {
-    if (!Cm || ((!A || !B) && K > 0 && M > 0 && N > 0)) return;
-    if (M == 0 || N == 0) return;
-    size_t bytes;
-    float *Bt = NULL;
-    if (K > 0 && bnl_mul_ok(N, K, &bytes) && bnl_mul_ok(bytes, sizeof(float), &bytes)) Bt = bnl_alloc(bytes);
-    if (Bt) {
-        transpose(Bt, B, N, K);   // (N,K) -> (K,N)
-        gemm_args g = {Cm, N, A, K, 1, Bt, N, M, N, K, accumulate};
-        gemm_run(&g);
-        bnl_free(Bt);
-        return;
-    }
-    // No memory for the transposed copy (or K == 0): plain dot products, the same summation order.
-    for (size_t i = 0; i < M; i++)
-        for (size_t j = 0; j < N; j++) {
-            float acc = accumulate ? Cm[i * N + j] : 0.0f;
-            for (size_t k = 0; k < K; k++) acc += A[i * K + k] * B[j * K + k];
-            Cm[i * N + j] = acc;
-        }
 }

@@ -58,7 +58,7 @@ bnl_status bnl_maxpool_forward(float *y, int32_t *argmax, const float *x, int N,
     if (!sizes_ok(&nx, N, H, W, C) || !sizes_ok(&ny, N, P, Q, C))
         return bnl_fail(BNL_ERR_ARG, "maxpool_forward: tensor sizes overflow");
     size_t rows = (size_t)N * (size_t)P, Cs = (size_t)C;
-    int T = threads_for(rows, ny * (size_t)k * (size_t)k);
+    int T = threads_for(rows, ny);
     (void)T;
 #ifdef _OPENMP
 #pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
