@@ -148,7 +148,11 @@ class BnLab {
   _f32(ptr, n) { return new Float32Array(this._ex.memory.buffer, ptr, n); }
   _putF32(alloc, arr, n, what) {
     if (arr == null) return 0;
-    if (!(arr instanceof Float32Array)) arr = Float32Array.from(arr);
+    if (!(arr instanceof Float32Array)) {
+      if (!Array.isArray(arr) && !(ArrayBuffer.isView(arr) && !(arr instanceof DataView)))
+        throw new Error(`bnlab: ${what} must be a Float32Array (or an array of numbers), got ${typeof arr}`);
+      arr = Float32Array.from(arr, Number);
+    }
     if (arr.length !== n) throw new Error(`bnlab: ${what} has ${arr.length} values, expected ${n}`);
     const p = alloc(n * 4);
     this._f32(p, n).set(arr);

@@ -1,0 +1,185 @@
+// ResNet-50 forward (torchvision architecture, batch 1, 224x224, eval mode) in Node: our wasm build
+// (web/bnlab.mjs) against onnxruntime-web's wasm backend (SIMD, one thread) on the same weights.
+//
+//   node tests/bench_wasm_vs_ort.mjs [--weights W.safetensors --onnx M.onnx] [--io IO.safetensors]
+//                                    [--runs 5] [--warmup 1]
+//
+// Without --weights/--onnx it uses build/bench/resnet50.{safetensors,onnx,io.safetensors}, making
+// whatever is missing with Debian's /usr/bin/python3 (torch): a seeded random torchvision resnet50
+// with populated running stats (tests/check_resnet50_full.py's make_model), exported to ONNX by
+// tests/make_onnx_resnet50.py, which also writes the test batch and torch's logits (--io-out).
+// Prints SKIP and exits 0 when that python has no torch.
+//
+// Output (key=value lines; the first is the one to quote):
+//   bench=resnet50.forward.wasm ms=<median> peer=onnxruntime-web peer_ms=<median> ratio=<ms/peer_ms> ...
+//   check=resnet50.logits.wasm_vs_ort max_abs_diff=... max_abs_logit=... ok=1
+// Exits 1 when the two disagree by more than 1e-4 of the largest |logit|.
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { join } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { createBnLab } from '../web/bnlab.mjs';
+import { readSafetensors } from './node/safetensors.mjs';
+
+const ROOT = fileURLToPath(new URL('../', import.meta.url));
+const PY = '/usr/bin/python3';
+const SIZE = 224, BATCH = 1;
+
+function parseArgs(argv) {
+  const a = { runs: 5, warmup: 1 };
+  for (let i = 0; i < argv.length; i++) {
+    const k = argv[i];
+    const val = () => {
+      if (i + 1 >= argv.length) fail(`${k} needs a value`);
+      return argv[++i];
+    };
+    if (k === '--weights') a.weights = val();
+    else if (k === '--onnx') a.onnx = val();
+    else if (k === '--io') a.io = val();
+    else if (k === '--runs') a.runs = Number(val());
+    else if (k === '--warmup') a.warmup = Number(val());
+    else if (k === '--help' || k === '-h') {
+      console.log('usage: node tests/bench_wasm_vs_ort.mjs [--weights W.safetensors --onnx M.onnx] [--io IO.safetensors] [--runs N] [--warmup N]');
+      process.exit(0);
+    } else fail(`unknown argument ${k}`);
+  }
+  if (!!a.weights !== !!a.onnx) fail('give both --weights and --onnx, or neither');
+  if (!(Number.isInteger(a.runs) && a.runs >= 1) || !(Number.isInteger(a.warmup) && a.warmup >= 0))
+    fail('--runs must be >= 1 and --warmup >= 0');
+  return a;
+}
+
+function fail(msg) {
+  console.error(`bench_wasm_vs_ort: error: ${msg}`);
+  process.exit(2);
+}
+
+// build/bench/resnet50.*: made once, reused afterwards.
+function ensureGenerated() {
+  const dir = join(ROOT, 'build/bench');
+  const W = join(dir, 'resnet50.safetensors'), M = join(dir, 'resnet50.onnx'), IO = join(dir, 'resnet50.io.safetensors');
+  if (existsSync(W) && existsSync(M) && existsSync(IO)) return { weights: W, onnx: M, io: IO };
+  const probe = spawnSync(PY, ['-c', 'import torch, torchvision'], { encoding: 'utf8' });
+  if (probe.status !== 0) {
+    console.log(`SKIP bench=resnet50.forward.wasm: ${PY} cannot import torch/torchvision, so the ResNet-50 weights and ` +
+      'ONNX export cannot be made; pass --weights W.safetensors --onnx M.onnx');
+    process.exit(0);
+  }
+  mkdirSync(dir, { recursive: true });
+  console.log(`# generating ${W}, ${M} and ${IO} with ${PY} (once)`);
+  if (!existsSync(W)) {
+    // seed 0, running stats from real activations (tests/check_resnet50_full.py); st_io.save is atomic
+    const code = [
+      'import sys', `sys.path.insert(0, ${JSON.stringify(join(ROOT, 'tests'))})`,
+      'from check_resnet50_full import make_model, state_of', 'import st_io',
+      `st_io.save(${JSON.stringify(W)}, state_of(make_model(0).eval()))`,
+    ].join('\n');
+    execFileSync(PY, ['-c', code], { stdio: ['ignore', 'inherit', 'inherit'] });
+  }
+  execFileSync(PY, [join(ROOT, 'tests/make_onnx_resnet50.py'), M, '--weights', W, '--io-out', IO,
+    '--batch', String(BATCH), '--size', String(SIZE)], { stdio: ['ignore', 'inherit', 'inherit'] });
+  return { weights: W, onnx: M, io: IO };
+}
+
+// The input: the generator's batch when there is one, else a seeded N(0,1) batch.
+function makeInput(ioPath) {
+  if (ioPath && existsSync(ioPath)) {
+    const t = readSafetensors(ioPath).tensors;
+    if (t.input && t.input_nchw && t.logits)
+      return { nhwc: t.input.data, nchw: t.input_nchw.data, shape: t.input.shape, torchLogits: t.logits.data };
+  }
+  const shape = [BATCH, SIZE, SIZE, 3], n = shape.reduce((a, b) => a * b, 1);
+  let s = 12345;
+  const u = () => ((s = (s * 1664525 + 1013904223) >>> 0) + 0.5) / 4294967296;
+  const nhwc = new Float32Array(n);
+  for (let i = 0; i < n; i++) nhwc[i] = Math.sqrt(-2 * Math.log(u())) * Math.cos(2 * Math.PI * u());
+  const nchw = new Float32Array(n);
+  const [N, H, W, C] = shape;
+  for (let b = 0; b < N; b++)
+    for (let h = 0; h < H; h++)
+      for (let w = 0; w < W; w++)
+        for (let c = 0; c < C; c++) nchw[((b * C + c) * H + h) * W + w] = nhwc[((b * H + h) * W + w) * C + c];
+  return { nhwc, nchw, shape, torchLogits: null };
+}
+
+const median = (xs) => {
+  const s = [...xs].sort((a, b) => a - b), m = s.length >> 1;
+  return s.length % 2 ? s[m] : (s[m - 1] + s[m]) / 2;
+};
+const maxAbsDiff = (a, b) => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i])), 0);
+const maxAbs = (a) => a.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+const f = (v, d = 1) => v.toFixed(d);
+const g = (v) => v.toExponential(3);
+
+// Runs every fn `warmup` times, then `runs` rounds of one timed call each (interleaved).
+async function timeRuns(fns, warmup, runs) {
+  const res = fns.map(() => ({ ms: [], out: null }));
+  for (let i = 0; i < warmup; i++) for (let j = 0; j < fns.length; j++) res[j].out = await fns[j]();
+  for (let i = 0; i < runs; i++)
+    for (let j = 0; j < fns.length; j++) {
+      const t0 = performance.now();
+      res[j].out = await fns[j]();
+      res[j].ms.push(performance.now() - t0);
+    }
+  return res;
+}
+
+async function main() {
+  const args = parseArgs(process.argv.slice(2));
+  const files = args.weights ? { weights: args.weights, onnx: args.onnx, io: args.io } : ensureGenerated();
+  if (args.io) files.io = args.io;
+  for (const p of [files.weights, files.onnx]) if (!existsSync(p)) fail(`${p} does not exist`);
+  const x = makeInput(files.io);
+
+  // ours: the wasm build exactly as a page loads it, eval mode
+  const lab = await createBnLab();
+  const model = lab.loadModel(new Uint8Array(readFileSync(files.weights)));
+  const info = model.info;
+  if (info.block !== 'bottleneck' || info.blocks.join(',') !== '3,4,6,3')
+    console.log(`# note: ${files.weights} is ${info.block} [${info.blocks}], not ResNet-50`);
+  model.eval();
+  const runOurs = () => model.forward(x.nhwc, x.shape);
+
+  // onnxruntime-web, wasm backend, SIMD, one thread
+  let ort;
+  try {
+    ort = await import('onnxruntime-web');
+  } catch (e) {
+    console.log(`SKIP peer=onnxruntime-web: cannot import onnxruntime-web (${e.message}); run npm ci`);
+    const ours = await timeRuns([runOurs], args.warmup, args.runs);
+    console.log(`bench=resnet50.forward.wasm ms=${f(median(ours[0].ms))} runs=${args.runs} isa=${lab.isa}`);
+    return 0;
+  }
+  ort.env.wasm.numThreads = 1;
+  ort.env.wasm.simd = true;
+  const session = await ort.InferenceSession.create(new Uint8Array(readFileSync(files.onnx)),
+    { executionProviders: ['wasm'], graphOptimizationLevel: 'all' });
+  const [N, H, W, C] = x.shape;
+  const feeds = { [session.inputNames[0]]: new ort.Tensor('float32', x.nchw, [N, C, H, W]) };
+  const runPeer = async () => (await session.run(feeds))[session.outputNames[0]].data;
+  // interleaved, so that a busy machine slows both alike
+  const [ours, peer] = await timeRuns([runOurs, runPeer], args.warmup, args.runs);
+
+  const ms = median(ours.ms), peerMs = median(peer.ms);
+  console.log(`bench=resnet50.forward.wasm ms=${f(ms)} peer=onnxruntime-web peer_ms=${f(peerMs)} ratio=${f(ms / peerMs, 2)} ` +
+    `batch=${N} size=${H}x${W} runs=${args.runs} warmup=${args.warmup} isa=${lab.isa} peer_threads=${ort.env.wasm.numThreads} ` +
+    `peer_version=${ort.env.versions?.web ?? '?'}`);
+  console.log(`# ours ms: ${ours.ms.map((v) => f(v)).join(' ')}; onnxruntime-web ms: ${peer.ms.map((v) => f(v)).join(' ')}`);
+
+  const scale = maxAbs(peer.out), d = maxAbsDiff(ours.out, peer.out);
+  const ok = d <= 1e-4 * scale;
+  console.log(`check=resnet50.logits.wasm_vs_ort max_abs_diff=${g(d)} max_abs_logit=${g(scale)} rel=${g(d / scale)} ok=${ok ? 1 : 0}`);
+  if (x.torchLogits) {
+    const dt = maxAbsDiff(ours.out, x.torchLogits), dp = maxAbsDiff(peer.out, x.torchLogits);
+    console.log(`check=resnet50.logits.vs_torch wasm_max_abs_diff=${g(dt)} ort_max_abs_diff=${g(dp)}`);
+  }
+  model.dispose();
+  await session.release?.();
+  if (!ok) {
+    console.log('MISMATCH: our logits and onnxruntime-web\'s differ by more than 1e-4 of the largest |logit|');
+    return 1;
+  }
+  return 0;
+}
+
+process.exitCode = await main();

@@ -1,0 +1,182 @@
+// Type declarations for web/bnlab.mjs, the JavaScript bridge to bnlab.wasm.
+// Every method throws `Error` (message starting with "bnlab: ") on bad input; the instance stays usable.
+// Activations are NHWC float32; BatchNorm momentum follows Flax: running = momentum * running + (1 - momentum) * batch.
+
+/** Float data accepted as input: a Float32Array, or any array / typed array of numbers (converted). */
+export type FloatInput = Float32Array | ArrayLike<number>;
+
+/** NHWC shape `[n, h, w, c]` of positive integers. */
+export type Shape4 = [n: number, h: number, w: number, c: number] | readonly [number, number, number, number];
+
+/** The kernel sets the core can run. The wasm build has `scalar` and `wasmsimd` (default). */
+export declare const ISA: Readonly<{ scalar: 0; avx2: 1; avx512: 2; wasmsimd: 3 }>;
+export type IsaName = keyof typeof ISA;
+
+export interface CreateBnLabOptions {
+  /** The bytes of bnlab.wasm; default: fetched (or read, in Node) from beside bnlab.mjs. */
+  wasmBytes?: BufferSource;
+}
+
+/** Loads and instantiates bnlab.wasm. */
+export declare function createBnLab(options?: CreateBnLabOptions): Promise<BnLab>;
+
+export interface BnLab {
+  /** Loads a safetensors state dict with torchvision ResNet names (F32/F16/BF16); the architecture is read from it. */
+  loadModel(bytes: Uint8Array | ArrayBuffer): Model;
+  /** The active kernel set, e.g. "wasmsimd" or "scalar". */
+  readonly isa: string;
+  /** Forces a kernel set (throws when it is not available in this build). */
+  forceIsa(name: IsaName): void;
+  /** Back to the best available kernel set. */
+  resetIsa(): void;
+  /** Bytes of wasm linear memory (it grows, never shrinks). */
+  readonly memoryBytes: number;
+  /** BatchNorm on its own, on an NHWC activation viewed as (M = N*H*W, C). */
+  readonly batchNorm: BatchNormOps;
+}
+
+/** Options of the stand-alone BatchNorm ops. */
+export interface BatchNormOptions {
+  /** Scale, length C (default all 1). */
+  gamma?: FloatInput;
+  /** Shift, length C (default all 0). */
+  beta?: FloatInput;
+  /** Default 1e-5. */
+  eps?: number;
+  /** Flax convention, default 0.9: running = momentum * running + (1 - momentum) * batch. */
+  momentum?: number;
+  /** Update running_var with the unbiased batch variance (PyTorch's rule; default biased). */
+  unbiased?: boolean;
+  /** Running statistics as a cumulative average (PyTorch momentum=None). */
+  cumulative?: boolean;
+  /** Fuse a ReLU after the normalization. */
+  relu?: boolean;
+  /** false: no gamma (scale 1). Default true. */
+  useScale?: boolean;
+  /** false: no beta (shift 0). Default true. */
+  useBias?: boolean;
+  /** Running mean in, length C (default 0). */
+  runningMean?: FloatInput;
+  /** Running variance in, length C (default 1). */
+  runningVar?: FloatInput;
+  /** Batches seen so far (for `cumulative`), default 0. */
+  numBatchesTracked?: number;
+}
+
+export interface BatchNormTrainResult {
+  /** Normalized output, M*C. */
+  y: Float32Array;
+  /** Batch mean per channel. */
+  mean: Float32Array;
+  /** Biased batch variance per channel. */
+  var: Float32Array;
+  /** 1 / sqrt(var + eps) per channel (what backwardTrain needs). */
+  invstd: Float32Array;
+  /** Updated running mean. */
+  runningMean: Float32Array;
+  /** Updated running variance. */
+  runningVar: Float32Array;
+  numBatchesTracked: number;
+}
+
+export interface BatchNormGrads {
+  dx: Float32Array;
+  dgamma: Float32Array;
+  dbeta: Float32Array;
+}
+
+export interface BatchNormOps {
+  /** Train mode: normalizes with the batch statistics and updates the running ones. */
+  forwardTrain(x: FloatInput, M: number, C: number, options?: BatchNormOptions): BatchNormTrainResult;
+  /** Eval mode: normalizes with the running statistics (never changes them). Returns y, M*C. */
+  forwardEval(x: FloatInput, M: number, C: number, options?: BatchNormOptions): Float32Array;
+  /** Gradients of a train-mode forward; `saved` is its result (mean and invstd). */
+  backwardTrain(dy: FloatInput, x: FloatInput, saved: { mean: FloatInput; invstd: FloatInput }, M: number, C: number,
+    options?: BatchNormOptions): BatchNormGrads;
+  /** Gradients of an eval-mode forward (the running statistics are constants). */
+  backwardEval(dy: FloatInput, x: FloatInput, M: number, C: number, options?: BatchNormOptions): BatchNormGrads;
+}
+
+/** The architecture read from the weights file, plus `__metadata__` entries when present. */
+export interface ModelInfo {
+  /** Blocks per stage, e.g. [3, 4, 6, 3] for ResNet-50. */
+  readonly blocks: number[];
+  /** Output channels of each stage. */
+  readonly widths: number[];
+  readonly block: 'basic' | 'bottleneck';
+  /** Channels of conv1 / bn1. */
+  readonly stemWidth: number;
+  /** Input channels (3). */
+  readonly inChannels: number;
+  readonly numClasses: number;
+  /** Features into fc. */
+  readonly numFeatures: number;
+  /** Trainable parameters (conv, BN gamma/beta, fc). */
+  readonly numParams: number;
+  /** Every BatchNorm layer, torchvision names in module order: "bn1", "layer1.0.bn1", ..., "layer1.0.downsample.1", ... */
+  readonly bnLayers: string[];
+  /** `__metadata__.labels` (JSON array of class names). */
+  readonly labels?: string[];
+  /** `__metadata__.mean` (parsed as JSON when it is JSON, else the string). */
+  readonly mean?: unknown;
+  /** `__metadata__.std`. */
+  readonly std?: unknown;
+  /** `__metadata__.input_size`. */
+  readonly inputSize?: unknown;
+}
+
+/** What a BatchNorm layer used and holds. */
+export interface BnStats {
+  readonly layer: string;
+  readonly channels: number;
+  /** Batch mean of the layer's input in the last train-mode forward; null before any. */
+  readonly batchMean: Float32Array | null;
+  /** Biased batch variance of the layer's input in the last train-mode forward; null before any. */
+  readonly batchVar: Float32Array | null;
+  readonly runningMean: Float32Array;
+  readonly runningVar: Float32Array;
+  readonly numBatchesTracked: number;
+}
+
+/** BatchNorm settings for every layer of a model. */
+export interface ModelBatchNormOptions {
+  /** Flax convention, default 0.9 (PyTorch momentum 0.1). */
+  momentum?: number;
+  /** Default 1e-5. */
+  eps?: number;
+  /** Update running_var with the unbiased batch variance (PyTorch's rule). Default false (biased, as Flax). */
+  unbiased?: boolean;
+  /** Running statistics as a cumulative average (PyTorch momentum=None). */
+  cumulative?: boolean;
+}
+
+/** One SGD step's settings (PyTorch's SGD semantics). */
+export interface StepOptions {
+  /** Learning rate, default 0.1. */
+  lr?: number;
+  /** SGD momentum, default 0 (plain SGD). */
+  momentum?: number;
+  /** L2 weight decay on every parameter, default 0. */
+  weightDecay?: number;
+  nesterov?: boolean;
+}
+
+/** A loaded ResNet. One train()/eval() switch for every BatchNorm layer, like nnx. Starts in eval mode. */
+export interface Model {
+  readonly info: ModelInfo;
+  /** True after train(), false after eval() (and after loading). */
+  readonly training: boolean;
+  train(): this;
+  eval(): this;
+  setBatchNorm(options?: ModelBatchNormOptions): void;
+  /** x: NHWC float32 of `shape`; returns the logits, Float32Array [n * numClasses]. Train mode updates running stats. */
+  forward(x: FloatInput, shape: Shape4): Float32Array;
+  /** Statistics of one BatchNorm layer, by name (see info.bnLayers) or index. */
+  bnStats(layer: string | number): BnStats;
+  /** One SGD step in train mode (softmax cross-entropy, mean over the batch); returns the loss. Labels in [0, numClasses). */
+  step(x: FloatInput, shape: Shape4, labels: ArrayLike<number | bigint>, options?: StepOptions): number;
+  /** The whole state as safetensors bytes, in the loaded file's names and layouts. */
+  saveState(): Uint8Array;
+  /** Frees the wasm memory of this model; any later use throws. Calling it again is harmless. */
+  dispose(): void;
+}
