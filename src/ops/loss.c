@@ -3,6 +3,7 @@
 // Per row, with m = max_j z_j (subtracted so exp never overflows):
 //   p_j = exp(z_j - m) / sum_i exp(z_i - m),   loss_row = log(sum_i exp(z_i - m)) - (z_label - m)
 // The sums run in double; probs are kept for backward: dz = (p - onehot(label)) / N.
+// probs may alias logits, dlogits may alias probs.
 #include "core/common.h"
 #include "ops/ops.h"
 
@@ -35,9 +36,9 @@ bnl_status bnl_softmax_xent_forward(float *loss, float *probs, const float *logi
         for (size_t j = 1; j < Ks; j++) m = z[j] > m ? z[j] : m;
         double sum = 0.0;
         for (size_t j = 0; j < Ks; j++) sum += exp((double)z[j] - (double)m);
+        total += log(sum) - ((double)z[labels[n]] - (double)m);   // before p is written: p may alias z
         double inv = 1.0 / sum;
         for (size_t j = 0; j < Ks; j++) p[j] = (float)(exp((double)z[j] - (double)m) * inv);
-        total += log(sum) - ((double)z[labels[n]] - (double)m);
     }
     *loss = (float)(total / (double)N);
     return BNL_OK;
@@ -54,8 +55,9 @@ bnl_status bnl_softmax_xent_backward(float *dlogits, const float *probs, const i
     for (size_t n = 0; n < (size_t)N; n++) {
         const float *p = probs + n * Ks;
         float *d = dlogits + n * Ks;
+        float pl = p[labels[n]];   // read before d overwrites it (d may alias p)
         for (size_t j = 0; j < Ks; j++) d[j] = p[j] * invn;
-        d[labels[n]] = (p[labels[n]] - 1.0f) * invn;
+        d[labels[n]] = (pl - 1.0f) * invn;
     }
     return BNL_OK;
 }

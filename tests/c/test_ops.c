@@ -669,6 +669,16 @@ static void test_loss(void) {
     xent_fd ctx = {z, p2, lab, N, K};
     fd_check("xent fd dlogits", z, (size_t)N * K, dz, xent_loss, &ctx, 1e-2, 2e-4, 2e-3);
 
+    // in place: probs over the logits, then dlogits over the probs
+    float *za = fmalloc((size_t)N * K), la = 0;
+    memcpy(za, z, (size_t)N * K * sizeof(float));
+    CHECK(bnl_softmax_xent_forward(&la, za, za, lab, N, K) == BNL_OK, "xent in place: %s", bnl_last_error());
+    check_close("xent in-place loss", &la, &loss, 1, 0, 0);
+    check_close("xent in-place probs", za, p, (size_t)N * K, 0, 0);
+    CHECK(bnl_softmax_xent_backward(za, za, lab, N, K) == BNL_OK, "xent backward in place: %s", bnl_last_error());
+    check_close("xent in-place dlogits", za, dz, (size_t)N * K, 0, 0);
+    free(za);
+
     // large logits: the row max is subtracted, nothing overflows
     float zb[4] = {1000.0f, 1001.0f, -1000.0f, 999.0f}, pb[4], lb = 0;
     int64_t lb_lab[1] = {0};
