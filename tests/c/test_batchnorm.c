@@ -460,7 +460,7 @@ static void test_simd_vs_scalar(void) {
 // ---------------------------------------------------------------------------------------------
 // Accuracy when |mean| >> std
 
-static void accuracy_case(double center, double spread, size_t M, size_t C) {
+static void accuracy_case(double center, double spread, size_t M, size_t C, double tol) {
     size_t n = M * C;
     bnl_rng r = bnl_rng_seed(777 + (uint64_t)center);
     float *x = falloc(n), *y = falloc(n), *yref = falloc(n), *mean = falloc(C), *invstd = falloc(C), *var = falloc(C);
@@ -496,8 +496,10 @@ static void accuracy_case(double center, double spread, size_t M, size_t C) {
         for (size_t c = 0; c < C; c++) {
             double rel = fabs((double)var[c] - tvar[c]) / tvar[c];
             worst = rel > worst ? rel : worst;
-            CHECK(rel <= 1e-3, "%s channel %zu: var %.9g, float64 truth %.9g (rel err %.3g)", g_ctx, c, (double)var[c],
-                  tvar[c], rel);
+            // the scalar reference accumulates in double: it must be near exact
+            double lim = g_isas[k] == BNL_ISA_SCALAR ? 1e-6 : tol;
+            CHECK(rel <= lim, "%s channel %zu: var %.9g, float64 truth %.9g (rel err %.3g > %.1g)", g_ctx, c,
+                  (double)var[c], tvar[c], rel, lim);
         }
         printf("  %-8s batch var max rel err %.3g (naive float32: %.3g)\n", bnl_isa_name(g_isas[k]), worst, worst_naive);
         // the normalized output stays unit-scale and agrees with the scalar reference; y is limited
@@ -777,8 +779,14 @@ int main(void) {
 
     test_fixtures();
     test_simd_vs_scalar();
-    accuracy_case(1000.0, 0.01, 100000, 8);
-    accuracy_case(1e4, 1.0, 100000, 8);
+    // The issue asks for 1e-3. The tighter bounds are ~6x what the shifted two-pass achieves and
+    // below what it gives without its M2 correction (s2 - s1^2/R), so they catch that too.
+    accuracy_case(1000.0, 0.01, 100000, 8, 1e-4);
+    accuracy_case(1e4, 1.0, 100000, 8, 2e-5);
+    accuracy_case(1000.0, 3e-3, 100000, 64, 3e-4);   // C = 64: the unrolled vector path
+    // |mean|/std = 1e6: the SIMD path's floor. Block means are handed over in float32, and their
+    // rounding (ulp(mean)^2/12, here ~5e-4 of the variance) shows up as between-block variance.
+    accuracy_case(1e5, 0.1, 100000, 8, 1e-3);
     test_finite_differences();
     test_errors();
     test_no_scale_no_bias();
