@@ -343,7 +343,7 @@ static bnl_status build_layout(bnl_resnet *m, const bnl_st_file *f) {
     if (info->num_stages == 0)
         return bnl_fail(BNL_ERR_FORMAT, "missing tensor 'layer1.0.conv1.weight': a ResNet needs at least one stage");
     if (find_fmt(f, name, sizeof name, "layer%d.0.conv1.weight", BNL_MAX_STAGES + 1))
-        return bnl_fail(BNL_ERR_SHAPE, "more than %d stages are not supported", BNL_MAX_STAGES);
+        return bnl_fail(BNL_ERR_SHAPE, "tensor '%s': more than %d stages are not supported", name, BNL_MAX_STAGES);
 
     const bnl_st_tensor *fw = bnl_st_find(f, "fc.weight");
     if (!fw) return bnl_fail(BNL_ERR_FORMAT, "missing tensor 'fc.weight'");
@@ -601,9 +601,9 @@ static bnl_status plan(bnl_resnet *m, int N, int H, int W, int keep) {
     m->Hs = Hs, m->Ws = Ws, m->Hp = Hp, m->Wp = Wp;
     // spatial sizes through the blocks
     int h = Hp, w = Wp;
-    size_t maxact = (size_t)Hs * Ws * m->info.stem_width;
-    size_t total = 0;   // keep mode: sum of slices (per image)
-    total += 2 * (size_t)Hs * Ws * m->info.stem_width + (size_t)Hp * Wp * m->info.stem_width;
+    // Sizes are summed in 64 bits (size_t is 32 bits in wasm) and checked before any allocation.
+    uint64_t maxact = (uint64_t)Hs * Ws * m->info.stem_width;
+    uint64_t total = 2 * (uint64_t)Hs * Ws * m->info.stem_width + (uint64_t)Hp * Wp * m->info.stem_width;
     for (int b = 0; b < m->nblocks; b++) {
         block_t *blk = &m->blocks[b];
         blk->Hin = h, blk->Win = w;
@@ -617,35 +617,34 @@ static bnl_status plan(bnl_resnet *m, int N, int H, int W, int keep) {
             // basic: both at the output resolution
             int at_in = m->info.bottleneck && j == 0;
             x->H = at_in ? h : ho, x->W = at_in ? w : wo;
-            size_t n = (size_t)x->H * x->W * x->C;
+            uint64_t n = (uint64_t)x->H * x->W * x->C;
             if (n > maxact) maxact = n;
             total += 2 * n;
         }
         h = ho, w = wo;
     }
     // the scratch buffer also holds the head's gradients (N*(K+F)) during backward
-    size_t head_need = (size_t)(m->info.num_features + m->info.num_classes);
-    size_t per_image_max = maxact > head_need ? maxact : head_need;
-    size_t nimg = (size_t)N;
-    size_t floats;
-    if (keep) {
-        // + 4 gradient buffers and one scratch of the largest activation
-        if (!bnl_mul_ok(total + 5 * per_image_max, nimg, &floats)) goto too_big;
-    } else {
-        if (!bnl_mul_ok(3 * per_image_max, nimg, &floats)) goto too_big;
-    }
-    size_t head = nimg * (size_t)(m->info.num_features + 2 * m->info.num_classes);
-    if (floats > (SIZE_MAX - 64) / sizeof(float) - head) goto too_big;
+    uint64_t head_need = (uint64_t)m->info.num_features + (uint64_t)m->info.num_classes;
+    uint64_t per_image_max = maxact > head_need ? maxact : head_need;
+    uint64_t nimg64 = (uint64_t)N;
+    // keep: every slice + 4 gradient buffers + one scratch; lean: three ping-pong buffers
+    uint64_t floats64 = nimg64 * (keep ? total + 5 * per_image_max : 3 * per_image_max);
+    uint64_t head64 = nimg64 * ((uint64_t)m->info.num_features + 2 * (uint64_t)m->info.num_classes);
+    uint64_t argmax64 = keep ? nimg64 * (uint64_t)Hp * Wp * m->info.stem_width : 0;
+    double need_mb = ((double)floats64 + (double)head64 + (double)argmax64) * 4.0 / 1e6;
+    if ((floats64 + head64 + argmax64) > (uint64_t)((SIZE_MAX - 64) / sizeof(float)))
+        return bnl_fail(BNL_ERR_NOMEM, "out of memory for activations: batch %d at %dx%d needs %.1f MB, more than this "
+                        "build can address", N, H, W, need_mb);
+    size_t nimg = (size_t)N, floats = (size_t)floats64, head = (size_t)head64;
     m->arena = bnl_alloc((floats + head) * sizeof(float));
-    if (keep) m->argmax = bnl_alloc(nimg * (size_t)Hp * Wp * m->info.stem_width * sizeof(int32_t));
+    if (keep) m->argmax = bnl_alloc((size_t)argmax64 * sizeof(int32_t));
     if (!m->arena || (keep && !m->argmax)) {
         free_plan(m);
-        return bnl_fail(BNL_ERR_NOMEM,
-                        "out of memory for activations: batch %d at %dx%d needs %.1f MB", N, H, W,
-                        (double)(floats + head) * 4.0 / 1e6);
+        return bnl_fail(BNL_ERR_NOMEM, "out of memory for activations: batch %d at %dx%d needs %.1f MB", N, H, W,
+                        need_mb);
     }
     float *p = m->arena;
-    size_t big = per_image_max * nimg;
+    size_t big = (size_t)per_image_max * nimg;
     bn_t *stem = &m->bns[0];
     stem->H = Hs, stem->W = Ws;
     if (keep) {
@@ -698,8 +697,6 @@ static bnl_status plan(bnl_resnet *m, int N, int H, int W, int keep) {
     m->probs = p, p += nimg * (size_t)m->info.num_classes;
     m->pN = N, m->pH = H, m->pW = W, m->pkeep = keep;
     return BNL_OK;
-too_big:
-    return bnl_fail(BNL_ERR_NOMEM, "batch %d at %dx%d is too large to plan", N, H, W);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -485,12 +485,9 @@ test('an activation plan that cannot fit in 4 GiB of wasm memory is a clear Erro
   try { assertLogits(m2.forward(R18.x, R18.shape), R18.exp.logits_eval.data, 'logits after the error'); } finally { m2.dispose(); }
 });
 
-// Known bug (reported): in wasm32, plan() in src/model/resnet.c adds the per-image activation sizes
-// of the keep-everything (step) plan in a 32-bit size_t without overflow checks; here the sum is just
-// above 2^32, wraps to ~62M floats, the arena is allocated that small and conv1 writes past it.
-test('a step whose activation plan overflows 32 bits is a clear Error', {
-  todo: 'resnet.c plan(): unchecked size_t sums overflow in wasm32 (memory access out of bounds)',
-}, async () => {
+// Regression: plan() once summed the step plan's activation sizes in wasm32's 32-bit size_t; here
+// the sum is just above 2^32 and used to wrap, so conv1 wrote past a too-small arena.
+test('a step whose activation plan overflows 32 bits is a clear Error', async () => {
   const own = await createBnLab();   // its own instance: the bug corrupts the heap
   const m = own.loadModel(wideStem(4096));
   const H = 766, x = new Float32Array(H * H * 3).fill(0.5);

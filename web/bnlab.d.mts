@@ -1,0 +1,2 @@
+// TypeScript resolves declarations of ./bnlab.mjs from this file.
+export * from './bnlab.js';
