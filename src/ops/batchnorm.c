@@ -143,7 +143,7 @@ static bnl_status simd_stats(double *mean, double *var, const bnl_bn_kernels *k,
     int T = thread_count(nblocks);
     double *acc = bnl_calloc((size_t)T * 2 * C, sizeof(double));    // per thread: mean[C], m2[C]
     double *cnt = bnl_calloc((size_t)T, sizeof(double));
-    float *scratch = bnl_calloc((size_t)T * 2 * C, sizeof(float));
+    float *scratch = bnl_calloc((size_t)T * 3 * C, sizeof(float));
     if (!acc || !cnt || !scratch) {
         bnl_free(acc), bnl_free(cnt), bnl_free(scratch);
         return bnl_fail(BNL_ERR_NOMEM, "batchnorm: out of memory for statistics (C = %zu)", C);
@@ -159,16 +159,18 @@ static bnl_status simd_stats(double *mean, double *var, const bnl_bn_kernels *k,
 #endif
         size_t b0 = nblocks * (size_t)t / (size_t)T, b1 = nblocks * (size_t)(t + 1) / (size_t)T;
         double *am = acc + (size_t)t * 2 * C, *a2 = am + C;
-        float *bm = scratch + (size_t)t * 2 * C, *b2 = bm + C;
+        float *sh = scratch + (size_t)t * 3 * C, *s1 = sh + C, *s2 = s1 + C;
         double na = 0.0;
         for (size_t b = b0; b < b1; b++) {
             size_t r0 = b * R, rows = r0 + R <= M ? R : M - r0;
-            k->block_stats(bm, b2, x + r0 * C, rows, C);
+            k->block_stats(sh, s1, s2, x + r0 * C, rows, C);
             double nb = (double)rows, n = na + nb;
             for (size_t c = 0; c < C; c++) {
-                double delta = (double)bm[c] - am[c];
+                double corr = (double)s1[c] / nb, bmean = (double)sh[c] + corr;
+                double bm2 = (double)s2[c] - (double)s1[c] * corr;
+                double delta = bmean - am[c];
                 am[c] += delta * nb / n;
-                a2[c] += (double)b2[c] + delta * delta * na * nb / n;
+                a2[c] += bm2 + delta * delta * na * nb / n;
             }
             na = n;
         }

@@ -6,9 +6,11 @@
 #include <stddef.h>
 
 typedef struct bnl_bn_kernels {
-    // Block statistics over rows [0, R): bmean[c] and m2[c] = sum (x - bmean)^2, shifted two-pass
-    // inside the block (the block is cache-resident on the second pass).
-    void (*block_stats)(float *bmean, float *m2, const float *x, size_t R, size_t C);
+    // Block statistics over rows [0, R), shifted two-pass inside the block (cache-resident on the
+    // second pass): shift[c] = the float block mean, s1[c] = sum (x - shift), s2[c] = sum (x - shift)^2.
+    // The caller forms mean = shift + s1/R and M2 = s2 - s1^2/R in double: a float block mean would
+    // add its own rounding (ulp(mean)^2/12) to the variance.
+    void (*block_stats)(float *shift, float *s1, float *s2, const float *x, size_t R, size_t C);
     // y = (x - mean)*scale + beta, then max(.,0) if relu. stream: y is aligned and large, write
     // around the cache (x86 non-temporal stores).
     void (*apply)(float *y, const float *x, const float *mean, const float *scale,
