@@ -120,3 +120,7 @@ EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_step(bnl_resnet *m, float *loss, const f
 EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_save(const bnl_resnet *m, uint8_t **buf, size_t *len) {
     return bnl_resnet_save(m, buf, len);
 }
+
+// The memcpy peer of the wasm BatchNorm benchmark (tests/bench_bn_wasm.mjs).
+#include <string.h>
+EMSCRIPTEN_KEEPALIVE void bnl_wasm_memcpy(void *dst, const void *src, size_t n) { memcpy(dst, src, n); }
