@@ -1,0 +1,470 @@
+// Datasets: procedural determinism and difficulty, batch assembly and augmentation, permutations,
+// CIFAR-10 binary files (written here) and ImageFolder trees of PNG/JPEG files (written here with
+// libpng/libjpeg), with corrupt and truncated files.
+#include "io/dataset.h"
+#include "util.h"
+
+#include <errno.h>
+#include <stdint.h>
+#include <sys/stat.h>
+#include <unistd.h>
+#ifdef BNL_HAVE_PNG
+#include <png.h>
+#endif
+#ifdef BNL_HAVE_JPEG
+#include <jpeglib.h>
+#endif
+
+static uint64_t fnv1a(const uint8_t *p, size_t n) {
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; i++) h = (h ^ p[i]) * 0x100000001b3ull;
+    return h;
+}
+
+#define CHECK_OK(expr)                                                                        \
+    do {                                                                                      \
+        bnl_status st_ = (expr);                                                              \
+        CHECK(st_ == BNL_OK, "%s -> %s: %s", #expr, bnl_status_str(st_), bnl_last_error()); \
+    } while (0)
+
+// expr fails with status want and bnl_last_error() contains needle
+#define CHECK_FAILS(expr, want, needle)                                                                     \
+    do {                                                                                                    \
+        bnl_status st_ = (expr);                                                                            \
+        CHECK(st_ == (want), "%s -> %s (want %s): %s", #expr, bnl_status_str(st_), bnl_status_str(want),    \
+              bnl_last_error());                                                                            \
+        CHECK(strstr(bnl_last_error(), (needle)) != NULL, "message \"%s\" does not name \"%s\"",          \
+              bnl_last_error(), (needle));                                                                  \
+    } while (0)
+
+static bnl_dataset *make_proc(uint64_t seed, size_t count, int classes, int size) {
+    bnl_procedural_opts o = bnl_procedural_opts_default();
+    o.seed = seed, o.count = count, o.classes = classes, o.size = size;
+    bnl_dataset *d = NULL;
+    bnl_status st = bnl_dataset_procedural(&d, &o);
+    if (st != BNL_OK) {
+        fprintf(stderr, "FATAL: bnl_dataset_procedural: %s\n", bnl_last_error());
+        exit(1);
+    }
+    return d;
+}
+
+// ---- procedural ---------------------------------------------------------------------------------
+
+static void test_procedural_basics(void) {
+    bnl_dataset *a = make_proc(3, 2000, 10, 32), *b = make_proc(3, 50, 10, 32), *c = make_proc(4, 2000, 10, 32);
+    CHECK(bnl_dataset_size(a) == 2000, "size %zu", bnl_dataset_size(a));
+    CHECK(bnl_dataset_num_classes(a) == 10, "classes %d", bnl_dataset_num_classes(a));
+    CHECK(bnl_dataset_height(a) == 32 && bnl_dataset_width(a) == 32, "%dx%d", bnl_dataset_height(a), bnl_dataset_width(a));
+    CHECK(strcmp(bnl_dataset_class_name(a, 0), "circle") == 0, "class 0 is %s", bnl_dataset_class_name(a, 0));
+    CHECK(bnl_dataset_class_name(a, 10) == NULL && bnl_dataset_class_name(a, -1) == NULL, "out-of-range class name");
+    CHECK(bnl_dataset_label(a, 2000) == -1, "out-of-range label");
+
+    uint8_t im1[32 * 32 * 3], im2[32 * 32 * 3];
+    int same_other_count = 1, differs_next = 1, differs_seed = 0;
+    for (size_t i = 0; i < 50; i++) {
+        CHECK_OK(bnl_dataset_get_image_u8(a, im1, i));
+        CHECK_OK(bnl_dataset_get_image_u8(b, im2, i));
+        // image i depends on (seed, i) only, not on the dataset's size
+        if (memcmp(im1, im2, sizeof im1) || bnl_dataset_label(a, i) != bnl_dataset_label(b, i)) same_other_count = 0;
+        CHECK_OK(bnl_dataset_get_image_u8(a, im2, i + 1));
+        if (!memcmp(im1, im2, sizeof im1)) differs_next = 0;
+        CHECK_OK(bnl_dataset_get_image_u8(c, im2, i));
+        if (memcmp(im1, im2, sizeof im1)) differs_seed++;
+    }
+    CHECK(same_other_count, "the same (seed, index) gives different images in datasets of different sizes");
+    CHECK(differs_next, "two consecutive images are identical");
+    CHECK(differs_seed == 50, "another seed gives the same image (%d of 50 differ)", differs_seed);
+    // again, bytes identical on a second call (no hidden state)
+    CHECK_OK(bnl_dataset_get_image_u8(a, im1, 7));
+    CHECK_OK(bnl_dataset_get_image_u8(a, im2, 7));
+    CHECK(!memcmp(im1, im2, sizeof im1), "image 7 changed between calls");
+
+    // labels: in range, balanced, every class present
+    int counts[10] = {0};
+    for (size_t i = 0; i < 2000; i++) {
+        int64_t l = bnl_dataset_label(a, i);
+        CHECK(l >= 0 && l < 10, "label %lld of image %zu", (long long)l, i);
+        if (l >= 0 && l < 10) counts[l]++;
+    }
+    for (int k = 0; k < 10; k++) CHECK(counts[k] == 200, "class %d has %d of 2000 images", k, counts[k]);
+
+    // pixel statistics: not degenerate, reasonably centred, every image has content
+    double sum[3] = {0}, sq[3] = {0};
+    size_t flat = 0;
+    for (size_t i = 0; i < 500; i++) {
+        CHECK_OK(bnl_dataset_get_image_u8(a, im1, i));
+        double s = 0, s2 = 0;
+        for (int p = 0; p < 32 * 32; p++)
+            for (int k = 0; k < 3; k++) {
+                double v = im1[p * 3 + k];
+                sum[k] += v, sq[k] += v * v, s += v, s2 += v * v;
+            }
+        double m = s / 3072, sd = sqrt(s2 / 3072 - m * m);
+        if (sd < 8) flat++;
+    }
+    for (int k = 0; k < 3; k++) {
+        double m = sum[k] / (500.0 * 1024), sd = sqrt(sq[k] / (500.0 * 1024) - m * m);
+        printf("procedural channel %d: mean %.1f std %.1f\n", k, m, sd);
+        CHECK(m > 80 && m < 175, "channel %d mean %.1f", k, m);
+        CHECK(sd > 40 && sd < 100, "channel %d std %.1f", k, sd);
+    }
+    CHECK(flat <= 5, "%zu of 500 images are nearly flat", flat);
+
+    // a golden hash: the generator is integer-only, so these bytes are the same in the wasm build
+    // (tests/node can check the same value); a change here changes the dataset for everyone.
+    uint64_t h = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < 16; i++) {
+        CHECK_OK(bnl_dataset_get_image_u8(a, im1, i));
+        h ^= fnv1a(im1, sizeof im1) + i;
+    }
+    printf("procedural golden hash (seed 3, images 0..15, 32x32): 0x%016llx\n", (unsigned long long)h);
+
+    bnl_dataset_free(a);
+    bnl_dataset_free(b);
+    bnl_dataset_free(c);
+}
+
+static void test_procedural_sizes_and_errors(void) {
+    int sizes[] = {8, 13, 64, 100};
+    for (int t = 0; t < 4; t++) {
+        int S = sizes[t];
+        bnl_dataset *d = make_proc(1, 40, 16, S);
+        CHECK(bnl_dataset_height(d) == S && bnl_dataset_width(d) == S, "size %d", S);
+        CHECK(strcmp(bnl_dataset_class_name(d, 15), "t-shape") == 0, "class 15 %s", bnl_dataset_class_name(d, 15));
+        uint8_t *im = malloc((size_t)S * S * 3);
+        int seen[16] = {0};
+        for (size_t i = 0; i < 40; i++) {
+            CHECK_OK(bnl_dataset_get_image_u8(d, im, i));
+            seen[bnl_dataset_label(d, i)] = 1;
+        }
+        for (int k = 0; k < 16; k++) CHECK(seen[k], "size %d: class %d never appears", S, k);
+        free(im);
+        bnl_dataset_free(d);
+    }
+    bnl_dataset *d = NULL;
+    bnl_procedural_opts o = bnl_procedural_opts_default();
+    o.classes = 1;
+    CHECK_FAILS(bnl_dataset_procedural(&d, &o), BNL_ERR_ARG, "classes");
+    o.classes = BNL_PROCEDURAL_MAX_CLASSES + 1;
+    CHECK_FAILS(bnl_dataset_procedural(&d, &o), BNL_ERR_ARG, "classes");
+    o = bnl_procedural_opts_default();
+    o.size = 7;
+    CHECK_FAILS(bnl_dataset_procedural(&d, &o), BNL_ERR_ARG, "size");
+    o = bnl_procedural_opts_default();
+    o.count = 0;
+    CHECK_FAILS(bnl_dataset_procedural(&d, &o), BNL_ERR_ARG, "count");
+    CHECK(d == NULL, "failed create left a dataset");
+    // NULL opts: the defaults
+    CHECK_OK(bnl_dataset_procedural(&d, NULL));
+    CHECK(d && bnl_dataset_size(d) == 10000 && bnl_dataset_num_classes(d) == 10 && bnl_dataset_height(d) == 32,
+          "defaults");
+    bnl_dataset_free(d);
+    bnl_dataset_free(NULL);
+}
+
+// Classes must not be separable by colour or position statistics: a nearest-class-mean classifier
+// on raw pixels (train 5000, test 2000 from another seed) stays far below 60%.
+static void test_procedural_difficulty(void) {
+    const int S = 32, C = 10, P = S * S * 3;
+    bnl_dataset *tr = make_proc(11, 5000, C, S), *te = make_proc(12, 2000, C, S);
+    double *means = calloc((size_t)C * P, sizeof(double));
+    int cnt[10] = {0};
+    uint8_t im[32 * 32 * 3];
+    for (size_t i = 0; i < 5000; i++) {
+        bnl_dataset_get_image_u8(tr, im, i);
+        int l = (int)bnl_dataset_label(tr, i);
+        cnt[l]++;
+        for (int p = 0; p < P; p++) means[(size_t)l * P + p] += im[p];
+    }
+    for (int c = 0; c < C; c++)
+        for (int p = 0; p < P; p++) means[(size_t)c * P + p] /= cnt[c];
+    int correct = 0;
+    for (size_t i = 0; i < 2000; i++) {
+        bnl_dataset_get_image_u8(te, im, i);
+        int best = -1;
+        double bd = 1e300;
+        for (int c = 0; c < C; c++) {
+            double dd = 0;
+            for (int p = 0; p < P; p++) {
+                double t = im[p] - means[(size_t)c * P + p];
+                dd += t * t;
+            }
+            if (dd < bd) bd = dd, best = c;
+        }
+        correct += best == bnl_dataset_label(te, i);
+    }
+    double acc = correct / 2000.0;
+    printf("procedural difficulty: nearest-class-mean accuracy on raw pixels %.1f%% (chance %.0f%%)\n", 100 * acc,
+           100.0 / C);
+    CHECK(acc < 0.6, "nearest-class-mean accuracy %.3f: the classes are too easy", acc);
+    free(means);
+    bnl_dataset_free(tr);
+    bnl_dataset_free(te);
+}
+
+// ---- batches ------------------------------------------------------------------------------------
+
+static void test_batches(void) {
+    const int S = 32;
+    const size_t per = (size_t)S * S * 3, n = 64;
+    bnl_dataset *d = make_proc(5, 1000, 10, S);
+    size_t idx[64];
+    for (size_t k = 0; k < n; k++) idx[k] = (k * 37 + 3) % 1000;
+    float *x = malloc(n * per * sizeof(float)), *y = malloc(n * per * sizeof(float)), *ref = malloc(n * per * sizeof(float));
+    int64_t lab[64];
+    uint8_t im[32 * 32 * 3];
+
+    // no augmentation: exactly (v/255 - mean)/std, labels as the dataset says
+    bnl_augment none = bnl_augment_none();
+    CHECK_OK(bnl_dataset_get_batch(d, x, lab, idx, n, NULL, 0));
+    for (size_t k = 0; k < n; k++) {
+        CHECK_OK(bnl_dataset_get_image_u8(d, im, idx[k]));
+        for (size_t p = 0; p < per; p++) {
+            int c = p % 3;
+            ref[k * per + p] = (float)im[p] * (1.0f / (255.0f * none.std[c])) - none.mean[c] / none.std[c];
+        }
+        CHECK(lab[k] == bnl_dataset_label(d, idx[k]), "label of batch position %zu", k);
+    }
+    check_close("batch vs normalized image", x, ref, n * per, 1e-6, 1e-6);
+
+    // flip only: every image is the plain one or its mirror; both happen
+    bnl_augment fl = none;
+    fl.flip = 1;
+    CHECK_OK(bnl_dataset_get_batch(d, y, NULL, idx, n, &fl, 42));
+    int flipped = 0, plain = 0, other = 0;
+    for (size_t k = 0; k < n; k++) {
+        int is_plain = 1, is_mirror = 1;
+        for (int yy = 0; yy < S; yy++)
+            for (int xx = 0; xx < S; xx++)
+                for (int c = 0; c < 3; c++) {
+                    float v = y[k * per + ((size_t)yy * S + xx) * 3 + c];
+                    if (v != x[k * per + ((size_t)yy * S + xx) * 3 + c]) is_plain = 0;
+                    if (v != x[k * per + ((size_t)yy * S + (S - 1 - xx)) * 3 + c]) is_mirror = 0;
+                }
+        flipped += is_mirror && !is_plain, plain += is_plain, other += !is_plain && !is_mirror;
+    }
+    CHECK(other == 0 && flipped > 10 && plain > 10, "flip: %d flipped, %d plain, %d neither", flipped, plain, other);
+
+    // pad-crop only: shifted copies with the padding at normalized zero
+    bnl_augment pc = none;
+    pc.pad_crop = 4;
+    CHECK_OK(bnl_dataset_get_batch(d, y, NULL, idx, n, &pc, 43));
+    int shifted = 0, bad = 0;
+    for (size_t k = 0; k < n; k++) {
+        int found = 0;
+        for (int dy = -4; dy <= 4 && !found; dy++)
+            for (int dx = -4; dx <= 4 && !found; dx++) {
+                int ok = 1;
+                for (int yy = 0; yy < S && ok; yy++)
+                    for (int xx = 0; xx < S && ok; xx++)
+                        for (int c = 0; c < 3; c++) {
+                            int sy = yy + dy, sx = xx + dx;
+                            float want = (sy < 0 || sy >= S || sx < 0 || sx >= S)
+                                             ? -none.mean[c] / none.std[c]
+                                             : x[k * per + ((size_t)sy * S + sx) * 3 + c];
+                            if (fabsf(y[k * per + ((size_t)yy * S + xx) * 3 + c] - want) > 1e-6f) ok = 0;
+                        }
+                if (ok) found = 1, shifted += dy != 0 || dx != 0;
+            }
+        bad += !found;
+    }
+    CHECK(bad == 0 && shifted > 40, "pad_crop: %d images are no shift of the original, %d shifted", bad, shifted);
+
+    // full training augmentation: deterministic in (seed, index), independent of threads and order
+    bnl_augment tr = bnl_dataset_augment_default(d, 1);
+    CHECK(tr.flip && tr.pad_crop == 4, "default train augmentation flip %d pad %d", tr.flip, tr.pad_crop);
+    bnl_set_threads(1);
+    CHECK_OK(bnl_dataset_get_batch(d, x, NULL, idx, n, &tr, 7));
+    bnl_set_threads(4);
+    CHECK_OK(bnl_dataset_get_batch(d, y, NULL, idx, n, &tr, 7));
+    bnl_set_threads(0);
+    check_close("augmented batch, 1 vs 4 threads", y, x, n * per, 0, 0);
+    size_t rev[64];
+    for (size_t k = 0; k < n; k++) rev[k] = idx[n - 1 - k];
+    CHECK_OK(bnl_dataset_get_batch(d, y, NULL, rev, n, &tr, 7));
+    int order_ok = 1;
+    for (size_t k = 0; k < n; k++)
+        if (memcmp(y + (n - 1 - k) * per, x + k * per, per * sizeof(float))) order_ok = 0;
+    CHECK(order_ok, "an image's augmentation depends on its batch position");
+    CHECK_OK(bnl_dataset_get_batch(d, y, NULL, idx, n, &tr, 8));
+    int differ = 0;
+    for (size_t k = 0; k < n; k++) differ += memcmp(y + k * per, x + k * per, per * sizeof(float)) != 0;
+    CHECK(differ > (int)n / 2, "another seed changes only %d of %zu augmentations", differ, n);
+
+    // random resized crop on a procedural image: finite, within the normalized range
+    bnl_augment rrc = none;
+    rrc.random_resized_crop = 1, rrc.scale_min = 0.3f, rrc.flip = 1;
+    CHECK_OK(bnl_dataset_get_batch(d, y, NULL, idx, n, &rrc, 9));
+    float lo = 1e9f, hi = -1e9f;
+    for (size_t p = 0; p < n * per; p++) lo = y[p] < lo ? y[p] : lo, hi = y[p] > hi ? y[p] : hi;
+    CHECK(lo >= -2.2f && hi <= 2.7f && hi > lo, "random resized crop range [%g, %g]", lo, hi);
+
+    // errors
+    size_t badidx[2] = {0, 1000};
+    CHECK_FAILS(bnl_dataset_get_batch(d, x, lab, badidx, 2, NULL, 0), BNL_ERR_ARG, "1000");
+    CHECK_FAILS(bnl_dataset_get_image_u8(d, im, 1000), BNL_ERR_ARG, "1000");
+    free(x), free(y), free(ref);
+    bnl_dataset_free(d);
+}
+
+static void test_permutation(void) {
+    size_t n = 1000, *p = malloc(n * sizeof(size_t)), *q = malloc(n * sizeof(size_t));
+    char *seen = calloc(n, 1);
+    CHECK_OK(bnl_dataset_permutation(p, n, 1, 0));
+    int dup = 0, fixed = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (p[i] >= n || seen[p[i]]) dup++;
+        else seen[p[i]] = 1;
+        fixed += p[i] == i;
+    }
+    CHECK(dup == 0, "not a permutation: %d repeated or out of range", dup);
+    CHECK(fixed < 10, "%d fixed points: hardly shuffled", fixed);
+    CHECK_OK(bnl_dataset_permutation(q, n, 1, 0));
+    CHECK(!memcmp(p, q, n * sizeof(size_t)), "same (seed, epoch) gives another permutation");
+    CHECK_OK(bnl_dataset_permutation(q, n, 1, 1));
+    CHECK(memcmp(p, q, n * sizeof(size_t)), "epoch 1 repeats epoch 0");
+    CHECK_OK(bnl_dataset_permutation(q, n, 2, 0));
+    CHECK(memcmp(p, q, n * sizeof(size_t)), "seed 2 repeats seed 1");
+    CHECK_OK(bnl_dataset_permutation(q, 1, 5, 5));
+    CHECK(q[0] == 0, "n = 1");
+    CHECK_OK(bnl_dataset_permutation(NULL, 0, 5, 5));
+    free(p), free(q), free(seen);
+}
+
+// ---- CIFAR-10 -----------------------------------------------------------------------------------
+
+static char g_tmp[256];
+
+static void write_file(const char *path, const void *data, size_t n) {
+    FILE *f = fopen(path, "wb");
+    if (!f || fwrite(data, 1, n, f) != n) {
+        fprintf(stderr, "FATAL: cannot write %s\n", path);
+        exit(1);
+    }
+    fclose(f);
+}
+
+static uint8_t cifar_pixel(int rec, int c, int y, int x) { return (uint8_t)(rec * 29 + c * 85 + y * 7 + x * 3); }
+
+// n records starting at record number first, labels (first + r) % 10
+static uint8_t *cifar_records(int first, int n) {
+    uint8_t *b = malloc((size_t)n * 3073);
+    for (int r = 0; r < n; r++) {
+        uint8_t *rec = b + (size_t)r * 3073;
+        rec[0] = (uint8_t)((first + r) % 10);
+        for (int c = 0; c < 3; c++)
+            for (int y = 0; y < 32; y++)
+                for (int x = 0; x < 32; x++) rec[1 + c * 1024 + y * 32 + x] = cifar_pixel(first + r, c, y, x);
+    }
+    return b;
+}
+
+static void test_cifar(void) {
+    char dir[300], path[400];
+    snprintf(dir, sizeof dir, "%s/cifar", g_tmp);
+    mkdir(dir, 0755);
+    for (int k = 1; k <= 5; k++) {
+        uint8_t *b = cifar_records((k - 1) * 4, 4);
+        snprintf(path, sizeof path, "%s/data_batch_%d.bin", dir, k);
+        write_file(path, b, 4 * 3073);
+        free(b);
+    }
+    uint8_t *tb = cifar_records(100, 7);
+    snprintf(path, sizeof path, "%s/test_batch.bin", dir);
+    write_file(path, tb, 7 * 3073);
+
+    bnl_dataset *d = NULL;
+    CHECK_OK(bnl_dataset_cifar10(&d, dir, 1));
+    if (d) {
+        CHECK(bnl_dataset_size(d) == 20 && bnl_dataset_height(d) == 32 && bnl_dataset_num_classes(d) == 10,
+              "train: %zu images", bnl_dataset_size(d));
+        CHECK(strcmp(bnl_dataset_class_name(d, 0), "airplane") == 0 && strcmp(bnl_dataset_class_name(d, 9), "truck") == 0,
+              "default class names");
+        uint8_t im[3072];
+        int pix_ok = 1;
+        for (int r = 0; r < 20; r++) {
+            CHECK(bnl_dataset_label(d, r) == r % 10, "record %d label %lld", r, (long long)bnl_dataset_label(d, r));
+            CHECK_OK(bnl_dataset_get_image_u8(d, im, r));
+            for (int y = 0; y < 32; y++)
+                for (int x = 0; x < 32; x++)
+                    for (int c = 0; c < 3; c++)
+                        if (im[(y * 32 + x) * 3 + c] != cifar_pixel(r, c, y, x)) pix_ok = 0;
+        }
+        CHECK(pix_ok, "CIFAR planes -> NHWC conversion");
+        // normalized batch with the CIFAR statistics
+        bnl_augment ev = bnl_dataset_augment_default(d, 0);
+        CHECK(fabsf(ev.mean[0] - 0.4914f) < 1e-6f && !ev.flip && !ev.pad_crop, "CIFAR eval augmentation");
+        size_t idx[3] = {19, 0, 5};
+        float x[3 * 3072], want[3 * 3072];
+        int64_t lab[3];
+        CHECK_OK(bnl_dataset_get_batch(d, x, lab, idx, 3, &ev, 0));
+        for (int k = 0; k < 3; k++)
+            for (int p = 0; p < 1024; p++)
+                for (int c = 0; c < 3; c++)
+                    want[k * 3072 + p * 3 + c] =
+                        ((float)cifar_pixel((int)idx[k], c, p / 32, p % 32) / 255.0f - ev.mean[c]) / ev.std[c];
+        check_close("CIFAR batch", x, want, 3 * 3072, 1e-5, 1e-5);
+        CHECK(lab[0] == 9 && lab[1] == 0 && lab[2] == 5, "CIFAR batch labels %lld %lld %lld", (long long)lab[0],
+              (long long)lab[1], (long long)lab[2]);
+        bnl_dataset_free(d);
+    }
+
+    // the test split, with class names from batches.meta.txt
+    snprintf(path, sizeof path, "%s/batches.meta.txt", dir);
+    const char *meta = "a0\nb1\nc2\nd3\ne4\nf5\ng6\nh7\ni8\nj9\n\n";
+    write_file(path, meta, strlen(meta));
+    d = NULL;
+    CHECK_OK(bnl_dataset_cifar10(&d, dir, 0));
+    if (d) {
+        CHECK(bnl_dataset_size(d) == 7, "test: %zu images", bnl_dataset_size(d));
+        CHECK(strcmp(bnl_dataset_class_name(d, 9), "j9") == 0, "meta class name %s", bnl_dataset_class_name(d, 9));
+        CHECK(bnl_dataset_label(d, 0) == 0 && bnl_dataset_label(d, 6) == 6, "test labels");
+        bnl_dataset_free(d);
+    }
+    // from a buffer
+    CHECK_OK(bnl_dataset_cifar10_from_buffer(&d, tb, 7 * 3073, "test_batch.bin"));
+    if (d) {
+        uint8_t im[3072];
+        CHECK_OK(bnl_dataset_get_image_u8(d, im, 3));
+        CHECK(im[(5 * 32 + 6) * 3 + 2] == cifar_pixel(103, 2, 5, 6), "buffer pixel");
+        bnl_dataset_free(d);
+    }
+
+    // errors name the file: truncated, bad label, missing file, bad meta
+    d = NULL;
+    snprintf(path, sizeof path, "%s/test_batch.bin", dir);
+    write_file(path, tb, 7 * 3073 - 100);
+    CHECK_FAILS(bnl_dataset_cifar10(&d, dir, 0), BNL_ERR_FORMAT, "test_batch.bin");
+    CHECK(strstr(bnl_last_error(), "3073") != NULL, "truncation message: %s", bnl_last_error());
+    tb[3 * 3073] = 10;
+    write_file(path, tb, 7 * 3073);
+    CHECK_FAILS(bnl_dataset_cifar10(&d, dir, 0), BNL_ERR_FORMAT, "test_batch.bin");
+    CHECK(strstr(bnl_last_error(), "label 10") != NULL, "bad label message: %s", bnl_last_error());
+    CHECK_FAILS(bnl_dataset_cifar10_from_buffer(&d, tb, 7 * 3073, "mem.bin"), BNL_ERR_FORMAT, "mem.bin");
+    write_file(path, tb, 0);
+    CHECK_FAILS(bnl_dataset_cifar10(&d, dir, 0), BNL_ERR_FORMAT, "test_batch.bin");
+    snprintf(path, sizeof path, "%s/data_batch_3.bin", dir);
+    unlink(path);
+    CHECK_FAILS(bnl_dataset_cifar10(&d, dir, 1), BNL_ERR_IO, "data_batch_3.bin");
+    CHECK(d == NULL, "a failed open left a dataset");
+    free(tb);
+}
+
+int main(void) {
+    snprintf(g_tmp, sizeof g_tmp, "/tmp/bnl_test_datasets_XXXXXX");
+    if (!mkdtemp(g_tmp)) {
+        fprintf(stderr, "FATAL: mkdtemp: %s\n", strerror(errno));
+        return 1;
+    }
+    test_procedural_basics();
+    test_procedural_sizes_and_errors();
+    test_procedural_difficulty();
+    test_batches();
+    test_permutation();
+    test_cifar();
+    char cmd[400];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmp);
+    if (system(cmd) != 0) fprintf(stderr, "warning: could not remove %s\n", g_tmp);
+    return test_summary("test_datasets");
+}
