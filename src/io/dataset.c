@@ -287,6 +287,12 @@ static void random_resized_box(bnl_rng *r, int h, int w, float scale_min, int *t
     *top = (h - chi) / 2, *left = (w - cwi) / 2, *ch = chi, *cw = cwi;
 }
 
+// round(v / 2) with Python's ties-to-even, as torchvision's center_crop computes its offsets
+static int half_even(int v) {
+    int k = v / 2;
+    return (v % 2 == 0 || k % 2 == 0) ? k : k + 1;
+}
+
 // One sample: out: (H,W,3), normalized with aug (or raw 0..255 when aug is NULL).
 static bnl_status produce(const bnl_dataset *d, size_t idx, const bnl_augment *aug, int augment, uint64_t seed,
                           float *out, bnl_ds_scratch *s) {
@@ -315,7 +321,7 @@ static bnl_status produce(const bnl_dataset *d, size_t idx, const bnl_augment *a
         else rw = d->resize, rh = (int)((int64_t)d->resize * h / w);
         if (rh < H || rw < W)
             return bnl_fail(BNL_ERR_ARG, "dataset: resize %d is smaller than the %dx%d crop", d->resize, H, W);
-        int top = (int)floor((rh - H) / 2.0 + 0.5), left = (int)floor((rw - W) / 2.0 + 0.5);
+        int top = half_even(rh - H), left = half_even(rw - W);
         double fy = (double)h / rh, fx = (double)w / rw;
         if (rh == h && rw == w) st = resample(base, H, W, &img, left, top, W, H, s);
         else st = resample(base, H, W, &img, left * fx, top * fy, W * fx, H * fy, s);

@@ -451,6 +451,274 @@ static void test_cifar(void) {
     free(tb);
 }
 
+// ---- ImageFolder --------------------------------------------------------------------------------
+
+#if defined(BNL_HAVE_PNG) && defined(BNL_HAVE_JPEG)
+static void mkdirs(const char *a, const char *b) {
+    char p[512];
+    snprintf(p, sizeof p, "%s/%s", a, b);
+    if (mkdir(p, 0755) != 0 && errno != EEXIST) {
+        fprintf(stderr, "FATAL: mkdir %s: %s\n", p, strerror(errno));
+        exit(1);
+    }
+}
+
+// fmt: PNG_FORMAT_RGB, _GRAY, _RGBA; pix holds w*h*channels bytes
+static void write_png(const char *dir, const char *name, const uint8_t *pix, int w, int h, int fmt) {
+    char p[512];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    png_image img;
+    memset(&img, 0, sizeof img);
+    img.version = PNG_IMAGE_VERSION;
+    img.width = (png_uint_32)w, img.height = (png_uint_32)h, img.format = (png_uint_32)fmt;
+    if (!png_image_write_to_file(&img, p, 0, pix, 0, NULL)) {
+        fprintf(stderr, "FATAL: writing %s: %s\n", p, img.message);
+        exit(1);
+    }
+}
+
+static void write_jpeg(const char *dir, const char *name, const uint8_t *pix, int w, int h, int gray, int quality) {
+    char p[512];
+    snprintf(p, sizeof p, "%s/%s", dir, name);
+    FILE *f = fopen(p, "wb");
+    if (!f) {
+        fprintf(stderr, "FATAL: cannot write %s\n", p);
+        exit(1);
+    }
+    struct jpeg_compress_struct c;
+    struct jpeg_error_mgr e;
+    c.err = jpeg_std_error(&e);
+    jpeg_create_compress(&c);
+    jpeg_stdio_dest(&c, f);
+    c.image_width = (JDIMENSION)w, c.image_height = (JDIMENSION)h;
+    c.input_components = gray ? 1 : 3, c.in_color_space = gray ? JCS_GRAYSCALE : JCS_RGB;
+    jpeg_set_defaults(&c);
+    jpeg_set_quality(&c, quality, TRUE);
+    jpeg_start_compress(&c, TRUE);
+    while (c.next_scanline < c.image_height) {
+        JSAMPROW row = (JSAMPROW)(pix + (size_t)c.next_scanline * w * (gray ? 1 : 3));
+        jpeg_write_scanlines(&c, &row, 1);
+    }
+    jpeg_finish_compress(&c);
+    jpeg_destroy_compress(&c);
+    fclose(f);
+}
+
+static uint8_t *solid(int w, int h, int ch, const int *v) {
+    uint8_t *p = malloc((size_t)w * h * ch);
+    for (int i = 0; i < w * h; i++)
+        for (int c = 0; c < ch; c++) p[(size_t)i * ch + c] = (uint8_t)v[c];
+    return p;
+}
+
+static uint8_t *read_bytes(const char *path, size_t *n) {
+    FILE *f = fopen(path, "rb");
+    if (!f) return NULL;
+    fseek(f, 0, SEEK_END);
+    *n = (size_t)ftell(f);
+    fseek(f, 0, SEEK_SET);
+    uint8_t *b = malloc(*n);
+    if (fread(b, 1, *n, f) != *n) *n = 0;
+    fclose(f);
+    return b;
+}
+
+// the decoded, resized (shorter side 16) and center-cropped 16x16 sample, raw 0..255
+static void sample_u8(bnl_dataset *d, size_t i, uint8_t *im) { CHECK_OK(bnl_dataset_get_image_u8(d, im, i)); }
+
+static int all_near(const uint8_t *im, int n, const int *rgb, int tol, int *worst) {
+    int ok = 1;
+    *worst = 0;
+    for (int p = 0; p < n; p++)
+        for (int c = 0; c < 3; c++) {
+            int e = abs((int)im[p * 3 + c] - rgb[c]);
+            if (e > *worst) *worst = e;
+            if (e > tol) ok = 0;
+        }
+    return ok;
+}
+
+static void test_imagefolder(void) {
+    char root[300], dir[400];
+    snprintf(root, sizeof root, "%s/if", g_tmp);
+    mkdir(root, 0755);
+    mkdirs(root, "cat"), mkdirs(root, "cat/sub"), mkdirs(root, "dog"), mkdirs(root, ".hidden");
+    const int red[3] = {200, 30, 40}, green[3] = {30, 180, 60}, gray[1] = {128}, blue4[4] = {10, 20, 250, 100};
+    uint8_t *p;
+    snprintf(dir, sizeof dir, "%s/cat", root);
+    write_png(dir, "a.png", p = solid(40, 30, 3, red), 40, 30, PNG_FORMAT_RGB), free(p);
+    write_jpeg(dir, "b.jpg", p = solid(32, 48, 3, green), 32, 48, 0, 95), free(p);
+    snprintf(dir, sizeof dir, "%s/cat/sub", root);
+    write_png(dir, "c.png", p = solid(20, 20, 1, gray), 20, 20, PNG_FORMAT_GRAY), free(p);
+    snprintf(dir, sizeof dir, "%s/dog", root);
+    uint8_t grad[64 * 64 * 3];
+    for (int y = 0; y < 64; y++)
+        for (int x = 0; x < 64; x++) grad[(y * 64 + x) * 3] = (uint8_t)(x * 4), grad[(y * 64 + x) * 3 + 1] = 100, grad[(y * 64 + x) * 3 + 2] = 200;
+    write_jpeg(dir, "x.jpeg", grad, 64, 64, 0, 98);
+    write_png(dir, "y.PNG", p = solid(16, 24, 4, blue4), 16, 24, PNG_FORMAT_RGBA), free(p);
+    write_file(strcat(dir, "/notes.txt"), "not an image", 12);
+    snprintf(dir, sizeof dir, "%s/.hidden", root);
+    write_png(dir, "z.png", p = solid(8, 8, 3, red), 8, 8, PNG_FORMAT_RGB), free(p);
+    snprintf(dir, sizeof dir, "%s/README.txt", root);
+    write_file(dir, "x", 1);
+
+    bnl_imagefolder_opts o = bnl_imagefolder_opts_default();
+    CHECK(o.size == 224 && o.resize == 0 && o.cache == 0, "imagefolder defaults");
+    o.size = 16, o.resize = 16;
+    bnl_dataset *d = NULL;
+    CHECK_OK(bnl_dataset_imagefolder(&d, root, &o));
+    if (!d) return;
+    CHECK(bnl_dataset_size(d) == 5, "imagefolder found %zu images, want 5", bnl_dataset_size(d));
+    CHECK(bnl_dataset_num_classes(d) == 2 && !strcmp(bnl_dataset_class_name(d, 0), "cat") &&
+              !strcmp(bnl_dataset_class_name(d, 1), "dog"),
+          "class names");
+    CHECK(bnl_dataset_height(d) == 16 && bnl_dataset_width(d) == 16, "sample size");
+    int64_t want_lab[5] = {0, 0, 0, 1, 1};
+    for (size_t i = 0; i < 5 && i < bnl_dataset_size(d); i++)
+        CHECK(bnl_dataset_label(d, i) == want_lab[i], "label %zu = %lld", i, (long long)bnl_dataset_label(d, i));
+    uint8_t im[16 * 16 * 3];
+    int worst;
+    const int gray3[3] = {128, 128, 128}, blue3[3] = {10, 20, 250};
+    sample_u8(d, 0, im);
+    CHECK(all_near(im, 256, red, 0, &worst), "a.png (RGB PNG) off by %d", worst);
+    sample_u8(d, 1, im);
+    CHECK(all_near(im, 256, green, 4, &worst), "b.jpg (JPEG) off by %d", worst);
+    sample_u8(d, 2, im);
+    CHECK(all_near(im, 256, gray3, 0, &worst), "sub/c.png (gray PNG) off by %d", worst);
+    sample_u8(d, 4, im);
+    CHECK(all_near(im, 256, blue3, 0, &worst), "y.PNG (RGBA PNG, alpha dropped) off by %d", worst);
+    // the gradient: 64 -> 16 is a 4x downscale; output column x sees source center 4x + 1.5,
+    // so red = 4 * (4x + 1.5) = 16x + 6 (JPEG error aside); green and blue constant
+    sample_u8(d, 3, im);
+    int gerr = 0;
+    for (int y = 0; y < 16; y++)
+        for (int x = 0; x < 16; x++) {
+            int e0 = abs(im[(y * 16 + x) * 3] - (16 * x + 6)), e1 = abs(im[(y * 16 + x) * 3 + 1] - 100),
+                e2 = abs(im[(y * 16 + x) * 3 + 2] - 200);
+            if (x == 0 || x == 15) e0 = 0;   // the edge columns see the clamped border
+            int e = e0 > e1 ? e0 : e1;
+            e = e > e2 ? e : e2;
+            if (e > gerr) gerr = e;
+        }
+    CHECK(gerr <= 5, "x.jpeg gradient after resize off by %d", gerr);
+
+    // normalized batch agrees with the bytes; the cache gives the same samples (within rounding)
+    size_t idx[5] = {4, 3, 2, 1, 0};
+    float x[5 * 768], xc[5 * 768], want[5 * 768];
+    int64_t lab[5];
+    bnl_augment ev = bnl_dataset_augment_default(d, 0);
+    CHECK_OK(bnl_dataset_get_batch(d, x, lab, idx, 5, &ev, 0));
+    for (int k = 0; k < 5; k++) {
+        sample_u8(d, idx[k], im);
+        for (int q = 0; q < 768; q++) want[k * 768 + q] = (im[q] / 255.0f - ev.mean[q % 3]) / ev.std[q % 3];
+        CHECK(lab[k] == want_lab[idx[k]], "batch label %d", k);
+    }
+    check_close("imagefolder batch vs bytes", x, want, 5 * 768, 0.5 / 255 / 0.224 + 1e-5, 0);
+    bnl_imagefolder_opts oc = o;
+    oc.cache = 1;
+    bnl_dataset *dc = NULL;
+    CHECK_OK(bnl_dataset_imagefolder(&dc, root, &oc));
+    if (dc) {
+        CHECK_OK(bnl_dataset_get_batch(dc, xc, NULL, idx, 5, &ev, 0));
+        check_close("imagefolder cached vs decoded", xc, x, 5 * 768, 1.01 / 255 / 0.224, 0);
+        bnl_dataset_free(dc);
+    }
+    // a larger crop: shorter side 24, center 16x16 of a.png (40x30 -> 32x24, left offset 8)
+    bnl_imagefolder_opts o2 = o;
+    o2.resize = 24;
+    CHECK_OK(bnl_dataset_imagefolder(&dc, root, &o2));
+    if (dc) {
+        sample_u8(dc, 0, im);
+        CHECK(all_near(im, 256, red, 0, &worst), "a.png resized to 24 off by %d", worst);
+        bnl_dataset_free(dc);
+    }
+    // max_per_class
+    bnl_imagefolder_opts o3 = o;
+    o3.max_per_class = 1;
+    CHECK_OK(bnl_dataset_imagefolder(&dc, root, &o3));
+    if (dc) {
+        CHECK(bnl_dataset_size(dc) == 2 && bnl_dataset_label(dc, 1) == 1, "max_per_class 1: %zu images", bnl_dataset_size(dc));
+        bnl_dataset_free(dc);
+    }
+
+    // training augmentation (random resized crop + flip): deterministic, thread-independent
+    bnl_augment tr = bnl_dataset_augment_default(d, 1);
+    CHECK(tr.random_resized_crop && tr.flip, "imagefolder train augmentation");
+    bnl_set_threads(1);
+    CHECK_OK(bnl_dataset_get_batch(d, x, NULL, idx, 5, &tr, 3));
+    bnl_set_threads(3);
+    CHECK_OK(bnl_dataset_get_batch(d, xc, NULL, idx, 5, &tr, 3));
+    bnl_set_threads(0);
+    check_close("imagefolder augmented, 1 vs 3 threads", xc, x, 5 * 768, 0, 0);
+    bnl_dataset_free(d);
+
+    // errors: bad options, missing root, no classes, empty class
+    o.resize = 8;
+    CHECK_FAILS(bnl_dataset_imagefolder(&d, root, &o), BNL_ERR_ARG, "resize");
+    o.resize = 16;
+    snprintf(dir, sizeof dir, "%s/nonexistent", g_tmp);
+    CHECK_FAILS(bnl_dataset_imagefolder(&d, dir, &o), BNL_ERR_IO, "nonexistent");
+    snprintf(dir, sizeof dir, "%s/cat/sub", root);
+    CHECK_FAILS(bnl_dataset_imagefolder(&d, dir, &o), BNL_ERR_FORMAT, "no class folders");
+    mkdirs(root, "emu");
+    CHECK_FAILS(bnl_dataset_imagefolder(&d, root, &o), BNL_ERR_FORMAT, "emu");
+    CHECK(d == NULL, "a failed open left a dataset");
+
+    // corrupt files: each decodes to an error naming the file; with cache = 1, open fails
+    char bad[300];
+    snprintf(bad, sizeof bad, "%s/bad", g_tmp);
+    mkdir(bad, 0755);
+    mkdirs(bad, "a"), mkdirs(bad, "b");
+    snprintf(dir, sizeof dir, "%s/a", bad);
+    write_png(dir, "0ok.png", p = solid(12, 12, 3, red), 12, 12, PNG_FORMAT_RGB), free(p);
+    uint8_t noisy[48 * 48 * 3];
+    for (int i = 0; i < 48 * 48 * 3; i++) noisy[i] = (uint8_t)((i * 7919u) ^ (i >> 3));
+    write_jpeg(dir, "full.jpg", noisy, 48, 48, 0, 90);
+    char path[500];
+    size_t n;
+    snprintf(path, sizeof path, "%s/full.jpg", dir);
+    uint8_t *jb = read_bytes(path, &n);
+    snprintf(path, sizeof path, "%s/trunc.jpg", dir);
+    write_file(path, jb, n * 6 / 10);
+    free(jb);
+    snprintf(path, sizeof path, "%s/full.jpg", dir);
+    unlink(path);
+    snprintf(dir, sizeof dir, "%s/b", bad);
+    write_png(dir, "full.png", noisy, 48, 48, PNG_FORMAT_RGB);
+    snprintf(path, sizeof path, "%s/full.png", dir);
+    uint8_t *pb = read_bytes(path, &n);
+    unlink(path);
+    // corrupt.png: a flipped byte in the middle (IDAT data: CRC or zlib error)
+    pb[n / 2] ^= 0x55;
+    snprintf(path, sizeof path, "%s/corrupt.png", dir);
+    write_file(path, pb, n);
+    pb[n / 2] ^= 0x55;
+    snprintf(path, sizeof path, "%s/gtrunc.png", dir);
+    write_file(path, pb, n / 2);
+    free(pb);
+    snprintf(path, sizeof path, "%s/hgarbage.png", dir);
+    write_file(path, "GIF89a not really", 17);
+    CHECK_OK(bnl_dataset_imagefolder(&d, bad, &o));
+    if (d) {
+        const char *names[5] = {"0ok.png", "trunc.jpg", "corrupt.png", "gtrunc.png", "hgarbage.png"};
+        CHECK(bnl_dataset_size(d) == 5, "bad tree: %zu images", bnl_dataset_size(d));
+        CHECK_OK(bnl_dataset_get_image_u8(d, im, 0));
+        for (size_t i = 1; i < 5 && i < bnl_dataset_size(d); i++) {
+            CHECK_FAILS(bnl_dataset_get_image_u8(d, im, i), BNL_ERR_FORMAT, names[i]);
+            printf("  expected error: %s\n", bnl_last_error());
+            size_t two[2] = {0, i};
+            float xb[2 * 768];
+            CHECK_FAILS(bnl_dataset_get_batch(d, xb, NULL, two, 2, NULL, 0), BNL_ERR_FORMAT, names[i]);
+        }
+        bnl_dataset_free(d);
+    }
+    d = NULL;
+    o.cache = 1;
+    CHECK_FAILS(bnl_dataset_imagefolder(&d, bad, &o), BNL_ERR_FORMAT, "trunc.jpg");
+    CHECK(d == NULL, "a failed cached open left a dataset");
+}
+#endif
+
 int main(void) {
     snprintf(g_tmp, sizeof g_tmp, "/tmp/bnl_test_datasets_XXXXXX");
     if (!mkdtemp(g_tmp)) {
@@ -463,6 +731,13 @@ int main(void) {
     test_batches();
     test_permutation();
     test_cifar();
+#if defined(BNL_HAVE_PNG) && defined(BNL_HAVE_JPEG)
+    test_imagefolder();
+#else
+    printf("imagefolder: skipped (built without libpng/libjpeg)\n");
+    bnl_dataset *d = NULL;
+    CHECK(bnl_dataset_imagefolder(&d, "/tmp", NULL) != BNL_OK, "imagefolder without decoders");
+#endif
     char cmd[400];
     snprintf(cmd, sizeof cmd, "rm -rf '%s'", g_tmp);
     if (system(cmd) != 0) fprintf(stderr, "warning: could not remove %s\n", g_tmp);
