@@ -30,5 +30,6 @@ int cmd_demo(int argc, char **argv);
 int cmd_info(int argc, char **argv);
 int cmd_infer(int argc, char **argv);
 int cmd_step(int argc, char **argv);
+int cmd_train(int argc, char **argv);
 
 #endif

@@ -15,6 +15,7 @@ static const command commands[] = {
     {"info", cmd_info, "prints the ResNet architecture read from a safetensors file"},
     {"infer", cmd_infer, "forward pass of a batch (eval or train mode); writes logits"},
     {"step", cmd_step, "one SGD training step; writes the updated state"},
+    {"train", cmd_train, "trains a ResNet: data, epochs, checkpoints, resume, MPI data parallel"},
     {"bench", cmd_bench, "timings of the core kernels (key=value lines)"},
 };
 

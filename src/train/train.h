@@ -1,0 +1,186 @@
+// Native training: SGD on a dataset, data parallel under MPI, with checkpoints and exact resume.
+//
+//     bnl_dist *dist;                                   // MPI when launched by mpirun, else one rank
+//     if (bnl_dist_init(&dist, &argc, &argv) != BNL_OK) puts(bnl_last_error());
+//     bnl_train_config cfg = bnl_train_config_default();
+//     cfg.out_dir = "runs/r18"; cfg.epochs = 2; cfg.batch_size = 32;
+//     bnl_train_result res;
+//     if (bnl_train_run(&cfg, dist, NULL, &res) != BNL_OK && res.report_error) puts(bnl_last_error());
+//     bnl_dist_finalize(dist);                          // whoever inits, finalizes
+//
+// One step: each rank assembles its slice of the global batch (rank r takes images
+// [r*B, r*B+B) of the global batch of K*B, drawn from a permutation of the training set by
+// (seed, epoch)), runs forward+backward, the gradients are summed over ranks and divided by K,
+// and every rank applies the same SGD update: the weights stay identical everywhere.
+//
+// Files in out_dir (written by rank 0 only, each one atomically):
+//   last.safetensors   after every epoch (and once before the first): the model in torchvision
+//                      names, the SGD momentum as one flat F32 tensor `optimizer.momentum`, and
+//                      `train.*` metadata (step, epoch, seed, every hyperparameter a resume must
+//                      agree with). A resume from it continues bit for bit.
+//   best.safetensors   the model (no optimizer state) with the best validation top-1 so far.
+//   model.safetensors  the final model, with class names in __metadata__ "labels" (a JSON array).
+//   metrics.csv        epoch,step,lr,train_loss,train_acc,val_loss,val_top1,val_top5,images_per_s,seconds
+#ifndef BNL_TRAIN_H
+#define BNL_TRAIN_H
+#include "bnlab.h"
+#include "model/resnet.h"
+
+#include <stddef.h>
+#include <stdint.h>
+
+// ---------------------------------------------------------------------------------------------
+// Learning-rate schedule, computed for every step.
+typedef enum { BNL_SCHED_COSINE = 0, BNL_SCHED_STEP = 1 } bnl_sched_kind;
+
+#define BNL_MAX_MILESTONES 16
+
+typedef struct bnl_schedule {
+    bnl_sched_kind kind;
+    double base_lr;
+    int64_t steps_per_epoch;
+    int64_t total_steps;      // epochs * steps_per_epoch
+    int64_t warmup_steps;     // linear warmup: step t < warmup gets base * (t+1)/warmup
+    // cosine: after warmup, base * (1 + cos(pi * (t - warmup)/(total - warmup))) / 2
+    // step: base * gamma^d, d = epochs passed (t / steps_per_epoch) divided by step_every
+    //       (StepLR) or, when step_every is 0, the number of milestones <= that epoch (MultiStepLR)
+    int step_every;
+    int n_milestones;
+    int milestones[BNL_MAX_MILESTONES];
+    double gamma;
+} bnl_schedule;
+
+// lr of global step t (0-based).
+double bnl_schedule_lr(const bnl_schedule *s, int64_t t);
+
+// ---------------------------------------------------------------------------------------------
+// Ranks. Without MPI (or when not launched by mpirun) there is one rank and every call is cheap.
+typedef struct bnl_dist bnl_dist;
+
+// 1 if the environment says this process was started by an MPI launcher (mpirun, srun, hydra).
+int bnl_dist_launched(void);
+// The rank the launcher gave this process (from the environment, before any MPI call), 0 if none.
+int bnl_dist_env_rank(void);
+// 1 if this build has MPI support.
+int bnl_dist_available(void);
+// Calls MPI_Init only when launched by an MPI launcher. A launch of more than one process on a
+// build without MPI returns BNL_ERR_UNSUPPORTED. Whoever inits calls bnl_dist_finalize.
+bnl_status bnl_dist_init(bnl_dist **out, int *argc, char ***argv);
+void bnl_dist_finalize(bnl_dist *d);
+int bnl_dist_rank(const bnl_dist *d);
+int bnl_dist_size(const bnl_dist *d);
+int bnl_dist_local_size(const bnl_dist *d);   // ranks on this node
+// In-place sums over ranks.
+bnl_status bnl_dist_sum_f32(bnl_dist *d, float *buf, size_t n);
+bnl_status bnl_dist_sum_f64(bnl_dist *d, double *buf, size_t n);
+bnl_status bnl_dist_bcast_f32(bnl_dist *d, float *buf, size_t n, int root);
+// The lowest rank that passes ok == 0, or -1 when every rank is ok. A collective: every rank calls it.
+int bnl_dist_first_failure(bnl_dist *d, int ok);
+// 1 if every rank passes the same value.
+int bnl_dist_same_u64(bnl_dist *d, uint64_t v);
+// Synchronized BatchNorm for m over all ranks (bnl_resnet_set_sync_bn with an MPI_Allreduce of
+// doubles). Each reduction is preceded by a one-int "did a rank fail" reduction, so that a rank
+// whose step fails (a non-finite loss) can release the ranks waiting in a BatchNorm reduction:
+// call bnl_dist_step_begin before and bnl_dist_step_end after every forward_backward.
+void bnl_dist_sync_bn(bnl_dist *d, bnl_resnet *m);
+void bnl_dist_step_begin(bnl_dist *d);
+// ok: the step succeeded here. Returns the lowest rank whose step failed by itself (not because
+// another rank failed), or -1 when the step succeeded everywhere.
+int bnl_dist_step_end(bnl_dist *d, int ok);
+
+// ---------------------------------------------------------------------------------------------
+// Checkpoints: the model (bnl_resnet_add_to_writer), `optimizer.momentum` (F32 [num_params])
+// when with_momentum, and the metadata pairs kv[0..2*nkv) (key, value, key, value, ...). Atomic.
+bnl_status bnl_checkpoint_save(bnl_resnet *m, const char *path, int with_momentum, const char *const *kv,
+                               size_t nkv);
+// Loads a checkpoint written by bnl_checkpoint_save(with_momentum = 1): the model with its
+// metadata (bnl_resnet_meta) and the momentum buffer. The caller frees *out.
+bnl_status bnl_checkpoint_load(bnl_resnet **out, const char *path);
+
+// ---------------------------------------------------------------------------------------------
+// A training run.
+typedef struct bnl_train_config {
+    // data
+    const char *data;          // "procedural", "cifar10:DIR" or "folder:DIR" (DIR/train, DIR/val)
+    int classes;               // procedural: 2..16 (0 = 10)
+    int image_size;            // procedural (0 = 32) and folder (0 = 224)
+    size_t train_size;         // procedural: images (0 = 10000); others: a fixed random subset (0 = all)
+    size_t val_size;           // procedural: images (0 = 2000; use no_val for none); others as above
+    int no_val;                // 1: no validation split (no eval, no best.safetensors)
+    uint64_t data_seed;        // procedural images (validation: a derived seed) and subsets
+    int augment;               // 1: the dataset's training augmentation (crop + flip)
+    // model
+    int depth;                 // 18, 34, 50, 101, 152
+    float width_mult;          // 1 = torchvision
+    const char *init;          // start from these weights instead (NULL: fresh, from seed)
+    // optimization
+    int epochs;
+    int batch_size;            // per rank
+    double lr, sgd_momentum, weight_decay;
+    int no_decay_bn_bias;
+    bnl_sched_kind schedule;
+    int step_every, n_milestones, milestones[BNL_MAX_MILESTONES];
+    double step_gamma;
+    double warmup_epochs;
+    float bn_momentum;         // Flax convention (0.9)
+    int unbiased;              // running variance rule
+    int sync_bn;               // synchronized BatchNorm over ranks
+    uint64_t seed;             // initialization, data order, augmentation
+    // run
+    const char *out_dir;
+    int resume;
+    int eval_every;            // evaluate every N epochs and after the last (0: after the last only)
+    int64_t max_steps;         // stop after this many global steps (0: no limit)
+} bnl_train_config;
+
+bnl_train_config bnl_train_config_default(void);
+
+typedef struct bnl_train_info {     // what the run is about to do (for a header line)
+    const char *arch;               // "resnet18" or the --init path
+    size_t num_params;
+    int num_classes, height, width, world_size, batch_size;
+    size_t train_images, val_images;
+    int64_t steps_per_epoch, total_steps, start_step;
+    int epochs, threads;
+} bnl_train_info;
+
+typedef struct bnl_train_progress {
+    int epoch, epochs;              // 1-based
+    int64_t step_in_epoch, steps_per_epoch, global_step, total_steps;   // steps done
+    double lr, loss, acc;           // loss and accuracy: means over this epoch so far
+    double images_per_s, eta_s;
+} bnl_train_progress;
+
+typedef struct bnl_train_epoch {    // one row of metrics.csv
+    int epoch;                      // 1-based
+    int complete;                   // 0: stopped by max_steps inside the epoch
+    int64_t step;                   // global steps done
+    double lr, train_loss, train_acc;
+    int has_val, best;
+    double val_loss, val_top1, val_top5;
+    double images_per_s, seconds;
+} bnl_train_epoch;
+
+// Called on rank 0 only. Any of them may be NULL.
+typedef struct bnl_train_hooks {
+    void *ctx;
+    void (*on_start)(void *ctx, const bnl_train_info *info);
+    void (*on_step)(void *ctx, const bnl_train_progress *p);
+    void (*on_epoch)(void *ctx, const bnl_train_epoch *e);
+    void (*on_note)(void *ctx, const char *line);
+} bnl_train_hooks;
+
+typedef struct bnl_train_result {
+    int64_t steps_done;             // global steps done, including those before a resume
+    int best_epoch;                 // 0 if never evaluated
+    double best_val_top1;
+    double last_train_loss;
+    int report_error;               // on failure: 1 on the one rank that should print bnl_last_error()
+} bnl_train_result;
+
+// Runs (or resumes) a training run. Every rank calls it with the same configuration; on failure
+// every rank returns the same non-OK status (ranks agree before any collective goes astray).
+bnl_status bnl_train_run(const bnl_train_config *cfg, bnl_dist *dist, const bnl_train_hooks *hooks,
+                         bnl_train_result *out);
+
+#endif

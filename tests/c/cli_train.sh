@@ -1,0 +1,201 @@
+#!/usr/bin/env bash
+# `bnlab train` from the command line: --help; bad options give one error line and leave nothing
+# behind; a straight run writes the checkpoints, the final model (with labels) and metrics.csv
+# atomically; --epochs 1 then --resume --epochs 2 is bit-identical to --epochs 2 straight (also when
+# stopped inside an epoch with a cosine schedule and warmup); a resume with other settings is
+# refused; a diverging run (--lr 1e6, or an lr that explodes in epoch 2) stops with a clear message
+# and the last checkpoint intact and finite; --init with another class count trains a new head.
+# usage: bash tests/c/cli_train.sh build/native/bnlab
+set -u
+BIN=${1:?usage: cli_train.sh path/to/bnlab}
+T=$(mktemp -d)
+trap 'rm -rf "$T"' EXIT
+pass=0
+fail=0
+ok() { pass=$((pass + 1)); }
+bad() {
+    echo "FAIL: $*" >&2
+    fail=$((fail + 1))
+}
+
+# safetensors checks with the Python standard library only
+cat >"$T/st.py" <<'EOF'
+import json, math, struct, sys
+
+def load(path):
+    b = open(path, 'rb').read()
+    n = struct.unpack('<Q', b[:8])[0]
+    h = json.loads(b[8:8 + n])
+    meta = h.pop('__metadata__', {})
+    data = b[8 + n:]
+    return {k: (v['dtype'], v['shape'], data[v['data_offsets'][0]:v['data_offsets'][1]]) for k, v in h.items()}, meta
+
+cmd = sys.argv[1]
+if cmd == 'eq':        # every tensor of A equals B's byte for byte (same names)
+    a, _ = load(sys.argv[2]); b, _ = load(sys.argv[3])
+    if sorted(a) != sorted(b):
+        sys.exit('tensor names differ: %s' % sorted(set(a) ^ set(b)))
+    diff = [k for k in a if a[k] != b[k]]
+    if diff:
+        sys.exit('%d of %d tensors differ, first: %s' % (len(diff), len(a), diff[0]))
+    print(len(a))
+elif cmd == 'finite':  # every F32 value is finite
+    a, _ = load(sys.argv[2])
+    for k, (dt, shape, raw) in a.items():
+        if dt == 'F32':
+            for v in struct.unpack('<%df' % (len(raw) // 4), raw):
+                if not math.isfinite(v):
+                    sys.exit('%s holds %r' % (k, v))
+    print(len(a))
+elif cmd == 'meta':
+    _, m = load(sys.argv[2])
+    print(m.get(sys.argv[3], ''))
+elif cmd == 'shape':
+    a, _ = load(sys.argv[2])
+    print(a[sys.argv[3]][1])
+EOF
+st() { python3 "$T/st.py" "$@"; }
+
+# expect_error WHAT SUBSTRING ARGS...: non-zero exit, exactly one stderr line "bnlab: error: ...SUBSTRING..."
+expect_error() {
+    local what=$1 sub=$2
+    shift 2
+    "$BIN" train "$@" >"$T/out" 2>"$T/err"
+    local rc=$?
+    local lines
+    lines=$(wc -l <"$T/err")
+    if [ $rc -eq 0 ]; then
+        bad "$what: exit 0"
+    elif [ $rc -ge 128 ]; then
+        bad "$what: crashed (exit $rc)"
+    elif [ "$lines" -ne 1 ] || ! grep -q '^bnlab: error: ' "$T/err"; then
+        bad "$what: expected one 'bnlab: error:' line, got $lines:"
+        cat "$T/err" >&2
+    elif ! grep -qF -- "$sub" "$T/err"; then
+        bad "$what: message lacks '$sub': $(cat "$T/err")"
+    else
+        ok
+    fi
+}
+
+no_tmp_files() {
+    local left
+    left=$(find "$T" -name '*.tmp.*' | head -3)
+    if [ -n "$left" ]; then bad "$1: temporary files left: $left"; else ok; fi
+}
+
+TINY=(--classes 4 --image-size 16 --train-size 48 --val-size 16 --data-seed 3 --arch resnet18 --width-mult 0.125
+    --batch-size 8 --threads 2 --seed 5 --quiet)
+CONST=(--schedule step --step-epochs 10 --lr 0.05)   # a constant lr: --epochs 1 and 2 share their first epoch
+
+# --- help
+if "$BIN" train --help >"$T/help" 2>&1 && grep -q -- '--resume' "$T/help" && grep -q -- '--sync-bn' "$T/help" &&
+    grep -q -- '--max-steps' "$T/help" && grep -q 'metrics.csv' "$T/help"; then ok; else bad "train --help"; fi
+
+# --- bad options: one line each, no outputs
+expect_error "no --out" "missing required option --out"
+expect_error "bad data" "--data" --data imagenet --out "$T/x"
+expect_error "bad arch" "--arch" --arch resnet42 --out "$T/x"
+expect_error "bad schedule" "--schedule" --schedule linear --out "$T/x"
+expect_error "bad milestones" "--step-epochs" --schedule step --step-epochs 5,3 --out "$T/x"
+expect_error "bad lr" "--lr" --lr fast --out "$T/x"
+expect_error "negative lr" "--lr" --lr -1 --out "$T/x"
+expect_error "batch 0" "--batch-size" --batch-size 0 --out "$T/x"
+expect_error "bad running-var" "--running-var" --running-var sometimes --out "$T/x"
+expect_error "augment both" "contradict" --augment --no-augment --out "$T/x"
+expect_error "classes with cifar" "--classes" --data "cifar10:$T/nope" --classes 3 --out "$T/x"
+expect_error "missing cifar" "$T/nope" --data "cifar10:$T/nope" --out "$T/x"
+expect_error "missing folder" "$T/nofolder/train" --data "folder:$T/nofolder" --out "$T/x"
+expect_error "missing init" "$T/missing.safetensors" --init "$T/missing.safetensors" --out "$T/x"
+expect_error "init and arch" "--init" --init "$T/w.safetensors" --arch resnet50 --out "$T/x"
+expect_error "unknown option" "--bogus" --bogus --out "$T/x"
+expect_error "resume nothing" "nothing to resume" "${TINY[@]}" --resume --out "$T/x"
+expect_error "tiny train set" "fewer than one global batch" "${TINY[@]}" --train-size 4 --out "$T/x"
+if [ -e "$T/x/last.safetensors" ] || [ -e "$T/x/model.safetensors" ]; then bad "a failed start left files in $T/x"; else ok; fi
+
+# --- a straight run: files, metrics, labels
+if "$BIN" train "${TINY[@]}" "${CONST[@]}" --epochs 2 --out "$T/straight" 2>"$T/err"; then ok; else
+    bad "straight run failed: $(cat "$T/err")"
+fi
+for f in last.safetensors best.safetensors model.safetensors metrics.csv; do
+    [ -s "$T/straight/$f" ] && ok || bad "straight run: no $f"
+done
+hdr=$(head -1 "$T/straight/metrics.csv")
+if [ "$hdr" = "epoch,step,lr,train_loss,train_acc,val_loss,val_top1,val_top5,images_per_s,seconds" ]; then ok; else
+    bad "metrics.csv header: $hdr"
+fi
+rows=$(tail -n +2 "$T/straight/metrics.csv" | awk -F, 'NF == 10 && $6 != "" && $7 != "" && $8 != ""' | wc -l)
+[ "$rows" -eq 2 ] && ok || bad "metrics.csv: expected 2 complete rows, got: $(cat "$T/straight/metrics.csv")"
+if tail -n +2 "$T/straight/metrics.csv" | awk -F, '{print $1","$2}' | tr '\n' ' ' | grep -qx '1,6 2,12 '; then ok; else
+    bad "metrics.csv epoch/step columns: $(cat "$T/straight/metrics.csv")"
+fi
+labels=$(st meta "$T/straight/model.safetensors" labels)
+if python3 -c 'import json,sys; l=json.loads(sys.argv[1]); assert isinstance(l, list) and len(l) == 4 and all(isinstance(x, str) for x in l)' "$labels" 2>/dev/null; then
+    ok
+else bad "model.safetensors labels: '$labels'"; fi
+"$BIN" info "$T/straight/model.safetensors" >"$T/info" 2>&1 && grep -q "classes: 4" "$T/info" && ok || bad "bnlab info model: $(cat "$T/info")"
+"$BIN" info "$T/straight/best.safetensors" >/dev/null 2>&1 && ok || bad "best.safetensors does not load as a model"
+no_tmp_files "straight run"
+
+# --- --epochs 1, then --resume --epochs 2: bit-identical weights, momentum, running statistics
+"$BIN" train "${TINY[@]}" "${CONST[@]}" --epochs 1 --out "$T/res" 2>"$T/err" || bad "resume part 1: $(cat "$T/err")"
+[ "$(st meta "$T/res/last.safetensors" train.step)" = "6" ] && ok || bad "checkpoint after epoch 1 is not at step 6"
+"$BIN" train "${TINY[@]}" "${CONST[@]}" --epochs 2 --resume --out "$T/res" 2>"$T/err" || bad "resume part 2: $(cat "$T/err")"
+if n=$(st eq "$T/straight/model.safetensors" "$T/res/model.safetensors" 2>&1); then ok; else
+    bad "resumed model differs from the straight run: $n"
+fi
+if n=$(st eq "$T/straight/last.safetensors" "$T/res/last.safetensors" 2>&1); then ok; else
+    bad "resumed checkpoint (with momentum) differs from the straight run: $n"
+fi
+rows=$(tail -n +2 "$T/res/metrics.csv" | wc -l)
+[ "$rows" -eq 2 ] && ok || bad "resumed metrics.csv: expected 2 rows, got $rows"
+no_tmp_files "resume"
+
+# --- stopped inside epoch 1 of a cosine schedule with warmup, resumed: the same weights
+COS=(--epochs 2 --lr 0.05 --warmup-epochs 0.5)
+"$BIN" train "${TINY[@]}" "${COS[@]}" --out "$T/cos" 2>"$T/err" || bad "cosine straight: $(cat "$T/err")"
+"$BIN" train "${TINY[@]}" "${COS[@]}" --max-steps 4 --out "$T/cos2" 2>"$T/err" || bad "cosine part 1: $(cat "$T/err")"
+[ "$(st meta "$T/cos2/last.safetensors" train.step)" = "4" ] && ok || bad "checkpoint after --max-steps 4 is not at step 4"
+"$BIN" train "${TINY[@]}" "${COS[@]}" --resume --out "$T/cos2" 2>"$T/err" || bad "cosine part 2: $(cat "$T/err")"
+if n=$(st eq "$T/cos/model.safetensors" "$T/cos2/model.safetensors" 2>&1); then ok; else
+    bad "mid-epoch resume (cosine, warmup) differs from the straight run: $n"
+fi
+
+# --- a resume with other settings is refused, and leaves the checkpoint alone
+sum_before=$(cksum <"$T/res/last.safetensors")
+expect_error "resume with another lr" "--lr" "${TINY[@]}" --schedule step --step-epochs 10 --lr 0.1 --epochs 3 --resume --out "$T/res"
+expect_error "resume with another batch" "--batch-size" "${TINY[@]}" "${CONST[@]}" --batch-size 4 --epochs 3 --resume --out "$T/res"
+[ "$(cksum <"$T/res/last.safetensors")" = "$sum_before" ] && ok || bad "a refused resume changed last.safetensors"
+expect_error "run into a used directory" "--resume" "${TINY[@]}" "${CONST[@]}" --epochs 1 --out "$T/res"
+
+# --- divergence: --lr 1e6 from the start; the checkpoint written before the first step survives
+expect_error "lr 1e6" "training diverged" "${TINY[@]}" --lr 1e6 --epochs 2 --out "$T/nan1"
+# a non-finite loss, or a huge one with a non-finite gradient: caught before the update either way
+if grep -Eq 'loss is [^ ]+ (with a non-finite gradient )?at epoch [0-9]+ step [0-9]+' "$T/err"; then ok; else
+    bad "divergence message: $(cat "$T/err")"
+fi
+[ "$(st meta "$T/nan1/last.safetensors" train.step)" = "0" ] && ok || bad "lr 1e6: the step-0 checkpoint is gone"
+st finite "$T/nan1/last.safetensors" >/dev/null 2>"$T/fin" && ok || bad "lr 1e6: checkpoint not finite: $(cat "$T/fin")"
+[ ! -e "$T/nan1/model.safetensors" ] && ok || bad "lr 1e6: a final model was written"
+# an lr that explodes in epoch 2 (x1e8 after epoch 1): the epoch-1 checkpoint survives, finite, and resumable
+expect_error "lr explodes in epoch 2" "at epoch 2 step" "${TINY[@]}" --schedule step --step-epochs 1 --step-gamma 1e8 \
+    --lr 0.05 --epochs 3 --out "$T/nan2"
+grep -q "training diverged" "$T/err" && ok || bad "epoch-2 divergence message: $(cat "$T/err")"
+[ "$(st meta "$T/nan2/last.safetensors" train.step)" = "6" ] && ok || bad "the epoch-1 checkpoint is not at step 6"
+st finite "$T/nan2/last.safetensors" >/dev/null 2>"$T/fin" && ok || bad "epoch-1 checkpoint not finite: $(cat "$T/fin")"
+"$BIN" info "$T/nan2/best.safetensors" >/dev/null 2>&1 && ok || bad "best.safetensors after divergence does not load"
+rows=$(tail -n +2 "$T/nan2/metrics.csv" | wc -l)
+[ "$rows" -eq 1 ] && ok || bad "metrics.csv after divergence: expected 1 row, got $rows"
+no_tmp_files "divergence"
+
+# --- --init with another class count: a new fc
+if "$BIN" train --classes 3 --image-size 16 --train-size 24 --val-size 8 --batch-size 8 --threads 2 --epochs 1 \
+    --init "$T/straight/model.safetensors" --out "$T/init" >"$T/out" 2>"$T/err"; then
+    grep -q "new fc" "$T/out" && ok || bad "--init with 3 classes: no note about the new fc: $(cat "$T/out")"
+    [ "$(st shape "$T/init/model.safetensors" fc.weight)" = "[3, 64]" ] && ok || bad "--init: fc.weight shape"
+else
+    bad "--init with another class count failed: $(cat "$T/err")"
+fi
+
+echo "cli_train: $pass checks, $fail failed"
+[ $fail -eq 0 ]
