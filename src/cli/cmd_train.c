@@ -312,7 +312,7 @@ int cmd_train(int argc, char **argv) {
     if (bad) return 2;
 
     bnl_dist *dist;
-    if (bnl_dist_init(&dist, &argc, &argv) != BNL_OK) return cli_error("%s", bnl_last_error());
+    if (bnl_dist_init(&dist, &argc, &argv) != BNL_OK) return env_rank > 0 ? 1 : cli_error("%s", bnl_last_error());
     int rank = bnl_dist_rank(dist), K = bnl_dist_size(dist);
     if (threads == 0 && bnl_dist_local_size(dist) > 1) {
         // ranks on one node share its cores

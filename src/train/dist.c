@@ -41,10 +41,12 @@ int bnl_dist_env_rank(void) {
     return v ? atoi(v) : 0;
 }
 
+#ifndef BNL_HAVE_MPI
 static int env_size(void) {
     const char *v = env_any(k_size_vars);
     return v ? atoi(v) : 1;
 }
+#endif
 
 int bnl_dist_available(void) {
 #ifdef BNL_HAVE_MPI

@@ -249,8 +249,61 @@ static void test_runs(const char *dir, bnl_dist *d) {
     CHECK(bnl_train_run(&ca, d, NULL, &res) == BNL_ERR_ARG, "a second run into the same directory must be refused");
 }
 
-int main(void) {
+// Under mpirun -np 2 (tests/c/cli_mpi.sh runs `test_train --mpi`): the step protocol of
+// synchronized BatchNorm. Rank 1 alone gets a NaN loss (a NaN fc bias, after every BatchNorm), so
+// rank 0 is already waiting in its first backward all-reduce: it must be released, both ranks must
+// name rank 1, and the next step must run in lockstep again.
+static int mpi_protocol(int *argc, char ***argv) {
+    bnl_dist *d = NULL;
+    CHECK(bnl_dist_init(&d, argc, argv) == BNL_OK, "dist init: %s", bnl_last_error());
+    if (!d) return 1;
+    int rank = bnl_dist_rank(d);
+    CHECK(bnl_dist_size(d) == 2, "run with mpirun -np 2 (size %d)", bnl_dist_size(d));
+    if (bnl_dist_size(d) == 2) {
+        bnl_resnet_spec sp;
+        bnl_resnet *m = NULL;
+        bnl_resnet_spec_named(&sp, 18, 0.125f, 4);
+        CHECK(bnl_resnet_create(&m, &sp, 7) == BNL_OK, "create");
+        bnl_dist_sync_bn(d, m);
+        enum { N = 4, H = 16, W = 16 };
+        static float x[N * H * W * 3];
+        int64_t labels[N] = {0, 1, 2, 3};
+        bnl_rng rng = bnl_rng_seed(3 + (uint64_t)rank);
+        for (size_t i = 0; i < sizeof x / sizeof x[0]; i++) x[i] = (float)bnl_rng_normal(&rng);
+        size_t np;
+        float *p = bnl_resnet_params(m, &np), loss = 0, keep = p[np - 1];
+        for (int round = 0; round < 3; round++) {
+            if (round == 1 && rank == 1) p[np - 1] = NAN;
+            if (round == 2) p[np - 1] = keep;
+            bnl_dist_step_begin(d);
+            bnl_status s = bnl_resnet_forward_backward(m, &loss, NULL, x, N, H, W, labels);
+            int first = bnl_dist_step_end(d, s == BNL_OK);
+            if (round == 1) {
+                CHECK(first == 1, "rank %d: round 1: the failing rank is %d, want 1", rank, first);
+                CHECK(s != BNL_OK, "rank %d: round 1 must fail here too", rank);
+                if (rank == 0) CHECK(strstr(bnl_last_error(), "another rank") != NULL, "rank 0: %s", bnl_last_error());
+                if (rank == 1) CHECK(s == BNL_ERR_NUMERIC && isnan(loss), "rank 1: status %d loss %g", (int)s, (double)loss);
+            } else {
+                CHECK(first == -1 && s == BNL_OK, "rank %d: round %d: status %d, first failure %d (%s)", rank, round,
+                      (int)s, first, bnl_last_error());
+                float *g = bnl_resnet_grads(m, NULL);
+                CHECK(bnl_dist_sum_f32(d, g, np) == BNL_OK, "sum");
+                uint64_t h = 1469598103934665603ull;
+                for (size_t i = 0; i < np * sizeof(float); i++) h = (h ^ ((unsigned char *)g)[i]) * 1099511628211ull;
+                CHECK(bnl_dist_same_u64(d, h), "rank %d: round %d: summed gradients differ between ranks", rank, round);
+            }
+        }
+        bnl_resnet_free(m);
+    }
+    bnl_dist_finalize(d);
+    char name[64];
+    snprintf(name, sizeof name, "test_train --mpi (rank %d)", rank);
+    return test_summary(name);
+}
+
+int main(int argc, char **argv) {
     (void)check_close;
+    if (argc > 1 && !strcmp(argv[1], "--mpi")) return mpi_protocol(&argc, &argv);
     bnl_set_threads(2);
     test_schedule();
     char dir[] = "/tmp/bnl_test_train_XXXXXX";
