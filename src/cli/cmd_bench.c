@@ -4,6 +4,8 @@
 #include "cli/cli.h"
 #include "core/common.h"
 #include "core/rng.h"
+#include "model/resnet.h"
+#include "ops/ops.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -131,12 +133,127 @@ static int bench_bn(long n, long h, long w, long ch, int reps) {
     return 0;
 }
 
+// ---------------------------------------------------------------------------------------------
+// bench resnet50: the whole model, eval forward or a train step (forward, backward, SGD).
+
+typedef struct {
+    bnl_resnet *m;
+    float *x, *logits;
+    int64_t *labels;
+    int N, S;
+    bnl_sgd sgd;
+    bnl_status st;
+} model_ctx;
+
+static void run_model_forward(void *p) {
+    model_ctx *c = p;
+    bnl_status s = bnl_resnet_forward(c->m, c->logits, c->x, c->N, c->S, c->S);
+    if (s != BNL_OK) c->st = s;
+}
+static void run_model_step(void *p) {
+    model_ctx *c = p;
+    float loss = 0.0f;
+    bnl_status s = bnl_resnet_step(c->m, &loss, c->x, c->N, c->S, c->S, c->labels, &c->sgd);
+    if (s != BNL_OK) c->st = s;
+}
+
+static int bench_resnet50(const char *mode, long batch, long size, int reps, const char *weights, long depth) {
+    int train = !strcmp(mode, "train");
+    if (!train && strcmp(mode, "eval")) return cli_error("--mode: expected 'eval' or 'train', got '%s'", mode), 2;
+    model_ctx c;
+    memset(&c, 0, sizeof c);
+    bnl_status s;
+    if (weights) {
+        s = bnl_resnet_load_file(&c.m, weights);
+    } else {
+        bnl_resnet_spec sp;
+        s = bnl_resnet_spec_named(&sp, (int)depth, 1.0f, 1000);
+        if (s == BNL_OK) s = bnl_resnet_create(&c.m, &sp, 0);
+    }
+    if (s != BNL_OK) return cli_error("%s", bnl_last_error());
+    const bnl_resnet_info *info = bnl_resnet_get_info(c.m);
+    c.N = (int)batch, c.S = (int)size;
+    size_t nx = (size_t)batch * (size_t)size * (size_t)size * (size_t)info->in_channels;
+    c.x = bnl_alloc(nx * sizeof(float));
+    c.logits = bnl_alloc((size_t)batch * (size_t)info->num_classes * sizeof(float));
+    c.labels = bnl_alloc((size_t)batch * sizeof(int64_t));
+    if (!c.x || !c.logits || !c.labels) {
+        bnl_resnet_free(c.m);
+        return cli_error("bench resnet50: out of memory");
+    }
+    bnl_rng r = bnl_rng_seed(7);
+    for (size_t i = 0; i < nx; i++) c.x[i] = (float)bnl_rng_normal(&r);
+    for (long i = 0; i < batch; i++) c.labels[i] = (int64_t)(bnl_rng_uniform(&r) * info->num_classes) % info->num_classes;
+    c.sgd = bnl_sgd_default();
+    c.sgd.lr = 1e-3f, c.sgd.momentum = 0.9f, c.sgd.weight_decay = 1e-4f;
+    bnl_resnet_set_training(c.m, train);
+    int threads = bnl_threads_effective();
+    double t = time_median(train ? run_model_step : run_model_forward, &c, reps);
+    int rc = 0;
+    if (c.st != BNL_OK) {
+        rc = cli_error("bench resnet50: %s", bnl_last_error());
+    } else if (train) {
+        printf("bench=resnet%ld.train_step.native ms=%.1f images_per_s=%.2f batch=%ld size=%ldx%ld threads=%d isa=%s "
+               "reps=%d\n", depth, t, 1000.0 * (double)batch / t, batch, size, size, threads,
+               bnl_isa_name(bnl_isa_active()), reps);
+    } else {
+        printf("bench=resnet%ld.forward.native ms=%.2f images_per_s=%.2f batch=%ld size=%ldx%ld threads=%d isa=%s "
+               "reps=%d\n", depth, t, 1000.0 * (double)batch / t, batch, size, size, threads,
+               bnl_isa_name(bnl_isa_active()), reps);
+    }
+    bnl_free(c.x), bnl_free(c.logits), bnl_free(c.labels);
+    bnl_resnet_free(c.m);
+    return rc;
+}
+
+// ---------------------------------------------------------------------------------------------
+// bench gemm: C (M,N) = A (M,K) B (N,K)^T, the convolution forward's shape, GFLOP/s per ISA.
+
+typedef struct {
+    float *a, *b, *c;
+    size_t M, N, K;
+} gemm_ctx;
+
+static void run_gemm(void *p) {
+    gemm_ctx *g = p;
+    bnl_gemm_nt(g->c, g->a, g->b, g->M, g->N, g->K, 0);
+}
+
+static int bench_gemm(long M, long N, long K, int reps) {
+    gemm_ctx g = {NULL, NULL, NULL, (size_t)M, (size_t)N, (size_t)K};
+    g.a = bnl_alloc(g.M * g.K * sizeof(float));
+    g.b = bnl_alloc(g.N * g.K * sizeof(float));
+    g.c = bnl_alloc(g.M * g.N * sizeof(float));
+    if (!g.a || !g.b || !g.c) return cli_error("bench gemm: out of memory");
+    bnl_rng r = bnl_rng_seed(3);
+    for (size_t i = 0; i < g.M * g.K; i++) g.a[i] = (float)bnl_rng_normal(&r);
+    for (size_t i = 0; i < g.N * g.K; i++) g.b[i] = (float)bnl_rng_normal(&r);
+    double flop = 2.0 * (double)M * (double)N * (double)K;
+    bnl_isa active = bnl_isa_active();
+    for (int isa = 0; isa < BNL_ISA_COUNT; isa++) {
+        if (!bnl_isa_available((bnl_isa)isa)) continue;
+        bnl_isa_force((bnl_isa)isa);
+        double t = time_median(run_gemm, &g, reps);
+        printf("bench=gemm.nt.%s ms=%.3f gflops=%.1f M=%ld N=%ld K=%ld threads=%d\n", bnl_isa_name((bnl_isa)isa), t,
+               flop / t * 1e-6, M, N, K, bnl_threads_effective());
+    }
+    bnl_isa_force(active);
+    bnl_free(g.a), bnl_free(g.b), bnl_free(g.c);
+    return 0;
+}
+
 int cmd_bench(int argc, char **argv) {
     cli_opt opts[] = {
-        {"n", "N", "batch size", "32", 0},
-        {"hw", "HW", "height and width", "56", 0},
-        {"c", "C", "channels", "256", 0},
-        {"reps", "K", "timed repetitions (median reported)", "15", 0},
+        {"n", "N", "bn: batch size", "32", 0},
+        {"hw", "HW", "bn: height and width", "56", 0},
+        {"c", "C", "bn: channels", "256", 0},
+        {"mode", "MODE", "resnet50: eval (forward) or train (forward, backward, SGD step)", "eval", 0},
+        {"batch", "N", "resnet50: batch size (default 1 for eval, 8 for train)", NULL, 0},
+        {"size", "S", "resnet50: input height and width", "224", 0},
+        {"depth", "D", "resnet50: torchvision depth (18, 34, 50, 101, 152)", "50", 0},
+        {"weights", "FILE", "resnet50: a safetensors state dict (default: seeded torchvision init)", NULL, 0},
+        {"mnk", "M,N,K", "gemm: sizes of C (M,N) = A (M,K) B (N,K)^T", "3136,64,576", 0},
+        {"reps", "K", "timed repetitions, median reported (default 15; resnet50: 10 eval, 5 train)", NULL, 0},
         {"threads", "T", "threads (0 = all cores)", "0", 0},
         {"isa", "NAME", "force an instruction set: scalar, avx2, avx512 (default: best)", NULL, 0},
     };
@@ -144,15 +261,21 @@ int cmd_bench(int argc, char **argv) {
     const char *pos[1];
     int np = 0;
     int rc = cli_parse(argc, argv, "bnlab bench SUBJECT [options]",
-                       "Benchmarks. SUBJECT: bn (BatchNorm train forward, eval forward, backward against memcpy).\n"
+                       "Benchmarks. SUBJECT: bn (BatchNorm train forward, eval forward, backward against memcpy),\n"
+                       "resnet50 (the model: --mode eval|train --batch N --size S --reps K), gemm (--mnk M,N,K).\n"
                        "Prints one key=value line per measurement.",
                        opts, nopts, pos, 1, &np);
     if (rc) return rc > 0 ? 0 : 2;
-    if (np < 1) return cli_error("bench: missing SUBJECT (bn)"), 2;
-    long n = 0, hw = 0, c = 0, reps = 0, threads = 0;
+    if (np < 1) return cli_error("bench: missing SUBJECT (bn, resnet50, gemm)"), 2;
+    int is_model = !strcmp(pos[0], "resnet50");
+    const char *mode = cli_get(opts, nopts, "mode");
+    int train = !strcmp(mode, "train");
+    long n = 0, hw = 0, c = 0, reps = is_model ? (train ? 5 : 10) : 15, threads = 0, size = 0, depth = 0;
+    long batch = train ? 8 : 1;
     if (cli_get_long(opts, nopts, "n", 1, 4096, &n) || cli_get_long(opts, nopts, "hw", 1, 4096, &hw) ||
         cli_get_long(opts, nopts, "c", 1, 65536, &c) || cli_get_long(opts, nopts, "reps", 1, BENCH_MAX_REPS, &reps) ||
-        cli_get_long(opts, nopts, "threads", 0, 1024, &threads))
+        cli_get_long(opts, nopts, "threads", 0, 1024, &threads) || cli_get_long(opts, nopts, "batch", 1, 4096, &batch) ||
+        cli_get_long(opts, nopts, "size", 32, 4096, &size) || cli_get_long(opts, nopts, "depth", 18, 152, &depth))
         return 2;
     bnl_set_threads((int)threads);
     const char *isa = cli_get(opts, nopts, "isa");
@@ -166,5 +289,13 @@ int cmd_bench(int argc, char **argv) {
         if (!found) return cli_error("--isa: unknown instruction set '%s'", isa), 2;
     }
     if (!strcmp(pos[0], "bn")) return bench_bn(n, hw, hw, c, (int)reps);
-    return cli_error("bench: unknown subject '%s' (known: bn)", pos[0]), 2;
+    if (is_model) return bench_resnet50(mode, batch, size, (int)reps, cli_get(opts, nopts, "weights"), depth);
+    if (!strcmp(pos[0], "gemm")) {
+        long M = 0, N = 0, K = 0;
+        if (sscanf(cli_get(opts, nopts, "mnk"), "%ld,%ld,%ld", &M, &N, &K) != 3 || M < 1 || N < 1 || K < 1 ||
+            M > 1000000 || N > 100000 || K > 100000)
+            return cli_error("--mnk: expected three positive integers M,N,K, got '%s'", cli_get(opts, nopts, "mnk")), 2;
+        return bench_gemm(M, N, K, (int)reps);
+    }
+    return cli_error("bench: unknown subject '%s' (known: bn, resnet50, gemm)", pos[0]), 2;
 }

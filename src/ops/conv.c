@@ -1,24 +1,25 @@
-// 2-D convolution, NHWC, no bias: im2col-style patch gathering in tiles of output pixels plus the
-// shared GEMMs (src/ops/gemm.c).
+// 2-D convolution, NHWC, no bias, through the GEMM engine (src/ops/gemm.c, gemm_kernels.h).
 //
 // Sizes: N batch, H/W input, C input channels, K output channels, R/S kernel, P/Q output.
 // x: (N,H,W,C)  w: (K,R,S,C)  y: (N,P,Q,K). A patch row is (R,S,C) = RSC floats, in w's order, so
-//   y[pix, k] = sum_j patch[pix, j] * w[k, j]                           (forward: GEMM NT)
-//   dw[k, j] += sum_pix dy[pix, k] * patch[pix, j]                      (GEMM TN)
-//   dpatch[pix, j] = sum_k dy[pix, k] * w[k, j], then col2im into dx    (GEMM NN)
-// Tiles are ranges of flattened output pixels (n,p,q): 128 to 512 of them, about 4 MB of patches,
-// so the scratch stays bounded whatever the batch. 1x1 stride-1 unpadded convs are GEMMs on x
-// itself, no copy.
+//   y[pix, k] = sum_j patch[pix, j] * w[k, j]                      (forward: A = patches, B = w^T)
+//   dw[k, j] += sum_pix dy[pix, k] * patch[pix, j]                 (A = dy^T, B = patches)
+//   dx: stride 1 is the forward convolution of dy with the flipped, transposed kernel
+//       (padding R-1-pad); other strides form dpatch = dy w in tiles, then col2im.
+// The patch matrix is never formed for the forward and dw: the engine gathers each packed block
+// straight from x (zeros in the padding). 1x1 stride-1 unpadded convs read x as a plain matrix.
+// Inference passes weights packed once (bnl_conv_pack_weights, optionally scaled per output
+// channel to fold an eval BatchNorm) and a fused epilogue: bias, residual, ReLU.
 //
-// Threads: forward runs tiles in parallel (one patch buffer per thread) when there are enough of
-// them, else tiles in order with the gather and the GEMM parallel inside. Backward runs tiles in
-// order with each stage parallel inside; dw is split by its own rows/columns inside the GEMM and
-// col2im by input rows, so no two threads ever add into the same value and every sum runs in
-// output-pixel order: results are bitwise the same for any thread count and any tile size.
+// Threads: the engine splits C into blocks, each computed whole by one thread, with every sum in
+// k order. col2im runs by input rows, every dx value getting its terms in output-pixel order. So
+// results are bitwise the same for any thread count and any tile size.
 #include "core/common.h"
+#include "ops/gemm_kernels.h"
 #include "ops/ops.h"
 
 #include <limits.h>
+#include <stdlib.h>
 #include <string.h>
 #ifdef _OPENMP
 #include <omp.h>
@@ -95,43 +96,6 @@ static int threads_for(size_t items) {
     return T < 1 ? 1 : T;
 }
 
-// One patch row: the (R,S,C) window of output pixel `pix` (flattened n,p,q), zeros in the padding.
-static void gather_pixel(float *restrict dst, const float *restrict x, const bnl_conv_shape *s, size_t pix) {
-    size_t C = (size_t)s->C, SC = (size_t)s->S * C;
-    size_t q = pix % (size_t)s->Q, np = pix / (size_t)s->Q;
-    size_t p = np % (size_t)s->P, n = np / (size_t)s->P;
-    long h0 = (long)p * s->stride - s->pad, w0 = (long)q * s->stride - s->pad;
-    const float *xn = x + n * (size_t)s->H * (size_t)s->W * C;
-    for (int r = 0; r < s->R; r++, dst += SC) {
-        long h = h0 + r;
-        if (h < 0 || h >= s->H) {
-            memset(dst, 0, SC * sizeof(float));
-            continue;
-        }
-        const float *xr = xn + (size_t)h * (size_t)s->W * C;
-        if (w0 >= 0 && w0 + s->S <= s->W) {   // this row of the window is inside: S*C contiguous floats
-            memcpy(dst, xr + (size_t)w0 * C, SC * sizeof(float));
-            continue;
-        }
-        for (int c0 = 0; c0 < s->S; c0++) {
-            long w = w0 + c0;
-            if (w < 0 || w >= s->W) memset(dst + (size_t)c0 * C, 0, C * sizeof(float));
-            else memcpy(dst + (size_t)c0 * C, xr + (size_t)w * C, C * sizeof(float));
-        }
-    }
-}
-
-// Patches of output pixels [t0, t1) into buf: ((t1-t0), RSC).
-static void gather_tile(float *buf, const float *x, const bnl_conv_shape *s, size_t rsc, size_t t0,
-                        size_t t1, int T) {
-    (void)T;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
-#endif
-    for (long long t = (long long)t0; t < (long long)t1; t++)
-        gather_pixel(buf + ((size_t)t - t0) * rsc, x, s, (size_t)t);
-}
-
 // col2im for output pixels [t0, t1): dx += the patch gradients, summed where windows overlap.
 // Parallel over input rows (n,h): each thread writes only its own rows. r runs downwards so that
 // p, and then q, go upwards: every dx value gets its terms in output-pixel order, whatever the
@@ -176,48 +140,153 @@ static void col2im_tile(float *dx, const float *dpatch, const bnl_conv_shape *s,
     }
 }
 
+// The GEMM operands of a convolution.
+static bnl_gemm_src src_patches(const float *x, const bnl_conv_shape *s) {
+    bnl_gemm_src a = {BNL_SRC_PATCHES, x, 0, 0, s, NULL};
+    if (is_pointwise(s)) a.kind = BNL_SRC_STRIDED, a.s0 = (size_t)s->C, a.s1 = 1;   // x itself, (NHW, C)
+    return a;
+}
+static bnl_gemm_src src_strided(const float *p, size_t s0, size_t s1) {
+    bnl_gemm_src b = {BNL_SRC_STRIDED, p, s0, s1, NULL, NULL};
+    return b;
+}
+
+static bnl_status conv_gemm(float *y, const bnl_gemm_src *a, const bnl_gemm_src *b, const float *bias, const float *res,
+                            int relu, const bnl_conv_shape *s) {
+    bnl_gemm_call g;
+    memset(&g, 0, sizeof g);
+    g.C = y, g.ldc = (size_t)s->K;
+    g.M = (size_t)s->N * s->P * s->Q, g.N = (size_t)s->K, g.K = (size_t)s->R * s->S * s->C;
+    g.a = *a, g.b = *b;
+    g.bias = bias, g.res = res, g.ldr = (size_t)s->K, g.relu = relu;
+    return bnl_gemm_run(&g);
+}
+
 bnl_status bnl_conv2d_forward(float *y, const float *x, const float *w, const bnl_conv_shape *s) {
     bnl_status st = check_shape(s, "conv2d_forward");
     if (st != BNL_OK) return st;
     if (!y || !x || !w) return bnl_fail(BNL_ERR_ARG, "conv2d_forward: NULL pointer (y=%p x=%p w=%p)", (void *)y, (const void *)x, (const void *)w);
-    size_t K = (size_t)s->K, rsc = (size_t)s->R * s->S * s->C;
-    size_t npix = (size_t)s->N * s->P * s->Q;
-    if (is_pointwise(s)) {   // y (NHW,K) = x (NHW,C) * w (K,C)^T
-        bnl_gemm_nt(y, x, w, npix, K, (size_t)s->C, 0);
-        return BNL_OK;
+    size_t rsc = (size_t)s->R * s->S * s->C;
+    bnl_gemm_src a = src_patches(x, s), b = src_strided(w, 1, rsc);   // B(j, k) = w[k, j]
+    return conv_gemm(y, &a, &b, NULL, NULL, 0, s);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Packed weights and the fused forward (inference)
+
+struct bnl_conv_packed {
+    const bnl_gemm_kernels *kt;   // the kernel table the layout is for
+    int K, R, S, C;
+    float *data;
+};
+
+bnl_status bnl_conv_pack_weights(bnl_conv_packed **pk, const float *w, const float *scale, int K, int R, int S, int C) {
+    if (!pk || !w || K <= 0 || R <= 0 || S <= 0 || C <= 0 || !bytes_fit(K, R, S, C))
+        return bnl_fail(BNL_ERR_ARG, "conv_pack_weights: bad arguments (K=%d R=%d S=%d C=%d)", K, R, S, C);
+    const bnl_gemm_kernels *kt = bnl_gemm_kernels_active();
+    size_t rsc = (size_t)R * S * C, n = bnl_gemm_packed_floats(kt, (size_t)K, rsc);
+    bnl_conv_packed *p = *pk;
+    if (p && (p->K != K || p->R != R || p->S != S || p->C != C || bnl_gemm_packed_floats(p->kt, (size_t)K, rsc) != n)) {
+        bnl_conv_packed_free(p);
+        *pk = p = NULL;
     }
-    size_t tp = tile_pixels(s, rsc), ntiles = (npix + tp - 1) / tp;
-    int T = threads_for(ntiles);
-    int tiles_parallel = T > 1 && ntiles >= 2 * (size_t)T;
-    if (!tiles_parallel) T = threads_for(tp);
-    size_t nbuf = tiles_parallel ? (size_t)T : 1;
-    size_t bytes = 0;
-    float *buf = NULL;
-    if (bnl_mul_ok(nbuf * tp, rsc * sizeof(float), &bytes)) buf = bnl_alloc(bytes);
-    if (!buf) return bnl_fail(BNL_ERR_NOMEM, "conv2d_forward: out of memory for %zu x %zu patches", tp, rsc);
-    if (tiles_parallel) {
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(T)
-#endif
-        for (long long t = 0; t < (long long)ntiles; t++) {
-#ifdef _OPENMP
-            float *b = buf + (size_t)omp_get_thread_num() * tp * rsc;
-#else
-            float *b = buf;
-#endif
-            size_t t0 = (size_t)t * tp, t1 = t0 + tp < npix ? t0 + tp : npix;
-            gather_tile(b, x, s, rsc, t0, t1, 1);
-            bnl_gemm_nt(y + t0 * K, b, w, t1 - t0, K, rsc, 0);   // serial inside a parallel region
+    if (!p) {
+        p = calloc(1, sizeof *p);
+        if (p) p->data = bnl_alloc(n * sizeof(float));
+        if (!p || !p->data) {
+            if (p) free(p);
+            return bnl_fail(BNL_ERR_NOMEM, "conv_pack_weights: out of memory for %zu floats", n);
         }
-    } else {
-        for (size_t t0 = 0; t0 < npix; t0 += tp) {
-            size_t t1 = t0 + tp < npix ? t0 + tp : npix;
-            gather_tile(buf, x, s, rsc, t0, t1, T);
-            bnl_gemm_nt(y + t0 * K, buf, w, t1 - t0, K, rsc, 0);
-        }
+        p->K = K, p->R = R, p->S = S, p->C = C;
+        *pk = p;
     }
-    bnl_free(buf);
+    p->kt = kt;
+    bnl_gemm_src b = src_strided(w, 1, rsc);
+    bnl_gemm_pack_b(p->data, kt, &b, (size_t)K, rsc, scale);
     return BNL_OK;
+}
+
+void bnl_conv_packed_free(bnl_conv_packed *p) {
+    if (!p) return;
+    bnl_free(p->data);
+    free(p);
+}
+
+int bnl_conv_packed_current(const bnl_conv_packed *p) { return p && p->kt == bnl_gemm_kernels_active(); }
+
+bnl_status bnl_conv2d_forward_fused(float *y, const float *x, const bnl_conv_packed *w, const float *bias,
+                                    const float *res, int relu, const bnl_conv_shape *s) {
+    bnl_status st = check_shape(s, "conv2d_forward_fused");
+    if (st != BNL_OK) return st;
+    if (!y || !x || !w) return bnl_fail(BNL_ERR_ARG, "conv2d_forward_fused: NULL pointer");
+    if (w->K != s->K || w->R != s->R || w->S != s->S || w->C != s->C)
+        return bnl_fail(BNL_ERR_SHAPE, "conv2d_forward_fused: weights packed for %dx%dx%dx%d, shape wants %dx%dx%dx%d",
+                        w->K, w->R, w->S, w->C, s->K, s->R, s->S, s->C);
+    bnl_gemm_src a = src_patches(x, s), b = {BNL_SRC_PACKED, w->data, 0, 0, NULL, w->kt};
+    return conv_gemm(y, &a, &b, bias, res, relu, s);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward
+
+// dx of a stride-1 convolution as a forward convolution of dy: flipped kernel, in and out
+// channels swapped, padding R-1-pad. wf: (C, R, S, K) with wf[c,r,s,k] = w[k, R-1-r, S-1-s, c].
+static bnl_status dx_transposed(float *dx, const float *dy, const float *w, const bnl_conv_shape *s) {
+    bnl_conv_shape t;
+    bnl_status st = bnl_conv_shape_init(&t, s->N, s->P, s->Q, s->K, s->C, s->R, s->S, 1, s->R - 1 - s->pad);
+    if (st != BNL_OK) return st;
+    size_t K = (size_t)s->K, C = (size_t)s->C, R = (size_t)s->R, S = (size_t)s->S;
+    float *wf = bnl_alloc(K * R * S * C * sizeof(float));
+    if (!wf) return bnl_fail(BNL_ERR_NOMEM, "conv2d_backward: out of memory for the flipped kernel");
+    for (size_t c = 0; c < C; c++)
+        for (size_t r = 0; r < R; r++)
+            for (size_t q = 0; q < S; q++) {
+                float *dst = wf + ((c * R + r) * S + q) * K;
+                const float *src = w + ((R - 1 - r) * S + (S - 1 - q)) * C + c;
+                for (size_t k = 0; k < K; k++) dst[k] = src[k * R * S * C];
+            }
+    bnl_gemm_src a = src_patches(dy, &t), b = src_strided(wf, 1, R * S * K);
+    st = conv_gemm(dx, &a, &b, NULL, NULL, 0, &t);
+    bnl_free(wf);
+    return st;
+}
+
+// dx of any other convolution: dpatch = dy w in tiles of output pixels, then col2im.
+static bnl_status dx_col2im(float *dx, const float *dy, const float *w, const bnl_conv_shape *s) {
+    size_t K = (size_t)s->K, C = (size_t)s->C, rsc = (size_t)s->R * s->S * s->C;
+    size_t npix = (size_t)s->N * s->P * s->Q, nin = (size_t)s->N * s->H * s->W;
+    size_t tp = tile_pixels(s, rsc);
+    const bnl_gemm_kernels *kt = bnl_gemm_kernels_active();
+    size_t bytes = 0, pbytes = 0;
+    float *buf = NULL, *wp = NULL;
+    if (bnl_mul_ok(tp, rsc * sizeof(float), &bytes)) buf = bnl_alloc(bytes);
+    if (bnl_mul_ok(bnl_gemm_packed_floats(kt, rsc, K), sizeof(float), &pbytes)) wp = bnl_alloc(pbytes);
+    if (!buf || !wp) {
+        bnl_free(buf), bnl_free(wp);
+        return bnl_fail(BNL_ERR_NOMEM, "conv2d_backward: out of memory for %zu x %zu patches", tp, rsc);
+    }
+    bnl_gemm_src b = src_strided(w, rsc, 1);   // B (K, rsc) = w, packed once for every tile
+    bnl_gemm_pack_b(wp, kt, &b, rsc, K, NULL);
+    bnl_gemm_src bp = {BNL_SRC_PACKED, wp, 0, 0, NULL, kt};
+    int Tz = threads_for(nin * C / 65536 + 1);
+    (void)Tz;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(Tz) if (Tz > 1)
+#endif
+    for (long long i = 0; i < (long long)nin; i++) memset(dx + (size_t)i * C, 0, C * sizeof(float));
+    int T = threads_for(tp);
+    bnl_status st = BNL_OK;
+    for (size_t t0 = 0; t0 < npix && st == BNL_OK; t0 += tp) {
+        size_t t1 = t0 + tp < npix ? t0 + tp : npix;
+        bnl_gemm_call g;
+        memset(&g, 0, sizeof g);
+        g.C = buf, g.ldc = rsc, g.M = t1 - t0, g.N = rsc, g.K = K;
+        g.a = src_strided(dy + t0 * K, K, 1), g.b = bp;
+        st = bnl_gemm_run(&g);
+        if (st == BNL_OK) col2im_tile(dx, buf, s, rsc, t0, t1, T);
+    }
+    bnl_free(buf), bnl_free(wp);
+    return st;
 }
 
 bnl_status bnl_conv2d_backward(float *dx, float *dw, const float *dy, const float *x,
@@ -230,38 +299,21 @@ bnl_status bnl_conv2d_backward(float *dx, float *dw, const float *dy, const floa
     if (!dx && !dw) return BNL_OK;
     size_t K = (size_t)s->K, C = (size_t)s->C, rsc = (size_t)s->R * s->S * s->C;
     size_t npix = (size_t)s->N * s->P * s->Q, nin = (size_t)s->N * s->H * s->W;
-    if (is_pointwise(s)) {
-        if (dw) bnl_gemm_tn(dw, dy, x, K, C, npix, 1);    // dw (K,C) += dy^T (K,NHW) x (NHW,C)
-        if (dx) bnl_gemm_nn(dx, dy, w, nin, C, K, 0);     // dx (NHW,C) = dy (NHW,K) w (K,C)
-        return BNL_OK;
+    if (dw) {   // dw (K, rsc) += dy^T (K, pixels) patches (pixels, rsc), summed in pixel order
+        bnl_gemm_call g;
+        memset(&g, 0, sizeof g);
+        g.C = dw, g.ldc = rsc, g.M = K, g.N = rsc, g.K = npix, g.accumulate = 1;
+        g.a = src_strided(dy, 1, K), g.b = src_patches(x, s);
+        if ((st = bnl_gemm_run(&g)) != BNL_OK) return st;
     }
-    size_t tp = tile_pixels(s, rsc);
-    int T = threads_for(tp);
-    size_t bytes = 0;
-    float *buf = NULL;
-    if (bnl_mul_ok(tp, rsc * sizeof(float), &bytes)) buf = bnl_alloc(bytes);
-    if (!buf) return bnl_fail(BNL_ERR_NOMEM, "conv2d_backward: out of memory for %zu x %zu patches", tp, rsc);
-    if (dx) {
-        size_t total = nin * C;
-        int Tz = threads_for(total / 65536 + 1);
-        (void)Tz;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(Tz) if (Tz > 1)
-#endif
-        for (long long i = 0; i < (long long)nin; i++) memset(dx + (size_t)i * C, 0, C * sizeof(float));
+    if (!dx) return BNL_OK;
+    if (is_pointwise(s)) {   // dx (NHW, C) = dy (NHW, K) w (K, C)
+        bnl_gemm_call g;
+        memset(&g, 0, sizeof g);
+        g.C = dx, g.ldc = C, g.M = nin, g.N = C, g.K = K;
+        g.a = src_strided(dy, K, 1), g.b = src_strided(w, C, 1);
+        return bnl_gemm_run(&g);
     }
-    for (size_t t0 = 0; t0 < npix; t0 += tp) {
-        size_t t1 = t0 + tp < npix ? t0 + tp : npix, m = t1 - t0;
-        const float *dyt = dy + t0 * K;   // (m, K)
-        if (dw) {
-            gather_tile(buf, x, s, rsc, t0, t1, T);
-            bnl_gemm_tn(dw, dyt, buf, K, rsc, m, 1);
-        }
-        if (dx) {
-            bnl_gemm_nn(buf, dyt, w, m, rsc, K, 0);
-            col2im_tile(dx, buf, s, rsc, t0, t1, T);
-        }
-    }
-    bnl_free(buf);
-    return BNL_OK;
+    if (s->stride == 1 && s->R == s->S && s->pad <= s->R - 1) return dx_transposed(dx, dy, w, s);
+    return dx_col2im(dx, dy, w, s);
 }

@@ -68,3 +68,18 @@ const bnl_bn_kernels *bnl_bn_kernels_for(bnl_isa isa) {
     default: return NULL;   // scalar: the reference implementation in batchnorm.c
     }
 }
+
+const bnl_gemm_kernels *bnl_gemm_kernels_for(bnl_isa isa) {
+    switch (isa) {
+#ifdef __x86_64__
+    case BNL_ISA_AVX2: return &bnl_gemm_kernels__avx2;
+    case BNL_ISA_AVX512: return &bnl_gemm_kernels__avx512;
+#endif
+#ifdef __wasm_simd128__
+    case BNL_ISA_WASMSIMD: return &bnl_gemm_kernels__wasmsimd;
+#endif
+    default: return &bnl_gemm_kernels__scalar;
+    }
+}
+
+const bnl_gemm_kernels *bnl_gemm_kernels_active(void) { return bnl_gemm_kernels_for(bnl_isa_active()); }

@@ -1,20 +1,16 @@
 // GEMM: the kernel boundary that convolutions and linear layers share. Row-major float32.
 //
-// One portable engine serves all three variants: C[M,N] (+)= A(M,K) * B(K,N), with A and B read
-// through a pair of strides each, so A^T and B^T need no copy. The engine is cache-blocked: C is
-// split into MC x NC tasks (the unit of threading); per KC-deep pass a task packs its A block into
-// 4-row panels ([k][4]) and each 16-column panel of B into [k][16], then runs a 4x16 register tile
-// over them. Packing makes every kernel read contiguous memory whatever the layout (a B row stride
-// of 2 KB used to thrash L1) and lets edges run the same tile on zero-padded panels. The loops
-// are written so gcc -O3 / clang vectorize them over the 16 columns. No intrinsics, no fast-math:
-// a later packed SIMD micro-kernel replaces kernel_4x16.
+// One engine (see gemm_kernels.h for the layout of packed operands and the determinism rule)
+// serves every caller: C[M,N] (+)= A(M,K) * B(K,N) with A and B read through a pair of strides
+// each (so A^T and B^T need no copy), or as the im2col matrix of a convolution that is never
+// formed (rows gathered from the NHWC input while packing), or B already packed (weights packed
+// once per model). An epilogue (bias per column, a residual, ReLU) is applied in registers after
+// the last K pass. The micro-kernel comes from the active ISA's table (src/ops/dispatch.c); the
+// scalar reference below is always compiled and is the judge in tests.
 //
-// Determinism: every element of C is computed by exactly one task, as C (or 0) plus the products
-// for k = 0, 1, ..., K-1 in order, whatever the tile, task or thread it lands in. So results do
-// not depend on the thread count or on how C is partitioned.
-//
-// Sizes: C (M,N) with row stride ldc. A(i,k) at A[i*a_si + k*a_sk]; B(k,j) at B[k*b_sk + j*b_sj].
+// Sizes: C (M,N) with row stride ldc; a K-deep reduction.
 #include "core/common.h"
+#include "ops/gemm_kernels.h"
 #include "ops/ops.h"
 
 #include <string.h>
@@ -22,111 +18,144 @@
 #include <omp.h>
 #endif
 
-#define GEMM_MR 4     // register tile rows
-#define GEMM_NR 16    // register tile columns (4 SSE / 2 AVX / 4 wasm simd128 vectors)
-#define GEMM_KC 256   // depth of one pass: a KC x NR panel of B (16 KB) stays in L1
-#define GEMM_MC 64    // task rows: the packed A block (64 KB) stays in L2
-#define GEMM_NC 256   // task columns
+// ---------------------------------------------------------------------------------------------
+// The scalar reference micro-kernel: 4 x 16 in plain C (no intrinsics; the compiler may vectorize
+// the j loops). Four named accumulator rows: a 2-D acc[4][16] array gets spilled.
 
-typedef struct gemm_args {
-    float *C;
-    size_t ldc;
-    const float *A;
-    size_t a_si, a_sk;
-    const float *B;
-    size_t b_sk, b_sj;
-    size_t M, N, K;
-    int accumulate;
-} gemm_args;
+#define SC_MR 4
+#define SC_NR 16
+#define SC_KC 256
 
-// C (4,16) = (init ? 0 : C) + ap (kb,4 packed)^T * bp (kb,16 packed), k ascending.
-// Four named accumulator rows and one j loop with the four A values hoisted: gcc and clang keep
-// c0..c3 in vector registers (a 2-D acc[4][16] array got spilled to the stack).
-static void kernel_4x16(float *restrict C, size_t ldc, const float *restrict ap,
-                        const float *restrict bp, size_t kb, int init) {
-    float c0[GEMM_NR], c1[GEMM_NR], c2[GEMM_NR], c3[GEMM_NR];
-    if (init) {
-        for (int j = 0; j < GEMM_NR; j++) c0[j] = c1[j] = c2[j] = c3[j] = 0.0f;
+static inline float epi_one(float acc, const bnl_gemm_epi *e, size_t i, size_t j) {
+    if (e->bias) acc = acc + e->bias[j];
+    if (e->res) acc = acc + e->res[i * e->ldr + j];
+    if (e->relu) acc = acc < 0.0f ? 0.0f : acc;
+    return acc;
+}
+
+static void gemm_ukernel__scalar(size_t kb, const float *restrict a, const float *restrict b, float *restrict c,
+                                 size_t ldc, int load_c, const bnl_gemm_epi *epi) {
+    float c0[SC_NR], c1[SC_NR], c2[SC_NR], c3[SC_NR];
+    if (load_c) {
+        for (int j = 0; j < SC_NR; j++) c0[j] = c[j], c1[j] = c[ldc + j], c2[j] = c[2 * ldc + j], c3[j] = c[3 * ldc + j];
     } else {
-        for (int j = 0; j < GEMM_NR; j++) {
-            c0[j] = C[j], c1[j] = C[ldc + j], c2[j] = C[2 * ldc + j], c3[j] = C[3 * ldc + j];
-        }
+        for (int j = 0; j < SC_NR; j++) c0[j] = c1[j] = c2[j] = c3[j] = 0.0f;
     }
     for (size_t k = 0; k < kb; k++) {
-        const float *b = bp + k * GEMM_NR;
-        float a0 = ap[4 * k], a1 = ap[4 * k + 1], a2 = ap[4 * k + 2], a3 = ap[4 * k + 3];
-        for (int j = 0; j < GEMM_NR; j++) {
-            float bj = b[j];
+        const float *bk = b + k * SC_NR;
+        float a0 = a[k], a1 = a[SC_KC + k], a2 = a[2 * SC_KC + k], a3 = a[3 * SC_KC + k];
+        for (int j = 0; j < SC_NR; j++) {
+            float bj = bk[j];
             c0[j] += a0 * bj, c1[j] += a1 * bj, c2[j] += a2 * bj, c3[j] += a3 * bj;
         }
     }
-    for (int j = 0; j < GEMM_NR; j++) {
-        C[j] = c0[j], C[ldc + j] = c1[j], C[2 * ldc + j] = c2[j], C[3 * ldc + j] = c3[j];
-    }
+    float *rows[4] = {c0, c1, c2, c3};
+    for (int i = 0; i < SC_MR; i++)
+        for (int j = 0; j < SC_NR; j++) c[(size_t)i * ldc + j] = epi ? epi_one(rows[i][j], epi, (size_t)i, (size_t)j) : rows[i][j];
 }
 
-// Rows [i0, i0+mb) x depth [k0, k0+kb) of A into 4-row panels: panel p holds ap[p*4*kb + k*4 + r],
-// rows past mb are zero.
-static void pack_a(float *restrict ap, const gemm_args *g, size_t i0, size_t mb, size_t k0, size_t kb) {
-    for (size_t p = 0; p < mb; p += GEMM_MR) {
-        float *dst = ap + p * kb;
-        size_t rows = mb - p < GEMM_MR ? mb - p : GEMM_MR;
-        if (rows < GEMM_MR) memset(dst, 0, GEMM_MR * kb * sizeof(float));
-        const float *src = g->A + (i0 + p) * g->a_si + k0 * g->a_sk;
-        if (g->a_sk == 1) {
-            for (size_t r = 0; r < rows; r++)
-                for (size_t k = 0; k < kb; k++) dst[k * GEMM_MR + r] = src[r * g->a_si + k];
-        } else {
-            for (size_t k = 0; k < kb; k++)
-                for (size_t r = 0; r < rows; r++) dst[k * GEMM_MR + r] = src[k * g->a_sk + r * g->a_si];
-        }
-    }
-}
+const bnl_gemm_kernels bnl_gemm_kernels__scalar = {
+    "gemm_4x16__scalar", SC_MR, SC_NR, SC_KC, 64, 256, gemm_ukernel__scalar,
+};
 
-// Columns [j, j+nr) x depth [k0, k0+kb) of B into bp[k*16 + c], columns past nr zero.
-static void pack_b(float *restrict bp, const gemm_args *g, size_t k0, size_t kb, size_t j, size_t nr) {
-    const float *src = g->B + k0 * g->b_sk + j * g->b_sj;
-    if (nr < GEMM_NR) memset(bp, 0, kb * GEMM_NR * sizeof(float));
-    if (g->b_sj == 1) {
-        for (size_t k = 0; k < kb; k++) memcpy(bp + k * GEMM_NR, src + k * g->b_sk, nr * sizeof(float));
-    } else {
-        for (size_t c = 0; c < nr; c++)
-            for (size_t k = 0; k < kb; k++) bp[k * GEMM_NR + c] = src[c * g->b_sj + k * g->b_sk];
-    }
-}
-
-// One task: rows [i0,i1) x columns [j0,j1) of C, all of K. i1 - i0 <= GEMM_MC.
-static void gemm_task(const gemm_args *g, size_t i0, size_t i1, size_t j0, size_t j1) {
-    _Alignas(64) float ap[GEMM_MC * GEMM_KC];
-    _Alignas(64) float bp[GEMM_KC * GEMM_NR];
-    _Alignas(64) float edge[GEMM_MR * GEMM_NR];
-    size_t mb = i1 - i0;
-    for (size_t k0 = 0; k0 < g->K; k0 += GEMM_KC) {
-        size_t kb = g->K - k0 < GEMM_KC ? g->K - k0 : GEMM_KC;
-        int init = !g->accumulate && k0 == 0;
-        pack_a(ap, g, i0, mb, k0, kb);
-        for (size_t j = j0; j < j1; j += GEMM_NR) {
-            size_t nr = j1 - j < GEMM_NR ? j1 - j : GEMM_NR;
-            pack_b(bp, g, k0, kb, j, nr);
-            for (size_t p = 0; p < mb; p += GEMM_MR) {
-                size_t mr = mb - p < GEMM_MR ? mb - p : GEMM_MR;
-                float *c = g->C + (i0 + p) * g->ldc + j;
-                if (mr == GEMM_MR && nr == GEMM_NR) {
-                    kernel_4x16(c, g->ldc, ap + p * kb, bp, kb, init);
-                    continue;
-                }
-                // edge: the same tile on a zero-padded copy, so every value gets the same sums
-                memset(edge, 0, sizeof edge);
-                if (!init)
-                    for (size_t r = 0; r < mr; r++) memcpy(edge + r * GEMM_NR, c + r * g->ldc, nr * sizeof(float));
-                kernel_4x16(edge, GEMM_NR, ap + p * kb, bp, kb, init);
-                for (size_t r = 0; r < mr; r++) memcpy(c + r * g->ldc, edge + r * GEMM_NR, nr * sizeof(float));
-            }
-        }
-    }
-}
+// ---------------------------------------------------------------------------------------------
+// Packing
 
 static size_t cdiv(size_t a, size_t b) { return (a + b - 1) / b; }
+static size_t round_up(size_t a, size_t b) { return cdiv(a, b) * b; }
+
+// One output pixel of a convolution: its image and the top-left corner of its window.
+typedef struct {
+    const float *xn;   // the pixel's image in x
+    long h0, w0;
+} pix_t;
+
+static inline pix_t pix_decode(const bnl_conv_shape *s, const float *x, size_t pix) {
+    size_t q = pix % (size_t)s->Q, np = pix / (size_t)s->Q;
+    size_t p = np % (size_t)s->P, n = np / (size_t)s->P;
+    pix_t r = {x + n * (size_t)s->H * (size_t)s->W * (size_t)s->C, (long)p * s->stride - s->pad,
+               (long)q * s->stride - s->pad};
+    return r;
+}
+
+// dst[0, len) = entries [k0, k0+len) of the pixel's patch row (window order r, s, c; zeros in the
+// padding). Copies whole window rows at once where they lie inside the image.
+static void patch_row(float *restrict dst, const bnl_conv_shape *s, pix_t px, size_t k0, size_t len) {
+    size_t C = (size_t)s->C, SC = (size_t)s->S * C, k = k0, end = k0 + len;
+    int row_inside = px.w0 >= 0 && px.w0 + s->S <= s->W;
+    while (k < end) {
+        size_t r = k / SC, rem = k - r * SC;
+        long h = px.h0 + (long)r;
+        size_t run;
+        if (h < 0 || h >= s->H) {
+            run = SC - rem;
+            if (run > end - k) run = end - k;
+            memset(dst, 0, run * sizeof(float));
+        } else if (row_inside) {
+            run = SC - rem;
+            if (run > end - k) run = end - k;
+            memcpy(dst, px.xn + ((size_t)h * (size_t)s->W + (size_t)px.w0) * C + rem, run * sizeof(float));
+        } else {
+            size_t si = rem / C, c = rem - si * C;
+            long w = px.w0 + (long)si;
+            run = C - c;
+            if (run > end - k) run = end - k;
+            if (w < 0 || w >= s->W) memset(dst, 0, run * sizeof(float));
+            else memcpy(dst, px.xn + ((size_t)h * (size_t)s->W + (size_t)w) * C + c, run * sizeof(float));
+        }
+        dst += run, k += run;
+    }
+}
+
+// Rows [i0, i0+mb) x depth [k0, k0+kb) of A into ap: row r at ap[r*kc], rows up to the next
+// multiple of mr zero.
+static void pack_a(float *restrict ap, const bnl_gemm_kernels *kt, const bnl_gemm_src *a, size_t i0, size_t mb,
+                   size_t k0, size_t kb) {
+    size_t kc = (size_t)kt->kc, mbp = round_up(mb, (size_t)kt->mr);
+    if (a->kind == BNL_SRC_PATCHES) {
+        for (size_t r = 0; r < mb; r++) patch_row(ap + r * kc, a->conv, pix_decode(a->conv, a->p, i0 + r), k0, kb);
+    } else if (a->s1 == 1) {
+        for (size_t r = 0; r < mb; r++) memcpy(ap + r * kc, a->p + (i0 + r) * a->s0 + k0, kb * sizeof(float));
+    } else {
+        // transposed A (rows strided, columns contiguous): read along rows of the source
+        for (size_t k = 0; k < kb; k++) {
+            const float *src = a->p + i0 * a->s0 + (k0 + k) * a->s1;
+            for (size_t r = 0; r < mb; r++) ap[r * kc + k] = src[r * a->s0];
+        }
+    }
+    for (size_t r = mb; r < mbp; r++) memset(ap + r * kc, 0, kb * sizeof(float));
+}
+
+// Columns [j, j+nb) x depth [k0, k0+kb) of B into bp[k*nr + c], columns past nb zero, column c
+// scaled by scale[j+c] when scale is not NULL.
+static void pack_b_panel(float *restrict bp, size_t nr, const bnl_gemm_src *b, size_t k0, size_t kb, size_t j,
+                         size_t nb, const float *scale) {
+    if (b->kind == BNL_SRC_PATCHES) {
+        for (size_t k = 0; k < kb; k++) {
+            patch_row(bp + k * nr, b->conv, pix_decode(b->conv, b->p, k0 + k), j, nb);
+            if (nb < nr) memset(bp + k * nr + nb, 0, (nr - nb) * sizeof(float));
+        }
+    } else if (b->s1 == 1) {
+        for (size_t k = 0; k < kb; k++) {
+            memcpy(bp + k * nr, b->p + (k0 + k) * b->s0 + j, nb * sizeof(float));
+            if (nb < nr) memset(bp + k * nr + nb, 0, (nr - nb) * sizeof(float));
+        }
+    } else {
+        if (nb < nr)
+            for (size_t k = 0; k < kb; k++) memset(bp + k * nr + nb, 0, (nr - nb) * sizeof(float));
+        for (size_t c = 0; c < nb; c++) {
+            const float *src = b->p + k0 * b->s0 + (j + c) * b->s1;
+            for (size_t k = 0; k < kb; k++) bp[k * nr + c] = src[k * b->s0];
+        }
+    }
+    if (scale)
+        for (size_t k = 0; k < kb; k++)
+            for (size_t c = 0; c < nb; c++) bp[k * nr + c] *= scale[j + c];
+}
+
+size_t bnl_gemm_packed_floats(const bnl_gemm_kernels *kt, size_t N, size_t K) {
+    return round_up(N, (size_t)kt->nr) * K;
+}
 
 static int in_parallel(void) {
 #ifdef _OPENMP
@@ -136,61 +165,176 @@ static int in_parallel(void) {
 #endif
 }
 
-static void gemm_run(const gemm_args *g) {
-    if (g->M == 0 || g->N == 0) return;
-    if (g->K == 0) {
-        if (!g->accumulate)
-            for (size_t i = 0; i < g->M; i++) memset(g->C + i * g->ldc, 0, g->N * sizeof(float));
-        return;
+static int threads_for_work(double flops) {
+    // threads only for work worth a fork (about 0.25 MFLOP), never inside another parallel region
+    if (flops < 131072.0 || in_parallel()) return 1;
+    return bnl_threads_effective();
+}
+
+void bnl_gemm_pack_b(float *dst, const bnl_gemm_kernels *kt, const bnl_gemm_src *src, size_t N, size_t K,
+                     const float *col_scale) {
+    size_t nr = (size_t)kt->nr, np = cdiv(N, nr);
+    int T = threads_for_work((double)N * (double)K);
+    if ((size_t)T > np) T = (int)np;
+    (void)T;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
+#endif
+    for (long long p = 0; p < (long long)np; p++) {
+        size_t j = (size_t)p * nr, nb = N - j < nr ? N - j : nr;
+        pack_b_panel(dst + (size_t)p * K * nr, nr, src, 0, K, j, nb, col_scale);
     }
-    size_t mc = GEMM_MC, nc = GEMM_NC;
-    int T = 1;
-    // Threads only for work worth a fork (about 0.25 MFLOP) and never inside another parallel region
-    // (convolutions run tiles in parallel and call the GEMM from each thread).
-    double work = (double)g->M * (double)g->N * (double)g->K;
-    if (work >= 131072.0 && !in_parallel()) T = bnl_threads_effective();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The engine
+
+typedef struct {
+    const bnl_gemm_call *g;
+    const bnl_gemm_kernels *kt;
+    const float *bpacked;   // whole B packed ([N/nr][K][nr]) or NULL: packed per task
+    size_t mc, nc, mt, nt;
+    size_t per_thread;      // scratch floats per thread
+    float *scratch;
+} engine_t;
+
+// One task: rows [i0,i1) x columns [j0,j1) of C, all of K.
+static void run_task(const engine_t *e, float *scratch, size_t i0, size_t i1, size_t j0, size_t j1) {
+    const bnl_gemm_call *g = e->g;
+    const bnl_gemm_kernels *kt = e->kt;
+    size_t mr = (size_t)kt->mr, nr = (size_t)kt->nr, kc = (size_t)kt->kc;
+    float *ap = scratch, *bp = ap + e->mc * kc, *edge = bp + kc * nr;
+    size_t mb = i1 - i0;
+    int has_epi = g->bias || g->res || g->relu;
+    for (size_t k0 = 0; k0 < g->K; k0 += kc) {
+        size_t kb = g->K - k0 < kc ? g->K - k0 : kc;
+        int load_c = g->accumulate || k0 > 0, last = k0 + kb == g->K;
+        pack_a(ap, kt, &g->a, i0, mb, k0, kb);
+        for (size_t j = j0; j < j1; j += nr) {
+            size_t nb = j1 - j < nr ? j1 - j : nr;
+            const float *b;
+            if (e->bpacked) {
+                b = e->bpacked + (j / nr) * g->K * nr + k0 * nr;
+            } else if (g->b.kind == BNL_SRC_PACKED) {
+                b = g->b.p + (j / nr) * g->K * nr + k0 * nr;
+            } else {
+                pack_b_panel(bp, nr, &g->b, k0, kb, j, nb, NULL);
+                b = bp;
+            }
+            for (size_t p = 0; p < mb; p += mr) {
+                size_t m = mb - p < mr ? mb - p : mr, row = i0 + p;
+                float *c = g->C + row * g->ldc + j;
+                bnl_gemm_epi epi = {g->bias ? g->bias + j : NULL, g->res ? g->res + row * g->ldr + j : NULL, g->ldr,
+                                    g->relu};
+                const bnl_gemm_epi *ep = last && has_epi ? &epi : NULL;
+                if (m == mr && nb == nr) {
+                    kt->ukernel(kb, ap + p * kc, b, c, g->ldc, load_c, ep);
+                    continue;
+                }
+                // edge: the same kernel on a padded copy, then the same epilogue in scalar code
+                if (load_c) {
+                    memset(edge, 0, mr * nr * sizeof(float));
+                    for (size_t r = 0; r < m; r++) memcpy(edge + r * nr, c + r * g->ldc, nb * sizeof(float));
+                }
+                kt->ukernel(kb, ap + p * kc, b, edge, nr, load_c, NULL);
+                for (size_t r = 0; r < m; r++)
+                    for (size_t q = 0; q < nb; q++)
+                        c[r * g->ldc + q] = ep ? epi_one(edge[r * nr + q], ep, r, q) : edge[r * nr + q];
+            }
+        }
+    }
+}
+
+static void run_task_index(const engine_t *e, float *scratch, size_t t) {
+    const bnl_gemm_call *g = e->g;
+    size_t i0 = (t / e->nt) * e->mc, j0 = (t % e->nt) * e->nc;
+    run_task(e, scratch, i0, i0 + e->mc < g->M ? i0 + e->mc : g->M, j0, j0 + e->nc < g->N ? j0 + e->nc : g->N);
+}
+
+bnl_status bnl_gemm_run(const bnl_gemm_call *g) {
+    if (g->M == 0 || g->N == 0) return BNL_OK;
+    const bnl_gemm_kernels *kt = g->b.kind == BNL_SRC_PACKED ? g->b.kt : bnl_gemm_kernels_active();
+    if (g->K == 0) {
+        for (size_t i = 0; i < g->M; i++) {
+            float *c = g->C + i * g->ldc;
+            bnl_gemm_epi epi = {g->bias, g->res ? g->res + i * g->ldr : NULL, g->ldr, g->relu};
+            for (size_t j = 0; j < g->N; j++) {
+                float v = g->accumulate ? c[j] : 0.0f;
+                c[j] = (g->bias || g->res || g->relu) ? epi_one(v, &epi, 0, j) : v;
+            }
+        }
+        return BNL_OK;
+    }
+    size_t mr = (size_t)kt->mr, nr = (size_t)kt->nr, kc = (size_t)kt->kc;
+    int T = threads_for_work(2.0 * (double)g->M * (double)g->N * (double)g->K);
+    // Task grid: blocks of equal size (multiples of the tile). With threads, split further until
+    // every thread has work and the count divides evenly (or there are plenty).
+    size_t mt = cdiv(g->M, (size_t)kt->mc), nt = cdiv(g->N, (size_t)kt->nc);
     if (T > 1) {
-        // Smaller tasks until every thread has about four: balance matters more than reuse here.
-        size_t want = 4 * (size_t)T;
-        while (cdiv(g->M, mc) * cdiv(g->N, nc) < want) {
-            if (nc > 2 * GEMM_NR && nc >= mc) nc /= 2;
-            else if (mc > 4 * GEMM_MR) mc /= 2;
-            else if (nc > GEMM_NR) nc /= 2;
+        for (;;) {
+            size_t n = mt * nt;
+            if (n >= 4 * (size_t)T || (n >= (size_t)T && n % (size_t)T == 0)) break;
+            if (cdiv(g->N, nt + 1) >= 2 * nr && nt <= mt) nt++;
+            else if (cdiv(g->M, mt + 1) >= mr) mt++;
+            else if (cdiv(g->N, nt + 1) >= nr) nt++;
             else break;
         }
     }
-    size_t mt = cdiv(g->M, mc), nt = cdiv(g->N, nc), ntasks = mt * nt;
+    engine_t e = {g, kt, NULL, 0, 0, 0, 0, 0, NULL};
+    e.mc = round_up(cdiv(g->M, mt), mr), e.nc = round_up(cdiv(g->N, nt), nr);
+    e.mt = cdiv(g->M, e.mc), e.nt = cdiv(g->N, e.nc);
+    size_t ntasks = e.mt * e.nt;
     if ((size_t)T > ntasks) T = (int)ntasks;
+    e.per_thread = e.mc * kc + kc * nr + mr * nr + 16;
+    e.scratch = bnl_alloc((size_t)T * e.per_thread * sizeof(float));
+    if (!e.scratch && T > 1) T = 1, e.scratch = bnl_alloc(e.per_thread * sizeof(float));
+    if (!e.scratch) return bnl_fail(BNL_ERR_NOMEM, "gemm: out of memory for %zu x %zu packing buffers", e.mc, kc);
+    // B packed once for all tasks when several row blocks would each pack it again (and it is not huge)
+    float *bfull = NULL;
+    if (g->b.kind != BNL_SRC_PACKED && e.mt > 1 && bnl_gemm_packed_floats(kt, g->N, g->K) <= ((size_t)1 << 22)) {
+        bfull = bnl_alloc(bnl_gemm_packed_floats(kt, g->N, g->K) * sizeof(float));
+        if (bfull) bnl_gemm_pack_b(bfull, kt, &g->b, g->N, g->K, NULL);
+    }
+    e.bpacked = bfull;
     if (T <= 1) {
-        for (size_t t = 0; t < ntasks; t++) {
-            size_t i0 = (t / nt) * mc, j0 = (t % nt) * nc;
-            gemm_task(g, i0, i0 + mc < g->M ? i0 + mc : g->M, j0, j0 + nc < g->N ? j0 + nc : g->N);
-        }
-        return;
-    }
+        for (size_t t = 0; t < ntasks; t++) run_task_index(&e, e.scratch, t);
+    } else {
 #ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(T)
+        // dynamic: tasks may differ in size at the edges; any task order gives the same bits
+#pragma omp parallel for schedule(dynamic, 1) num_threads(T)
+        for (long long t = 0; t < (long long)ntasks; t++)
+            run_task_index(&e, e.scratch + (size_t)omp_get_thread_num() * e.per_thread, (size_t)t);
 #endif
-    for (long long t = 0; t < (long long)ntasks; t++) {
-        size_t i0 = ((size_t)t / nt) * mc, j0 = ((size_t)t % nt) * nc;
-        gemm_task(g, i0, i0 + mc < g->M ? i0 + mc : g->M, j0, j0 + nc < g->N ? j0 + nc : g->N);
     }
+    bnl_free(bfull);
+    bnl_free(e.scratch);
+    return BNL_OK;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The plain GEMMs
+
+static void gemm_strided(float *Cm, const float *A, size_t a0, size_t a1, const float *B, size_t b0, size_t b1,
+                         size_t M, size_t N, size_t K, int accumulate) {
+    bnl_gemm_call g;
+    memset(&g, 0, sizeof g);
+    g.C = Cm, g.ldc = N, g.M = M, g.N = N, g.K = K, g.accumulate = accumulate;
+    g.a.kind = BNL_SRC_STRIDED, g.a.p = A, g.a.s0 = a0, g.a.s1 = a1;
+    g.b.kind = BNL_SRC_STRIDED, g.b.p = B, g.b.s0 = b0, g.b.s1 = b1;
+    bnl_gemm_run(&g);
 }
 
 void bnl_gemm_nn(float *Cm, const float *A, const float *B, size_t M, size_t N, size_t K, int accumulate) {
     if (!Cm || ((!A || !B) && K > 0 && M > 0 && N > 0)) return;
-    gemm_args g = {Cm, N, A, K, 1, B, N, 1, M, N, K, accumulate};   // A (M,K), B (K,N)
-    gemm_run(&g);
+    gemm_strided(Cm, A, K, 1, B, N, 1, M, N, K, accumulate);   // A (M,K), B (K,N)
 }
 
 void bnl_gemm_nt(float *Cm, const float *A, const float *B, size_t M, size_t N, size_t K, int accumulate) {
     if (!Cm || ((!A || !B) && K > 0 && M > 0 && N > 0)) return;
-    gemm_args g = {Cm, N, A, K, 1, B, 1, K, M, N, K, accumulate};   // A (M,K), B (N,K)
-    gemm_run(&g);
+    gemm_strided(Cm, A, K, 1, B, 1, K, M, N, K, accumulate);   // A (M,K), B (N,K)
 }
 
 void bnl_gemm_tn(float *Cm, const float *A, const float *B, size_t M, size_t N, size_t K, int accumulate) {
     if (!Cm || ((!A || !B) && K > 0 && M > 0 && N > 0)) return;
-    gemm_args g = {Cm, N, A, 1, M, B, N, 1, M, N, K, accumulate};   // A (K,M), B (K,N)
-    gemm_run(&g);
+    gemm_strided(Cm, A, 1, M, B, N, 1, M, N, K, accumulate);   // A (K,M), B (K,N)
 }

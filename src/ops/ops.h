@@ -25,9 +25,22 @@ bnl_status bnl_conv2d_forward(float *y, const float *x, const float *w, const bn
 // dx: (N,H,W,C) written (may be NULL: the stem needs no input gradient)  dw: (K,R,S,C) added
 bnl_status bnl_conv2d_backward(float *dx, float *dw, const float *dy, const float *x,
                                const float *w, const bnl_conv_shape *s);
-// Output pixels per im2col tile, for tests and benchmarks (0 = automatic: up to 512 pixels and
-// about 1 MB of patches). Global, like bnl_set_threads; results do not depend on it.
+// Output pixels per tile of the col2im input gradient (strided convolutions), for tests and
+// benchmarks (0 = automatic: up to 512 pixels and about 4 MB of patches). Global, like
+// bnl_set_threads; results do not depend on it.
 void bnl_conv_set_tile_pixels(int pixels);
+
+// Inference: weights packed once for the GEMM kernels of the active ISA, output channel k scaled
+// by scale[k] when scale is not NULL (folds an eval BatchNorm into the convolution). *pk is reused
+// when its sizes match, else (re)allocated; free with bnl_conv_packed_free.
+typedef struct bnl_conv_packed bnl_conv_packed;
+bnl_status bnl_conv_pack_weights(bnl_conv_packed **pk, const float *w, const float *scale, int K, int R, int S, int C);
+void bnl_conv_packed_free(bnl_conv_packed *p);
+int bnl_conv_packed_current(const bnl_conv_packed *p);   // packed for the active ISA's kernels
+// y = conv(x, w) + bias + res, then ReLU if relu, in one pass. bias: (K) or NULL; res: (N,P,Q,K)
+// or NULL, must not overlap y. w packed by bnl_conv_pack_weights for the active ISA.
+bnl_status bnl_conv2d_forward_fused(float *y, const float *x, const bnl_conv_packed *w, const float *bias,
+                                    const float *res, int relu, const bnl_conv_shape *s);
 
 // ---- GEMM: the kernel boundary convolutions and linear layers share --------------------------
 // C[M,N] (+)= A[M,K] * B^T where B is (N,K) row-major ("NT"); accumulate: 0 overwrite, 1 add.

@@ -1,0 +1,382 @@
+// Tests of the GEMM micro-kernels and engine (src/ops/gemm.c, gemm_impl.inc, gemm_kernels.h) on
+// every ISA this CPU has (bnl_isa_force), each against a double-precision reference and against
+// the scalar reference kernel:
+// - tile-edge shapes: M, N, K equal to, one below, one above and multiples of the register tile
+//   (mr, nr) and of the blocking (kc passes, mc/nc tasks), for NN, NT and TN, overwrite and add;
+// - the micro-kernel alone, with and without loading C, and its epilogue (bias, residual, ReLU
+//   with NaN kept) bitwise equal to the scalar epilogue the engine runs on edge tiles;
+// - bitwise the same results for 1, 2 and 3 threads and for a sub-matrix (tiles falling elsewhere);
+// - convolutions through the engine: patches gathered on the fly, packed weights scaled per
+//   channel (BatchNorm folding), the fused epilogue, the backward (dx, dw) against direct loops.
+#include "core/rng.h"
+#include "ops/dispatch.h"
+#include "ops/gemm_kernels.h"
+#include "ops/ops.h"
+#include "util.h"
+
+#include <stdint.h>
+
+static bnl_rng g_rng;
+
+static float *fmalloc(size_t n) {
+    float *p = malloc((n ? n : 1) * sizeof(float));
+    if (!p) {
+        fprintf(stderr, "out of memory (%zu floats)\n", n);
+        exit(2);
+    }
+    return p;
+}
+
+static float *frand(size_t n, double lo, double hi) {
+    float *p = fmalloc(n);
+    for (size_t i = 0; i < n; i++) p[i] = (float)(lo + (hi - lo) * bnl_rng_uniform(&g_rng));
+    return p;
+}
+
+static void fill(float *p, size_t n, float v) {
+    for (size_t i = 0; i < n; i++) p[i] = v;
+}
+
+static int bitwise_equal(const char *what, const float *a, const float *b, size_t n) {
+    g_checks++;
+    for (size_t i = 0; i < n; i++)
+        if (memcmp(&a[i], &b[i], sizeof(float)) != 0) {
+            g_failures++;
+            fprintf(stderr, "FAIL %s: not bitwise equal at [%zu]: %.9g vs %.9g\n", what, i, a[i], b[i]);
+            return 0;
+        }
+    return 1;
+}
+
+// C (M,N) = op(A) op(B) in double; ta: A is (K,M); tb: B is (N,K).
+static void ref_gemm(double *C, const float *A, const float *B, size_t M, size_t N, size_t K, int ta, int tb) {
+    for (size_t i = 0; i < M; i++)
+        for (size_t j = 0; j < N; j++) {
+            double s = 0;
+            for (size_t k = 0; k < K; k++) {
+                double a = ta ? A[k * M + i] : A[i * K + k];
+                double b = tb ? B[j * K + k] : B[k * N + j];
+                s += a * b;
+            }
+            C[i * N + j] = s;
+        }
+}
+
+static void run_variant(int v, float *C, const float *A, const float *B, size_t M, size_t N, size_t K, int acc) {
+    if (v == 0) bnl_gemm_nn(C, A, B, M, N, K, acc);
+    if (v == 1) bnl_gemm_nt(C, A, B, M, N, K, acc);
+    if (v == 2) bnl_gemm_tn(C, A, B, M, N, K, acc);
+}
+
+// One shape on the active ISA: against double, against the scalar reference, across threads.
+static void gemm_shape(size_t M, size_t N, size_t K, int v, int acc) {
+    static const char *names[3] = {"nn", "nt", "tn"};
+    bnl_isa isa = bnl_isa_active();
+    float *A = frand(M * K, -1, 1), *B = frand(K * N, -1, 1), *C0 = frand(M * N, -1, 1);
+    float *C = fmalloc(M * N), *Cs = fmalloc(M * N), *Ct = fmalloc(M * N), *want = fmalloc(M * N);
+    double *R = malloc(M * N * sizeof(double));
+    ref_gemm(R, A, B, M, N, K, v == 2, v == 1);
+    for (size_t i = 0; i < M * N; i++) want[i] = (float)(R[i] + (acc ? C0[i] : 0.0));
+    char what[160];
+    snprintf(what, sizeof what, "%s %s M=%zu N=%zu K=%zu acc=%d", bnl_isa_name(isa), names[v], M, N, K, acc);
+
+    if (acc) memcpy(C, C0, M * N * sizeof(float));
+    else fill(C, M * N, NAN);   // overwrite must never read C
+    run_variant(v, C, A, B, M, N, K, acc);
+    double tol = 2e-6 * (double)K + 1e-6;
+    check_close(what, C, want, M * N, tol, 1e-5);
+
+    // the scalar reference kernel is the judge
+    bnl_isa_force(BNL_ISA_SCALAR);
+    memcpy(Cs, C0, M * N * sizeof(float));
+    run_variant(v, Cs, A, B, M, N, K, acc);
+    bnl_isa_force(isa);
+    char w2[200];
+    snprintf(w2, sizeof w2, "%s vs scalar", what);
+    check_close(w2, C, Cs, M * N, tol, 1e-5);
+
+    // the same bits for other thread counts
+    for (int T = 1; T <= 3; T += 2) {
+        bnl_set_threads(T);
+        memcpy(Ct, C0, M * N * sizeof(float));
+        run_variant(v, Ct, A, B, M, N, K, acc);
+        snprintf(w2, sizeof w2, "%s threads=%d vs default", what, T);
+        bitwise_equal(w2, Ct, C, M * N);
+    }
+    bnl_set_threads(0);
+    free(A), free(B), free(C0), free(C), free(Cs), free(Ct), free(want), free(R);
+}
+
+static void test_edges(void) {
+    const bnl_gemm_kernels *kt = bnl_gemm_kernels_active();
+    size_t mr = (size_t)kt->mr, nr = (size_t)kt->nr, kc = (size_t)kt->kc, mc = (size_t)kt->mc;
+    // equal to, below, above, multiples of the tile; past one task of rows; several K passes
+    size_t Ms[] = {1, mr - 1, mr, mr + 1, 2 * mr, 3 * mr + 1, mc + 1};
+    size_t Ns[] = {1, nr - 1, nr, nr + 1, 2 * nr, 3 * nr + 5};
+    size_t Ks[] = {1, 3, kc - 1, kc, kc + 1, 2 * kc + 3};
+    size_t nM = sizeof Ms / sizeof Ms[0], nN = sizeof Ns / sizeof Ns[0], nK = sizeof Ks / sizeof Ks[0];
+    int count = 0;
+    for (size_t a = 0; a < nM; a++)
+        for (size_t b = 0; b < nN; b++)
+            for (size_t c = 0; c < nK; c++) {
+                if (Ms[a] == 0 || Ns[b] == 0) continue;
+                int v = (int)((a + b + c) % 3), acc = (int)((a + 2 * b + c) & 1);
+                gemm_shape(Ms[a], Ns[b], Ks[c], v, acc);
+                count++;
+            }
+    // every variant on the shapes that matter most: full tiles, several tasks and passes
+    for (int v = 0; v < 3; v++) {
+        gemm_shape(2 * mr, 2 * nr, kc, v, 0);
+        gemm_shape(mc * 2 + mr + 3, 5 * nr + 1, 2 * kc + 1, v, v & 1);
+        gemm_shape(1, 300, 2 * kc, v, 1);
+    }
+    printf("isa %s (%s): %d edge shapes\n", bnl_isa_name(bnl_isa_active()), kt->name, count);
+}
+
+// The micro-kernel alone, on packed operands: k order, load_c, epilogue bitwise equal to the
+// scalar formula the engine applies on edge tiles.
+static void test_ukernel(void) {
+    const bnl_gemm_kernels *kt = bnl_gemm_kernels_active();
+    size_t mr = (size_t)kt->mr, nr = (size_t)kt->nr, kc = (size_t)kt->kc;
+    size_t kbs[] = {1, 2, 7, kc - 1, kc};
+    for (size_t t = 0; t < sizeof kbs / sizeof kbs[0]; t++) {
+        size_t kb = kbs[t], ldc = nr + 3, ldr = nr + 5;
+        float *a = frand(mr * kc, -1, 1), *b = frand(kb * nr, -1, 1), *c0 = frand(mr * ldc, -2, 2);
+        float *bias = frand(nr, -1, 1), *res = frand(mr * ldr, -1, 1);
+        float *c = fmalloc(mr * ldc), *plain = fmalloc(mr * ldc), *want = fmalloc(mr * ldc);
+        res[1] = NAN;   // NaN passes through the ReLU, like torch.relu
+        for (int load = 0; load < 2; load++) {
+            char what[160];
+            // plain: against double
+            memcpy(plain, c0, mr * ldc * sizeof(float));
+            kt->ukernel(kb, a, b, plain, ldc, load, NULL);
+            for (size_t i = 0; i < mr; i++)
+                for (size_t j = 0; j < nr; j++) {
+                    double s = load ? c0[i * ldc + j] : 0.0;
+                    for (size_t k = 0; k < kb; k++) s += (double)a[i * kc + k] * b[k * nr + j];
+                    want[i * ldc + j] = (float)s;
+                }
+            for (size_t i = 0; i < mr; i++) {
+                snprintf(what, sizeof what, "%s ukernel kb=%zu load_c=%d row %zu", kt->name, kb, load, i);
+                check_close(what, plain + i * ldc, want + i * ldc, nr, 2e-6 * (double)kb + 1e-6, 1e-5);
+            }
+            CHECK(plain[nr] == c0[nr], "%s: ukernel wrote past its %zu columns", kt->name, nr);
+            // epilogue: the kernel's own equals acc + bias, + res, ReLU on the plain result
+            for (int e = 0; e < 4; e++) {
+                bnl_gemm_epi epi = {e & 1 ? bias : NULL, e & 2 ? res : NULL, ldr, 1};
+                memcpy(c, c0, mr * ldc * sizeof(float));
+                kt->ukernel(kb, a, b, c, ldc, load, &epi);
+                for (size_t i = 0; i < mr; i++)
+                    for (size_t j = 0; j < nr; j++) {
+                        float v = plain[i * ldc + j];
+                        if (epi.bias) v = v + bias[j];
+                        if (epi.res) v = v + res[i * ldr + j];
+                        want[i * ldc + j] = v < 0.0f ? 0.0f : v;
+                    }
+                for (size_t i = 0; i < mr; i++) {
+                    snprintf(what, sizeof what, "%s ukernel epilogue %d kb=%zu load_c=%d row %zu", kt->name, e, kb,
+                             load, i);
+                    bitwise_equal(what, c + i * ldc, want + i * ldc, nr);
+                }
+            }
+        }
+        free(a), free(b), free(c0), free(bias), free(res), free(c), free(plain), free(want);
+    }
+}
+
+// The engine's epilogue: interior tiles (in the kernel) and edge tiles (scalar) agree bitwise, so
+// a sub-matrix, whose tiles fall elsewhere, gives the same bits.
+static void test_epilogue(void) {
+    const bnl_gemm_kernels *kt = bnl_gemm_kernels_active();
+    size_t M = 3 * (size_t)kt->mr + 2, N = 2 * (size_t)kt->nr + 3, K = (size_t)kt->kc + 9;
+    float *A = frand(M * K, -1, 1), *B = frand(N * K, -1, 1), *bias = frand(N, -1, 1), *res = frand(M * N, -1, 1);
+    float *C = fmalloc(M * N), *want = fmalloc(M * N), *Cs = fmalloc(M * N);
+    double *R = malloc(M * N * sizeof(double));
+    ref_gemm(R, A, B, M, N, K, 0, 1);
+    for (size_t i = 0; i < M * N; i++) {
+        double v = R[i] + bias[i % N] + res[i];
+        want[i] = (float)(v < 0 ? 0 : v);
+    }
+    bnl_gemm_call g;
+    memset(&g, 0, sizeof g);
+    g.C = C, g.ldc = N, g.M = M, g.N = N, g.K = K;
+    g.a = (bnl_gemm_src){BNL_SRC_STRIDED, A, K, 1, NULL, NULL};
+    g.b = (bnl_gemm_src){BNL_SRC_STRIDED, B, 1, K, NULL, NULL};
+    g.bias = bias, g.res = res, g.ldr = N, g.relu = 1;
+    fill(C, M * N, NAN);
+    CHECK(bnl_gemm_run(&g) == BNL_OK, "gemm_run: %s", bnl_last_error());
+    char what[128];
+    snprintf(what, sizeof what, "%s epilogue bias+res+relu", kt->name);
+    check_close(what, C, want, M * N, 2e-6 * (double)K + 1e-6, 1e-5);
+    // the sub-matrix of rows 1.. and columns 1..: every tile boundary moves
+    size_t Ms = M - 1, Ns = N - 1;
+    bnl_gemm_call h = g;
+    h.C = Cs, h.ldc = N, h.M = Ms, h.N = Ns;
+    h.a.p = A + K, h.b.p = B + K, h.bias = bias + 1, h.res = res + N + 1;
+    fill(Cs, M * N, NAN);
+    CHECK(bnl_gemm_run(&h) == BNL_OK, "gemm_run: %s", bnl_last_error());
+    for (size_t i = 0; i < Ms; i++) {
+        snprintf(what, sizeof what, "%s epilogue, sub-matrix row %zu", kt->name, i);
+        bitwise_equal(what, Cs + i * N, C + (i + 1) * N + 1, Ns);
+    }
+    // pre-packed B (with a column scale) gives the same as scaling B first
+    float *scale = frand(N, 0.5, 1.5), *Bs = fmalloc(N * K), *P = fmalloc(bnl_gemm_packed_floats(kt, N, K));
+    for (size_t j = 0; j < N; j++)
+        for (size_t k = 0; k < K; k++) Bs[j * K + k] = B[j * K + k] * scale[j];
+    bnl_gemm_src bsrc = {BNL_SRC_STRIDED, B, 1, K, NULL, NULL};
+    bnl_gemm_pack_b(P, kt, &bsrc, N, K, scale);
+    bnl_gemm_call p = g;
+    p.b = (bnl_gemm_src){BNL_SRC_PACKED, P, 0, 0, NULL, kt};
+    p.C = Cs;
+    CHECK(bnl_gemm_run(&p) == BNL_OK, "gemm_run: %s", bnl_last_error());
+    g.b.p = Bs;
+    CHECK(bnl_gemm_run(&g) == BNL_OK, "gemm_run: %s", bnl_last_error());
+    snprintf(what, sizeof what, "%s packed+scaled B vs scaled B", kt->name);
+    bitwise_equal(what, Cs, C, M * N);
+    free(A), free(B), free(bias), free(res), free(C), free(want), free(Cs), free(R), free(scale), free(Bs), free(P);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Convolutions through the engine
+
+static void ref_conv(double *y, const float *x, const float *w, const bnl_conv_shape *s) {
+    for (int n = 0; n < s->N; n++)
+        for (int p = 0; p < s->P; p++)
+            for (int q = 0; q < s->Q; q++)
+                for (int k = 0; k < s->K; k++) {
+                    double acc = 0;
+                    for (int r = 0; r < s->R; r++)
+                        for (int t = 0; t < s->S; t++) {
+                            int h = p * s->stride - s->pad + r, ww = q * s->stride - s->pad + t;
+                            if (h < 0 || h >= s->H || ww < 0 || ww >= s->W) continue;
+                            for (int c = 0; c < s->C; c++)
+                                acc += (double)x[(((size_t)n * s->H + h) * s->W + ww) * s->C + c] *
+                                       w[(((size_t)k * s->R + r) * s->S + t) * s->C + c];
+                        }
+                    y[(((size_t)n * s->P + p) * s->Q + q) * s->K + k] = acc;
+                }
+}
+
+static void ref_conv_backward(double *dx, double *dw, const float *dy, const float *x, const float *w,
+                              const bnl_conv_shape *s) {
+    size_t nx = (size_t)s->N * s->H * s->W * s->C, nw = (size_t)s->K * s->R * s->S * s->C;
+    memset(dx, 0, nx * sizeof(double)), memset(dw, 0, nw * sizeof(double));
+    for (int n = 0; n < s->N; n++)
+        for (int p = 0; p < s->P; p++)
+            for (int q = 0; q < s->Q; q++)
+                for (int k = 0; k < s->K; k++) {
+                    double g = dy[(((size_t)n * s->P + p) * s->Q + q) * s->K + k];
+                    for (int r = 0; r < s->R; r++)
+                        for (int t = 0; t < s->S; t++) {
+                            int h = p * s->stride - s->pad + r, ww = q * s->stride - s->pad + t;
+                            if (h < 0 || h >= s->H || ww < 0 || ww >= s->W) continue;
+                            for (int c = 0; c < s->C; c++) {
+                                size_t xi = (((size_t)n * s->H + h) * s->W + ww) * s->C + c;
+                                size_t wi = (((size_t)k * s->R + r) * s->S + t) * s->C + c;
+                                dx[xi] += g * w[wi];
+                                dw[wi] += g * x[xi];
+                            }
+                        }
+                }
+}
+
+static void to_float(float *d, const double *s, size_t n) {
+    for (size_t i = 0; i < n; i++) d[i] = (float)s[i];
+}
+
+static void test_conv_case(int N, int H, int W, int C, int K, int R, int stride, int pad) {
+    bnl_conv_shape s;
+    if (bnl_conv_shape_init(&s, N, H, W, C, K, R, R, stride, pad) != BNL_OK) {
+        CHECK(0, "conv_shape_init: %s", bnl_last_error());
+        return;
+    }
+    size_t nx = (size_t)N * H * W * C, nw = (size_t)K * R * R * C, ny = (size_t)N * s.P * s.Q * K;
+    float *x = frand(nx, -1, 1), *w = frand(nw, -1, 1), *dy = frand(ny, -1, 1), *y = fmalloc(ny), *yr = fmalloc(ny);
+    float *scale = frand((size_t)K, 0.5, 2), *bias = frand((size_t)K, -1, 1), *res = frand(ny, -1, 1);
+    float *dx = fmalloc(nx), *dxr = fmalloc(nx), *dw = fmalloc(nw), *dwr = fmalloc(nw);
+    double *ref = malloc((ny > nx ? ny : nx) * sizeof(double)), *refw = malloc(nw * sizeof(double));
+    char what[200];
+    snprintf(what, sizeof what, "%s conv N=%d %dx%d C=%d K=%d %dx%d/s%d/p%d", bnl_isa_name(bnl_isa_active()), N, H,
+             W, C, K, R, R, stride, pad);
+    int rsc = R * R * C;
+    double tol = 2e-6 * rsc + 1e-6;
+
+    ref_conv(ref, x, w, &s);
+    to_float(yr, ref, ny);
+    fill(y, ny, NAN);
+    CHECK(bnl_conv2d_forward(y, x, w, &s) == BNL_OK, "%s: %s", what, bnl_last_error());
+    char w2[260];
+    snprintf(w2, sizeof w2, "%s: y", what);
+    check_close(w2, y, yr, ny, tol, 1e-5);
+
+    // fused: relu(conv(x, w*scale) + bias + res), weights packed once
+    bnl_conv_packed *pk = NULL;
+    CHECK(bnl_conv_pack_weights(&pk, w, scale, K, R, R, C) == BNL_OK, "%s pack: %s", what, bnl_last_error());
+    CHECK(bnl_conv_packed_current(pk), "%s: packed weights not current", what);
+    for (size_t i = 0; i < ny; i++) {
+        double v = ref[i] * scale[i % (size_t)K] + bias[i % (size_t)K] + res[i];
+        yr[i] = (float)(v < 0 ? 0 : v);
+    }
+    fill(y, ny, NAN);
+    CHECK(bnl_conv2d_forward_fused(y, x, pk, bias, res, 1, &s) == BNL_OK, "%s fused: %s", what, bnl_last_error());
+    snprintf(w2, sizeof w2, "%s: fused y", what);
+    check_close(w2, y, yr, ny, 2 * tol, 1e-5);
+    // repacking into the same buffer, no scale, no epilogue: the plain forward's bits
+    float *y2 = fmalloc(ny);
+    CHECK(bnl_conv_pack_weights(&pk, w, NULL, K, R, R, C) == BNL_OK, "%s repack: %s", what, bnl_last_error());
+    CHECK(bnl_conv2d_forward_fused(y2, x, pk, NULL, NULL, 0, &s) == BNL_OK, "%s fused: %s", what, bnl_last_error());
+    CHECK(bnl_conv2d_forward(y, x, w, &s) == BNL_OK, "%s: %s", what, bnl_last_error());
+    snprintf(w2, sizeof w2, "%s: packed vs plain", what);
+    bitwise_equal(w2, y2, y, ny);
+    bnl_conv_packed_free(pk);
+
+    // backward
+    ref_conv_backward(ref, refw, dy, x, w, &s);
+    to_float(dxr, ref, nx), to_float(dwr, refw, nw);
+    fill(dx, nx, NAN), fill(dw, nw, 0.0f);
+    CHECK(bnl_conv2d_backward(dx, dw, dy, x, w, &s) == BNL_OK, "%s backward: %s", what, bnl_last_error());
+    snprintf(w2, sizeof w2, "%s: dx", what);
+    check_close(w2, dx, dxr, nx, 2e-6 * R * R * K + 1e-6, 1e-5);
+    snprintf(w2, sizeof w2, "%s: dw", what);
+    check_close(w2, dw, dwr, nw, 2e-6 * N * s.P * s.Q + 1e-6, 1e-5);
+    free(x), free(w), free(dy), free(y), free(yr), free(y2), free(scale), free(bias), free(res);
+    free(dx), free(dxr), free(dw), free(dwr), free(ref), free(refw);
+}
+
+static void test_conv(void) {
+    // ResNet's kinds (stem 7x7/2 on 3 channels, 3x3/1 and /2, 1x1/1 and /2) at small sizes whose
+    // pixel and channel counts straddle the tiles
+    test_conv_case(1, 19, 17, 3, 16, 7, 2, 3);
+    test_conv_case(2, 9, 9, 16, 33, 3, 1, 1);
+    test_conv_case(1, 12, 10, 40, 17, 3, 2, 1);
+    test_conv_case(2, 7, 7, 64, 32, 1, 1, 0);
+    test_conv_case(1, 9, 8, 24, 48, 1, 2, 0);
+    test_conv_case(1, 6, 6, 5, 7, 3, 1, 0);
+    test_conv_case(1, 5, 5, 3, 2, 3, 1, 2);
+}
+
+int main(void) {
+    g_rng = bnl_rng_seed(77);
+    for (int isa = 0; isa < BNL_ISA_COUNT; isa++) {
+        if (!bnl_isa_available((bnl_isa)isa)) continue;
+        bnl_isa_force((bnl_isa)isa);
+        int before = g_failures;
+        test_ukernel();
+        test_edges();
+        test_epilogue();
+        test_conv();
+        printf("isa %s: %s\n", bnl_isa_name((bnl_isa)isa), g_failures == before ? "ok" : "FAILED");
+    }
+    bnl_isa_reset();
+    // a pack made for one ISA is not current for another
+    if (bnl_isa_available(BNL_ISA_AVX2) || bnl_isa_available(BNL_ISA_AVX512) || bnl_isa_available(BNL_ISA_WASMSIMD)) {
+        float w[2 * 3 * 3 * 4] = {0};
+        bnl_conv_packed *pk = NULL;
+        bnl_isa_force(BNL_ISA_SCALAR);
+        CHECK(bnl_conv_pack_weights(&pk, w, NULL, 2, 3, 3, 4) == BNL_OK, "pack: %s", bnl_last_error());
+        bnl_isa_reset();
+        CHECK(!bnl_conv_packed_current(pk), "weights packed for scalar are current for %s", bnl_isa_name(bnl_isa_active()));
+        bnl_conv_packed_free(pk);
+    }
+    return test_summary("test_gemm");
+}
