@@ -85,7 +85,7 @@ no_tmp_files() {
 }
 
 TINY=(--classes 4 --image-size 16 --train-size 48 --val-size 16 --data-seed 3 --arch resnet18 --width-mult 0.125
-    --batch-size 8 --threads 2 --seed 5 --quiet)
+    --batch-size 8 --threads 1 --seed 5 --quiet)
 CONST=(--schedule step --step-epochs 10 --lr 0.05)   # a constant lr: --epochs 1 and 2 share their first epoch
 
 # --- help
@@ -152,7 +152,7 @@ rows=$(tail -n +2 "$T/res/metrics.csv" | wc -l)
 no_tmp_files "resume"
 
 # --- stopped inside epoch 1 of a cosine schedule with warmup, resumed: the same weights
-COS=(--epochs 2 --lr 0.05 --warmup-epochs 0.5)
+COS=(--epochs 2 --lr 0.05 --warmup-epochs 0.5 --threads 2)   # and with two threads: same threads, same bits
 "$BIN" train "${TINY[@]}" "${COS[@]}" --out "$T/cos" 2>"$T/err" || bad "cosine straight: $(cat "$T/err")"
 "$BIN" train "${TINY[@]}" "${COS[@]}" --max-steps 4 --out "$T/cos2" 2>"$T/err" || bad "cosine part 1: $(cat "$T/err")"
 [ "$(st meta "$T/cos2/last.safetensors" train.step)" = "4" ] && ok || bad "checkpoint after --max-steps 4 is not at step 4"
@@ -189,7 +189,7 @@ rows=$(tail -n +2 "$T/nan2/metrics.csv" | wc -l)
 no_tmp_files "divergence"
 
 # --- --init with another class count: a new fc
-if "$BIN" train --classes 3 --image-size 16 --train-size 24 --val-size 8 --batch-size 8 --threads 2 --epochs 1 \
+if "$BIN" train --classes 3 --image-size 16 --train-size 24 --val-size 8 --batch-size 8 --threads 1 --epochs 1 \
     --init "$T/straight/model.safetensors" --out "$T/init" >"$T/out" 2>"$T/err"; then
     grep -q "new fc" "$T/out" && ok || bad "--init with 3 classes: no note about the new fc: $(cat "$T/out")"
     [ "$(st shape "$T/init/model.safetensors" fc.weight)" = "[3, 64]" ] && ok || bad "--init: fc.weight shape"

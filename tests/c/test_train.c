@@ -304,7 +304,7 @@ static int mpi_protocol(int *argc, char ***argv) {
 int main(int argc, char **argv) {
     (void)check_close;
     if (argc > 1 && !strcmp(argv[1], "--mpi")) return mpi_protocol(&argc, &argv);
-    bnl_set_threads(2);
+    bnl_set_threads(1);
     test_schedule();
     char dir[] = "/tmp/bnl_test_train_XXXXXX";
     CHECK(mkdtemp(dir) != NULL, "mkdtemp");
