@@ -22,8 +22,12 @@
 //     }
 //     bnl_dataset_free(d);   // whoever creates a dataset frees it
 //
-// Determinism: image i of a procedural dataset depends only on (opts.seed, i); the augmentation of
-// image i in a batch depends only on (batch seed, i), never on the thread count or the batch it is in.
+// Determinism: image i of a procedural dataset depends only on (opts.seed, i) and is the same bytes
+// natively and in wasm; the augmentation of image i in a batch depends only on (batch seed, i),
+// never on the thread count or the batch it is in.
+// Threads: a dataset is read-only once created; several threads may ask for batches at once.
+// Wasm: procedural and CIFAR-from-bytes only (no file system); the file loaders return
+// BNL_ERR_UNSUPPORTED there.
 #ifndef BNL_DATASET_H
 #define BNL_DATASET_H
 #include "bnlab.h"
@@ -75,11 +79,15 @@ bnl_status bnl_dataset_cifar10_from_buffer(bnl_dataset **out, const uint8_t *buf
                                            const char *name);
 
 // ---------------------------------------------------------------------------------------------
-// ImageFolder (torchvision layout): root/<class>/<image>.{jpg,jpeg,png} (case-insensitive
-// extensions), classes sorted by name, files sorted by name. Decoded with libjpeg / libpng
-// (BNL_ERR_UNSUPPORTED in builds without them, e.g. wasm), converted to RGB. Eval samples: shorter
-// side resized to `resize` (antialiased bilinear), then a size x size center crop. Errors name the
-// file (corrupt or truncated image).
+// ImageFolder (torchvision layout): root/<class>/**/<image>.{jpg,jpeg,png} (case-insensitive
+// extensions; hidden entries skipped), classes sorted by name, files sorted by name within a folder,
+// subfolders after the files. Decoded with libjpeg / libpng (BNL_ERR_UNSUPPORTED in builds without
+// them, e.g. wasm); the format comes from the first bytes; gray, palette, 16-bit and alpha are
+// converted to 8-bit RGB (alpha dropped, as PIL's convert("RGB")). Eval samples: shorter side
+// resized to `resize` (antialiased bilinear, as PIL), then a size x size center crop (torchvision's
+// rounding). Large JPEGs are decoded at 1/2..1/8 scale in the DCT while the shorter side stays
+// >= what the crop needs. The scan happens at open (an empty class folder is an error); a corrupt
+// or truncated image is an error naming the file when a batch reaches it (at open with cache = 1).
 typedef struct bnl_imagefolder_opts {
     int size;            // produced samples are size x size (default 224)
     int resize;          // shorter side before the center crop (default: size * 256 / 224)

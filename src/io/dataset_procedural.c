@@ -300,7 +300,7 @@ static void blend(int *px, rgb c, int64_t a) {
     for (int k = 0; k < 3; k++) px[k] = (int)((px[k] * (256 - a) + c.v[k] * a) >> 8);
 }
 
-#define MAX_CLUTTER 6
+#define MAX_CLUTTER 4
 typedef struct clutter {
     int kind;                    // 0 disk, 1 line (capsule)
     int64_t x0, y0, x1, y1, w;   // disk: center (x0, y0), radius w
@@ -327,7 +327,7 @@ static void draw(uint8_t *img, int S, uint64_t key, int cls) {
     int gdeg = rnd(&r, 0, 359);
     int64_t gc = icos(gdeg), gs = isin(gdeg);
     int gstrength = rnd(&r, 0, 256);   // how much of bg1 reaches the far side
-    int namp = rnd(&r, 0, 60);
+    int namp = rnd(&r, 0, 50);
     int noise_grid[5][5][3];
     int chroma = rnd(&r, 0, 1);   // coloured or grey value noise
     for (int i = 0; i < 5; i++)
@@ -340,7 +340,7 @@ static void draw(uint8_t *img, int S, uint64_t key, int cls) {
     shape s;
     memset(&s, 0, sizeof s);
     s.cls = cls;
-    s.r = U * rnd(&r, 22, 40) / 100;
+    s.r = U * rnd(&r, 26, 42) / 100;
     int64_t margin = s.r * 3 / 4;
     s.cx = rnd(&r, (int)margin, (int)(U - margin));
     s.cy = rnd(&r, (int)margin, (int)(U - margin));
@@ -350,7 +350,7 @@ static void draw(uint8_t *img, int S, uint64_t key, int cls) {
     shape_setup(&s, &r);
     rgb bgmid;
     for (int k = 0; k < 3; k++) bgmid.v[k] = (bg0.v[k] * 2 + bg1.v[k]) / 3;
-    rgb ca = contrasting(&r, bgmid, bgmid, rnd(&r, 90, 200));
+    rgb ca = contrasting(&r, bgmid, bgmid, rnd(&r, 110, 220));
     // the second colour (gradient end, border, pattern) stands out from both: a border must not
     // read as a hollow shape
     rgb cb = contrasting(&r, ca, bgmid, 120);
@@ -377,13 +377,13 @@ static void draw(uint8_t *img, int S, uint64_t key, int cls) {
             c->w = imax(U * rnd(&r, 5, 20) / 1000, ps / 3);
         }
         c->col = rand_colour(&r);
-        c->front = rnd(&r, 0, 9) < 2;
+        c->front = rnd(&r, 0, 9) < 1;
     }
 
     // global: colour cast, contrast, brightness, pixel noise
     int gain[3];
     for (int k = 0; k < 3; k++) gain[k] = rnd(&r, 210, 300);
-    int contrast = rnd(&r, 150, 360), bright = rnd(&r, -40, 40), pnoise = rnd(&r, 0, 18);
+    int contrast = rnd(&r, 150, 360), bright = rnd(&r, -40, 40), pnoise = rnd(&r, 0, 12);
 
     for (int y = 0; y < S; y++) {
         int64_t py = (int64_t)(2 * y + 1) * U / (2 * S);
@@ -503,7 +503,7 @@ bnl_status bnl_dataset_procedural(bnl_dataset **out, const bnl_procedural_opts *
     d->count = opt.count, d->H = d->W = d->resize = opt.size;
     // statistics of the images (measured over 500 images at 32x32, 10 classes)
     bnl_augment a = bnl_augment_none();
-    const float mean[3] = {0.498f, 0.496f, 0.486f}, sd[3] = {0.257f, 0.261f, 0.261f};
+    const float mean[3] = {0.504f, 0.501f, 0.489f}, sd[3] = {0.265f, 0.262f, 0.264f};
     for (int c = 0; c < 3; c++) a.mean[c] = mean[c], a.std[c] = sd[c];
     d->eval_aug = a;
     a.pad_crop = opt.size / 8, a.flip = 1;
