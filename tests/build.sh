@@ -13,7 +13,7 @@ command -v emcc >/dev/null || need_apt+=(emscripten)
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
 command -v python3 >/dev/null || need_apt+=(python3)
-for pkg in libopenmpi-dev openmpi-bin libjpeg-dev libpng-dev; do
+for pkg in libopenmpi-dev openmpi-bin libjpeg-dev libpng-dev chromium; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -10,3 +10,6 @@ ctest --test-dir build/native --output-on-failure -j2
 
 echo "== wasm tests (node --test)"
 node --test tests/node/
+
+echo "== browser tests (node --test tests/browser/, headless chromium)"
+node --test tests/browser/

@@ -180,3 +180,41 @@ export interface Model {
   /** Frees the wasm memory of this model; any later use throws. Calling it again is harmless. */
   dispose(): void;
 }
+
+// ================================================================================================
+// Procedural dataset (src/io/dataset.h): shapes drawn on demand, image i depending only on (seed, i).
+// ================================================================================================
+export interface ProceduralOptions {
+  /** Default 1; use different seeds for different splits. */
+  seed?: number;
+  /** Number of images, default 10000 (nothing is stored). */
+  count?: number;
+  /** 2..16, default 10. */
+  classes?: number;
+  /** Images are size x size, size >= 8, default 32. */
+  size?: number;
+}
+
+export interface ProceduralDataset {
+  readonly count: number;
+  readonly classes: number;
+  readonly height: number;
+  readonly width: number;
+  /** "circle", "square", ... */
+  readonly classNames: string[];
+  /** n images from `start` (wrapping around), NHWC, normalized with the dataset's mean/std; labels per image. */
+  batch(start: number, n: number, options?: { augment?: boolean; seed?: number }): { x: Float32Array; labels: Int32Array };
+  /** The same for explicit image indices (each in [0, count)). */
+  batchIndices(indices: ArrayLike<number>, options?: { augment?: boolean; seed?: number }): { x: Float32Array; labels: Int32Array };
+  /** Image i as (H,W,3) bytes, un-normalized and un-augmented. */
+  image(i: number): Uint8Array;
+  /** Class of image i (-1 when out of range). */
+  label(i: number): number;
+  /** Frees its wasm memory; any later use throws. */
+  dispose(): void;
+}
+
+export interface BnLab {
+  /** A deterministic procedural image dataset in wasm (the same images as the native build). */
+  procedural(options?: ProceduralOptions): ProceduralDataset;
+}

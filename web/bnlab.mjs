@@ -377,3 +377,98 @@ class Model {
     this._h = 0;
   }
 }
+
+// ================================================================================================
+// Procedural dataset (src/io/dataset.h through src/wasm/bridge_dataset.c): shapes drawn on demand,
+// image i depending only on (seed, i), the same bytes as the native build. Used by the demo page.
+//
+//   const data = lab.procedural({ seed: 1, count: 10000, classes: 10, size: 64 });
+//   const { x, labels } = data.batch(0, 32);   // x: Float32Array (32,64,64,3) normalized, labels: Int32Array
+//   data.dispose();
+// ================================================================================================
+class ProceduralDataset {
+  constructor(lab, handle) {
+    this._lab = lab;
+    this._h = handle;
+    const ex = lab._ex;
+    this.count = ex.bnl_wasm_dataset_size(handle);
+    this.classes = ex.bnl_wasm_dataset_num_classes(handle);
+    this.height = ex.bnl_wasm_dataset_height(handle);
+    this.width = ex.bnl_wasm_dataset_width(handle);
+    this.classNames = Array.from({ length: this.classes }, (_, i) => lab._cstr(ex.bnl_wasm_dataset_class_name(handle, i)));
+  }
+
+  _live() {
+    if (!this._h) throw new Error('bnlab: this dataset was disposed');
+    return this._h;
+  }
+
+  // n images from `start` on (wrapping around): { x: Float32Array (n,H,W,3) normalized with the
+  // dataset's mean/std, labels: Int32Array (n) }. augment: the training augmentation drawn from `seed`.
+  batch(start, n, { augment = false, seed = 0 } = {}) {
+    const h = this._live(), L = this._lab;
+    if (!Number.isInteger(start) || start < 0 || start > 0x7fffffff || !Number.isInteger(n) || n <= 0 || n > 65536)
+      throw new Error(`bnlab: procedural batch: start = ${start}, n = ${n} (expected integers, start >= 0, 1 <= n <= 65536)`);
+    const D = this.height * this.width * 3;
+    return L._scoped((alloc) => {
+      const px = alloc(n * D * 4), pl = alloc(n * 8);
+      L._check(L._ex.bnl_wasm_dataset_batch(h, px, pl, start, n, seed, augment ? 1 : 0));
+      const labels = Int32Array.from(new BigInt64Array(L._ex.memory.buffer, pl, n), Number);
+      return { x: L._getF32(px, n * D), labels };
+    });
+  }
+
+  // The same for explicit image indices (any order, repeats allowed).
+  batchIndices(indices, { augment = false, seed = 0 } = {}) {
+    const h = this._live(), L = this._lab;
+    const n = indices ? indices.length : 0;
+    if (n <= 0 || n > 65536) throw new Error(`bnlab: procedural batch: ${n} indices (expected 1..65536)`);
+    const D = this.height * this.width * 3;
+    return L._scoped((alloc) => {
+      const pi = alloc(n * 4), px = alloc(n * D * 4), pl = alloc(n * 8);
+      const idx = new Int32Array(L._ex.memory.buffer, pi, n);
+      for (let k = 0; k < n; k++) {
+        const v = Number(indices[k]);
+        if (!Number.isInteger(v) || v < 0 || v >= this.count)
+          throw new Error(`bnlab: procedural batch: index ${k} is ${indices[k]} (dataset of ${this.count})`);
+        idx[k] = v;
+      }
+      L._check(L._ex.bnl_wasm_dataset_batch_indices(h, px, pl, pi, n, seed, augment ? 1 : 0));
+      const labels = Int32Array.from(new BigInt64Array(L._ex.memory.buffer, pl, n), Number);
+      return { x: L._getF32(px, n * D), labels };
+    });
+  }
+
+  // Image i as (H,W,3) bytes, un-normalized and un-augmented (for drawing).
+  image(i) {
+    const h = this._live(), L = this._lab;
+    const D = this.height * this.width * 3;
+    return L._scoped((alloc) => {
+      const p = alloc(D);
+      L._check(L._ex.bnl_wasm_dataset_image(h, p, i));
+      return new Uint8Array(L._ex.memory.buffer, p, D).slice();
+    });
+  }
+
+  label(i) { return this._lab._ex.bnl_wasm_dataset_label(this._live(), i); }
+
+  dispose() {
+    if (this._h) this._lab._ex.bnl_wasm_dataset_free(this._h);
+    this._h = 0;
+  }
+}
+
+// Creates a procedural dataset: seed, count (default 10000), classes (2..16, default 10), size (>= 8, default 32).
+BnLab.prototype.procedural = function procedural({ seed = 1, count = 10000, classes = 10, size = 32 } = {}) {
+  if (typeof this._ex.bnl_wasm_dataset_procedural !== 'function')
+    throw new Error('bnlab: this bnlab.wasm has no dataset functions (rebuild with tests/build.sh)');
+  for (const [k, v] of Object.entries({ count, classes, size }))
+    if (!Number.isInteger(v) || v <= 0 || v > 0x7fffffff) throw new Error(`bnlab: procedural: ${k} must be a positive integer (got ${v})`);
+  if (!Number.isFinite(seed) || seed < 0) throw new Error(`bnlab: procedural: seed must be a non-negative number (got ${seed})`);
+  const handle = this._scoped((alloc) => {
+    const pout = alloc(4);
+    this._check(this._ex.bnl_wasm_dataset_procedural(seed, count, classes, size, pout));
+    return new Uint32Array(this._ex.memory.buffer, pout, 1)[0];
+  });
+  return new ProceduralDataset(this, handle);
+};

@@ -1,0 +1,896 @@
+// app.mjs: the demo page. Plain DOM and SVG; every computation runs in worker.mjs.
+//
+// The page asks the worker for one thing at a time (a queue), except `stop`, which goes straight
+// through. What it shows is also exposed for scripts and tests as data-* attributes on the panels
+// and as window.__bnlab.
+
+const $ = (id) => document.getElementById(id);
+const SVG_NS = 'http://www.w3.org/2000/svg';
+const IMAGENET = { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
+const MAX_USER_IMAGES = 16;
+
+const debug = (window.__bnlab = { ready: false, runs: 0, last: null, spread: null, model: null, train: [], precise: null, times: {}, errors: [] });
+
+// ---- worker client ----------------------------------------------------------------------------
+const worker = new Worker(new URL('./worker.mjs', import.meta.url), { type: 'module' });
+const pending = new Map();
+let nextId = 1;
+let queue = Promise.resolve();
+let outstanding = 0;
+
+worker.onmessage = (ev) => {
+  const { id, ok, result, error, progress } = ev.data;
+  const p = pending.get(id);
+  if (!p) return;
+  if (progress !== undefined) return p.onProgress && p.onProgress(progress);
+  pending.delete(id);
+  if (ok) p.resolve(result);
+  else p.reject(Object.assign(new Error(error), { stopped: !!ev.data.stopped }));
+};
+worker.onerror = (ev) => {
+  ev.preventDefault();
+  setStatus('error', `error: the worker failed: ${ev.message || 'could not start (is bnlab.wasm built?)'}`);
+};
+
+// Sends one command after the previous ones have finished. `label` is shown in the status line.
+function call(cmd, args, { label, onProgress, transfer } = {}) {
+  outstanding++;
+  const job = queue.then(() => new Promise((resolve, reject) => {
+    const id = nextId++;
+    if (label) setStatus('busy', label);
+    pending.set(id, { resolve, reject, onProgress });
+    worker.postMessage({ id, cmd, args }, transfer || []);
+  }));
+  const settle = () => { outstanding--; };
+  queue = job.then(settle, settle);
+  return job;
+}
+const stopWorker = () => worker.postMessage({ cmd: 'stop' });
+
+// ---- status -----------------------------------------------------------------------------------
+const statusEl = $('status') || document.querySelector('[data-testid="status"]');
+function setStatus(state, text) {
+  statusEl.dataset.state = state;
+  statusEl.textContent = text;
+  statusEl.title = text;
+}
+function ready() {
+  if (outstanding === 0) setStatus('ready', `ready · ${model ? model.info.bnLayers.length + ' BatchNorm layers' : 'no model'}`);
+}
+function fail(what, e) {
+  const msg = e && e.message ? e.message : String(e);
+  debug.errors.push(`${what}: ${msg}`);
+  setStatus('error', `error: ${what}: ${msg}`);
+}
+
+// ---- small SVG plotting -----------------------------------------------------------------------
+function el(tag, attrs = {}, parent) {
+  const e = document.createElementNS(SVG_NS, tag);
+  for (const [k, v] of Object.entries(attrs)) if (v !== undefined && v !== null) e.setAttribute(k, v);
+  if (parent) parent.appendChild(e);
+  return e;
+}
+
+function niceStep(span, n) {
+  const raw = span / Math.max(1, n), p = 10 ** Math.floor(Math.log10(raw)), f = raw / p;
+  return (f < 1.5 ? 1 : f < 3 ? 2 : f < 7 ? 5 : 10) * p;
+}
+function fmt(v) {
+  if (v === 0) return '0';
+  const a = Math.abs(v);
+  if (a >= 1e4 || a < 1e-3) return v.toExponential(0).replace('e+', 'e');
+  if (a >= 100) return v.toFixed(0);
+  return String(Number(v.toPrecision(3)));
+}
+
+// An axis: type 'lin' or 'log', domain [min, max] (padded and made nice here), and the pixel range.
+function makeScale(spec, r0, r1) {
+  let { min, max } = spec;
+  if (!(Number.isFinite(min) && Number.isFinite(max))) { min = 0; max = 1; }
+  if (spec.type === 'log') {
+    min = Math.max(min, 1e-12);
+    max = Math.max(max, min * 1.0001);
+    let l0 = Math.log10(min), l1 = Math.log10(max);
+    if (!spec.exact) { const pad = Math.max((l1 - l0) * 0.06, 0.05); l0 -= pad; l1 += pad; }
+    const f = (v) => r0 + ((Math.log10(Math.max(v, 1e-30)) - l0) / (l1 - l0)) * (r1 - r0);
+    let ticks = spec.ticks;
+    if (!ticks) {
+      ticks = [];
+      const span = l1 - l0;
+      const mult = span < 1.2 ? [1, 2, 5] : span < 2.5 ? [1, 3] : [1];
+      for (let e = Math.floor(l0); e <= Math.ceil(l1); e++) for (const m of mult) ticks.push(m * 10 ** e);
+      ticks = ticks.filter((t) => Math.log10(t) >= l0 - 1e-9 && Math.log10(t) <= l1 + 1e-9);
+      if (span > 6) ticks = ticks.filter((t, i) => i % 2 === 0);
+    }
+    return { f, ticks, lo: 10 ** l0, hi: 10 ** l1 };
+  }
+  if (max - min < 1e-12) { const c = min; min = c - (Math.abs(c) || 1) * 0.5; max = c + (Math.abs(c) || 1) * 0.5; }
+  if (!spec.exact) { const pad = (max - min) * 0.06; if (spec.min !== 0 || min < 0) min -= pad; max += pad; }
+  const step = niceStep(max - min, spec.nticks || 5);
+  const ticks = spec.ticks || [];
+  if (!spec.ticks) for (let t = Math.ceil(min / step) * step; t <= max + step * 1e-6; t += step) ticks.push(Math.abs(t) < step * 1e-9 ? 0 : t);
+  const f = (v) => r0 + ((v - min) / (max - min)) * (r1 - r0);
+  return { f, ticks, lo: min, hi: max };
+}
+
+// renderPlot(container, { width, height, x, y, series, legend, vlines, empty, data })
+//   series: { kind: 'line'|'dots'|'bars', points: [[x, y], ...], color, width, r, dash, opacity, hollow,
+//             barWidth (x units), onClick(i), highlight (index) }
+//   bands: [{ from, to, label }] shaded x ranges labelled under the axis (the stages of the network)
+// The SVG is drawn at the container's pixel width (text stays at its size) and redrawn on resize.
+const drawn = new Map();
+const resizer = new ResizeObserver((entries) => {
+  for (const e of entries) {
+    const d = drawn.get(e.target);
+    if (d && Math.abs(e.target.clientWidth - d.width) > 1) renderPlot(e.target, d.spec);
+  }
+});
+function renderPlot(container, spec) {
+  const W = Math.max(200, container.clientWidth || spec.width || 480), H = spec.height || 200;
+  if (!drawn.has(container)) resizer.observe(container);
+  drawn.set(container, { spec, width: W });
+  const m = { l: 48, r: 12, t: spec.legend ? 24 : 10, b: spec.x.label ? 32 : 20, ...(spec.margin || {}) };
+  const svg = el('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': spec.title || '' });
+  const X = makeScale(spec.x, m.l, W - m.r), Y = makeScale(spec.y, H - m.b, m.t);
+  // grid and ticks
+  for (const t of Y.ticks) {
+    const py = Y.f(t);
+    if (py < m.t - 0.5 || py > H - m.b + 0.5) continue;
+    el('line', { x1: m.l, x2: W - m.r, y1: py, y2: py, class: 'gridline' }, svg);
+    el('text', { x: m.l - 5, y: py + 3.5, 'text-anchor': 'end', class: 'tick' }, svg).textContent = (spec.y.format || fmt)(t);
+  }
+  if (!spec.x.hideTicks) {
+    for (const t of X.ticks) {
+      const px = X.f(t);
+      if (px < m.l - 0.5 || px > W - m.r + 0.5) continue;
+      el('line', { x1: px, x2: px, y1: H - m.b, y2: H - m.b + 4, class: 'axis' }, svg);
+      el('text', { x: px, y: H - m.b + 14, 'text-anchor': 'middle', class: 'tick' }, svg).textContent = (spec.x.format || fmt)(t);
+    }
+  }
+  el('line', { x1: m.l, x2: W - m.r, y1: H - m.b, y2: H - m.b, class: 'axis' }, svg);
+  el('line', { x1: m.l, x2: m.l, y1: m.t, y2: H - m.b, class: 'axis' }, svg);
+  if (spec.x.label) el('text', { x: (m.l + W - m.r) / 2, y: H - 3, 'text-anchor': 'middle', class: 'label' }, svg).textContent = spec.x.label;
+  if (spec.y.label) el('text', { x: 11, y: (m.t + H - m.b) / 2, transform: `rotate(-90 11 ${(m.t + H - m.b) / 2})`, 'text-anchor': 'middle', class: 'label' }, svg).textContent = spec.y.label;
+  (spec.bands || []).forEach((b, i) => {
+    const x0 = X.f(b.from), x1 = X.f(b.to);
+    if (i % 2 === 1) el('rect', { x: x0, y: m.t, width: x1 - x0, height: H - m.t - m.b, fill: '#f3f5f9' }, svg);
+    if (b.label && x1 - x0 > b.label.length * 5.5) el('text', { x: (x0 + x1) / 2, y: H - m.b + 13, 'text-anchor': 'middle', class: 'tick' }, svg).textContent = b.label;
+  });
+  const clipId = `clip${Math.random().toString(36).slice(2)}`;
+  el('rect', { x: m.l, y: m.t - 2, width: W - m.l - m.r, height: H - m.t - m.b + 4 }, el('clipPath', { id: clipId }, svg));
+  const body = el('g', { 'clip-path': `url(#${clipId})` }, svg);
+  const cy = (v) => Math.max(-1e4, Math.min(1e4, Y.f(v)));
+  for (const s of spec.series || []) {
+    const pts = s.points.filter((p) => Number.isFinite(p[0]) && Number.isFinite(p[1]) && (spec.y.type !== 'log' || p[1] > 0));
+    if (s.kind === 'line') {
+      if (pts.length < 2) continue;
+      el('polyline', {
+        points: pts.map((p) => `${X.f(p[0]).toFixed(1)},${cy(p[1]).toFixed(1)}`).join(' '), fill: 'none', stroke: s.color,
+        'stroke-width': s.width || 1.5, 'stroke-dasharray': s.dash, opacity: s.opacity, 'stroke-linejoin': 'round',
+      }, body);
+    } else if (s.kind === 'dots') {
+      const g = el('g', { opacity: s.opacity }, body);
+      for (const p of pts) {
+        el('circle', {
+          cx: X.f(p[0]).toFixed(1), cy: cy(p[1]).toFixed(1), r: s.r || 2.5,
+          fill: s.hollow ? 'none' : s.color, stroke: s.hollow ? s.color : 'none', 'stroke-width': s.hollow ? 1 : 0,
+        }, g);
+      }
+    } else if (s.kind === 'bars') {
+      const bw = Math.max(1, Math.abs(X.f(s.barWidth || 0.8) - X.f(0)));
+      const base = spec.y.type === 'log' ? H - m.b : cy(0);
+      s.points.forEach((p, i) => {
+        if (!Number.isFinite(p[1])) return;
+        const py = cy(p[1]);
+        const r = el('rect', {
+          x: (X.f(p[0]) - bw / 2).toFixed(1), y: Math.min(py, base).toFixed(1), width: bw.toFixed(1),
+          height: Math.max(0.5, Math.abs(base - py)).toFixed(1), fill: i === s.highlight ? s.highlightColor || s.color : s.color,
+          opacity: i === s.highlight ? 1 : s.opacity ?? 1, class: s.onClick ? 'bar' : undefined,
+        }, body);
+        if (s.titles) el('title', {}, r).textContent = s.titles[i];
+        if (s.onClick) r.addEventListener('click', () => s.onClick(i));
+      });
+    }
+  }
+  if (spec.legend) {
+    // right-aligned in the band above the plot; the text width is estimated (5.6 px per character)
+    let lx = W - m.r;
+    const ly = 9;
+    for (const it of [...spec.legend].reverse()) {
+      el('text', { x: lx, y: ly + 4, 'text-anchor': 'end', class: 'legend' }, svg).textContent = it.label;
+      const sx = lx - it.label.length * 5.6 - 19;
+      if (it.kind === 'line') el('line', { x1: sx, x2: sx + 14, y1: ly, y2: ly, stroke: it.color, 'stroke-width': it.width || 2, 'stroke-dasharray': it.dash }, svg);
+      else el('circle', { cx: sx + 7, cy: ly, r: 3.5, fill: it.hollow ? 'none' : it.color, stroke: it.color }, svg);
+      lx = sx - 16;
+    }
+  }
+  if (spec.empty) el('text', { x: (m.l + W - m.r) / 2, y: (m.t + H - m.b) / 2, 'text-anchor': 'middle', class: 'empty' }, svg).textContent = spec.empty;
+  container.replaceChildren(svg);
+  return svg;
+}
+
+function extent(arrays, { positive = false } = {}) {
+  let lo = Infinity, hi = -Infinity;
+  for (const a of arrays) for (const v of a) if (Number.isFinite(v) && (!positive || v > 0)) { if (v < lo) lo = v; if (v > hi) hi = v; }
+  return lo <= hi ? [lo, hi] : [positive ? 0.1 : 0, 1];
+}
+const css = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
+const COLORS = { batch: css('--batch') || '#2563eb', running: css('--running') || '#d97706', eval: css('--eval') || '#0f9d76', faint: '#98a0ae' };
+
+// ---- page state -------------------------------------------------------------------------------
+const ui = {
+  mode: $('mode'), batch: $('batch-size'), slider: $('batch-slider'), layer: $('layer'), seed: $('seed'),
+  update: $('update-running'), run: $('run'),
+};
+let model = null;          // the worker's describe(): name, info, inputSize, mean, std, dataset
+let userBitmaps = [];      // ImageBitmaps the user gave, kept to re-rasterize at a new input size
+let lastRun = null;
+let longJob = null;        // 'spread' | 'train' | 'precise' while one runs
+const times = { train: new Map(), eval: new Map() };
+const trainLog = [];
+
+function settings() {
+  let B = Math.round(Number(ui.batch.value));
+  if (!Number.isFinite(B)) B = 32;
+  B = Math.min(256, Math.max(1, B));
+  return {
+    mode: ui.mode.value === 'eval' ? 'eval' : 'train', batchSize: B, layer: ui.layer.value || 'bn1',
+    seed: Math.max(0, Math.floor(Number(ui.seed.value) || 0)), updateRunning: ui.update.checked,
+  };
+}
+
+function setControlsEnabled(on) {
+  for (const id of ['run', 'spread-run', 'precise-run', 'train-start', 'reset-model', 'save-model', 'new-batch'])
+    if ($(id) && !(longJob && $(id).dataset.stopper === longJob)) $(id).disabled = !on;
+}
+
+// ---- model ------------------------------------------------------------------------------------
+function showModel(d) {
+  model = d;
+  debug.model = { name: d.name, info: d.info, inputSize: d.inputSize, modified: d.modified };
+  const i = d.info;
+  $('model-name').textContent = d.name;
+  $('model-arch').textContent = `${i.block === 'bottleneck' ? 'bottleneck' : 'basic'} blocks [${i.blocks.join(', ')}], widths [${i.widths.join(', ')}], ` +
+    `${i.numClasses} classes, ${(i.numParams / 1e6).toFixed(i.numParams < 1e6 ? 3 : 1)} M parameters, ${i.bnLayers.length} BatchNorm layers, input ${d.inputSize}×${d.inputSize}`;
+  const notes = [];
+  if (d.modified) notes.push('modified in this tab (reset restores the file)');
+  if (!d.normFromModel) notes.push('your images: ImageNet mean/std (the file has none)');
+  if (/fixture/i.test(d.name)) notes.push('the fallback fixture is untrained: its class names mean nothing');
+  $('model-note').textContent = notes.join(' · ');
+  $('model-note').className = d.modified ? 'note warn' : 'note';
+  const ds = d.dataset;
+  $('data-desc').textContent = `${ds.classes} classes at ${ds.size}×${ds.size}`;
+  // layer picker, grouped stem / layer1 / ... / layer4
+  const prev = ui.layer.value;
+  ui.layer.replaceChildren();
+  const groups = new Map();
+  i.bnLayers.forEach((name, k) => {
+    const g = name.startsWith('layer') ? name.split('.')[0] : 'stem';
+    if (!groups.has(g)) { const og = document.createElement('optgroup'); og.label = g; groups.set(g, og); ui.layer.appendChild(og); }
+    const o = document.createElement('option');
+    o.value = name;
+    o.textContent = `${name} · ${d.bnChannels[k]} ch`;
+    groups.get(g).appendChild(o);
+  });
+  ui.layer.value = i.bnLayers.includes(prev) ? prev : i.bnLayers[0];
+}
+
+async function loadModelBytes(bytes, name) {
+  try {
+    const d = await call('load', { bytes, name }, { label: `loading ${name}…`, transfer: [bytes.buffer] });
+    showModel(d);
+    // keep a run near a few seconds on big models (a full ResNet-50 at 224 takes ~0.6 s per image)
+    const B = settings().batchSize;
+    let fit = B;
+    while (fit > 1 && d.msPerImage * fit * 2 > 4000) fit >>= 1;
+    // PreciseBN and the sweep: smaller defaults on slow models
+    const slow = d.msPerImage * 32 * 2 > 4000;
+    $('precise-k').value = slow ? '8' : '16';
+    $('precise-b').value = slow ? String(Math.max(2, fit)) : '32';
+    $('spread-k').value = slow ? '4' : '8';
+    $('spread-max').value = slow ? '32' : '128';
+    if (fit < B) {
+      ui.batch.value = String(fit);
+      syncSlider();
+      $('model-note').textContent = `${$('model-note').textContent ? $('model-note').textContent + ' · ' : ''}` +
+        `batch size lowered to ${fit}: ${d.msPerImage.toFixed(0)} ms per image here`;
+    }
+    await sendImages();
+    times.train.clear(); times.eval.clear();
+    trainLog.length = 0;
+    drawTrain();
+    lastSpread = null;
+    drawSpread();
+    $('precise-readout').textContent = '';
+    $('plot-precise').replaceChildren();
+    $('train-readout').textContent = '';
+    await doRun();
+    // the sweep runs by itself when it is cheap (estimated from the batch just timed)
+    if (d.msPerImage * 8 * 255 < 6000) await measureSpread();
+    return true;
+  } catch (e) {
+    fail(`could not load ${name}`, e);
+    return false;
+  }
+}
+
+async function loadDefaultModel() {
+  let list = [];
+  try {
+    const res = await fetch('models.json');
+    if (res.ok) list = await res.json();
+  } catch { /* served without the manifest: try the fallback */ }
+  if (!list.length) list = [{ url: 'fixtures/resnet/resnet50.weights.safetensors', name: 'ResNet-50 topology, narrow test fixture (untrained)' }];
+  for (const m of list) {
+    setStatus('busy', `fetching ${m.name}…`);
+    try {
+      const res = await fetch(m.url.replace(/^\//, ''));
+      if (!res.ok) throw new Error(`HTTP ${res.status}`);
+      const bytes = new Uint8Array(await res.arrayBuffer());
+      if (await loadModelBytes(bytes, m.name)) return true;
+    } catch (e) {
+      fail(`could not fetch ${m.url}`, e);
+    }
+  }
+  return false;
+}
+
+async function loadWeightsFile(file) {
+  let bytes;
+  try {
+    bytes = new Uint8Array(await file.arrayBuffer());
+  } catch (e) {
+    return fail(`could not read ${file.name}`, e);
+  }
+  await loadModelBytes(bytes, file.name);
+}
+
+// ---- images -----------------------------------------------------------------------------------
+// Resize so the shorter side is `size`, centre-crop size x size, normalize with the model's mean/std.
+function rasterize(bitmap, size, mean, std) {
+  const canvas = document.createElement('canvas');
+  canvas.width = canvas.height = size;
+  const ctx = canvas.getContext('2d', { willReadFrequently: true });
+  ctx.imageSmoothingEnabled = true;
+  ctx.imageSmoothingQuality = 'high';
+  const s = Math.min(bitmap.width, bitmap.height);
+  ctx.drawImage(bitmap, (bitmap.width - s) / 2, (bitmap.height - s) / 2, s, s, 0, 0, size, size);
+  const px = ctx.getImageData(0, 0, size, size).data;
+  const out = new Float32Array(size * size * 3);
+  for (let p = 0; p < size * size; p++) for (let c = 0; c < 3; c++) out[p * 3 + c] = (px[p * 4 + c] / 255 - mean[c]) / std[c];
+  return out;
+}
+
+async function sendImages() {
+  if (!model) return;
+  const images = userBitmaps.map((b) => rasterize(b, model.inputSize, model.mean || IMAGENET.mean, model.std || IMAGENET.std));
+  await call('setImages', { images: images.map((a) => a.buffer), size: model.inputSize }, { transfer: images.map((a) => a.buffer) });
+  $('clear-images').disabled = userBitmaps.length === 0;
+}
+
+async function addImageFiles(files) {
+  const bad = [];
+  for (const f of files) {
+    if (userBitmaps.length >= MAX_USER_IMAGES) { bad.push(`${f.name} (at most ${MAX_USER_IMAGES} images)`); continue; }
+    try {
+      userBitmaps.push(await createImageBitmap(f));
+    } catch {
+      bad.push(`${f.name} (not an image this browser can decode)`);
+    }
+  }
+  try {
+    await sendImages();
+    await doRun();
+  } catch (e) {
+    return fail('images', e);
+  }
+  if (bad.length) setStatus('error', `error: skipped ${bad.join(', ')}`);
+}
+
+function drawThumbs(r) {
+  const box = $('thumbs');
+  box.replaceChildren();
+  r.thumbs.forEach((rgba, i) => {
+    const c = document.createElement('canvas');
+    c.width = c.height = r.size;
+    c.getContext('2d').putImageData(new ImageData(new Uint8ClampedArray(rgba), r.size, r.size), 0, 0);
+    if (i < r.nUser) c.className = 'user';
+    c.title = i < r.nUser ? 'your image' : `procedural image ${i}`;
+    box.appendChild(c);
+  });
+  const pc = $('probe-canvas');
+  pc.width = pc.height = r.size;
+  if (r.thumbs[0]) pc.getContext('2d').putImageData(new ImageData(new Uint8ClampedArray(r.thumbs[0]), r.size, r.size), 0, 0);
+}
+
+// ---- one batch --------------------------------------------------------------------------------
+let runQueued = false, runActive = false;
+function requestRun() {
+  runQueued = true;
+  if (!runActive) pumpRuns();
+}
+async function pumpRuns() {
+  runActive = true;
+  try {
+    while (runQueued) {
+      runQueued = false;
+      await doRun().catch(() => {});
+    }
+  } finally {
+    runActive = false;
+  }
+}
+
+async function doRun() {
+  if (!model) return;
+  const s = settings();
+  const t0 = performance.now();
+  try {
+    const r = await call('run', s, { label: `busy: ${s.mode}-mode batch of ${s.batchSize}…` });
+    r.roundTripMs = performance.now() - t0;
+    r.size = model.inputSize;
+    lastRun = r;
+    debug.runs++;
+    debug.last = {
+      mode: r.mode, B: r.B, layer: r.layer, msTrain: r.msTrain, msEval: r.msEval, roundTripMs: r.roundTripMs,
+      layerDist: r.layerDist, overview: r.overview.map((o) => ({ ...o })), probe: r.probe, accEval: r.accEval, accTrain: r.accTrain,
+    };
+    debug.lastBatchMean = Array.from(r.batchMean);
+    times.train.set(r.B, r.msTrain);
+    if (r.msEval != null) times.eval.set(r.B, r.msEval);
+    if (r.modified && !model.modified) { model.modified = true; showModelNote(); }
+    drawStats(r);
+    drawOverview(r);
+    drawProbe(r);
+    drawTimes();
+    drawThumbs(r);
+    ready();
+    return r;
+  } catch (e) {
+    fail('run', e);
+    throw e;
+  }
+}
+
+function showModelNote() {
+  $('model-note').textContent = 'modified in this tab (reset restores the file)';
+  $('model-note').className = 'note warn';
+}
+
+// (1) batch vs running statistics of the chosen layer, per channel
+function drawStats(r) {
+  const panel = $('stats-panel');
+  const C = r.channels;
+  const order = Array.from({ length: C }, (_, c) => c);
+  const uses = r.mode === 'train' ? 'batch' : 'running';
+  const strong = (which) => which === uses;
+  const mk = (batch, running, log) => {
+    const o = [...order].sort((a, b) => running[a] - running[b]);
+    const runPts = o.map((c, k) => [k, running[c]]), batPts = o.map((c, k) => [k, batch[c]]);
+    const [lo, hi] = extent([batch, running], { positive: log });
+    const r0 = C > 300 ? 1.3 : C > 100 ? 1.8 : 2.6;
+    return {
+      height: 190,
+      x: { type: 'lin', min: -0.5, max: C - 0.5, exact: true, label: `channel (${C}, sorted by running value)`, hideTicks: C > 1 && false, format: (v) => String(Math.round(v)) },
+      y: { type: log ? 'log' : 'lin', min: lo, max: hi, label: log ? 'variance' : 'mean' },
+      series: [
+        { kind: 'line', points: runPts, color: COLORS.running, width: strong('running') ? 2.4 : 1.3, dash: strong('running') ? null : '4 3', opacity: strong('running') ? 1 : 0.8 },
+        { kind: 'dots', points: batPts, color: COLORS.batch, r: r0, hollow: !strong('batch'), opacity: strong('batch') ? 0.9 : 0.55 },
+      ],
+      legend: [
+        { label: `batch of ${r.B}${strong('batch') ? ' (used)' : ' (not used in eval)'}`, color: COLORS.batch, hollow: !strong('batch') },
+        { label: `running${strong('running') ? ' (used)' : ' (not used in train)'}`, color: COLORS.running, kind: 'line', dash: strong('running') ? null : '4 3' },
+      ],
+    };
+  };
+  renderPlot($('plot-mean'), mk(r.batchMean, r.runningMean, false));
+  renderPlot($('plot-var'), mk(r.batchVar, r.runningVar, true));
+  $('stats-title').textContent = `${r.layer} · ${C} channels · ${r.mode} mode · batch of ${r.B}`;
+  $('stats-readout').innerHTML = `${r.mode === 'train' ? 'normalizes with the <b>batch</b> statistics' : 'normalizes with the <b>running</b> statistics'} · ` +
+    `|Δmean|/σ <b>${r.layerDist.dMean.toFixed(3)}</b> · |ln var ratio| <b>${r.layerDist.dVar.toFixed(3)}</b> · running stats from ${r.numBatchesTracked} batches` +
+    `${r.updateRunning ? ' · <b>updated by this forward</b>' : ''}`;
+  Object.assign(panel.dataset, {
+    run: String(debug.runs), mode: r.mode, layer: r.layer, batchSize: String(r.B), used: uses,
+    dMean: String(r.layerDist.dMean), dVar: String(r.layerDist.dVar), channels: String(C),
+    numBatchesTracked: String(r.numBatchesTracked), updateRunning: String(r.updateRunning),
+  });
+}
+
+// (3) every layer: distance between batch and running statistics
+function drawOverview(r) {
+  const L = r.overview.length, li = r.overview.findIndex((o) => o.name === r.layer);
+  const bands = [];
+  r.overview.forEach((o, i) => {
+    const st = o.name.startsWith('layer') ? o.name.split('.')[0] : 'stem';
+    if (!bands.length || bands[bands.length - 1].label !== st) bands.push({ from: i - 0.5, to: i + 0.5, label: st });
+    else bands[bands.length - 1].to = i + 0.5;
+  });
+  const dm = r.overview.map((o) => o.dMean), dv = r.overview.map((o) => o.dVar);
+  const [, hi] = extent([dm, dv]);
+  renderPlot($('plot-overview'), {
+    height: 206, bands,
+    x: { type: 'lin', min: -0.5, max: L - 0.5, exact: true, label: `${L} BatchNorm layers in module order`, hideTicks: true },
+    y: { type: 'lin', min: 0, max: hi, label: 'distance' },
+    series: [
+      { kind: 'bars', points: dm.map((v, i) => [i, v]), color: '#9db5ec', highlight: li, highlightColor: COLORS.batch, barWidth: 0.72,
+        titles: r.overview.map((o) => `${o.name}: |Δmean|/σ ${o.dMean.toFixed(3)}, |ln var ratio| ${o.dVar.toFixed(3)}`),
+        onClick: (i) => { ui.layer.value = r.overview[i].name; requestRun(); } },
+      { kind: 'dots', points: dv.map((v, i) => [i, v]), color: COLORS.running, r: 2.2, opacity: 0.9 },
+    ],
+    legend: [
+      { label: '|Δmean| / running σ', color: '#9db5ec' },
+      { label: '|ln(batch var / running var)|', color: COLORS.running },
+    ],
+  });
+  const panel = $('overview-panel');
+  panel.dataset.dMean = JSON.stringify(dm.map((v) => +v.toFixed(5)));
+  panel.dataset.dVar = JSON.stringify(dv.map((v) => +v.toFixed(5)));
+}
+
+// (4) one image, eval vs train mode
+function drawProbe(r) {
+  const labels = model.info.labels;
+  const dsNames = model.dataset.names || [];
+  const sameClasses = !labels || labels.every((l, k) => l === dsNames[k]);
+  const nameOf = (k) => (labels && labels[k] != null ? labels[k] : `class ${k}`);
+  const truth = r.probe.label != null && sameClasses ? r.probe.label : null;
+  $('probe-label').textContent = r.probe.fromUser ? 'your image' : `procedural: ${dsNames[r.probe.label] ?? r.probe.label}`;
+  const cols = [
+    ['eval', 'eval, alone', r.probe.eval],
+    ['train', 'train, alone (B = 1)', r.probe.trainAlone],
+    ['train', `train, in the batch of ${r.B}`, r.probe.trainBatch],
+  ];
+  const box = $('probe-cols');
+  box.replaceChildren();
+  for (const [cls, title, top] of cols) {
+    const col = document.createElement('div');
+    col.className = `probe-col ${cls}`;
+    const h = document.createElement('h3');
+    h.textContent = title;
+    const list = document.createElement('div');
+    list.className = 'top5';
+    for (const { k, p } of top) {
+      const n = document.createElement('span');
+      n.className = 'name' + (k === truth ? ' truth' : '');
+      n.textContent = nameOf(k);
+      n.title = `${nameOf(k)}: ${(100 * p).toFixed(2)}%`;
+      const bar = document.createElement('i');
+      bar.style.width = `${Math.max(1, 100 * p).toFixed(1)}%`;
+      n.prepend(bar);
+      const pv = document.createElement('span');
+      pv.className = 'p';
+      pv.textContent = `${(100 * p).toFixed(p < 0.1 ? 1 : 0)}%`;
+      list.append(n, pv);
+    }
+    col.append(h, list);
+    box.appendChild(col);
+  }
+  const panel = $('probe-panel');
+  panel.dataset.evalTop1 = String(r.probe.eval[0].k);
+  panel.dataset.trainTop1 = String(r.probe.trainBatch[0].k);
+}
+
+// (5) time per forward
+function drawTimes() {
+  const pts = (m) => [...m.entries()].sort((a, b) => a[0] - b[0]);
+  const tr = pts(times.train), ev = pts(times.eval);
+  const Bs = [...tr, ...ev].map((p) => p[0]);
+  const [blo, bhi] = Bs.length ? [Math.min(...Bs), Math.max(...Bs)] : [1, 256];
+  const [lo, hi] = extent([tr.map((p) => p[1]), ev.map((p) => p[1])], { positive: true });
+  renderPlot($('plot-time'), {
+    height: 180,
+    x: { type: 'log', min: Math.min(blo, 1), max: Math.max(bhi, 2), label: 'batch size B', ticks: [1, 2, 4, 8, 16, 32, 64, 128, 256] },
+    y: { type: 'log', min: lo, max: hi, label: 'ms per forward' },
+    series: [
+      { kind: 'line', points: tr, color: COLORS.batch, width: 1.2, opacity: 0.6 },
+      { kind: 'dots', points: tr, color: COLORS.batch, r: 3 },
+      { kind: 'line', points: ev, color: COLORS.eval, width: 1.2, opacity: 0.6 },
+      { kind: 'dots', points: ev, color: COLORS.eval, r: 3 },
+    ],
+    legend: [{ label: 'train mode', color: COLORS.batch }, { label: 'eval mode', color: COLORS.eval }],
+    empty: tr.length ? null : 'run a batch',
+  });
+  if (lastRun) {
+    const r = lastRun;
+    const ev = r.msEval != null ? ` · eval <b>${r.msEval.toFixed(1)} ms</b>` : '';
+    $('time-readout').innerHTML = `B=${r.B}: train <b>${r.msTrain.toFixed(1)} ms</b>${ev} · ${(r.msTrain / r.B).toFixed(2)} ms/image · page round trip ${r.roundTripMs.toFixed(0)} ms`;
+    Object.assign($('time-panel').dataset, { msTrain: String(r.msTrain), msEval: String(r.msEval), roundTrip: String(r.roundTripMs), batchSize: String(r.B) });
+  }
+  debug.times = { train: Object.fromEntries(times.train), eval: Object.fromEntries(times.eval) };
+}
+
+// ---- (2) spread of the batch mean against 1/sqrt(B) -------------------------------------------
+let lastSpread = null;
+function drawSpread(progressPoints) {
+  const sp = lastSpread;
+  const pts = progressPoints || (sp ? sp.points : []);
+  const xy = pts.map((p) => [p.B, p.spread]);
+  const maxB = Number($('spread-max').value);
+  const series = [];
+  let legend = null;
+  if (xy.length) {
+    const c = sp && !progressPoints ? sp.c : Math.exp(xy.reduce((a, [B, s]) => a + Math.log(s) + 0.5 * Math.log(B), 0) / xy.length);
+    const ref = [];
+    for (let B = 1; B <= maxB * 1.0001; B *= Math.SQRT2) ref.push([B, c / Math.sqrt(B)]);
+    series.push({ kind: 'line', points: ref, color: COLORS.faint, dash: '5 4', width: 1.5 });
+    series.push({ kind: 'line', points: xy, color: COLORS.batch, width: 1.5 });
+    series.push({ kind: 'dots', points: xy, color: COLORS.batch, r: 3.2 });
+    legend = [{ label: 'measured', color: COLORS.batch }, { label: `${fmt(c)}/√B`, color: COLORS.faint, kind: 'line', dash: '5 4' }];
+  }
+  const ys = xy.map((p) => p[1]);
+  renderPlot($('plot-spread'), {
+    height: 196,
+    x: { type: 'log', min: 1, max: maxB, label: 'batch size B', ticks: [1, 2, 4, 8, 16, 32, 64, 128, 256] },
+    y: { type: 'log', min: ys.length ? Math.min(...ys) : 0.01, max: ys.length ? Math.max(...ys) : 1, label: 'std of batch mean / σ' },
+    series, legend,
+    empty: xy.length ? null : (longJob === 'spread' ? 'measuring…' : 'press measure'),
+  });
+  if (sp && !progressPoints) {
+    $('spread-caption').textContent = `Layer ${sp.layer}: std over K = ${sp.K} train-mode batches of the batch mean, in units of the channel's spread (RMS over channels), against c/√B. ` +
+      'Exact for the stem; deeper layers also see the batch through earlier layers.';
+    const panel = $('spread-panel');
+    panel.dataset.layer = sp.layer;
+    panel.dataset.spread = JSON.stringify(Object.fromEntries(sp.points.map((p) => [p.B, p.spread])));
+    panel.dataset.c = String(sp.c);
+  }
+}
+
+async function measureSpread() {
+  if (longJob) return;
+  const K = Number($('spread-k').value), maxB = Number($('spread-max').value), s = settings();
+  const sizes = [];
+  for (let B = 1; B <= maxB; B *= 2) sizes.push(B);
+  longJob = 'spread';
+  const btn = $('spread-run');
+  btn.textContent = 'stop';
+  btn.dataset.stopper = 'spread';
+  setControlsEnabled(false);
+  btn.disabled = false;
+  drawSpread([]);
+  try {
+    lastSpread = await call('spread', { layer: s.layer, sizes, K, seed: s.seed }, {
+      label: `busy: ${K} batches at each of ${sizes.length} batch sizes…`,
+      onProgress: (p) => setStatus('busy', `busy: spread at B = ${p.B} (${Math.round((100 * p.done) / p.total)}%)`),
+    });
+    debug.spread = lastSpread;
+    for (const p of lastSpread.points) times.train.set(p.B, p.msPerForward);
+    drawTimes();
+    ready();
+  } catch (e) {
+    if (e.stopped || /stopped/.test(e.message)) setStatus('ready', 'ready · measurement stopped');
+    else fail('spread', e);
+  } finally {
+    longJob = null;
+    delete btn.dataset.stopper;
+    btn.textContent = 'measure';
+    setControlsEnabled(true);
+    drawSpread();
+  }
+}
+
+// ---- train here -------------------------------------------------------------------------------
+function drawTrain() {
+  const n = trainLog.length;
+  const loss = trainLog.map((p) => [p.step, p.loss]);
+  const conv = trainLog.map((p) => [p.step, p.dMean]);
+  const xmax = Math.max(10, n ? trainLog[n - 1].step : 10);
+  renderPlot($('plot-loss'), {
+    height: 170,
+    x: { type: 'lin', min: 0, max: xmax, label: 'SGD step' },
+    y: { type: 'lin', min: 0, max: n ? Math.max(...loss.map((p) => p[1])) : 2.5, label: 'loss' },
+    series: [{ kind: 'line', points: loss, color: COLORS.batch, width: 1.4 }],
+    empty: n ? null : 'press train',
+  });
+  renderPlot($('plot-converge'), {
+    height: 170,
+    x: { type: 'lin', min: 0, max: xmax, label: 'SGD step' },
+    y: { type: 'lin', min: 0, max: n ? Math.max(...conv.map((p) => p[1])) : 1, label: '|Δmean| / σ' },
+    series: [{ kind: 'line', points: conv, color: COLORS.running, width: 1.4 }],
+    empty: n ? null : (lastRun ? `layer ${lastRun.layer}` : ''),
+  });
+  debug.train = trainLog;
+}
+
+async function trainHere() {
+  if (longJob) return;
+  const s = settings();
+  const args = {
+    lr: Number($('train-lr').value) || 0.05, momentum: Math.min(0.99, Math.max(0, Number($('train-mom').value) || 0)),
+    steps: Math.max(1, Math.floor(Number($('train-steps').value) || 100)), B: s.batchSize, layer: s.layer, seed: s.seed + 1000,
+  };
+  longJob = 'train';
+  setControlsEnabled(false);
+  $('train-stop').disabled = false;
+  trainLog.length = 0;
+  let lastAcc = null, frame = 0;
+  drawTrain();
+  try {
+    const r = await call('train', args, {
+      label: 'busy: training…',
+      onProgress: (p) => {
+        trainLog.push(p);
+        if (p.acc != null) lastAcc = p.acc;
+        setStatus('busy', `busy: training, step ${p.step}/${args.steps}, loss ${p.loss.toFixed(3)}`);
+        if (!frame) frame = requestAnimationFrame(() => { frame = 0; drawTrain(); });
+        $('train-readout').innerHTML = `step <b>${p.step}</b> · loss <b>${p.loss.toFixed(3)}</b> · ${p.ms.toFixed(0)} ms/step` +
+          (lastAcc != null ? ` · held-out eval accuracy <b>${(100 * lastAcc).toFixed(1)}%</b>` : '');
+      },
+    });
+    showModel(r);
+    drawTrain();
+    $('train-readout').innerHTML = `${r.steps} SGD steps of batch ${args.B} (lr ${args.lr}, momentum ${args.momentum}) · ` +
+      `eval accuracy <b>${(100 * r.acc).toFixed(1)}%</b> on ${r.heldOut} held-out ${model.dataset.classes}-class procedural images`;
+    ready();
+  } catch (e) {
+    fail('train', e);
+  } finally {
+    longJob = null;
+    $('train-stop').disabled = true;
+    setControlsEnabled(true);
+  }
+  requestRun();
+}
+
+// ---- PreciseBN --------------------------------------------------------------------------------
+async function preciseBN() {
+  if (longJob) return;
+  const K = Math.min(1000, Math.max(1, Math.floor(Number($('precise-k').value) || 16)));
+  const B = Math.min(256, Math.max(1, Math.floor(Number($('precise-b').value) || 32)));
+  longJob = 'precise';
+  setControlsEnabled(false);
+  const beforeLayers = lastRun ? lastRun.overview : null;
+  const before = beforeLayers ? beforeLayers.reduce((a, o) => a + o.dMean, 0) / beforeLayers.length : null;
+  try {
+    const r = await call('precise', { K, B, seed: settings().seed }, {
+      label: 'busy: recomputing running statistics…',
+      onProgress: (p) => setStatus('busy', `busy: PreciseBN batch ${p.done}/${p.total}`),
+    });
+    showModel(r);
+    longJob = null;
+    setControlsEnabled(true);
+    const run = await doRun();
+    const after = run ? run.overview.reduce((a, o) => a + o.dMean, 0) / run.overview.length : null;
+    if (run && beforeLayers) drawPrecise(beforeLayers, run.overview);
+    const pct = (v) => (v == null ? '—' : `${(100 * v).toFixed(1)}%`);
+    $('precise-readout').innerHTML = `Running statistics of ${model.info.bnLayers.length} layers replaced by averages over ${K} batches of ${B}. ` +
+      `Eval accuracy on ${r.heldOut} held-out procedural images: ${pct(r.before)} → <b>${pct(r.after)}</b>. Mean |Δmean|/σ over layers: ${before == null ? '—' : before.toFixed(3)} → <b>${after == null ? '—' : after.toFixed(3)}</b>.`;
+    debug.precise = { K, B, accBefore: r.before, accAfter: r.after, distBefore: before, distAfter: after };
+    $('precise-panel').dataset.distBefore = String(before);
+    $('precise-panel').dataset.distAfter = String(after);
+  } catch (e) {
+    fail('PreciseBN', e);
+  } finally {
+    longJob = null;
+    setControlsEnabled(true);
+  }
+}
+
+// Per layer |batch mean - running mean| / running std of a batch before and after PreciseBN.
+function drawPrecise(before, after) {
+  const L = after.length;
+  const b = before.map((o, i) => [i - 0.2, o.dMean]), a = after.map((o, i) => [i + 0.2, o.dMean]);
+  const [, hi] = extent([b.map((p) => p[1]), a.map((p) => p[1])]);
+  renderPlot($('plot-precise'), {
+    height: 150,
+    x: { type: 'lin', min: -0.5, max: L - 0.5, exact: true, label: 'BatchNorm layer, stem → last block', hideTicks: true },
+    y: { type: 'lin', min: 0, max: hi, label: '|Δmean| / σ' },
+    series: [
+      { kind: 'bars', points: b, color: '#c3c9d4', barWidth: 0.4 },
+      { kind: 'bars', points: a, color: COLORS.batch, barWidth: 0.4 },
+    ],
+    legend: [{ label: 'before', color: '#c3c9d4' }, { label: 'after', color: COLORS.batch }],
+  });
+}
+
+// ---- wiring -----------------------------------------------------------------------------------
+let debounce = 0;
+function changed(delay = 0) {
+  clearTimeout(debounce);
+  debounce = setTimeout(() => { if (model) requestRun(); }, delay);
+}
+
+function syncSlider() {
+  const B = settings().batchSize;
+  ui.slider.value = String(Math.round(Math.log2(B)));
+}
+
+ui.mode.addEventListener('change', () => changed());
+ui.layer.addEventListener('change', () => changed());
+ui.update.addEventListener('change', () => {
+  $('running-note').textContent = ui.update.checked
+    ? 'Train-mode forwards now update the loaded model\'s running statistics (momentum 0.9), as a forgotten .eval() would. Reset restores them.'
+    : 'Train-mode forwards run on a copy: the loaded model\'s running statistics are never changed.';
+  $('running-note').className = ui.update.checked ? 'note warn' : 'note';
+  changed();
+});
+ui.batch.addEventListener('change', () => { ui.batch.value = String(settings().batchSize); syncSlider(); changed(); });
+ui.batch.addEventListener('input', () => { if (ui.batch.value !== '') { syncSlider(); changed(400); } });
+ui.slider.addEventListener('input', () => { ui.batch.value = String(2 ** Number(ui.slider.value)); changed(150); });
+ui.seed.addEventListener('change', () => changed());
+$('new-batch').addEventListener('click', () => { ui.seed.value = String((settings().seed + 1) % 65536); changed(); });
+ui.run.addEventListener('click', () => requestRun());
+
+$('spread-run').addEventListener('click', () => (longJob === 'spread' ? stopWorker() : measureSpread()));
+$('spread-max').addEventListener('change', () => drawSpread());
+$('train-start').addEventListener('click', () => trainHere());
+$('train-stop').addEventListener('click', () => stopWorker());
+$('precise-run').addEventListener('click', () => preciseBN());
+$('reset-model').addEventListener('click', async () => {
+  try {
+    showModel(await call('reset', {}, { label: 'busy: reloading the original file…' }));
+    await sendImages();
+    $('precise-readout').textContent = '';
+    await doRun();
+  } catch (e) {
+    fail('reset', e);
+  }
+});
+$('save-model').addEventListener('click', async () => {
+  try {
+    const { bytes, name } = await call('save', {}, { label: 'busy: saving…' });
+    const a = document.createElement('a');
+    a.href = URL.createObjectURL(new Blob([bytes], { type: 'application/octet-stream' }));
+    a.download = name;
+    a.click();
+    setTimeout(() => URL.revokeObjectURL(a.href), 10000);
+    ready();
+  } catch (e) {
+    fail('download', e);
+  }
+});
+$('weights-file').addEventListener('change', async (ev) => {
+  const f = ev.target.files[0];
+  ev.target.value = '';
+  if (f) await loadWeightsFile(f);
+});
+$('image-files').addEventListener('change', async (ev) => {
+  const files = [...ev.target.files];
+  ev.target.value = '';
+  if (files.length) await addImageFiles(files);
+});
+$('clear-images').addEventListener('click', async () => {
+  userBitmaps.forEach((b) => b.close && b.close());
+  userBitmaps = [];
+  try { await sendImages(); await doRun(); } catch (e) { fail('images', e); }
+});
+
+// drag and drop anywhere: .safetensors loads weights, images join the batch
+const dz = $('dropzone');
+let dragDepth = 0;
+const hasFiles = (ev) => ev.dataTransfer && [...ev.dataTransfer.types].includes('Files');
+window.addEventListener('dragenter', (ev) => { if (hasFiles(ev)) { ev.preventDefault(); dragDepth++; dz.hidden = false; } });
+window.addEventListener('dragover', (ev) => { if (hasFiles(ev)) ev.preventDefault(); });
+window.addEventListener('dragleave', () => { dragDepth = Math.max(0, dragDepth - 1); if (!dragDepth) dz.hidden = true; });
+window.addEventListener('drop', async (ev) => {
+  if (!hasFiles(ev)) return;
+  ev.preventDefault();
+  dragDepth = 0;
+  dz.hidden = true;
+  const files = [...ev.dataTransfer.files];
+  const weights = files.filter((f) => /\.safetensors$/i.test(f.name));
+  const images = files.filter((f) => !/\.safetensors$/i.test(f.name));
+  if (weights.length) await loadWeightsFile(weights[0]);
+  if (images.length) await addImageFiles(images);
+});
+
+// ---- start ------------------------------------------------------------------------------------
+async function start() {
+  drawSpread();
+  drawTrain();
+  drawTimes();
+  renderPlot($('plot-mean'), { height: 190, x: { type: 'lin', min: 0, max: 1 }, y: { type: 'lin', min: 0, max: 1 }, empty: 'loading the model…' });
+  renderPlot($('plot-var'), { height: 190, x: { type: 'lin', min: 0, max: 1 }, y: { type: 'lin', min: 0, max: 1 }, empty: '' });
+  renderPlot($('plot-overview'), { height: 196, x: { type: 'lin', min: 0, max: 1, hideTicks: true }, y: { type: 'lin', min: 0, max: 1 }, empty: '' });
+  setControlsEnabled(false);
+  try {
+    const r = await call('init', {}, { label: 'starting WebAssembly…' });
+    debug.isa = r.isa;
+  } catch (e) {
+    return fail('could not start bnlab.wasm', e);
+  }
+  setControlsEnabled(true);
+  const ok = await loadDefaultModel();
+  debug.ready = ok;
+  $('clear-images').disabled = true;
+}
+start();
