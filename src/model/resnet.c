@@ -82,7 +82,15 @@ struct bnl_resnet {
     float *arena;
     int32_t *argmax;
     float *stem_pool, *feat, *probs, *grad_buf[4], *scratch;
+    float *pp[3];         // the eval forward's ping-pong buffers (lean: the plan's three; keep: grad_buf)
     int Hs, Ws, Hp, Wp;   // stem conv output, pool output
+    // Eval inference: every conv with its BatchNorm folded in (weights scaled per output channel,
+    // a bias added), packed once for the active ISA's GEMM. Rebuilt lazily when stale: after load,
+    // sgd_update, a train-mode forward (running stats move), a BN config change, or when a params or
+    // stats pointer is handed out (the caller may write through it).
+    bnl_conv_packed **pk;   // one per conv
+    float *fold_bias;       // per conv, cout floats each, in conv order
+    int pk_valid;
 };
 
 bnl_sgd bnl_sgd_default(void) {
@@ -381,7 +389,8 @@ static bnl_status check_unexpected(const bnl_resnet *m, const bnl_st_file *f) {
     char name[160];
     for (size_t i = 0; i < f->count; i++) {
         const char *n = f->tensors[i].name;
-        int ok = !strcmp(n, "fc.weight") || !strcmp(n, "fc.bias");
+        // training checkpoints carry the optimizer's state under this reserved prefix
+        int ok = !strcmp(n, "fc.weight") || !strcmp(n, "fc.bias") || !strncmp(n, "optimizer.", 10);
         for (int c = 0; !ok && c < m->nconv; c++) {
             snprintf(name, sizeof name, "%s.weight", m->convs[c].name);
             ok = !strcmp(n, name);
@@ -527,9 +536,21 @@ static void free_plan(bnl_resnet *m) {
     m->pN = 0;
 }
 
+static void free_packed(bnl_resnet *m) {
+    if (m->pk)
+        for (int c = 0; c < m->nconv; c++) bnl_conv_packed_free(m->pk[c]);
+    free(m->pk), bnl_free(m->fold_bias);
+    m->pk = NULL, m->fold_bias = NULL, m->pk_valid = 0;
+}
+
+void bnl_resnet_params_changed(bnl_resnet *m) {
+    if (m) m->pk_valid = 0;
+}
+
 void bnl_resnet_free(bnl_resnet *m) {
     if (!m) return;
     free_plan(m);
+    free_packed(m);
     free(m->convs), free(m->bns), free(m->blocks), free(m->segs);
     bnl_free(m->params), bnl_free(m->grads), bnl_free(m->mom), bnl_free(m->stats), bnl_free(m->batch);
     bnl_free(m->sync_buf);
@@ -556,14 +577,16 @@ bnl_status bnl_resnet_set_bn_config(bnl_resnet *m, const bnl_bn_config *cfg) {
                         (double)cfg->eps, (double)cfg->momentum);
     m->bn = *cfg;
     m->bn.relu = 0, m->bn.use_scale = 1, m->bn.use_bias = 1;
+    m->pk_valid = 0;   // eps is folded into the packed weights
     return BNL_OK;
 }
 bnl_bn_config bnl_resnet_bn_config(const bnl_resnet *m) { return m->bn; }
 
-float *bnl_resnet_params(bnl_resnet *m, size_t *count) { if (count) *count = m->info.num_params; return m->params; }
+// Handing out a writable pointer to what the packed eval weights are made from makes them stale.
+float *bnl_resnet_params(bnl_resnet *m, size_t *count) { if (count) *count = m->info.num_params; m->pk_valid = 0; return m->params; }
 float *bnl_resnet_grads(bnl_resnet *m, size_t *count) { if (count) *count = m->info.num_params; return m->grads; }
 float *bnl_resnet_momentum(bnl_resnet *m, size_t *count) { if (count) *count = m->info.num_params; return m->mom; }
-float *bnl_resnet_stats(bnl_resnet *m, size_t *count) { if (count) *count = m->info.num_stats; return m->stats; }
+float *bnl_resnet_stats(bnl_resnet *m, size_t *count) { if (count) *count = m->info.num_stats; m->pk_valid = 0; return m->stats; }
 
 int bnl_resnet_bn_count(const bnl_resnet *m) { return m->nbn; }
 const char *bnl_resnet_bn_name(const bnl_resnet *m, int i) { return i >= 0 && i < m->nbn ? m->bns[i].name : NULL; }
@@ -670,11 +693,13 @@ static bnl_status plan(bnl_resnet *m, int N, int H, int W, int keep) {
         }
         for (int i = 0; i < 4; i++) m->grad_buf[i] = p, p += big;
         m->scratch = p, p += big;
+        for (int i = 0; i < 3; i++) m->pp[i] = m->grad_buf[i];   // free outside backward
         for (int b = 0; b < m->nblocks; b++)
             if (m->blocks[b].dbn >= 0) m->bns[m->blocks[b].dbn].post = m->scratch;
     } else {
         float *buf[3] = {p, p + big, p + 2 * big};
         p += 3 * big;
+        for (int i = 0; i < 3; i++) m->pp[i] = buf[i];
         stem->pre = stem->post = buf[0];
         m->stem_pool = buf[1];
         int in = 1;
@@ -794,7 +819,108 @@ static bnl_status bn_bwd(bnl_resnet *m, bn_t *x, float *dx, const float *dy, int
 }
 
 
+// ---------------------------------------------------------------------------------------------
+// Eval forward: BatchNorm folded into the convolutions, bias + residual + ReLU in the GEMM epilogue
+
+// Conv c is followed by BatchNorm c (the layout is built that way): w' = w*s, bias = beta - mean*s
+// with s = gamma/sqrt(running_var + eps), per output channel, in double.
+static bnl_status fold_and_pack(bnl_resnet *m) {
+    if (m->pk_valid && m->pk && bnl_conv_packed_current(m->pk[0])) return BNL_OK;
+    if (!m->pk) {
+        size_t nb = 0;
+        for (int c = 0; c < m->nconv; c++) nb += (size_t)m->convs[c].cout;
+        m->pk = calloc((size_t)m->nconv, sizeof *m->pk);
+        m->fold_bias = bnl_alloc(nb * sizeof(float));
+        if (!m->pk || !m->fold_bias) {
+            free_packed(m);
+            return bnl_fail(BNL_ERR_NOMEM, "out of memory for the packed eval weights");
+        }
+    }
+    int maxc = 0;
+    for (int c = 0; c < m->nconv; c++) maxc = m->convs[c].cout > maxc ? m->convs[c].cout : maxc;
+    float *scale = bnl_alloc((size_t)maxc * sizeof(float));
+    if (!scale) return bnl_fail(BNL_ERR_NOMEM, "out of memory for the packed eval weights");
+    float *bias = m->fold_bias;
+    bnl_status s = BNL_OK;
+    for (int c = 0; c < m->nconv && s == BNL_OK; c++) {
+        const conv_t *cv = &m->convs[c];
+        const bn_t *x = &m->bns[c];
+        const float *g = m->params + x->gamma, *b = m->params + x->beta, *rm = m->stats + x->rm, *rv = m->stats + x->rv;
+        for (int k = 0; k < cv->cout; k++) {
+            double sk = (double)g[k] / sqrt((double)rv[k] + (double)m->bn.eps);
+            scale[k] = (float)sk;
+            bias[k] = (float)((double)b[k] - (double)rm[k] * sk);
+        }
+        s = bnl_conv_pack_weights(&m->pk[c], m->params + cv->w, scale, cv->cout, cv->k, cv->k, cv->cin);
+        bias += cv->cout;
+    }
+    bnl_free(scale);
+    if (s != BNL_OK) {
+        free_packed(m);
+        return s;
+    }
+    m->pk_valid = 1;
+    return BNL_OK;
+}
+
+static const float *fold_bias_of(const bnl_resnet *m, int ci) {
+    const float *b = m->fold_bias;
+    for (int c = 0; c < ci; c++) b += m->convs[c].cout;
+    return b;
+}
+
+// y = relu?(conv_ci(x) folded + res)
+static bnl_status conv_fused(bnl_resnet *m, int ci, float *y, const float *x, int N, int H, int W, const float *res,
+                             int relu) {
+    const conv_t *cv = &m->convs[ci];
+    bnl_conv_shape s;
+    bnl_status st = bnl_conv_shape_init(&s, N, H, W, cv->cin, cv->cout, cv->k, cv->k, cv->stride, cv->pad);
+    if (st != BNL_OK) return st;
+    return bnl_conv2d_forward_fused(y, x, m->pk[ci], fold_bias_of(m, ci), res, relu, &s);
+}
+
+// Three ping-pong buffers, each as large as the largest activation. A block reads `in` and writes
+// its output either to a free buffer or, when a downsample occupies one, back over `in`.
+static bnl_status forward_eval(bnl_resnet *m, float *logits, const float *x, int N, int H, int W) {
+    TRY(fold_and_pack(m));
+    float **pp = m->pp;
+    const bn_t *stem = &m->bns[0];
+    TRY(conv_fused(m, 0, pp[0], x, N, H, W, NULL, 1));
+    TRY(bnl_maxpool_forward(pp[1], NULL, pp[0], N, m->Hs, m->Ws, stem->C, 3, 2, 1, m->Hp, m->Wp));
+    int cur = 1;
+    for (int b = 0; b < m->nblocks; b++) {
+        const block_t *blk = &m->blocks[b];
+        float *in = pp[cur], *a = pp[(cur + 1) % 3], *c = pp[(cur + 2) % 3];
+        if (m->info.bottleneck) {
+            TRY(conv_fused(m, blk->conv1, a, in, N, blk->Hin, blk->Win, NULL, 1));
+            TRY(conv_fused(m, blk->conv2, c, a, N, blk->Hin, blk->Win, NULL, 1));
+            if (blk->dconv >= 0) {
+                TRY(conv_fused(m, blk->dconv, a, in, N, blk->Hin, blk->Win, NULL, 0));
+                TRY(conv_fused(m, blk->conv3, in, c, N, blk->Hout, blk->Wout, a, 1));
+            } else {
+                TRY(conv_fused(m, blk->conv3, a, c, N, blk->Hout, blk->Wout, in, 1));
+                cur = (cur + 1) % 3;
+            }
+        } else {
+            TRY(conv_fused(m, blk->conv1, a, in, N, blk->Hin, blk->Win, NULL, 1));
+            if (blk->dconv >= 0) {
+                TRY(conv_fused(m, blk->dconv, c, in, N, blk->Hin, blk->Win, NULL, 0));
+                TRY(conv_fused(m, blk->conv2, in, a, N, blk->Hout, blk->Wout, c, 1));
+            } else {
+                TRY(conv_fused(m, blk->conv2, c, a, N, blk->Hout, blk->Wout, in, 1));
+                cur = (cur + 2) % 3;
+            }
+        }
+    }
+    const block_t *lb = &m->blocks[m->nblocks - 1];
+    TRY(bnl_avgpool_forward(m->feat, pp[cur], N, lb->Hout * lb->Wout, lb->cout));
+    return bnl_linear_forward(logits, m->feat, m->params + m->fc_w, m->params + m->fc_b, N, m->info.num_features,
+                              m->info.num_classes);
+}
+
 static bnl_status forward_impl(bnl_resnet *m, float *logits, const float *x, int N, int H, int W, int train) {
+    if (!train) return forward_eval(m, logits, x, N, H, W);
+    m->pk_valid = 0;   // running statistics move
     bn_t *stem = &m->bns[0];
     TRY(conv_fwd(m, &m->convs[0], stem->pre, x, N, H, W));
     TRY(bn_fwd(m, stem, N, train));
@@ -939,6 +1065,7 @@ bnl_status bnl_resnet_sgd_update(bnl_resnet *m, const bnl_sgd *o) {
             p[i] -= o->lr * d;
         }
     }
+    m->pk_valid = 0;
     return BNL_OK;
 }
 
@@ -1044,14 +1171,19 @@ bnl_status bnl_resnet_save_file(const bnl_resnet *m, const char *path) {
 // ---------------------------------------------------------------------------------------------
 // Synchronized BatchNorm, creation, checkpoint helpers
 
-void bnl_resnet_set_sync_bn(bnl_resnet *m, bnl_allreduce_fn fn, void *ctx) {
+bnl_status bnl_resnet_set_sync_bn(bnl_resnet *m, bnl_allreduce_fn fn, void *ctx) {
+    if (!m) return bnl_fail(BNL_ERR_ARG, "set_sync_bn: NULL model");
     if (fn && !m->sync_buf) {
         int maxc = 0;
         for (int i = 0; i < m->nbn; i++) maxc = m->bns[i].C > maxc ? m->bns[i].C : maxc;
         m->sync_buf = bnl_calloc(4 * (size_t)maxc + 2, sizeof(double));
-        if (!m->sync_buf) fn = NULL;   // cannot sync without the buffer: stay local
+        if (!m->sync_buf) {
+            m->sync_fn = NULL, m->sync_ctx = NULL;
+            return bnl_fail(BNL_ERR_NOMEM, "synchronized BatchNorm: out of memory for the reduction buffer");
+        }
     }
     m->sync_fn = fn, m->sync_ctx = ctx;
+    return BNL_OK;
 }
 
 bnl_status bnl_resnet_add_to_writer(const bnl_resnet *m, bnl_st_writer *w, void **keep) {

@@ -100,6 +100,11 @@ float *bnl_resnet_params(bnl_resnet *m, size_t *count);
 float *bnl_resnet_grads(bnl_resnet *m, size_t *count);
 float *bnl_resnet_momentum(bnl_resnet *m, size_t *count);
 float *bnl_resnet_stats(bnl_resnet *m, size_t *count);   // running means and variances
+// Eval mode runs on a cache: conv weights with their BatchNorm folded in, packed for the GEMM. It
+// is rebuilt after load, sgd_update, a train-mode forward, set_bn_config, and whenever one of the
+// pointers above (params, stats) is handed out. Writing through a pointer taken earlier, after an
+// eval forward: call this before the next forward.
+void bnl_resnet_params_changed(bnl_resnet *m);
 
 // BatchNorm layers, in order from the stem: names as in the state dict ("bn1", "layer1.0.bn1", ...).
 int bnl_resnet_bn_count(const bnl_resnet *m);
@@ -127,7 +132,8 @@ bnl_status bnl_resnet_add_to_writer(const bnl_resnet *m, struct bnl_st_writer *w
 // Cross-replica reduction for synchronized BatchNorm (data-parallel training): fn sums buf[0..n)
 // in place over all replicas. When set, every train-mode BatchNorm uses the statistics of the
 // global batch (forward) and the global sums of its backward. NULL turns it off.
+// BNL_ERR_NOMEM (and synchronization stays off) if its reduction buffer cannot be allocated.
 typedef bnl_status (*bnl_allreduce_fn)(void *ctx, double *buf, size_t n);
-void bnl_resnet_set_sync_bn(bnl_resnet *m, bnl_allreduce_fn fn, void *ctx);
+bnl_status bnl_resnet_set_sync_bn(bnl_resnet *m, bnl_allreduce_fn fn, void *ctx);
 
 #endif

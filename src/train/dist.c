@@ -196,12 +196,14 @@ static bnl_status sync_allreduce(void *ctx, double *buf, size_t n) {
 }
 #endif
 
-void bnl_dist_sync_bn(bnl_dist *d, bnl_resnet *m) {
-    if (!d || d->size == 1 || !m) return;   // one rank: local statistics are the global ones
+bnl_status bnl_dist_sync_bn(bnl_dist *d, bnl_resnet *m) {
+    if (!d || d->size == 1 || !m) return BNL_OK;   // one rank: local statistics are the global ones
 #ifdef BNL_HAVE_MPI
-    bnl_resnet_set_sync_bn(m, sync_allreduce, d);
+    bnl_status s = bnl_resnet_set_sync_bn(m, sync_allreduce, d);
+    if (s != BNL_OK) return s;
     d->sync = 1;
 #endif
+    return BNL_OK;
 }
 
 void bnl_dist_step_begin(bnl_dist *d) {

@@ -799,7 +799,8 @@ bnl_status bnl_train_run(const bnl_train_config *cfg, bnl_dist *dist, const bnl_
         if (!x || !logits || !labels || !perm || !idx || !seq) s = bnl_fail(BNL_ERR_NOMEM, "out of memory for batches");
     }
     if ((s = agree(r, s, &report)) != BNL_OK) goto done;
-    if (cfg->sync_bn) bnl_dist_sync_bn(dist, r->m);
+    if (cfg->sync_bn) s = bnl_dist_sync_bn(dist, r->m);
+    if ((s = agree(r, s, &report)) != BNL_OK) goto done;
 
     // schedule
     r->sched.kind = cfg->schedule;

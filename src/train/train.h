@@ -82,7 +82,7 @@ int bnl_dist_same_u64(bnl_dist *d, uint64_t v);
 // doubles). Each reduction is preceded by a one-int "did a rank fail" reduction, so that a rank
 // whose step fails (a non-finite loss) can release the ranks waiting in a BatchNorm reduction:
 // call bnl_dist_step_begin before and bnl_dist_step_end after every forward_backward.
-void bnl_dist_sync_bn(bnl_dist *d, bnl_resnet *m);
+bnl_status bnl_dist_sync_bn(bnl_dist *d, bnl_resnet *m);
 void bnl_dist_step_begin(bnl_dist *d);
 // ok: the step succeeded here. Returns the lowest rank whose step failed by itself (not because
 // another rank failed), or -1 when the step succeeded everywhere.

@@ -58,7 +58,7 @@ static void two_replicas(int sync, bnl_resnet_spec *sp, replica rep[2]) {
     for (int r = 0; r < 2; r++) {
         CHECK(bnl_resnet_create(&rep[r].m, sp, 7) == BNL_OK, "create: %s", bnl_last_error());
         rep[r].ctx.red = &red, rep[r].ctx.rank = r;
-        if (sync) bnl_resnet_set_sync_bn(rep[r].m, allreduce, &rep[r].ctx);
+        if (sync) CHECK(bnl_resnet_set_sync_bn(rep[r].m, allreduce, &rep[r].ctx) == BNL_OK, "set_sync_bn");
     }
     for (int r = 0; r < 2; r++) pthread_create(&th[r], NULL, run_replica, &rep[r]);
     for (int r = 0; r < 2; r++) pthread_join(th[r], NULL);
