@@ -8,6 +8,8 @@ const $ = (id) => document.getElementById(id);
 const SVG_NS = 'http://www.w3.org/2000/svg';
 const IMAGENET = { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
 const MAX_USER_IMAGES = 16;
+// web/serve.mjs lists this one last in models.json, after the trained demo model when it exists
+const FALLBACK = { url: '/fixtures/resnet/resnet50.weights.safetensors', name: 'ResNet-50 topology, narrow test fixture (untrained)' };
 
 const debug = (window.__bnlab = { ready: false, runs: 0, last: null, spread: null, model: null, train: [], precise: null, times: {}, errors: [] });
 
@@ -255,7 +257,7 @@ function showModel(d) {
   const notes = [];
   if (d.modified) notes.push('modified in this tab (reset restores the file)');
   if (!d.normFromModel) notes.push('your images: ImageNet mean/std (the file has none)');
-  if (/fixture/i.test(d.name)) notes.push('the fallback fixture is untrained: its class names mean nothing');
+  if (d.name === FALLBACK.name) notes.push('the fallback fixture is untrained: its class names mean nothing (demo-models/resnet50-procedural.safetensors is not there yet)');
   $('model-note').textContent = notes.join(' · ');
   $('model-note').className = d.modified ? 'note warn' : 'note';
   const ds = d.dataset;
@@ -320,7 +322,7 @@ async function loadDefaultModel() {
     const res = await fetch('models.json');
     if (res.ok) list = await res.json();
   } catch { /* served without the manifest: try the fallback */ }
-  if (!list.length) list = [{ url: 'fixtures/resnet/resnet50.weights.safetensors', name: 'ResNet-50 topology, narrow test fixture (untrained)' }];
+  if (!list.length) list = [FALLBACK];
   for (const m of list) {
     setStatus('busy', `fetching ${m.name}…`);
     try {
@@ -486,9 +488,12 @@ function drawStats(r) {
   renderPlot($('plot-mean'), mk(r.batchMean, r.runningMean, false));
   renderPlot($('plot-var'), mk(r.batchVar, r.runningVar, true));
   $('stats-title').textContent = `${r.layer} · ${C} channels · ${r.mode} mode · batch of ${r.B}`;
-  $('stats-readout').innerHTML = `${r.mode === 'train' ? 'normalizes with the <b>batch</b> statistics' : 'normalizes with the <b>running</b> statistics'} · ` +
+  $('stats-readout').innerHTML = `${r.mode === 'train' ? 'normalizes with the <b>batch</b> statistics' : 'normalizes with the <b>running</b> statistics (batch ones: what a train-mode forward of this batch computes)'} · ` +
     `|Δmean|/σ <b>${r.layerDist.dMean.toFixed(3)}</b> · |ln var ratio| <b>${r.layerDist.dVar.toFixed(3)}</b> · running stats from ${r.numBatchesTracked} batches` +
     `${r.updateRunning ? ' · <b>updated by this forward</b>' : ''}`;
+  if (lastSpread) {
+    $('spread-stale').textContent = lastSpread.layer === r.layer ? '' : `measured for ${lastSpread.layer}: press measure for ${r.layer}`;
+  }
   Object.assign(panel.dataset, {
     run: String(debug.runs), mode: r.mode, layer: r.layer, batchSize: String(r.B), used: uses,
     dMean: String(r.layerDist.dMean), dVar: String(r.layerDist.dVar), channels: String(C),
@@ -632,6 +637,7 @@ function drawSpread(progressPoints) {
     panel.dataset.layer = sp.layer;
     panel.dataset.spread = JSON.stringify(Object.fromEntries(sp.points.map((p) => [p.B, p.spread])));
     panel.dataset.c = String(sp.c);
+    $('spread-stale').textContent = '';
   }
 }
 

@@ -260,7 +260,16 @@ test('other weights load (a ResNet-18 fixture), then the default again', { skip:
   assert.equal((await debug()).model.info.bnLayers.length, before.model.info.bnLayers.length);
 });
 
-test('PreciseBN brings the running statistics to the batch statistics', { skip: SKIP, timeout: WAIT }, async () => {
+test('PreciseBN repairs running statistics spoiled by train-mode forwards of single images', { skip: SKIP, timeout: WAIT }, async () => {
+  // the forgotten .eval() on purpose: train-mode forwards of batches of 1 update the running stats
+  await runAfter(() => page.selectOption(tid('mode'), 'train'));
+  await runAfter(() => setBatch(1));
+  const spoilt = await runAfter(() => page.check('#update-running'));
+  for (let seed = 11; seed <= 14; seed++)
+    await runAfter(async () => { await page.fill('#seed', String(seed)); await page.dispatchEvent('#seed', 'change'); });
+  await runAfter(() => page.uncheck('#update-running'));
+  assert.equal(spoilt.updateRunning, 'true');
+  assert.match(await page.textContent('#model-note'), /modified/);
   await setBatch(32);
   await page.waitForFunction(() => window.__bnlab.last && window.__bnlab.last.B === 32, null, { timeout: WAIT });
   await waitReady();
