@@ -28,18 +28,30 @@ static int cmp_double(const void *a, const void *b) {
 
 #define BENCH_MAX_REPS 200
 
+static double cpu_ms(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+    return ts.tv_sec * 1e3 + ts.tv_nsec * 1e-6;
+}
+
+// Median CPU time (all threads) of the last time_median: on a shared machine, wall time includes
+// waiting for a core, CPU time does not.
+static double g_cpu_median;
+
 // Median wall time of reps calls after warm-up calls.
 typedef void (*bench_fn)(void *ctx);
 static double time_median(bench_fn fn, void *ctx, int reps) {
-    double t[BENCH_MAX_REPS];
+    double t[BENCH_MAX_REPS], c[BENCH_MAX_REPS];
     if (reps > BENCH_MAX_REPS) reps = BENCH_MAX_REPS;
     fn(ctx), fn(ctx);
     for (int i = 0; i < reps; i++) {
-        double t0 = now_ms();
+        double t0 = now_ms(), c0 = cpu_ms();
         fn(ctx);
-        t[i] = now_ms() - t0;
+        t[i] = now_ms() - t0, c[i] = cpu_ms() - c0;
     }
     qsort(t, (size_t)reps, sizeof(double), cmp_double);
+    qsort(c, (size_t)reps, sizeof(double), cmp_double);
+    g_cpu_median = c[reps / 2];
     return t[reps / 2];
 }
 
@@ -194,12 +206,12 @@ static int bench_resnet50(const char *mode, long batch, long size, int reps, con
         rc = cli_error("bench resnet50: %s", bnl_last_error());
     } else if (train) {
         printf("bench=resnet%ld.train_step.native ms=%.1f images_per_s=%.2f batch=%ld size=%ldx%ld threads=%d isa=%s "
-               "reps=%d\n", depth, t, 1000.0 * (double)batch / t, batch, size, size, threads,
-               bnl_isa_name(bnl_isa_active()), reps);
+               "reps=%d cpu_ms=%.1f\n", depth, t, 1000.0 * (double)batch / t, batch, size, size, threads,
+               bnl_isa_name(bnl_isa_active()), reps, g_cpu_median);
     } else {
         printf("bench=resnet%ld.forward.native ms=%.2f images_per_s=%.2f batch=%ld size=%ldx%ld threads=%d isa=%s "
-               "reps=%d\n", depth, t, 1000.0 * (double)batch / t, batch, size, size, threads,
-               bnl_isa_name(bnl_isa_active()), reps);
+               "reps=%d cpu_ms=%.2f\n", depth, t, 1000.0 * (double)batch / t, batch, size, size, threads,
+               bnl_isa_name(bnl_isa_active()), reps, g_cpu_median);
     }
     bnl_free(c.x), bnl_free(c.logits), bnl_free(c.labels);
     bnl_resnet_free(c.m);
@@ -234,8 +246,8 @@ static int bench_gemm(long M, long N, long K, int reps) {
         if (!bnl_isa_available((bnl_isa)isa)) continue;
         bnl_isa_force((bnl_isa)isa);
         double t = time_median(run_gemm, &g, reps);
-        printf("bench=gemm.nt.%s ms=%.3f gflops=%.1f M=%ld N=%ld K=%ld threads=%d\n", bnl_isa_name((bnl_isa)isa), t,
-               flop / t * 1e-6, M, N, K, bnl_threads_effective());
+        printf("bench=gemm.nt.%s ms=%.3f gflops=%.1f M=%ld N=%ld K=%ld threads=%d cpu_ms=%.3f\n",
+               bnl_isa_name((bnl_isa)isa), t, flop / t * 1e-6, M, N, K, bnl_threads_effective(), g_cpu_median);
     }
     bnl_isa_force(active);
     bnl_free(g.a), bnl_free(g.b), bnl_free(g.c);

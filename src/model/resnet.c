@@ -918,6 +918,34 @@ static bnl_status forward_eval(bnl_resnet *m, float *logits, const float *x, int
                               m->info.num_classes);
 }
 
+// Elementwise passes of the residual blocks, fused (each is one read of its inputs, one write):
+// y = relu(a + b), ReLU keeping NaN like torch.relu.
+static void add_relu(float *y, const float *a, const float *b, size_t n) {
+    int T = n >= ((size_t)1 << 17) ? bnl_threads_effective() : 1;
+    (void)T;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
+#endif
+    for (long long i = 0; i < (long long)n; i++) {
+        float v = a[i] + b[i];
+        y[i] = v < 0.0f ? 0.0f : v;
+    }
+}
+
+// g = (a + b) where y > 0, else 0: the gradient sum at a block input, through the ReLU that made
+// it (y is that ReLU's output). b == NULL: a alone; y == NULL: no ReLU.
+static void add_relu_backward(float *g, const float *a, const float *b, const float *y, size_t n) {
+    int T = n >= ((size_t)1 << 17) ? bnl_threads_effective() : 1;
+    (void)T;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
+#endif
+    for (long long i = 0; i < (long long)n; i++) {
+        float v = b ? a[i] + b[i] : a[i];   // both loads unconditional: the loop vectorizes
+        g[i] = !y || y[i] > 0.0f ? v : 0.0f;
+    }
+}
+
 static bnl_status forward_impl(bnl_resnet *m, float *logits, const float *x, int N, int H, int W, int train) {
     if (!train) return forward_eval(m, logits, x, N, H, W);
     m->pk_valid = 0;   // running statistics move
@@ -948,8 +976,7 @@ static bnl_status forward_impl(bnl_resnet *m, float *logits, const float *x, int
             shortcut = db->post;
         }
         size_t n = (size_t)N * blk->Hout * blk->Wout * blk->cout;
-        bnl_add_forward(blk->out, last->post, shortcut, n);
-        bnl_relu_forward(blk->out, blk->out, n);
+        add_relu(blk->out, last->post, shortcut, n);
     }
     const block_t *lb = &m->blocks[m->nblocks - 1];
     TRY(bnl_avgpool_forward(m->feat, lb->out, N, lb->Hout * lb->Wout, lb->cout));
@@ -1010,7 +1037,9 @@ bnl_status bnl_resnet_forward_backward(bnl_resnet *m, float *loss, float *logits
         int i1 = (g0 + 1) % 4, i2 = (g0 + 2) % 4, i3 = (g0 + 3) % 4;
         size_t nout = (size_t)N * blk->Hout * blk->Wout * blk->cout;
         size_t nin = (size_t)N * blk->Hin * blk->Win * blk->cin;
-        bnl_relu_backward(G[g0], G[g0], blk->out, nout);
+        if (b == m->nblocks - 1) add_relu_backward(G[g0], G[g0], NULL, blk->out, nout);
+        // (the ReLU of every other block's output was applied with its gradient's sum below)
+        const float *mask = b > 0 ? m->blocks[b - 1].out : NULL;   // this block's input = previous output
         bn_t *b1 = &m->bns[blk->bn1], *b2 = &m->bns[blk->bn2];
         const float *gmid;
         if (blk->bn3 >= 0) {
@@ -1031,9 +1060,9 @@ bnl_status bnl_resnet_forward_backward(bnl_resnet *m, float *loss, float *logits
             bn_t *db = &m->bns[blk->dbn];
             TRY(bn_bwd(m, db, G[i1], G[g0], N));
             TRY(conv_bwd(m, &m->convs[blk->dconv], G[i3], G[i1], blk->in, N, blk->Hin, blk->Win));
-            bnl_add_forward(G[i2], G[i2], G[i3], nin);
+            add_relu_backward(G[i2], G[i2], G[i3], mask, nin);
         } else {
-            bnl_add_forward(G[i2], G[i2], G[g0], nin);
+            add_relu_backward(G[i2], G[i2], G[g0], mask, nin);
         }
         g0 = i2;
     }
@@ -1056,7 +1085,12 @@ bnl_status bnl_resnet_sgd_update(bnl_resnet *m, const bnl_sgd *o) {
         const segment_t *sg = &m->segs[s];
         float wd = (sg->decay || !o->no_decay_bn_bias) ? o->weight_decay : 0.0f;
         float *p = m->params + sg->off, *g = m->grads + sg->off, *b = m->mom + sg->off;
-        for (size_t i = 0; i < sg->n; i++) {
+        int T = sg->n >= ((size_t)1 << 16) ? bnl_threads_effective() : 1;   // elementwise: any split, same bits
+        (void)T;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
+#endif
+        for (long long i = 0; i < (long long)sg->n; i++) {
             float d = g[i] + wd * p[i];
             if (o->momentum != 0.0f) {
                 b[i] = o->momentum * b[i] + d;

@@ -230,25 +230,13 @@ bnl_status bnl_conv2d_forward_fused(float *y, const float *x, const bnl_conv_pac
 // Backward
 
 // dx of a stride-1 convolution as a forward convolution of dy: flipped kernel, in and out
-// channels swapped, padding R-1-pad. wf: (C, R, S, K) with wf[c,r,s,k] = w[k, R-1-r, S-1-s, c].
+// channels swapped, padding R-1-pad. The engine reads the flipped kernel straight from w.
 static bnl_status dx_transposed(float *dx, const float *dy, const float *w, const bnl_conv_shape *s) {
     bnl_conv_shape t;
     bnl_status st = bnl_conv_shape_init(&t, s->N, s->P, s->Q, s->K, s->C, s->R, s->S, 1, s->R - 1 - s->pad);
     if (st != BNL_OK) return st;
-    size_t K = (size_t)s->K, C = (size_t)s->C, R = (size_t)s->R, S = (size_t)s->S;
-    float *wf = bnl_alloc(K * R * S * C * sizeof(float));
-    if (!wf) return bnl_fail(BNL_ERR_NOMEM, "conv2d_backward: out of memory for the flipped kernel");
-    for (size_t c = 0; c < C; c++)
-        for (size_t r = 0; r < R; r++)
-            for (size_t q = 0; q < S; q++) {
-                float *dst = wf + ((c * R + r) * S + q) * K;
-                const float *src = w + ((R - 1 - r) * S + (S - 1 - q)) * C + c;
-                for (size_t k = 0; k < K; k++) dst[k] = src[k * R * S * C];
-            }
-    bnl_gemm_src a = src_patches(dy, &t), b = src_strided(wf, 1, R * S * K);
-    st = conv_gemm(dx, &a, &b, NULL, NULL, 0, &t);
-    bnl_free(wf);
-    return st;
+    bnl_gemm_src a = src_patches(dy, &t), b = {BNL_SRC_FLIPPED, w, 0, 0, s, NULL};
+    return conv_gemm(dx, &a, &b, NULL, NULL, 0, &t);
 }
 
 // dx of any other convolution: dpatch = dy w in tiles of output pixels, then col2im.

@@ -78,33 +78,91 @@ static inline pix_t pix_decode(const bnl_conv_shape *s, const float *x, size_t p
     return r;
 }
 
-// dst[0, len) = entries [k0, k0+len) of the pixel's patch row (window order r, s, c; zeros in the
-// padding). Copies whole window rows at once where they lie inside the image.
+// The run of the pixel's patch row that starts at column k (window order r, s, c) and ends at
+// most at `end`: *len floats at the returned pointer, or zeros when it returns NULL (padding).
+// Whole window rows are one run where they lie inside the image.
+static inline const float *patch_run(const bnl_conv_shape *s, pix_t px, size_t k, size_t end, size_t *len) {
+    size_t C = (size_t)s->C, SC = (size_t)s->S * C;
+    size_t r = k / SC, rem = k - r * SC, run;
+    long h = px.h0 + (long)r;
+    const float *src = NULL;
+    if (h < 0 || h >= s->H) {
+        run = SC - rem;
+    } else if (px.w0 >= 0 && px.w0 + s->S <= s->W) {
+        run = SC - rem;
+        src = px.xn + ((size_t)h * (size_t)s->W + (size_t)px.w0) * C + rem;
+    } else {
+        size_t si = rem / C, c = rem - si * C;
+        long w = px.w0 + (long)si;
+        run = C - c;
+        if (w >= 0 && w < s->W) src = px.xn + ((size_t)h * (size_t)s->W + (size_t)w) * C + c;
+    }
+    *len = run < end - k ? run : end - k;
+    return src;
+}
+
+// dst[0, len) = entries [k0, k0+len) of the pixel's patch row.
 static void patch_row(float *restrict dst, const bnl_conv_shape *s, pix_t px, size_t k0, size_t len) {
-    size_t C = (size_t)s->C, SC = (size_t)s->S * C, k = k0, end = k0 + len;
-    int row_inside = px.w0 >= 0 && px.w0 + s->S <= s->W;
-    while (k < end) {
-        size_t r = k / SC, rem = k - r * SC;
-        long h = px.h0 + (long)r;
+    for (size_t k = k0, end = k0 + len; k < end;) {
         size_t run;
-        if (h < 0 || h >= s->H) {
-            run = SC - rem;
-            if (run > end - k) run = end - k;
-            memset(dst, 0, run * sizeof(float));
-        } else if (row_inside) {
-            run = SC - rem;
-            if (run > end - k) run = end - k;
-            memcpy(dst, px.xn + ((size_t)h * (size_t)s->W + (size_t)px.w0) * C + rem, run * sizeof(float));
-        } else {
-            size_t si = rem / C, c = rem - si * C;
-            long w = px.w0 + (long)si;
-            run = C - c;
-            if (run > end - k) run = end - k;
-            if (w < 0 || w >= s->W) memset(dst, 0, run * sizeof(float));
-            else memcpy(dst, px.xn + ((size_t)h * (size_t)s->W + (size_t)w) * C + c, run * sizeof(float));
-        }
+        const float *src = patch_run(s, px, k, end, &run);
+        if (src) memcpy(dst, src, run * sizeof(float));
+        else memset(dst, 0, run * sizeof(float));
         dst += run, k += run;
     }
+}
+
+// n <= nr floats; whole micro-panel rows as fixed-size copies (inlined vector moves).
+static inline void copy_piece(float *restrict dst, const float *restrict src, size_t n, size_t nr) {
+    if (n == nr && nr == 32) memcpy(dst, src, 32 * sizeof(float));
+    else if (n == nr && nr == 16) memcpy(dst, src, 16 * sizeof(float));
+    else if (n == nr && nr == 8) memcpy(dst, src, 8 * sizeof(float));
+    else if (src) memcpy(dst, src, n * sizeof(float));
+}
+
+// Row k of every B micro-panel (panel q at bp + q*ldp, [k][nr]) from a contiguous row of N floats.
+static void row_panels(float *restrict bp, size_t ldp, size_t nr, const float *src, size_t k, size_t N) {
+    size_t j = 0;
+    for (; j + nr <= N; j += nr) copy_piece(bp + (j / nr) * ldp + k * nr, src + j, nr, nr);
+    if (j < N) {
+        float *dst = bp + (j / nr) * ldp + k * nr;
+        memcpy(dst, src + j, (N - j) * sizeof(float));
+        memset(dst + (N - j), 0, (nr - (N - j)) * sizeof(float));
+    }
+}
+
+// Row k of every B micro-panel (panel q at bp + q*ldp, [k][nr]) from pixel pix's patch row:
+// B (pixels, N) = patches, columns past N zero. One walk over the window per pixel.
+static void patch_row_panels(float *restrict bp, size_t ldp, size_t nr, const bnl_conv_shape *s, const float *x,
+                             size_t pix, size_t k, size_t N) {
+    pix_t px = pix_decode(s, x, pix);
+    size_t j = 0;
+    while (j < N) {
+        size_t run;
+        const float *src = patch_run(s, px, j, N, &run);
+        while (run) {
+            size_t q = j / nr, c = j - q * nr, piece = nr - c < run ? nr - c : run;
+            float *dst = bp + q * ldp + k * nr + c;
+            if (src) copy_piece(dst, src, piece, nr), src += piece;
+            else memset(dst, 0, piece * sizeof(float));
+            j += piece, run -= piece;
+        }
+    }
+    size_t Np = (N + nr - 1) / nr * nr;
+    if (Np > N) memset(bp + (N / nr) * ldp + k * nr + (N % nr), 0, (Np - N) * sizeof(float));
+}
+
+// dst[q*ldd + i] = src[i*lds + q] for a 4x4 block, in 4-lane vectors (GCC/Clang vector extensions:
+// SSE on x86-64, simd128 in wasm).
+typedef float v4f __attribute__((vector_size(16)));
+static inline void transpose4(float *dst, size_t ldd, const float *src, size_t lds) {
+    v4f r0, r1, r2, r3;
+    memcpy(&r0, src, 16), memcpy(&r1, src + lds, 16), memcpy(&r2, src + 2 * lds, 16), memcpy(&r3, src + 3 * lds, 16);
+    v4f t0 = __builtin_shufflevector(r0, r1, 0, 4, 1, 5), t1 = __builtin_shufflevector(r0, r1, 2, 6, 3, 7);
+    v4f t2 = __builtin_shufflevector(r2, r3, 0, 4, 1, 5), t3 = __builtin_shufflevector(r2, r3, 2, 6, 3, 7);
+    v4f o0 = __builtin_shufflevector(t0, t2, 0, 1, 4, 5), o1 = __builtin_shufflevector(t0, t2, 2, 3, 6, 7);
+    v4f o2 = __builtin_shufflevector(t1, t3, 0, 1, 4, 5), o3 = __builtin_shufflevector(t1, t3, 2, 3, 6, 7);
+    memcpy(dst, &o0, 16), memcpy(dst + ldd, &o1, 16), memcpy(dst + 2 * ldd, &o2, 16), memcpy(dst + 3 * ldd, &o3, 16);
 }
 
 // Rows [i0, i0+mb) x depth [k0, k0+kb) of A into ap: row r at ap[r*kc], rows up to the next
@@ -116,12 +174,21 @@ static void pack_a(float *restrict ap, const bnl_gemm_kernels *kt, const bnl_gem
         for (size_t r = 0; r < mb; r++) patch_row(ap + r * kc, a->conv, pix_decode(a->conv, a->p, i0 + r), k0, kb);
     } else if (a->s1 == 1) {
         for (size_t r = 0; r < mb; r++) memcpy(ap + r * kc, a->p + (i0 + r) * a->s0 + k0, kb * sizeof(float));
-    } else {
-        // transposed A (rows strided, columns contiguous): read along rows of the source
-        for (size_t k = 0; k < kb; k++) {
-            const float *src = a->p + i0 * a->s0 + (k0 + k) * a->s1;
-            for (size_t r = 0; r < mb; r++) ap[r * kc + k] = src[r * a->s0];
+    } else if (a->s0 == 1) {
+        // transposed A (A^T row-major: rows of A are columns of the source), 4x4 blocks
+        const float *src = a->p + i0 + k0 * a->s1;
+        size_t r = 0, s1 = a->s1;
+        for (; r + 4 <= mb; r += 4) {
+            size_t k = 0;
+            for (; k + 4 <= kb; k += 4) transpose4(ap + r * kc + k, kc, src + k * s1 + r, s1);
+            for (; k < kb; k++)
+                for (size_t q = 0; q < 4; q++) ap[(r + q) * kc + k] = src[k * s1 + r + q];
         }
+        for (; r < mb; r++)
+            for (size_t k = 0; k < kb; k++) ap[r * kc + k] = src[k * s1 + r];
+    } else {
+        for (size_t r = 0; r < mb; r++)
+            for (size_t k = 0; k < kb; k++) ap[r * kc + k] = a->p[(i0 + r) * a->s0 + (k0 + k) * a->s1];
     }
     for (size_t r = mb; r < mbp; r++) memset(ap + r * kc, 0, kb * sizeof(float));
 }
@@ -135,9 +202,19 @@ static void pack_b_panel(float *restrict bp, size_t nr, const bnl_gemm_src *b, s
             patch_row(bp + k * nr, b->conv, pix_decode(b->conv, b->p, k0 + k), j, nb);
             if (nb < nr) memset(bp + k * nr + nb, 0, (nr - nb) * sizeof(float));
         }
+    } else if (b->kind == BNL_SRC_FLIPPED) {
+        // B (k = (r, s, o), j = c) = w[o, R-1-r, S-1-s, c]: the transposed convolution's kernel
+        const bnl_conv_shape *cs = b->conv;
+        size_t K = (size_t)cs->K, S = (size_t)cs->S, C = (size_t)cs->C, R = (size_t)cs->R;
+        for (size_t k = 0; k < kb; k++) {
+            size_t kk = k0 + k, o = kk % K, rs = kk / K, r = rs / S, q = rs % S;
+            const float *src = b->p + ((o * R + (R - 1 - r)) * S + (S - 1 - q)) * C + j;
+            copy_piece(bp + k * nr, src, nb, nr);
+            if (nb < nr) memset(bp + k * nr + nb, 0, (nr - nb) * sizeof(float));
+        }
     } else if (b->s1 == 1) {
         for (size_t k = 0; k < kb; k++) {
-            memcpy(bp + k * nr, b->p + (k0 + k) * b->s0 + j, nb * sizeof(float));
+            copy_piece(bp + k * nr, b->p + (k0 + k) * b->s0 + j, nb, nr);
             if (nb < nr) memset(bp + k * nr + nb, 0, (nr - nb) * sizeof(float));
         }
     } else {
@@ -198,49 +275,53 @@ typedef struct {
     float *scratch;
 } engine_t;
 
-// One task: rows [i0,i1) x columns [j0,j1) of C, all of K.
+// One register tile: rows [row, row+m) x columns [j, j+nb) of C from a packed A micro-panel and a
+// packed B micro-panel, kb deep. Edge tiles run the same kernel on a padded copy, then the same
+// epilogue in scalar code (bitwise what the kernel's own epilogue gives).
+static void do_tile(const bnl_gemm_call *g, const bnl_gemm_kernels *kt, const float *a, const float *b, float *edge,
+                    size_t row, size_t m, size_t j, size_t nb, size_t kb, int load_c, int last) {
+    size_t mr = (size_t)kt->mr, nr = (size_t)kt->nr;
+    float *c = g->C + row * g->ldc + j;
+    bnl_gemm_epi epi = {g->bias ? g->bias + j : NULL, g->res ? g->res + row * g->ldr + j : NULL, g->ldr, g->relu};
+    const bnl_gemm_epi *ep = last && (g->bias || g->res || g->relu) ? &epi : NULL;
+    if (m == mr && nb == nr) {
+        kt->ukernel(kb, a, b, c, g->ldc, load_c, ep);
+        return;
+    }
+    if (load_c) {
+        memset(edge, 0, mr * nr * sizeof(float));
+        for (size_t r = 0; r < m; r++) memcpy(edge + r * nr, c + r * g->ldc, nb * sizeof(float));
+    }
+    kt->ukernel(kb, a, b, edge, nr, load_c, NULL);
+    for (size_t r = 0; r < m; r++)
+        for (size_t q = 0; q < nb; q++) c[r * g->ldc + q] = ep ? epi_one(edge[r * nr + q], ep, r, q) : edge[r * nr + q];
+}
+
+// B micro-panel for columns [j, ...) and depth [k0, k0+kb): from the whole packed B, or packed now.
+static const float *b_panel(const bnl_gemm_call *g, const float *bpacked, float *bp, size_t nr, size_t k0, size_t kb,
+                            size_t j, size_t nb) {
+    if (bpacked) return bpacked + (j / nr) * g->K * nr + k0 * nr;
+    pack_b_panel(bp, nr, &g->b, k0, kb, j, nb, NULL);
+    return bp;
+}
+
+// One task: rows [i0,i1) x columns [j0,j1) of C, all of K. Per KC pass the A block is packed once
+// and every B micro-panel (L1-resident) sweeps over it (L2-resident).
 static void run_task(const engine_t *e, float *scratch, size_t i0, size_t i1, size_t j0, size_t j1) {
     const bnl_gemm_call *g = e->g;
     const bnl_gemm_kernels *kt = e->kt;
     size_t mr = (size_t)kt->mr, nr = (size_t)kt->nr, kc = (size_t)kt->kc;
     float *ap = scratch, *bp = ap + e->mc * kc, *edge = bp + kc * nr;
     size_t mb = i1 - i0;
-    int has_epi = g->bias || g->res || g->relu;
     for (size_t k0 = 0; k0 < g->K; k0 += kc) {
         size_t kb = g->K - k0 < kc ? g->K - k0 : kc;
         int load_c = g->accumulate || k0 > 0, last = k0 + kb == g->K;
         pack_a(ap, kt, &g->a, i0, mb, k0, kb);
         for (size_t j = j0; j < j1; j += nr) {
             size_t nb = j1 - j < nr ? j1 - j : nr;
-            const float *b;
-            if (e->bpacked) {
-                b = e->bpacked + (j / nr) * g->K * nr + k0 * nr;
-            } else if (g->b.kind == BNL_SRC_PACKED) {
-                b = g->b.p + (j / nr) * g->K * nr + k0 * nr;
-            } else {
-                pack_b_panel(bp, nr, &g->b, k0, kb, j, nb, NULL);
-                b = bp;
-            }
-            for (size_t p = 0; p < mb; p += mr) {
-                size_t m = mb - p < mr ? mb - p : mr, row = i0 + p;
-                float *c = g->C + row * g->ldc + j;
-                bnl_gemm_epi epi = {g->bias ? g->bias + j : NULL, g->res ? g->res + row * g->ldr + j : NULL, g->ldr,
-                                    g->relu};
-                const bnl_gemm_epi *ep = last && has_epi ? &epi : NULL;
-                if (m == mr && nb == nr) {
-                    kt->ukernel(kb, ap + p * kc, b, c, g->ldc, load_c, ep);
-                    continue;
-                }
-                // edge: the same kernel on a padded copy, then the same epilogue in scalar code
-                if (load_c) {
-                    memset(edge, 0, mr * nr * sizeof(float));
-                    for (size_t r = 0; r < m; r++) memcpy(edge + r * nr, c + r * g->ldc, nb * sizeof(float));
-                }
-                kt->ukernel(kb, ap + p * kc, b, edge, nr, load_c, NULL);
-                for (size_t r = 0; r < m; r++)
-                    for (size_t q = 0; q < nb; q++)
-                        c[r * g->ldc + q] = ep ? epi_one(edge[r * nr + q], ep, r, q) : edge[r * nr + q];
-            }
+            const float *b = b_panel(g, e->bpacked, bp, nr, k0, kb, j, nb);
+            for (size_t p = 0; p < mb; p += mr)
+                do_tile(g, kt, ap + p * kc, b, edge, i0 + p, mb - p < mr ? mb - p : mr, j, nb, kb, load_c, last);
         }
     }
 }
@@ -249,6 +330,71 @@ static void run_task_index(const engine_t *e, float *scratch, size_t t) {
     const bnl_gemm_call *g = e->g;
     size_t i0 = (t / e->nt) * e->mc, j0 = (t % e->nt) * e->nc;
     run_task(e, scratch, i0, i0 + e->mc < g->M ? i0 + e->mc : g->M, j0, j0 + e->nc < g->N ? j0 + e->nc : g->N);
+}
+
+// K outer, for reductions much longer than C is wide or tall (weight gradients: K = pixels): per
+// KC pass, all of A and all of B are packed once (threads share the work), then every tile adds
+// its pass into C. The tiles compute exactly what a task would (same passes, same order), so the
+// choice between the two schedules never changes a bit.
+static void run_kouter(const engine_t *e, int T, float *abuf, float *bbuf, float *edges) {
+    const bnl_gemm_call *g = e->g;
+    const bnl_gemm_kernels *kt = e->kt;
+    size_t mr = (size_t)kt->mr, nr = (size_t)kt->nr, kc = (size_t)kt->kc;
+    long long mp = (long long)cdiv(g->M, mr), np = (long long)cdiv(g->N, nr);
+    int packed = g->b.kind == BNL_SRC_PACKED;
+    (void)T;
+#ifdef _OPENMP
+#pragma omp parallel num_threads(T) if (T > 1)
+#endif
+    {
+#ifdef _OPENMP
+        float *edge = edges + (size_t)omp_get_thread_num() * mr * nr;
+#else
+        float *edge = edges;
+#endif
+        for (size_t k0 = 0; k0 < g->K; k0 += kc) {
+            size_t kb = g->K - k0 < kc ? g->K - k0 : kc;
+            int load_c = g->accumulate || k0 > 0, last = k0 + kb == g->K;
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+            for (long long p = 0; p < mp; p++) {
+                size_t i0 = (size_t)p * mr;
+                pack_a(abuf + i0 * kc, kt, &g->a, i0, g->M - i0 < mr ? g->M - i0 : mr, k0, kb);
+            }
+            if (g->b.kind == BNL_SRC_PATCHES) {
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+                for (long long k = 0; k < (long long)kb; k++)
+                    patch_row_panels(bbuf, kc * nr, nr, g->b.conv, g->b.p, k0 + (size_t)k, (size_t)k, g->N);
+            } else if (g->b.kind == BNL_SRC_STRIDED && g->b.s1 == 1) {
+                // rows of B contiguous (weight gradient of a 1x1 conv: B = x): one pass per row
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+                for (long long k = 0; k < (long long)kb; k++)
+                    row_panels(bbuf, kc * nr, nr, g->b.p + (k0 + (size_t)k) * g->b.s0, (size_t)k, g->N);
+            } else if (!packed) {
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+                for (long long q = 0; q < np; q++) {
+                    size_t j = (size_t)q * nr;
+                    pack_b_panel(bbuf + (size_t)q * kc * nr, nr, &g->b, k0, kb, j, g->N - j < nr ? g->N - j : nr, NULL);
+                }
+            }
+#ifdef _OPENMP
+#pragma omp for schedule(static)
+#endif
+            for (long long t = 0; t < mp * np; t++) {
+                size_t q = (size_t)(t / mp), p = (size_t)(t % mp), j = q * nr, i0 = p * mr;
+                const float *b = packed ? g->b.p + q * g->K * nr + k0 * nr : bbuf + q * kc * nr;
+                do_tile(g, kt, abuf + i0 * kc, b, edge, i0, g->M - i0 < mr ? g->M - i0 : mr, j,
+                        g->N - j < nr ? g->N - j : nr, kb, load_c, last);
+            }
+        }
+    }
 }
 
 bnl_status bnl_gemm_run(const bnl_gemm_call *g) {
@@ -267,9 +413,23 @@ bnl_status bnl_gemm_run(const bnl_gemm_call *g) {
     }
     size_t mr = (size_t)kt->mr, nr = (size_t)kt->nr, kc = (size_t)kt->kc;
     int T = threads_for_work(2.0 * (double)g->M * (double)g->N * (double)g->K);
-    // Task grid: blocks of equal size (multiples of the tile). With threads, split further until
-    // every thread has work and the count divides evenly (or there are plenty).
-    size_t mt = cdiv(g->M, (size_t)kt->mc), nt = cdiv(g->N, (size_t)kt->nc);
+    engine_t e = {g, kt, NULL, 0, 0, 0, 0, 0, NULL};
+
+    // K outer for long reductions (the shape decides, never the thread count)
+    size_t Mp = round_up(g->M, mr), Np = round_up(g->N, nr);
+    if (g->K > g->M && g->K > g->N && g->K >= 2 * kc && (Mp + Np) * kc <= ((size_t)1 << 23)) {
+        size_t nbb = g->b.kind == BNL_SRC_PACKED ? 0 : Np * kc;
+        float *buf = bnl_alloc((Mp * kc + nbb + (size_t)(T > 0 ? T : 1) * mr * nr + 16) * sizeof(float));
+        if (buf) {
+            run_kouter(&e, T, buf, buf + Mp * kc, buf + Mp * kc + nbb);
+            bnl_free(buf);
+            return BNL_OK;
+        }
+    }
+
+    // Tasks: row blocks of equal size (multiples of mr), all columns at once; with threads, split
+    // further until every thread has work and the count divides evenly (or there are plenty).
+    size_t mt = cdiv(g->M, (size_t)kt->mc), nt = 1;
     if (T > 1) {
         for (;;) {
             size_t n = mt * nt;
@@ -280,7 +440,6 @@ bnl_status bnl_gemm_run(const bnl_gemm_call *g) {
             else break;
         }
     }
-    engine_t e = {g, kt, NULL, 0, 0, 0, 0, 0, NULL};
     e.mc = round_up(cdiv(g->M, mt), mr), e.nc = round_up(cdiv(g->N, nt), nr);
     e.mt = cdiv(g->M, e.mc), e.nt = cdiv(g->N, e.nc);
     size_t ntasks = e.mt * e.nt;
@@ -291,11 +450,13 @@ bnl_status bnl_gemm_run(const bnl_gemm_call *g) {
     if (!e.scratch) return bnl_fail(BNL_ERR_NOMEM, "gemm: out of memory for %zu x %zu packing buffers", e.mc, kc);
     // B packed once for all tasks when several row blocks would each pack it again (and it is not huge)
     float *bfull = NULL;
-    if (g->b.kind != BNL_SRC_PACKED && e.mt > 1 && bnl_gemm_packed_floats(kt, g->N, g->K) <= ((size_t)1 << 22)) {
+    if (g->b.kind == BNL_SRC_PACKED) {
+        e.bpacked = g->b.p;
+    } else if (e.mt > 1 && bnl_gemm_packed_floats(kt, g->N, g->K) <= ((size_t)1 << 22)) {
         bfull = bnl_alloc(bnl_gemm_packed_floats(kt, g->N, g->K) * sizeof(float));
         if (bfull) bnl_gemm_pack_b(bfull, kt, &g->b, g->N, g->K, NULL);
+        e.bpacked = bfull;
     }
-    e.bpacked = bfull;
     if (T <= 1) {
         for (size_t t = 0; t < ntasks; t++) run_task_index(&e, e.scratch, t);
     } else {

@@ -61,13 +61,15 @@ typedef enum bnl_gemm_src_kind {
                            // (n,p,q), column = window offset (r,s,c) of input x = p (NHWC, zeros
                            // in the padding). As A: A = patches (M = pixels); as B: B = patches (K = pixels)
     BNL_SRC_PACKED,        // B only: already packed by bnl_gemm_pack_b for this kernel table
+    BNL_SRC_FLIPPED,       // B only: the kernel of a transposed convolution, read from the weights
+                           // w = p (K,R,S,C) of convolution `conv`: B(k = (r,s,o), j = c) = w[o,R-1-r,S-1-s,c]
 } bnl_gemm_src_kind;
 
 typedef struct bnl_gemm_src {
     bnl_gemm_src_kind kind;
     const float *p;
     size_t s0, s1;                 // STRIDED
-    const bnl_conv_shape *conv;    // PATCHES
+    const bnl_conv_shape *conv;    // PATCHES, FLIPPED
     const bnl_gemm_kernels *kt;    // PACKED: the table it was packed for
 } bnl_gemm_src;
 

@@ -353,6 +353,11 @@ static void test_conv(void) {
     test_conv_case(1, 9, 8, 24, 48, 1, 2, 0);
     test_conv_case(1, 6, 6, 5, 7, 3, 1, 0);
     test_conv_case(1, 5, 5, 3, 2, 3, 1, 2);
+    // many pixels: the weight gradient runs K outer (K = pixels), patches packed per pixel row
+    test_conv_case(2, 20, 20, 16, 8, 3, 1, 1);
+    test_conv_case(4, 24, 24, 3, 16, 7, 2, 3);
+    test_conv_case(1, 24, 24, 40, 24, 1, 1, 0);
+    test_conv_case(3, 17, 15, 36, 20, 3, 2, 1);
 }
 
 int main(void) {
