@@ -108,7 +108,7 @@ function makeScale(spec, r0, r1) {
   }
   if (max - min < 1e-12) { const c = min; min = c - (Math.abs(c) || 1) * 0.5; max = c + (Math.abs(c) || 1) * 0.5; }
   if (!spec.exact) { const pad = (max - min) * 0.06; if (spec.min !== 0 || min < 0) min -= pad; max += pad; }
-  const step = niceStep(max - min, spec.nticks || 5);
+  const step = spec.integer ? Math.max(1, niceStep(max - min, spec.nticks || 5)) : niceStep(max - min, spec.nticks || 5);
   const ticks = spec.ticks || [];
   if (!spec.ticks) for (let t = Math.ceil(min / step) * step; t <= max + step * 1e-6; t += step) ticks.push(Math.abs(t) < step * 1e-9 ? 0 : t);
   const f = (v) => r0 + ((v - min) / (max - min)) * (r1 - r0);
@@ -473,7 +473,7 @@ function drawStats(r) {
     const r0 = C > 300 ? 1.3 : C > 100 ? 1.8 : 2.6;
     return {
       height: 190,
-      x: { type: 'lin', min: -0.5, max: C - 0.5, exact: true, label: `channel (${C}, sorted by running value)`, hideTicks: C > 1 && false, format: (v) => String(Math.round(v)) },
+      x: { type: 'lin', min: -0.5, max: C - 0.5, exact: true, label: `channel (${C}, sorted by running value)`, integer: true },
       y: { type: log ? 'log' : 'lin', min: lo, max: hi, label: log ? 'variance' : 'mean' },
       series: [
         { kind: 'line', points: runPts, color: COLORS.running, width: strong('running') ? 2.4 : 1.3, dash: strong('running') ? null : '4 3', opacity: strong('running') ? 1 : 0.8 },
@@ -536,7 +536,8 @@ function drawOverview(r) {
 function drawProbe(r) {
   const labels = model.info.labels;
   const dsNames = model.dataset.names || [];
-  const sameClasses = !labels || labels.every((l, k) => l === dsNames[k]);
+  // the true class is marked only when the model's classes are the dataset's (trained on it)
+  const sameClasses = !!labels && labels.every((l, k) => l === dsNames[k]);
   const nameOf = (k) => (labels && labels[k] != null ? labels[k] : `class ${k}`);
   const truth = r.probe.label != null && sameClasses ? r.probe.label : null;
   $('probe-label').textContent = r.probe.fromUser ? 'your image' : `procedural: ${dsNames[r.probe.label] ?? r.probe.label}`;
