@@ -220,7 +220,17 @@ static void pack_b_panel(float *restrict bp, size_t nr, const bnl_gemm_src *b, s
     } else {
         if (nb < nr)
             for (size_t k = 0; k < kb; k++) memset(bp + k * nr + nb, 0, (nr - nb) * sizeof(float));
-        for (size_t c = 0; c < nb; c++) {
+        size_t c = 0;
+        if (b->s0 == 1) {   // B^T row-major (weights (N,K) in a forward): 4x4 transposes
+            for (; c + 4 <= nb; c += 4) {
+                const float *src = b->p + k0 + (j + c) * b->s1;
+                size_t k = 0;
+                for (; k + 4 <= kb; k += 4) transpose4(bp + k * nr + c, nr, src + k, b->s1);
+                for (; k < kb; k++)
+                    for (size_t q = 0; q < 4; q++) bp[k * nr + c + q] = src[q * b->s1 + k];
+            }
+        }
+        for (; c < nb; c++) {
             const float *src = b->p + k0 * b->s0 + (j + c) * b->s1;
             for (size_t k = 0; k < kb; k++) bp[k * nr + c] = src[k * b->s0];
         }
