@@ -343,15 +343,18 @@ static void run_task_index(const engine_t *e, float *scratch, size_t t) {
 }
 
 // K outer, for reductions much longer than C is wide or tall (weight gradients: K = pixels): per
-// KC pass, all of A and all of B are packed once (threads share the work), then every tile adds
-// its pass into C. The tiles compute exactly what a task would (same passes, same order), so the
-// choice between the two schedules never changes a bit.
-static void run_kouter(const engine_t *e, int T, float *abuf, float *bbuf, float *edges) {
+// round of S passes of KC, all of A and all of B are packed once (threads share the work), then
+// every tile adds its S passes into C, in order. The tiles compute exactly what a task would (same
+// passes, same order), so the choice between the two schedules never changes a bit. S passes per
+// round: two barriers per round, not per pass.
+static void run_kouter(const engine_t *e, int T, size_t S, float *abuf, float *bbuf, float *edges) {
     const bnl_gemm_call *g = e->g;
     const bnl_gemm_kernels *kt = e->kt;
     size_t mr = (size_t)kt->mr, nr = (size_t)kt->nr, kc = (size_t)kt->kc;
-    long long mp = (long long)cdiv(g->M, mr), np = (long long)cdiv(g->N, nr);
+    size_t mp = cdiv(g->M, mr), np = cdiv(g->N, nr), asz = mp * mr * kc, bsz = np * nr * kc;
     int packed = g->b.kind == BNL_SRC_PACKED;
+    // B rows come from a contiguous row (1x1 conv: x) or a patch row: one item per row, all panels
+    int by_row = g->b.kind == BNL_SRC_PATCHES || (g->b.kind == BNL_SRC_STRIDED && g->b.s1 == 1);
     (void)T;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(T) if (T > 1)
@@ -362,46 +365,41 @@ static void run_kouter(const engine_t *e, int T, float *abuf, float *bbuf, float
 #else
         float *edge = edges;
 #endif
-        for (size_t k0 = 0; k0 < g->K; k0 += kc) {
-            size_t kb = g->K - k0 < kc ? g->K - k0 : kc;
-            int load_c = g->accumulate || k0 > 0, last = k0 + kb == g->K;
+        for (size_t r0 = 0; r0 < g->K; r0 += S * kc) {
+            size_t ns = cdiv(g->K - r0 < S * kc ? g->K - r0 : S * kc, kc);   // passes this round
+            size_t nb_items = packed ? 0 : by_row ? kc : np;
+            long long items = (long long)(ns * (mp + nb_items));
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-            for (long long p = 0; p < mp; p++) {
-                size_t i0 = (size_t)p * mr;
-                pack_a(abuf + i0 * kc, kt, &g->a, i0, g->M - i0 < mr ? g->M - i0 : mr, k0, kb);
-            }
-            if (g->b.kind == BNL_SRC_PATCHES) {
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-                for (long long k = 0; k < (long long)kb; k++)
-                    patch_row_panels(bbuf, kc * nr, nr, g->b.conv, g->b.p, k0 + (size_t)k, (size_t)k, g->N);
-            } else if (g->b.kind == BNL_SRC_STRIDED && g->b.s1 == 1) {
-                // rows of B contiguous (weight gradient of a 1x1 conv: B = x): one pass per row
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-                for (long long k = 0; k < (long long)kb; k++)
-                    row_panels(bbuf, kc * nr, nr, g->b.p + (k0 + (size_t)k) * g->b.s0, (size_t)k, g->N);
-            } else if (!packed) {
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-                for (long long q = 0; q < np; q++) {
-                    size_t j = (size_t)q * nr;
-                    pack_b_panel(bbuf + (size_t)q * kc * nr, nr, &g->b, k0, kb, j, g->N - j < nr ? g->N - j : nr, NULL);
+            for (long long it = 0; it < items; it++) {
+                size_t si = (size_t)it / (mp + nb_items), w = (size_t)it % (mp + nb_items);
+                size_t k0 = r0 + si * kc, kb = g->K - k0 < kc ? g->K - k0 : kc;
+                float *ab = abuf + si * asz, *bb = bbuf + si * bsz;
+                if (w < mp) {
+                    size_t i0 = w * mr;
+                    pack_a(ab + i0 * kc, kt, &g->a, i0, g->M - i0 < mr ? g->M - i0 : mr, k0, kb);
+                } else if (by_row) {
+                    size_t k = w - mp;
+                    if (k >= kb) continue;
+                    if (g->b.kind == BNL_SRC_PATCHES) patch_row_panels(bb, kc * nr, nr, g->b.conv, g->b.p, k0 + k, k, g->N);
+                    else row_panels(bb, kc * nr, nr, g->b.p + (k0 + k) * g->b.s0, k, g->N);
+                } else {
+                    size_t j = (w - mp) * nr;
+                    pack_b_panel(bb + (w - mp) * kc * nr, nr, &g->b, k0, kb, j, g->N - j < nr ? g->N - j : nr, NULL);
                 }
             }
 #ifdef _OPENMP
 #pragma omp for schedule(static)
 #endif
-            for (long long t = 0; t < mp * np; t++) {
-                size_t q = (size_t)(t / mp), p = (size_t)(t % mp), j = q * nr, i0 = p * mr;
-                const float *b = packed ? g->b.p + q * g->K * nr + k0 * nr : bbuf + q * kc * nr;
-                do_tile(g, kt, abuf + i0 * kc, b, edge, i0, g->M - i0 < mr ? g->M - i0 : mr, j,
-                        g->N - j < nr ? g->N - j : nr, kb, load_c, last);
+            for (long long t = 0; t < (long long)(mp * np); t++) {
+                size_t q = (size_t)t / mp, p = (size_t)t % mp, j = q * nr, i0 = p * mr;
+                for (size_t si = 0; si < ns; si++) {
+                    size_t k0 = r0 + si * kc, kb = g->K - k0 < kc ? g->K - k0 : kc;
+                    const float *b = packed ? g->b.p + q * g->K * nr + k0 * nr : bbuf + si * bsz + q * kc * nr;
+                    do_tile(g, kt, abuf + si * asz + i0 * kc, b, edge, i0, g->M - i0 < mr ? g->M - i0 : mr, j,
+                            g->N - j < nr ? g->N - j : nr, kb, g->accumulate || k0 > 0, k0 + kb == g->K);
+                }
             }
         }
     }
@@ -427,11 +425,15 @@ bnl_status bnl_gemm_run(const bnl_gemm_call *g) {
 
     // K outer for long reductions (the shape decides, never the thread count)
     size_t Mp = round_up(g->M, mr), Np = round_up(g->N, nr);
-    if (g->K > g->M && g->K > g->N && g->K >= 2 * kc && (Mp + Np) * kc <= ((size_t)1 << 23)) {
-        size_t nbb = g->b.kind == BNL_SRC_PACKED ? 0 : Np * kc;
-        float *buf = bnl_alloc((Mp * kc + nbb + (size_t)(T > 0 ? T : 1) * mr * nr + 16) * sizeof(float));
+    if (g->K > g->M && g->K > g->N && g->K >= 2 * kc && (Mp + Np) * kc <= ((size_t)1 << 22)) {
+        size_t S = ((size_t)1 << 21) / ((Mp + Np) * kc);   // passes per round: ~8 MB of packed operands
+        if (S > 8) S = 8;
+        if (S < 1) S = 1;
+        if (S > cdiv(g->K, kc)) S = cdiv(g->K, kc);
+        size_t nbb = g->b.kind == BNL_SRC_PACKED ? 0 : S * Np * kc;
+        float *buf = bnl_alloc((S * Mp * kc + nbb + (size_t)(T > 0 ? T : 1) * mr * nr + 16) * sizeof(float));
         if (buf) {
-            run_kouter(&e, T, buf, buf + Mp * kc, buf + Mp * kc + nbb);
+            run_kouter(&e, T, S, buf, buf + S * Mp * kc, buf + S * Mp * kc + nbb);
             bnl_free(buf);
             return BNL_OK;
         }
