@@ -101,23 +101,36 @@ static inline const float *patch_run(const bnl_conv_shape *s, pix_t px, size_t k
     return src;
 }
 
+// Short runs (the stem's 3-channel window rows) are copied inline: a libc call per 21 floats costs
+// more than the copy.
+static inline void copy_run(float *restrict dst, const float *restrict src, size_t n) {
+    if (n > 48) {
+        if (src) memcpy(dst, src, n * sizeof(float));
+        else memset(dst, 0, n * sizeof(float));
+    } else if (src) {
+        for (size_t i = 0; i < n; i++) dst[i] = src[i];
+    } else {
+        for (size_t i = 0; i < n; i++) dst[i] = 0.0f;
+    }
+}
+
 // dst[0, len) = entries [k0, k0+len) of the pixel's patch row.
 static void patch_row(float *restrict dst, const bnl_conv_shape *s, pix_t px, size_t k0, size_t len) {
     for (size_t k = k0, end = k0 + len; k < end;) {
         size_t run;
         const float *src = patch_run(s, px, k, end, &run);
-        if (src) memcpy(dst, src, run * sizeof(float));
-        else memset(dst, 0, run * sizeof(float));
+        copy_run(dst, src, run);
         dst += run, k += run;
     }
 }
 
-// n <= nr floats; whole micro-panel rows as fixed-size copies (inlined vector moves).
+// n <= nr floats (zeros when src is NULL); whole micro-panel rows as fixed-size copies (inlined
+// vector moves).
 static inline void copy_piece(float *restrict dst, const float *restrict src, size_t n, size_t nr) {
-    if (n == nr && nr == 32) memcpy(dst, src, 32 * sizeof(float));
-    else if (n == nr && nr == 16) memcpy(dst, src, 16 * sizeof(float));
-    else if (n == nr && nr == 8) memcpy(dst, src, 8 * sizeof(float));
-    else if (src) memcpy(dst, src, n * sizeof(float));
+    if (src && n == nr && nr == 32) memcpy(dst, src, 32 * sizeof(float));
+    else if (src && n == nr && nr == 16) memcpy(dst, src, 16 * sizeof(float));
+    else if (src && n == nr && nr == 8) memcpy(dst, src, 8 * sizeof(float));
+    else copy_run(dst, src, n);   // NULL src: zeros
 }
 
 // Row k of every B micro-panel (panel q at bp + q*ldp, [k][nr]) from a contiguous row of N floats.
@@ -143,8 +156,8 @@ static void patch_row_panels(float *restrict bp, size_t ldp, size_t nr, const bn
         while (run) {
             size_t q = j / nr, c = j - q * nr, piece = nr - c < run ? nr - c : run;
             float *dst = bp + q * ldp + k * nr + c;
-            if (src) copy_piece(dst, src, piece, nr), src += piece;
-            else memset(dst, 0, piece * sizeof(float));
+            copy_piece(dst, src, piece, nr);
+            if (src) src += piece;
             j += piece, run -= piece;
         }
     }
@@ -346,7 +359,7 @@ static void run_task_index(const engine_t *e, float *scratch, size_t t) {
 // round of S passes of KC, all of A and all of B are packed once (threads share the work), then
 // every tile adds its S passes into C, in order. The tiles compute exactly what a task would (same
 // passes, same order), so the choice between the two schedules never changes a bit. S passes per
-// round: two barriers per round, not per pass.
+// round: two barriers per round, not per pass, as many passes as keep the packed operands in L2.
 static void run_kouter(const engine_t *e, int T, size_t S, float *abuf, float *bbuf, float *edges) {
     const bnl_gemm_call *g = e->g;
     const bnl_gemm_kernels *kt = e->kt;
@@ -426,7 +439,7 @@ bnl_status bnl_gemm_run(const bnl_gemm_call *g) {
     // K outer for long reductions (the shape decides, never the thread count)
     size_t Mp = round_up(g->M, mr), Np = round_up(g->N, nr);
     if (g->K > g->M && g->K > g->N && g->K >= 2 * kc && (Mp + Np) * kc <= ((size_t)1 << 22)) {
-        size_t S = ((size_t)1 << 21) / ((Mp + Np) * kc);   // passes per round: ~8 MB of packed operands
+        size_t S = ((size_t)1 << 18) / ((Mp + Np) * kc);   // passes per round: packed operands within ~1 MB (L2)
         if (S > 8) S = 8;
         if (S < 1) S = 1;
         if (S > cdiv(g->K, kc)) S = cdiv(g->K, kc);
