@@ -13,7 +13,9 @@ command -v emcc >/dev/null || need_apt+=(emscripten)
 command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
 command -v python3 >/dev/null || need_apt+=(python3)
-for pkg in libopenmpi-dev openmpi-bin libjpeg-dev libpng-dev chromium; do
+command -v clang >/dev/null || need_apt+=(clang)   # the fuzz targets (tests/fuzz, libFuzzer)
+# libclang-rt-14-dev: libFuzzer and the sanitizer runtimes for clang 14 (Debian 12's clang)
+for pkg in libopenmpi-dev openmpi-bin libjpeg-dev libpng-dev chromium libclang-rt-14-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: installs what is missing, builds native + wasm, runs every test
-# (C tests through ctest, the wasm build through node:test).
+# (C tests through ctest, the wasm build through node:test), then the C tests again under
+# AddressSanitizer + UndefinedBehaviorSanitizer (build/asan) and the fuzz targets (build/fuzz).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/build.sh
@@ -13,3 +14,18 @@ node --test tests/node/
 
 echo "== browser tests (node --test tests/browser/, headless chromium)"
 node --test tests/browser/
+
+echo "== C tests under AddressSanitizer + UndefinedBehaviorSanitizer, leak checks on (build/asan)"
+t0=$SECONDS
+cmake -S . -B build/asan -DCMAKE_BUILD_TYPE=RelWithDebInfo -DBNL_SANITIZE=ON >/dev/null
+cmake --build build/asan -j"$(nproc 2>/dev/null || echo 2)" >build/asan.log 2>&1 || { tail -30 build/asan.log; exit 1; }
+# fast_unwind_on_malloc=0: complete stacks, so that tests/lsan.supp can name Open MPI's own leaks
+ASAN_OPTIONS=detect_leaks=1:fast_unwind_on_malloc=0 LSAN_OPTIONS=suppressions=$PWD/tests/lsan.supp \
+  UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 OMP_NUM_THREADS=2 \
+  ctest --test-dir build/asan --output-on-failure -j2
+echo "== sanitized C tests: $((SECONDS - t0)) s"
+
+echo "== fuzzing (tests/fuzz/run.sh: libFuzzer, ASan + UBSan, 15 s per target, kept crashes replayed)"
+t0=$SECONDS
+bash tests/fuzz/run.sh
+echo "== fuzzing: $((SECONDS - t0)) s"

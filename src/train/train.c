@@ -969,11 +969,12 @@ bnl_status bnl_train_run(const bnl_train_config *cfg, bnl_dist *dist, const bnl_
             }
         }
         row.seconds = now_s() - t0;
-        // files: best, then last (its metadata names the best), then the metrics
+        // files: best, then the metrics, then last (its metadata names the best). metrics.csv goes
+        // before the checkpoint: a kill between the two leaves a row past the checkpoint, which a
+        // resume drops and writes again, never a checkpoint past the last row (a row lost for good)
         s = BNL_OK;
         if (r->rank == 0) {
             if (row.best) s = save_model(r, r->best_path, g);
-            if (s == BNL_OK) s = save_last(r, g);
             char line[512];
             if (row.has_val)
                 snprintf(line, sizeof line, "%d,%lld,%.6g,%.6f,%.6f,%.6f,%.6f,%.6f,%.1f,%.3f", row.epoch, (long long)g,
@@ -984,6 +985,7 @@ bnl_status bnl_train_run(const bnl_train_config *cfg, bnl_dist *dist, const bnl_
                          row.train_loss, row.train_acc, row.images_per_s, row.seconds);
             if (s == BNL_OK) s = add_row(r, line);
             if (s == BNL_OK) s = write_metrics(r);
+            if (s == BNL_OK) s = save_last(r, g);
         }
         if ((s = agree(r, s, &report)) != BNL_OK) goto done;
         r->ckpt_step = g;
