@@ -17,7 +17,7 @@
 //
 // ratio = ms / peer_ms (below 1: bnlab is faster). The native figures alternate bnlab and PyTorch
 // for --rounds rounds and report the median of each side's per-round medians, so that a machine
-// busy with other work slows both alike. Needs build/native/bnlab, web/bnlab.wasm (the two CMake
+// busy with other work slows both alike (ms_min/peer_ms_min/ratio_min: the fastest round of each). Needs build/native/bnlab, web/bnlab.wasm (the two CMake
 // builds), Debian's /usr/bin/python3 with torch + torchvision, and onnxruntime-web (npm ci); the
 // weights (a seeded torchvision resnet50 with populated running stats) are made once under
 // build/bench/ by tests/bench_wasm_vs_ort.mjs. A figure whose peer is missing prints SKIP.
@@ -193,8 +193,11 @@ function benchNative(which, a) {
       `(${Object.entries(p.all).map(([k, v]) => `${k} ${f(v)}`).join(', ')}), load ${loadavg().map((v) => f(v, 2)).join(' ')}`);
   }
   const ms = median(ours), pms = median(peer), ratio = ms / pms, target = TARGETS[which];
+  // the least disturbed round of each side as well: on a shared machine the medians carry the noise
+  const mn = Math.min(...ours), pmn = Math.min(...peer);
   const common = `target=${f(target, 2)} met=${ratio <= target ? 1 : 0} threads=${a.threads} batch=${batch} size=224x224 ` +
-    `rounds=${a.rounds} isa=${o.isa} peer_format=${p.format} peer_threads=${p.threads} torch=${p.torch}`;
+    `rounds=${a.rounds} ms_min=${f(mn)} peer_ms_min=${f(pmn)} ratio_min=${f(mn / pmn, 2)} isa=${o.isa} ` +
+    `peer_format=${p.format} peer_threads=${p.threads} torch=${p.torch}`;
   if (which === 'forward') {
     console.log(`bench=${name} ms=${f(ms)} peer=pytorch peer_ms=${f(pms)} ratio=${f(ratio, 2)} ${common}`);
   } else {

@@ -742,6 +742,15 @@ static bnl_status conv_bwd(bnl_resnet *m, const conv_t *cv, float *dx, const flo
     return bnl_conv2d_backward(dx, m->grads + cv->w, dy, x, m->params + cv->w, &s);
 }
 
+// dx = gate > 0 ? conv backward + res : 0 in one pass (gate NULL: no ReLU)
+static bnl_status conv_bwd_ex(bnl_resnet *m, const conv_t *cv, float *dx, const float *dy, const float *x, int N, int H,
+                              int W, const float *res, const float *gate) {
+    bnl_conv_shape s;
+    bnl_status st = bnl_conv_shape_init(&s, N, H, W, cv->cin, cv->cout, cv->k, cv->k, cv->stride, cv->pad);
+    if (st != BNL_OK) return st;
+    return bnl_conv2d_backward_ex(dx, m->grads + cv->w, dy, x, m->params + cv->w, res, gate, &s);
+}
+
 // Synchronized BatchNorm forward: local statistics, global mean and M2 by Chan's formula over
 // replicas (two reductions: the mean first, then M2 around it), then the usual normalization.
 static bnl_status bn_fwd_sync(bnl_resnet *m, bn_t *x, size_t M, const bnl_bn_config *cfg) {
@@ -1021,7 +1030,18 @@ bnl_status bnl_resnet_forward_backward(bnl_resnet *m, float *loss, float *logits
     if (s != BNL_OK) return s;
     if (!isfinite(*loss)) return bnl_fail(BNL_ERR_NUMERIC, "step: the loss is %g", (double)*loss);
 
-    memset(m->grads, 0, m->info.num_params * sizeof(float));
+    {   // zero-grad, split across threads (100 MB for ResNet-50)
+        size_t n = m->info.num_params, chunk = (size_t)1 << 20, nch = (n + chunk - 1) / chunk;
+        int T = bnl_threads_effective();
+        (void)T;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(T) if (T > 1 && nch > 1)
+#endif
+        for (long long c = 0; c < (long long)nch; c++) {
+            size_t a = (size_t)c * chunk, len = n - a < chunk ? n - a : chunk;
+            memset(m->grads + a, 0, len * sizeof(float));
+        }
+    }
     float **G = m->grad_buf;
     // head: dlogits -> fc -> avgpool
     float *dlog = m->scratch;   // (N,K) fits: scratch is as large as the largest activation
@@ -1036,9 +1056,8 @@ bnl_status bnl_resnet_forward_backward(bnl_resnet *m, float *loss, float *logits
         block_t *blk = &m->blocks[b];
         int i1 = (g0 + 1) % 4, i2 = (g0 + 2) % 4, i3 = (g0 + 3) % 4;
         size_t nout = (size_t)N * blk->Hout * blk->Wout * blk->cout;
-        size_t nin = (size_t)N * blk->Hin * blk->Win * blk->cin;
         if (b == m->nblocks - 1) add_relu_backward(G[g0], G[g0], NULL, blk->out, nout);
-        // (the ReLU of every other block's output was applied with its gradient's sum below)
+        // (every other block output's ReLU is applied in the next block's conv1 backward epilogue)
         const float *mask = b > 0 ? m->blocks[b - 1].out : NULL;   // this block's input = previous output
         bn_t *b1 = &m->bns[blk->bn1], *b2 = &m->bns[blk->bn2];
         const float *gmid;
@@ -1054,16 +1073,16 @@ bnl_status bnl_resnet_forward_backward(bnl_resnet *m, float *loss, float *logits
         int h2 = m->info.bottleneck ? blk->Hin : blk->Hout, w2 = m->info.bottleneck ? blk->Win : blk->Wout;
         TRY(conv_bwd(m, &m->convs[blk->conv2], G[i2], G[i1], b1->post, N, h2, w2));
         TRY(bn_bwd(m, b1, G[i1], G[i2], N));
-        TRY(conv_bwd(m, &m->convs[blk->conv1], G[i2], G[i1], blk->in, N, blk->Hin, blk->Win));
-        // shortcut
+        // the shortcut first; then conv1's input gradient is finished in its GEMM epilogue: plus the
+        // shortcut's gradient, through the ReLU that made the block input (the previous output)
+        const float *gshort = G[g0];
         if (blk->dbn >= 0) {
             bn_t *db = &m->bns[blk->dbn];
-            TRY(bn_bwd(m, db, G[i1], G[g0], N));
-            TRY(conv_bwd(m, &m->convs[blk->dconv], G[i3], G[i1], blk->in, N, blk->Hin, blk->Win));
-            add_relu_backward(G[i2], G[i2], G[i3], mask, nin);
-        } else {
-            add_relu_backward(G[i2], G[i2], G[g0], mask, nin);
+            TRY(bn_bwd(m, db, G[i2], G[g0], N));
+            TRY(conv_bwd(m, &m->convs[blk->dconv], G[i3], G[i2], blk->in, N, blk->Hin, blk->Win));
+            gshort = G[i3];
         }
+        TRY(conv_bwd_ex(m, &m->convs[blk->conv1], G[i2], G[i1], blk->in, N, blk->Hin, blk->Win, gshort, mask));
         g0 = i2;
     }
     // stem: max pool, bn1 (+relu), conv1 (no input gradient)

@@ -152,13 +152,13 @@ static bnl_gemm_src src_strided(const float *p, size_t s0, size_t s1) {
 }
 
 static bnl_status conv_gemm(float *y, const bnl_gemm_src *a, const bnl_gemm_src *b, const float *bias, const float *res,
-                            int relu, const bnl_conv_shape *s) {
+                            const float *gate, int relu, const bnl_conv_shape *s) {
     bnl_gemm_call g;
     memset(&g, 0, sizeof g);
     g.C = y, g.ldc = (size_t)s->K;
     g.M = (size_t)s->N * s->P * s->Q, g.N = (size_t)s->K, g.K = (size_t)s->R * s->S * s->C;
     g.a = *a, g.b = *b;
-    g.bias = bias, g.res = res, g.ldr = (size_t)s->K, g.relu = relu;
+    g.bias = bias, g.res = res, g.gate = gate, g.ldr = (size_t)s->K, g.relu = relu;
     return bnl_gemm_run(&g);
 }
 
@@ -168,7 +168,7 @@ bnl_status bnl_conv2d_forward(float *y, const float *x, const float *w, const bn
     if (!y || !x || !w) return bnl_fail(BNL_ERR_ARG, "conv2d_forward: NULL pointer (y=%p x=%p w=%p)", (void *)y, (const void *)x, (const void *)w);
     size_t rsc = (size_t)s->R * s->S * s->C;
     bnl_gemm_src a = src_patches(x, s), b = src_strided(w, 1, rsc);   // B(j, k) = w[k, j]
-    return conv_gemm(y, &a, &b, NULL, NULL, 0, s);
+    return conv_gemm(y, &a, &b, NULL, NULL, NULL, 0, s);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -223,7 +223,7 @@ bnl_status bnl_conv2d_forward_fused(float *y, const float *x, const bnl_conv_pac
         return bnl_fail(BNL_ERR_SHAPE, "conv2d_forward_fused: weights packed for %dx%dx%dx%d, shape wants %dx%dx%dx%d",
                         w->K, w->R, w->S, w->C, s->K, s->R, s->S, s->C);
     bnl_gemm_src a = src_patches(x, s), b = {BNL_SRC_PACKED, w->data, 0, 0, NULL, w->kt};
-    return conv_gemm(y, &a, &b, bias, res, relu, s);
+    return conv_gemm(y, &a, &b, bias, res, NULL, relu, s);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -231,12 +231,13 @@ bnl_status bnl_conv2d_forward_fused(float *y, const float *x, const bnl_conv_pac
 
 // dx of a stride-1 convolution as a forward convolution of dy: flipped kernel, in and out
 // channels swapped, padding R-1-pad. The engine reads the flipped kernel straight from w.
-static bnl_status dx_transposed(float *dx, const float *dy, const float *w, const bnl_conv_shape *s) {
+static bnl_status dx_transposed(float *dx, const float *dy, const float *w, const float *res, const float *gate,
+                                const bnl_conv_shape *s) {
     bnl_conv_shape t;
     bnl_status st = bnl_conv_shape_init(&t, s->N, s->P, s->Q, s->K, s->C, s->R, s->S, 1, s->R - 1 - s->pad);
     if (st != BNL_OK) return st;
     bnl_gemm_src a = src_patches(dy, &t), b = {BNL_SRC_FLIPPED, w, 0, 0, s, NULL};
-    return conv_gemm(dx, &a, &b, NULL, NULL, 0, &t);
+    return conv_gemm(dx, &a, &b, NULL, res, gate, 0, &t);
 }
 
 // dx of any other convolution: dpatch = dy w in tiles of output pixels, then col2im.
@@ -277,8 +278,27 @@ static bnl_status dx_col2im(float *dx, const float *dy, const float *w, const bn
     return st;
 }
 
+// dx = gate > 0 ? dx + res : 0 after col2im (the GEMM epilogue does it on the other paths).
+static void dx_epilogue(float *dx, const float *res, const float *gate, size_t n) {
+    if (!res && !gate) return;
+    int T = threads_for(n / 65536 + 1);
+    (void)T;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
+#endif
+    for (long long i = 0; i < (long long)n; i++) {
+        float v = res ? dx[i] + res[i] : dx[i];
+        dx[i] = !gate || gate[i] > 0.0f ? v : 0.0f;
+    }
+}
+
 bnl_status bnl_conv2d_backward(float *dx, float *dw, const float *dy, const float *x,
                                const float *w, const bnl_conv_shape *s) {
+    return bnl_conv2d_backward_ex(dx, dw, dy, x, w, NULL, NULL, s);
+}
+
+bnl_status bnl_conv2d_backward_ex(float *dx, float *dw, const float *dy, const float *x, const float *w,
+                                  const float *res, const float *gate, const bnl_conv_shape *s) {
     bnl_status st = check_shape(s, "conv2d_backward");
     if (st != BNL_OK) return st;
     if (!dy) return bnl_fail(BNL_ERR_ARG, "conv2d_backward: dy is NULL");
@@ -300,8 +320,11 @@ bnl_status bnl_conv2d_backward(float *dx, float *dw, const float *dy, const floa
         memset(&g, 0, sizeof g);
         g.C = dx, g.ldc = C, g.M = nin, g.N = C, g.K = K;
         g.a = src_strided(dy, K, 1), g.b = src_strided(w, C, 1);
+        g.res = res, g.gate = gate, g.ldr = C;
         return bnl_gemm_run(&g);
     }
-    if (s->stride == 1 && s->R == s->S && s->pad <= s->R - 1) return dx_transposed(dx, dy, w, s);
-    return dx_col2im(dx, dy, w, s);
+    if (s->stride == 1 && s->R == s->S && s->pad <= s->R - 1) return dx_transposed(dx, dy, w, res, gate, s);
+    if ((st = dx_col2im(dx, dy, w, s)) != BNL_OK) return st;
+    dx_epilogue(dx, res, gate, nin * C);
+    return BNL_OK;
 }

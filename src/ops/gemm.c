@@ -29,6 +29,7 @@
 static inline float epi_one(float acc, const bnl_gemm_epi *e, size_t i, size_t j) {
     if (e->bias) acc = acc + e->bias[j];
     if (e->res) acc = acc + e->res[i * e->ldr + j];
+    if (e->gate) acc = e->gate[i * e->ldr + j] > 0.0f ? acc : 0.0f;
     if (e->relu) acc = acc < 0.0f ? 0.0f : acc;
     return acc;
 }
@@ -305,8 +306,9 @@ static void do_tile(const bnl_gemm_call *g, const bnl_gemm_kernels *kt, const fl
                     size_t row, size_t m, size_t j, size_t nb, size_t kb, int load_c, int last) {
     size_t mr = (size_t)kt->mr, nr = (size_t)kt->nr;
     float *c = g->C + row * g->ldc + j;
-    bnl_gemm_epi epi = {g->bias ? g->bias + j : NULL, g->res ? g->res + row * g->ldr + j : NULL, g->ldr, g->relu};
-    const bnl_gemm_epi *ep = last && (g->bias || g->res || g->relu) ? &epi : NULL;
+    bnl_gemm_epi epi = {g->bias ? g->bias + j : NULL, g->res ? g->res + row * g->ldr + j : NULL, g->ldr, g->relu,
+                        g->gate ? g->gate + row * g->ldr + j : NULL};
+    const bnl_gemm_epi *ep = last && (g->bias || g->res || g->relu || g->gate) ? &epi : NULL;
     if (m == mr && nb == nr) {
         kt->ukernel(kb, a, b, c, g->ldc, load_c, ep);
         return;
@@ -424,10 +426,11 @@ bnl_status bnl_gemm_run(const bnl_gemm_call *g) {
     if (g->K == 0) {
         for (size_t i = 0; i < g->M; i++) {
             float *c = g->C + i * g->ldc;
-            bnl_gemm_epi epi = {g->bias, g->res ? g->res + i * g->ldr : NULL, g->ldr, g->relu};
+            bnl_gemm_epi epi = {g->bias, g->res ? g->res + i * g->ldr : NULL, g->ldr, g->relu,
+                                g->gate ? g->gate + i * g->ldr : NULL};
             for (size_t j = 0; j < g->N; j++) {
                 float v = g->accumulate ? c[j] : 0.0f;
-                c[j] = (g->bias || g->res || g->relu) ? epi_one(v, &epi, 0, j) : v;
+                c[j] = (g->bias || g->res || g->relu || g->gate) ? epi_one(v, &epi, 0, j) : v;
             }
         }
         return BNL_OK;

@@ -18,13 +18,15 @@
 #include "ops/ops.h"
 #include <stddef.h>
 
-// Applied once, after the last K pass: acc = acc + bias[j]; acc = acc + res[i*ldr + j];
-// acc = max(acc, 0) (NaN -> 0: acc > 0 ? acc : 0). Pointers are at the tile's origin; NULL skips.
+// Applied once, after the last K pass, in this order: acc = acc + bias[j]; acc = acc + res[i*ldr + j];
+// acc = gate[i*ldr + j] > 0 ? acc : 0 (a ReLU's backward, gate = its output);
+// acc = acc < 0 ? 0 : acc (ReLU, NaN kept). Pointers are at the tile's origin; NULL skips.
 typedef struct bnl_gemm_epi {
     const float *bias;
     const float *res;
     size_t ldr;
     int relu;
+    const float *gate;   // same layout as res (row stride ldr)
 } bnl_gemm_epi;
 
 // C tile (mr, nr) at c, row stride ldc:
@@ -80,9 +82,10 @@ typedef struct bnl_gemm_call {
     bnl_gemm_src a, b;
     int accumulate;        // 1: C += A*B (C read); 0: C = A*B (C never read)
     const float *bias;     // (N) or NULL
-    const float *res;      // (M, N), row stride ldr, or NULL; may alias C only when it IS C (same ldc)
+    const float *res;      // (M, N), row stride ldr, or NULL; must not overlap C
     size_t ldr;
     int relu;
+    const float *gate;     // (M, N), row stride ldr, or NULL: C = gate > 0 ? C : 0 after res
 } bnl_gemm_call;
 
 // Runs on bnl_threads_effective() threads (one when called inside a parallel region).

@@ -25,6 +25,11 @@ bnl_status bnl_conv2d_forward(float *y, const float *x, const float *w, const bn
 // dx: (N,H,W,C) written (may be NULL: the stem needs no input gradient)  dw: (K,R,S,C) added
 bnl_status bnl_conv2d_backward(float *dx, float *dw, const float *dy, const float *x,
                                const float *w, const bnl_conv_shape *s);
+// The same, with the input gradient finished in one pass: dx = gate > 0 ? dx + res : 0, res and
+// gate (N,H,W,C) or NULL (a residual branch's gradient; the output of the ReLU that made x). Neither
+// may overlap dx.
+bnl_status bnl_conv2d_backward_ex(float *dx, float *dw, const float *dy, const float *x, const float *w,
+                                  const float *res, const float *gate, const bnl_conv_shape *s);
 // Output pixels per tile of the col2im input gradient (strided convolutions), for tests and
 // benchmarks (0 = automatic: up to 512 pixels and about 4 MB of patches). Global, like
 // bnl_set_threads; results do not depend on it.

@@ -142,9 +142,10 @@ static void test_ukernel(void) {
     for (size_t t = 0; t < sizeof kbs / sizeof kbs[0]; t++) {
         size_t kb = kbs[t], ldc = nr + 3, ldr = nr + 5;
         float *a = frand(mr * kc, -1, 1), *b = frand(kb * nr, -1, 1), *c0 = frand(mr * ldc, -2, 2);
-        float *bias = frand(nr, -1, 1), *res = frand(mr * ldr, -1, 1);
+        float *bias = frand(nr, -1, 1), *res = frand(mr * ldr, -1, 1), *gate = frand(mr * ldr, -1, 1);
         float *c = fmalloc(mr * ldc), *plain = fmalloc(mr * ldc), *want = fmalloc(mr * ldc);
-        res[1] = NAN;   // NaN passes through the ReLU, like torch.relu
+        res[1] = NAN;    // NaN passes through the ReLU, like torch.relu
+        gate[2] = NAN;   // and a NaN gate closes (NaN > 0 is false)
         for (int load = 0; load < 2; load++) {
             char what[160];
             // plain: against double
@@ -161,9 +162,9 @@ static void test_ukernel(void) {
                 check_close(what, plain + i * ldc, want + i * ldc, nr, 2e-6 * (double)kb + 1e-6, 1e-5);
             }
             CHECK(plain[nr] == c0[nr], "%s: ukernel wrote past its %zu columns", kt->name, nr);
-            // epilogue: the kernel's own equals acc + bias, + res, ReLU on the plain result
-            for (int e = 0; e < 4; e++) {
-                bnl_gemm_epi epi = {e & 1 ? bias : NULL, e & 2 ? res : NULL, ldr, 1};
+            // epilogue: the kernel's own equals acc + bias, + res, gate, ReLU on the plain result
+            for (int e = 0; e < 16; e++) {
+                bnl_gemm_epi epi = {e & 1 ? bias : NULL, e & 2 ? res : NULL, ldr, (e & 8) != 0, e & 4 ? gate : NULL};
                 memcpy(c, c0, mr * ldc * sizeof(float));
                 kt->ukernel(kb, a, b, c, ldc, load, &epi);
                 for (size_t i = 0; i < mr; i++)
@@ -171,7 +172,8 @@ static void test_ukernel(void) {
                         float v = plain[i * ldc + j];
                         if (epi.bias) v = v + bias[j];
                         if (epi.res) v = v + res[i * ldr + j];
-                        want[i * ldc + j] = v < 0.0f ? 0.0f : v;
+                        if (epi.gate) v = gate[i * ldr + j] > 0.0f ? v : 0.0f;
+                        want[i * ldc + j] = !epi.relu || !(v < 0.0f) ? v : 0.0f;
                     }
                 for (size_t i = 0; i < mr; i++) {
                     snprintf(what, sizeof what, "%s ukernel epilogue %d kb=%zu load_c=%d row %zu", kt->name, e, kb,
@@ -180,7 +182,7 @@ static void test_ukernel(void) {
                 }
             }
         }
-        free(a), free(b), free(c0), free(bias), free(res), free(c), free(plain), free(want);
+        free(a), free(b), free(c0), free(bias), free(res), free(gate), free(c), free(plain), free(want);
     }
 }
 
@@ -339,6 +341,20 @@ static void test_conv_case(int N, int H, int W, int C, int K, int R, int stride,
     check_close(w2, dx, dxr, nx, 2e-6 * R * R * K + 1e-6, 1e-5);
     snprintf(w2, sizeof w2, "%s: dw", what);
     check_close(w2, dw, dwr, nw, 2e-6 * N * s.P * s.Q + 1e-6, 1e-5);
+    // the input gradient finished in the same pass: gate > 0 ? dx + res : 0, the same bits as after
+    float *res2 = frand(nx, -1, 1), *gate2 = frand(nx, -1, 1), *dx2 = fmalloc(nx), *dw2 = fmalloc(nw);
+    fill(dx2, nx, NAN), fill(dw2, nw, 0.0f);
+    CHECK(bnl_conv2d_backward_ex(dx2, dw2, dy, x, w, res2, gate2, &s) == BNL_OK, "%s backward_ex: %s", what,
+          bnl_last_error());
+    for (size_t i = 0; i < nx; i++) {
+        float v = dx[i] + res2[i];
+        dxr[i] = gate2[i] > 0.0f ? v : 0.0f;
+    }
+    snprintf(w2, sizeof w2, "%s: dx with residual and gate", what);
+    bitwise_equal(w2, dx2, dxr, nx);
+    snprintf(w2, sizeof w2, "%s: dw of backward_ex", what);
+    bitwise_equal(w2, dw2, dw, nw);
+    free(res2), free(gate2), free(dx2), free(dw2);
     free(x), free(w), free(dy), free(y), free(yr), free(y2), free(scale), free(bias), free(res);
     free(dx), free(dxr), free(dw), free(dwr), free(ref), free(refw);
 }
