@@ -89,6 +89,7 @@ struct bnl_resnet {
     // sgd_update, a train-mode forward (running stats move), a BN config change, or when a params or
     // stats pointer is handed out (the caller may write through it).
     bnl_conv_packed **pk;   // one per conv
+    bnl_conv_packed *pk_fc; // fc as a 1x1 convolution on the pooled features
     float *fold_bias;       // per conv, cout floats each, in conv order
     int pk_valid;
 };
@@ -539,8 +540,8 @@ static void free_plan(bnl_resnet *m) {
 static void free_packed(bnl_resnet *m) {
     if (m->pk)
         for (int c = 0; c < m->nconv; c++) bnl_conv_packed_free(m->pk[c]);
-    free(m->pk), bnl_free(m->fold_bias);
-    m->pk = NULL, m->fold_bias = NULL, m->pk_valid = 0;
+    free(m->pk), bnl_free(m->fold_bias), bnl_conv_packed_free(m->pk_fc);
+    m->pk = NULL, m->fold_bias = NULL, m->pk_fc = NULL, m->pk_valid = 0;
 }
 
 void bnl_resnet_params_changed(bnl_resnet *m) {
@@ -864,6 +865,8 @@ static bnl_status fold_and_pack(bnl_resnet *m) {
         bias += cv->cout;
     }
     bnl_free(scale);
+    if (s == BNL_OK)   // fc.weight (classes, features) is a 1x1 conv's (K, 1, 1, C)
+        s = bnl_conv_pack_weights(&m->pk_fc, m->params + m->fc_w, NULL, m->info.num_classes, 1, 1, m->info.num_features);
     if (s != BNL_OK) {
         free_packed(m);
         return s;
@@ -923,8 +926,9 @@ static bnl_status forward_eval(bnl_resnet *m, float *logits, const float *x, int
     }
     const block_t *lb = &m->blocks[m->nblocks - 1];
     TRY(bnl_avgpool_forward(m->feat, pp[cur], N, lb->Hout * lb->Wout, lb->cout));
-    return bnl_linear_forward(logits, m->feat, m->params + m->fc_w, m->params + m->fc_b, N, m->info.num_features,
-                              m->info.num_classes);
+    bnl_conv_shape fs;   // fc on the packed weights: logits (N,1,1,K) = feat (N,1,1,F) w^T + b
+    TRY(bnl_conv_shape_init(&fs, N, 1, 1, m->info.num_features, m->info.num_classes, 1, 1, 1, 0));
+    return bnl_conv2d_forward_fused(logits, m->feat, m->pk_fc, m->params + m->fc_b, NULL, 0, &fs);
 }
 
 // Elementwise passes of the residual blocks, fused (each is one read of its inputs, one write):
