@@ -702,7 +702,7 @@ async function trainHere() {
   if (longJob) return;
   const s = settings();
   const args = {
-    lr: Number($('train-lr').value) || 0.05, momentum: Math.min(0.99, Math.max(0, Number($('train-mom').value) || 0)),
+    lr: Number($('train-lr').value) || 0.005, momentum: Math.min(0.99, Math.max(0, Number($('train-mom').value) || 0)),
     steps: Math.max(1, Math.floor(Number($('train-steps').value) || 100)), B: s.batchSize, layer: s.layer, seed: s.seed + 1000,
   };
   longJob = 'train';
