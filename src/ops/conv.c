@@ -222,7 +222,7 @@ bnl_status bnl_conv2d_forward_fused(float *y, const float *x, const bnl_conv_pac
     if (w->K != s->K || w->R != s->R || w->S != s->S || w->C != s->C)
         return bnl_fail(BNL_ERR_SHAPE, "conv2d_forward_fused: weights packed for %dx%dx%dx%d, shape wants %dx%dx%dx%d",
                         w->K, w->R, w->S, w->C, s->K, s->R, s->S, s->C);
-    bnl_gemm_src a = src_patches(x, s), b = {BNL_SRC_PACKED, w->data, 0, 0, NULL, w->kt};
+    bnl_gemm_src a = src_patches(x, s), b = {BNL_SRC_PACKED, w->data, (size_t)w->R * w->S * w->C, 0, NULL, w->kt};
     return conv_gemm(y, &a, &b, bias, res, NULL, relu, s);
 }
 
@@ -256,7 +256,7 @@ static bnl_status dx_col2im(float *dx, const float *dy, const float *w, const bn
     }
     bnl_gemm_src b = src_strided(w, rsc, 1);   // B (K, rsc) = w, packed once for every tile
     bnl_gemm_pack_b(wp, kt, &b, rsc, K, NULL);
-    bnl_gemm_src bp = {BNL_SRC_PACKED, wp, 0, 0, NULL, kt};
+    bnl_gemm_src bp = {BNL_SRC_PACKED, wp, K, 0, NULL, kt};
     int Tz = threads_for(nin * C / 65536 + 1);
     (void)Tz;
 #ifdef _OPENMP

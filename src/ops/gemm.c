@@ -272,8 +272,8 @@ static int threads_for_work(double flops) {
     return bnl_threads_effective();
 }
 
-void bnl_gemm_pack_b(float *dst, const bnl_gemm_kernels *kt, const bnl_gemm_src *src, size_t N, size_t K,
-                     const float *col_scale) {
+static void pack_b_full(float *dst, const bnl_gemm_kernels *kt, const bnl_gemm_src *src, size_t N, size_t K,
+                        size_t koff, const float *col_scale) {
     size_t nr = (size_t)kt->nr, np = cdiv(N, nr);
     int T = threads_for_work((double)N * (double)K);
     if ((size_t)T > np) T = (int)np;
@@ -283,8 +283,71 @@ void bnl_gemm_pack_b(float *dst, const bnl_gemm_kernels *kt, const bnl_gemm_src 
 #endif
     for (long long p = 0; p < (long long)np; p++) {
         size_t j = (size_t)p * nr, nb = N - j < nr ? N - j : nr;
-        pack_b_panel(dst + (size_t)p * K * nr, nr, src, 0, K, j, nb, col_scale);
+        pack_b_panel(dst + (size_t)p * K * nr, nr, src, koff, K, j, nb, col_scale);
     }
+}
+
+void bnl_gemm_pack_b(float *dst, const bnl_gemm_kernels *kt, const bnl_gemm_src *src, size_t N, size_t K,
+                     const float *col_scale) {
+    pack_b_full(dst, kt, src, N, K, 0, col_scale);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scratch: packing buffers outlive a call in two cached blocks, so that a model's hundreds of GEMMs
+// per step do not map and fault in fresh pages each time (3% of a training step otherwise).
+// Lock-free: a block is taken by atomic exchange, so concurrent callers each get their own.
+
+#define SCRATCH_SLOTS 2
+#define SCRATCH_HEAD 16   // floats before the data: the block's capacity in bytes (64-byte aligned data)
+static float *g_scratch[SCRATCH_SLOTS];
+
+static size_t block_cap(const float *b) {
+    size_t cap;
+    memcpy(&cap, b, sizeof cap);
+    return cap;
+}
+
+// Into an empty slot, else freed.
+static void block_put(float *b) {
+    for (int i = 0; i < SCRATCH_SLOTS && b; i++) {
+        float *expected = NULL;
+        if (__atomic_compare_exchange_n(&g_scratch[i], &expected, b, 0, __ATOMIC_ACQ_REL, __ATOMIC_ACQUIRE)) b = NULL;
+    }
+    bnl_free(b);
+}
+
+// The smallest cached block that is large enough (the others go back), else a new one.
+static float *scratch_get(size_t floats) {
+    size_t bytes = (floats + SCRATCH_HEAD) * sizeof(float);
+    float *best = NULL, *others[SCRATCH_SLOTS];
+    int no = 0;
+    for (int i = 0; i < SCRATCH_SLOTS; i++) {
+        float *b = __atomic_exchange_n(&g_scratch[i], NULL, __ATOMIC_ACQ_REL);
+        if (!b) continue;
+        if (block_cap(b) >= bytes && (!best || block_cap(b) < block_cap(best))) {
+            if (best) others[no++] = best;
+            best = b;
+        } else {
+            others[no++] = b;
+        }
+    }
+    if (!best && no > 0) {   // none fits: the smallest makes room for the new block
+        int small = 0;
+        for (int i = 1; i < no; i++)
+            if (block_cap(others[i]) < block_cap(others[small])) small = i;
+        bnl_free(others[small]);
+        others[small] = others[--no];
+    }
+    for (int i = 0; i < no; i++) block_put(others[i]);
+    if (best) return best + SCRATCH_HEAD;
+    float *b = bnl_alloc(bytes);
+    if (!b) return NULL;
+    memcpy(b, &bytes, sizeof bytes);
+    return b + SCRATCH_HEAD;
+}
+
+static void scratch_put(float *p) {
+    if (p) block_put(p - SCRATCH_HEAD);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -294,6 +357,7 @@ typedef struct {
     const bnl_gemm_call *g;
     const bnl_gemm_kernels *kt;
     const float *bpacked;   // whole B packed ([N/nr][K][nr]) or NULL: packed per task
+    size_t bstride, boff;   // its panel stride (floats) and the k of this call's first row
     size_t mc, nc, mt, nt;
     size_t per_thread;      // scratch floats per thread
     float *scratch;
@@ -323,10 +387,9 @@ static void do_tile(const bnl_gemm_call *g, const bnl_gemm_kernels *kt, const fl
 }
 
 // B micro-panel for columns [j, ...) and depth [k0, k0+kb): from the whole packed B, or packed now.
-static const float *b_panel(const bnl_gemm_call *g, const float *bpacked, float *bp, size_t nr, size_t k0, size_t kb,
-                            size_t j, size_t nb) {
-    if (bpacked) return bpacked + (j / nr) * g->K * nr + k0 * nr;
-    pack_b_panel(bp, nr, &g->b, k0, kb, j, nb, NULL);
+static const float *b_panel(const engine_t *e, float *bp, size_t nr, size_t k0, size_t kb, size_t j, size_t nb) {
+    if (e->bpacked) return e->bpacked + (j / nr) * e->bstride + (e->boff + k0) * nr;
+    pack_b_panel(bp, nr, &e->g->b, e->g->koff + k0, kb, j, nb, NULL);
     return bp;
 }
 
@@ -341,10 +404,10 @@ static void run_task(const engine_t *e, float *scratch, size_t i0, size_t i1, si
     for (size_t k0 = 0; k0 < g->K; k0 += kc) {
         size_t kb = g->K - k0 < kc ? g->K - k0 : kc;
         int load_c = g->accumulate || k0 > 0, last = k0 + kb == g->K;
-        pack_a(ap, kt, &g->a, i0, mb, k0, kb);
+        pack_a(ap, kt, &g->a, i0, mb, g->koff + k0, kb);
         for (size_t j = j0; j < j1; j += nr) {
             size_t nb = j1 - j < nr ? j1 - j : nr;
-            const float *b = b_panel(g, e->bpacked, bp, nr, k0, kb, j, nb);
+            const float *b = b_panel(e, bp, nr, k0, kb, j, nb);
             for (size_t p = 0; p < mb; p += mr)
                 do_tile(g, kt, ap + p * kc, b, edge, i0 + p, mb - p < mr ? mb - p : mr, j, nb, kb, load_c, last);
         }
@@ -384,8 +447,10 @@ static void run_kouter(const engine_t *e, int T, size_t S, float *abuf, float *b
             size_t ns = cdiv(g->K - r0 < S * kc ? g->K - r0 : S * kc, kc);   // passes this round
             size_t nb_items = packed ? 0 : by_row ? kc : np;
             long long items = (long long)(ns * (mp + nb_items));
+            // round-robin: A panels (transposes) and B rows (copies) cost differently; dealt
+            // one by one, every thread gets its share of both
 #ifdef _OPENMP
-#pragma omp for schedule(static)
+#pragma omp for schedule(static, 1)
 #endif
             for (long long it = 0; it < items; it++) {
                 size_t si = (size_t)it / (mp + nb_items), w = (size_t)it % (mp + nb_items);
@@ -393,15 +458,17 @@ static void run_kouter(const engine_t *e, int T, size_t S, float *abuf, float *b
                 float *ab = abuf + si * asz, *bb = bbuf + si * bsz;
                 if (w < mp) {
                     size_t i0 = w * mr;
-                    pack_a(ab + i0 * kc, kt, &g->a, i0, g->M - i0 < mr ? g->M - i0 : mr, k0, kb);
+                    pack_a(ab + i0 * kc, kt, &g->a, i0, g->M - i0 < mr ? g->M - i0 : mr, g->koff + k0, kb);
                 } else if (by_row) {
                     size_t k = w - mp;
                     if (k >= kb) continue;
-                    if (g->b.kind == BNL_SRC_PATCHES) patch_row_panels(bb, kc * nr, nr, g->b.conv, g->b.p, k0 + k, k, g->N);
-                    else row_panels(bb, kc * nr, nr, g->b.p + (k0 + k) * g->b.s0, k, g->N);
+                    size_t kk = g->koff + k0 + k;
+                    if (g->b.kind == BNL_SRC_PATCHES) patch_row_panels(bb, kc * nr, nr, g->b.conv, g->b.p, kk, k, g->N);
+                    else row_panels(bb, kc * nr, nr, g->b.p + kk * g->b.s0, k, g->N);
                 } else {
                     size_t j = (w - mp) * nr;
-                    pack_b_panel(bb + (w - mp) * kc * nr, nr, &g->b, k0, kb, j, g->N - j < nr ? g->N - j : nr, NULL);
+                    pack_b_panel(bb + (w - mp) * kc * nr, nr, &g->b, g->koff + k0, kb, j, g->N - j < nr ? g->N - j : nr,
+                                 NULL);
                 }
             }
 #ifdef _OPENMP
@@ -411,13 +478,68 @@ static void run_kouter(const engine_t *e, int T, size_t S, float *abuf, float *b
                 size_t q = (size_t)t / mp, p = (size_t)t % mp, j = q * nr, i0 = p * mr;
                 for (size_t si = 0; si < ns; si++) {
                     size_t k0 = r0 + si * kc, kb = g->K - k0 < kc ? g->K - k0 : kc;
-                    const float *b = packed ? g->b.p + q * g->K * nr + k0 * nr : bbuf + si * bsz + q * kc * nr;
+                    const float *b = packed ? g->b.p + q * g->b.s0 * nr + (g->koff + k0) * nr : bbuf + si * bsz + q * kc * nr;
                     do_tile(g, kt, abuf + si * asz + i0 * kc, b, edge, i0, g->M - i0 < mr ? g->M - i0 : mr, j,
                             g->N - j < nr ? g->N - j : nr, kb, g->accumulate || k0 > 0, k0 + kb == g->K);
                 }
             }
         }
     }
+}
+
+// Split K, for long reductions: the K passes cut into a fixed number of chunks (decided by the shape
+// alone, so results never depend on the thread count), each chunk computed whole by one thread with
+// no barrier inside (a long K otherwise costs two barriers per pass), then summed in chunk order:
+// C = epilogue((C +) ((P0 + P1) + P2) + P3).
+static size_t split_chunks(const bnl_gemm_call *g, const bnl_gemm_kernels *kt) {
+    size_t kc = (size_t)kt->kc, blocks = cdiv(g->K, kc);
+    if (g->no_split || g->K <= g->M || g->K <= g->N || blocks < 8) return 1;
+    size_t n = blocks >= 16 ? 4 : 2;
+    return n * g->M * g->N <= ((size_t)1 << 22) ? n : 1;
+}
+
+static bnl_status run_split(const bnl_gemm_call *g, const bnl_gemm_kernels *kt, size_t nch, int T) {
+    size_t kc = (size_t)kt->kc, per = cdiv(cdiv(g->K, kc), nch) * kc, MN = g->M * g->N;
+    nch = cdiv(g->K, per);
+    float *P = scratch_get(nch * MN);
+    if (!P) return bnl_fail(BNL_ERR_NOMEM, "gemm: out of memory for %zu partial sums", nch * MN);
+    int Tc = T < (int)nch ? T : (int)nch, bad = 0;
+    (void)Tc;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static, 1) num_threads(Tc) if (Tc > 1) reduction(| : bad)
+#endif
+    for (long long c = 0; c < (long long)nch; c++) {
+        bnl_gemm_call sub = *g;
+        size_t k0 = (size_t)c * per;
+        sub.C = P + (size_t)c * MN, sub.ldc = g->N;
+        sub.koff = g->koff + k0, sub.K = g->K - k0 < per ? g->K - k0 : per;
+        sub.accumulate = 0, sub.bias = NULL, sub.res = NULL, sub.gate = NULL, sub.relu = 0, sub.no_split = 1;
+        bad |= bnl_gemm_run(&sub) != BNL_OK;
+    }
+    if (bad) {
+        scratch_put(P);
+        return bnl_fail(BNL_ERR_NOMEM, "gemm: out of memory in a split reduction");
+    }
+    int has_epi = g->bias || g->res || g->relu || g->gate;
+    int Tr = MN >= ((size_t)1 << 15) ? T : 1;
+    (void)Tr;
+#ifdef _OPENMP
+#pragma omp parallel for schedule(static) num_threads(Tr) if (Tr > 1)
+#endif
+    for (long long i = 0; i < (long long)g->M; i++) {
+        float *c = g->C + (size_t)i * g->ldc;
+        const float *p0 = P + (size_t)i * g->N;
+        bnl_gemm_epi epi = {g->bias, g->res ? g->res + (size_t)i * g->ldr : NULL, g->ldr, g->relu,
+                            g->gate ? g->gate + (size_t)i * g->ldr : NULL};
+        for (size_t j = 0; j < g->N; j++) {
+            float v = p0[j];
+            for (size_t q = 1; q < nch; q++) v += p0[q * MN + j];
+            if (g->accumulate) v = c[j] + v;
+            c[j] = has_epi ? epi_one(v, &epi, 0, j) : v;
+        }
+    }
+    scratch_put(P);
+    return BNL_OK;
 }
 
 bnl_status bnl_gemm_run(const bnl_gemm_call *g) {
@@ -437,7 +559,11 @@ bnl_status bnl_gemm_run(const bnl_gemm_call *g) {
     }
     size_t mr = (size_t)kt->mr, nr = (size_t)kt->nr, kc = (size_t)kt->kc;
     int T = threads_for_work(2.0 * (double)g->M * (double)g->N * (double)g->K);
-    engine_t e = {g, kt, NULL, 0, 0, 0, 0, 0, NULL};
+    size_t nch = split_chunks(g, kt);
+    if (nch > 1) return run_split(g, kt, nch, T);
+    engine_t e;
+    memset(&e, 0, sizeof e);
+    e.g = g, e.kt = kt;
 
     // K outer for long reductions (the shape decides, never the thread count)
     size_t Mp = round_up(g->M, mr), Np = round_up(g->N, nr);
@@ -447,10 +573,10 @@ bnl_status bnl_gemm_run(const bnl_gemm_call *g) {
         if (S < 1) S = 1;
         if (S > cdiv(g->K, kc)) S = cdiv(g->K, kc);
         size_t nbb = g->b.kind == BNL_SRC_PACKED ? 0 : S * Np * kc;
-        float *buf = bnl_alloc((S * Mp * kc + nbb + (size_t)(T > 0 ? T : 1) * mr * nr + 16) * sizeof(float));
+        float *buf = scratch_get(S * Mp * kc + nbb + (size_t)(T > 0 ? T : 1) * mr * nr + 16);
         if (buf) {
             run_kouter(&e, T, S, buf, buf + S * Mp * kc, buf + S * Mp * kc + nbb);
-            bnl_free(buf);
+            scratch_put(buf);
             return BNL_OK;
         }
     }
@@ -473,17 +599,17 @@ bnl_status bnl_gemm_run(const bnl_gemm_call *g) {
     size_t ntasks = e.mt * e.nt;
     if ((size_t)T > ntasks) T = (int)ntasks;
     e.per_thread = e.mc * kc + kc * nr + mr * nr + 16;
-    e.scratch = bnl_alloc((size_t)T * e.per_thread * sizeof(float));
-    if (!e.scratch && T > 1) T = 1, e.scratch = bnl_alloc(e.per_thread * sizeof(float));
+    e.scratch = scratch_get((size_t)T * e.per_thread);
+    if (!e.scratch && T > 1) T = 1, e.scratch = scratch_get(e.per_thread);
     if (!e.scratch) return bnl_fail(BNL_ERR_NOMEM, "gemm: out of memory for %zu x %zu packing buffers", e.mc, kc);
     // B packed once for all tasks when several row blocks would each pack it again (and it is not huge)
     float *bfull = NULL;
     if (g->b.kind == BNL_SRC_PACKED) {
-        e.bpacked = g->b.p;
+        e.bpacked = g->b.p, e.bstride = g->b.s0 * nr, e.boff = g->koff;
     } else if (e.mt > 1 && bnl_gemm_packed_floats(kt, g->N, g->K) <= ((size_t)1 << 22)) {
-        bfull = bnl_alloc(bnl_gemm_packed_floats(kt, g->N, g->K) * sizeof(float));
-        if (bfull) bnl_gemm_pack_b(bfull, kt, &g->b, g->N, g->K, NULL);
-        e.bpacked = bfull;
+        bfull = scratch_get(bnl_gemm_packed_floats(kt, g->N, g->K));
+        if (bfull) pack_b_full(bfull, kt, &g->b, g->N, g->K, g->koff, NULL);
+        e.bpacked = bfull, e.bstride = g->K * nr, e.boff = 0;
     }
     if (T <= 1) {
         for (size_t t = 0; t < ntasks; t++) run_task_index(&e, e.scratch, t);
@@ -495,8 +621,8 @@ bnl_status bnl_gemm_run(const bnl_gemm_call *g) {
             run_task_index(&e, e.scratch + (size_t)omp_get_thread_num() * e.per_thread, (size_t)t);
 #endif
     }
-    bnl_free(bfull);
-    bnl_free(e.scratch);
+    scratch_put(bfull);
+    scratch_put(e.scratch);
     return BNL_OK;
 }
 

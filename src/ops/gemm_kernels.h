@@ -62,7 +62,8 @@ typedef enum bnl_gemm_src_kind {
     BNL_SRC_PATCHES,       // the im2col matrix of a convolution, never formed: row = output pixel
                            // (n,p,q), column = window offset (r,s,c) of input x = p (NHWC, zeros
                            // in the padding). As A: A = patches (M = pixels); as B: B = patches (K = pixels)
-    BNL_SRC_PACKED,        // B only: already packed by bnl_gemm_pack_b for this kernel table
+    BNL_SRC_PACKED,        // B only: already packed by bnl_gemm_pack_b for this kernel table, s0 = the
+                           // K it was packed with (panels are s0*nr floats apart)
     BNL_SRC_FLIPPED,       // B only: the kernel of a transposed convolution, read from the weights
                            // w = p (K,R,S,C) of convolution `conv`: B(k = (r,s,o), j = c) = w[o,R-1-r,S-1-s,c]
 } bnl_gemm_src_kind;
@@ -70,7 +71,7 @@ typedef enum bnl_gemm_src_kind {
 typedef struct bnl_gemm_src {
     bnl_gemm_src_kind kind;
     const float *p;
-    size_t s0, s1;                 // STRIDED
+    size_t s0, s1;                 // STRIDED (PACKED: s0 = packed K)
     const bnl_conv_shape *conv;    // PATCHES, FLIPPED
     const bnl_gemm_kernels *kt;    // PACKED: the table it was packed for
 } bnl_gemm_src;
@@ -86,6 +87,8 @@ typedef struct bnl_gemm_call {
     size_t ldr;
     int relu;
     const float *gate;     // (M, N), row stride ldr, or NULL: C = gate > 0 ? C : 0 after res
+    size_t koff;           // the reduction runs over the sources' k in [koff, koff + K) (split K)
+    int no_split;          // internal: a chunk of a split reduction is not split again
 } bnl_gemm_call;
 
 // Runs on bnl_threads_effective() threads (one when called inside a parallel region).

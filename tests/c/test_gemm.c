@@ -129,6 +129,9 @@ static void test_edges(void) {
         gemm_shape(2 * mr, 2 * nr, kc, v, 0);
         gemm_shape(mc * 2 + mr + 3, 5 * nr + 1, 2 * kc + 1, v, v & 1);
         gemm_shape(1, 300, 2 * kc, v, 1);
+        // long reductions: split into 2 and 4 chunks summed in order (the same for any thread count)
+        gemm_shape(33, 17, 8 * kc + 1, v, v & 1);
+        gemm_shape(2 * mr + 1, nr + 3, 16 * kc + 5, v, (v + 1) & 1);
     }
     printf("isa %s (%s): %d edge shapes\n", bnl_isa_name(bnl_isa_active()), kt->name, count);
 }
@@ -188,9 +191,9 @@ static void test_ukernel(void) {
 
 // The engine's epilogue: interior tiles (in the kernel) and edge tiles (scalar) agree bitwise, so
 // a sub-matrix, whose tiles fall elsewhere, gives the same bits.
-static void test_epilogue(void) {
+static void test_epilogue(size_t K) {
     const bnl_gemm_kernels *kt = bnl_gemm_kernels_active();
-    size_t M = 3 * (size_t)kt->mr + 2, N = 2 * (size_t)kt->nr + 3, K = (size_t)kt->kc + 9;
+    size_t M = 3 * (size_t)kt->mr + 2, N = 2 * (size_t)kt->nr + 3;
     float *A = frand(M * K, -1, 1), *B = frand(N * K, -1, 1), *bias = frand(N, -1, 1), *res = frand(M * N, -1, 1);
     float *C = fmalloc(M * N), *want = fmalloc(M * N), *Cs = fmalloc(M * N);
     double *R = malloc(M * N * sizeof(double));
@@ -208,7 +211,7 @@ static void test_epilogue(void) {
     fill(C, M * N, NAN);
     CHECK(bnl_gemm_run(&g) == BNL_OK, "gemm_run: %s", bnl_last_error());
     char what[128];
-    snprintf(what, sizeof what, "%s epilogue bias+res+relu", kt->name);
+    snprintf(what, sizeof what, "%s epilogue bias+res+relu K=%zu", kt->name, K);
     check_close(what, C, want, M * N, 2e-6 * (double)K + 1e-6, 1e-5);
     // the sub-matrix of rows 1.. and columns 1..: every tile boundary moves
     size_t Ms = M - 1, Ns = N - 1;
@@ -228,7 +231,7 @@ static void test_epilogue(void) {
     bnl_gemm_src bsrc = {BNL_SRC_STRIDED, B, 1, K, NULL, NULL};
     bnl_gemm_pack_b(P, kt, &bsrc, N, K, scale);
     bnl_gemm_call p = g;
-    p.b = (bnl_gemm_src){BNL_SRC_PACKED, P, 0, 0, NULL, kt};
+    p.b = (bnl_gemm_src){BNL_SRC_PACKED, P, K, 0, NULL, kt};
     p.C = Cs;
     CHECK(bnl_gemm_run(&p) == BNL_OK, "gemm_run: %s", bnl_last_error());
     g.b.p = Bs;
@@ -374,6 +377,8 @@ static void test_conv(void) {
     test_conv_case(4, 24, 24, 3, 16, 7, 2, 3);
     test_conv_case(1, 24, 24, 40, 24, 1, 1, 0);
     test_conv_case(3, 17, 15, 36, 20, 3, 2, 1);
+    // so many pixels that the weight gradient's reduction is split
+    test_conv_case(2, 48, 48, 8, 8, 3, 1, 1);
 }
 
 int main(void) {
@@ -384,7 +389,8 @@ int main(void) {
         int before = g_failures;
         test_ukernel();
         test_edges();
-        test_epilogue();
+        test_epilogue((size_t)bnl_gemm_kernels_active()->kc + 9);
+        test_epilogue(16 * (size_t)bnl_gemm_kernels_active()->kc + 9);   // split reduction
         test_conv();
         printf("isa %s: %s\n", bnl_isa_name((bnl_isa)isa), g_failures == before ? "ok" : "FAILED");
     }
