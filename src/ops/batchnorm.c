@@ -152,12 +152,9 @@ static bnl_status simd_stats(double *mean, double *var, const bnl_bn_kernels *k,
 #pragma omp parallel num_threads(T)
 #endif
     {
-#ifdef _OPENMP
-        int t = omp_get_thread_num();
-#else
-        int t = 0;
-#endif
-        size_t b0 = nblocks * (size_t)t / (size_t)T, b1 = nblocks * (size_t)(t + 1) / (size_t)T;
+        int t = bnl_thread_id();
+        size_t b0, b1;
+        bnl_split(nblocks, t, T, &b0, &b1);
         double *am = acc + (size_t)t * 2 * C, *a2 = am + C;
         float *sh = scratch + (size_t)t * 3 * C, *s1 = sh + C, *s2 = s1 + C;
         double na = 0.0;
@@ -207,12 +204,9 @@ static void simd_apply(const bnl_bn_kernels *k, float *y, const float *x, const 
 #pragma omp parallel num_threads(T)
 #endif
     {
-#ifdef _OPENMP
-        int t = omp_get_thread_num();
-#else
-        int t = 0;
-#endif
-        size_t r0 = M * (size_t)t / (size_t)T, r1 = M * (size_t)(t + 1) / (size_t)T;
+        int t = bnl_thread_id();
+        size_t r0, r1;
+        bnl_split(M, t, T, &r0, &r1);
         if (r1 > r0) k->apply(y + r0 * C, x + r0 * C, mean, scale, beta, r1 - r0, C, relu, stream);
     }
 }
@@ -233,12 +227,9 @@ static bnl_status simd_bwd_reduce(double *sum_g, double *sum_gxc, const bnl_bn_k
 #pragma omp parallel num_threads(T)
 #endif
     {
-#ifdef _OPENMP
-        int t = omp_get_thread_num();
-#else
-        int t = 0;
-#endif
-        size_t b0 = nblocks * (size_t)t / (size_t)T, b1 = nblocks * (size_t)(t + 1) / (size_t)T;
+        int t = bnl_thread_id();
+        size_t b0, b1;
+        bnl_split(nblocks, t, T, &b0, &b1);
         double *ag = acc + (size_t)t * 2 * C, *agx = ag + C;
         float *sg = scratch + (size_t)t * 2 * C, *sgx = sg + C;
         for (size_t b = b0; b < b1; b++) {
@@ -264,12 +255,9 @@ static void simd_bwd_apply(const bnl_bn_kernels *k, float *dx, const float *dy, 
 #pragma omp parallel num_threads(T)
 #endif
     {
-#ifdef _OPENMP
-        int t = omp_get_thread_num();
-#else
-        int t = 0;
-#endif
-        size_t r0 = M * (size_t)t / (size_t)T, r1 = M * (size_t)(t + 1) / (size_t)T;
+        int t = bnl_thread_id();
+        size_t r0, r1;
+        bnl_split(M, t, T, &r0, &r1);
         if (r1 > r0)
             k->bwd_apply(dx + r0 * C, dy + r0 * C, x + r0 * C, mean, a, b, d, scale, beta, r1 - r0, C, relu);
     }
