@@ -42,7 +42,11 @@ static void check_parsed(const bnl_st_file *f, const uint8_t *data, size_t size)
 }
 
 // Writer round trip: what the reader accepts, the writer writes, and the reader reads back the same.
+// One documented exception: an empty tensor name parses (as in the reference implementation) but
+// the writer refuses to create one.
 static void round_trip(const bnl_st_file *f) {
+    for (size_t i = 0; i < f->count; i++)
+        if (!f->tensors[i].name[0]) return;
     bnl_st_writer *w;
     FUZZ_CHECK(bnl_st_writer_create(&w) == BNL_OK, "writer");
     for (size_t i = 0; i < f->count; i++) {
