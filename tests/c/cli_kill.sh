@@ -102,8 +102,10 @@ while [ "$kills" -lt "$KILLS" ] && [ "$attempt" -lt $((KILLS * 4)) ] && [ "$fail
     "$BIN" "${ARGS[@]}" --out "$D" "${resume[@]}" >"$T/log" 2>&1 &
     pid=$!
     restarts=$((restarts + 1))
-    # every 4th kill comes early (start-up, first checkpoint); the others anywhere in a third of a run
-    span=$(( kills % 4 == 0 ? max_delay_ms / 12 + 1 : max_delay_ms + 1 ))
+    # every 4th kill, and every other start of a fresh run, comes early (start-up, first checkpoint);
+    # the others anywhere in a third of a run
+    early=$(( kills % 4 == 0 || (${#resume[@]} == 0 && RANDOM % 2 == 0) ))
+    span=$(( early ? max_delay_ms / 12 + 1 : max_delay_ms + 1 ))
     delay_ms=$(( (RANDOM * 32768 + RANDOM) % span ))
     sleep "$(printf '%d.%03d' $((delay_ms / 1000)) $((delay_ms % 1000)))"
     if [ $((kills % 2)) -eq 1 ]; then
