@@ -56,7 +56,7 @@ static void gemm_ukernel__scalar(size_t kb, const float *restrict a, const float
 }
 
 const bnl_gemm_kernels bnl_gemm_kernels__scalar = {
-    "gemm_4x16__scalar", SC_MR, SC_NR, SC_KC, 64, 256, gemm_ukernel__scalar,
+    "gemm_4x16__scalar", SC_MR, SC_NR, SC_KC, 64, 256, gemm_ukernel__scalar, NULL,
 };
 
 // ---------------------------------------------------------------------------------------------
@@ -366,22 +366,25 @@ typedef struct {
 // One register tile: rows [row, row+m) x columns [j, j+nb) of C from a packed A micro-panel and a
 // packed B micro-panel, kb deep. Edge tiles run the same kernel on a padded copy, then the same
 // epilogue in scalar code (bitwise what the kernel's own epilogue gives).
-static void do_tile(const bnl_gemm_call *g, const bnl_gemm_kernels *kt, const float *a, const float *b, float *edge,
-                    size_t row, size_t m, size_t j, size_t nb, size_t kb, int load_c, int last) {
+// lda == 0: a is a packed micro-panel (rows kc apart); else A in place, rows lda apart (full tiles).
+static void do_tile(const bnl_gemm_call *g, const bnl_gemm_kernels *kt, const float *a, size_t lda, const float *b,
+                    float *edge, size_t row, size_t m, size_t j, size_t nb, size_t kb, int load_c, int last) {
     size_t mr = (size_t)kt->mr, nr = (size_t)kt->nr;
     float *c = g->C + row * g->ldc + j;
     bnl_gemm_epi epi = {g->bias ? g->bias + j : NULL, g->res ? g->res + row * g->ldr + j : NULL, g->ldr, g->relu,
                         g->gate ? g->gate + row * g->ldr + j : NULL};
     const bnl_gemm_epi *ep = last && (g->bias || g->res || g->relu || g->gate) ? &epi : NULL;
     if (m == mr && nb == nr) {
-        kt->ukernel(kb, a, b, c, g->ldc, load_c, ep);
+        if (lda) kt->ukernel_lda(kb, a, lda, b, c, g->ldc, load_c, ep);
+        else kt->ukernel(kb, a, b, c, g->ldc, load_c, ep);
         return;
     }
     if (load_c) {
         memset(edge, 0, mr * nr * sizeof(float));
         for (size_t r = 0; r < m; r++) memcpy(edge + r * nr, c + r * g->ldc, nb * sizeof(float));
     }
-    kt->ukernel(kb, a, b, edge, nr, load_c, NULL);
+    if (lda) kt->ukernel_lda(kb, a, lda, b, edge, nr, load_c, NULL);
+    else kt->ukernel(kb, a, b, edge, nr, load_c, NULL);
     for (size_t r = 0; r < m; r++)
         for (size_t q = 0; q < nb; q++) c[r * g->ldc + q] = ep ? epi_one(edge[r * nr + q], ep, r, q) : edge[r * nr + q];
 }
@@ -401,15 +404,25 @@ static void run_task(const engine_t *e, float *scratch, size_t i0, size_t i1, si
     size_t mr = (size_t)kt->mr, nr = (size_t)kt->nr, kc = (size_t)kt->kc;
     float *ap = scratch, *bp = ap + e->mc * kc, *edge = bp + kc * nr;
     size_t mb = i1 - i0;
+    // A with contiguous rows is read in place by the full micro-panels; only a last partial one is
+    // copied (a kernel reads all mr rows)
+    int in_place = g->a.kind == BNL_SRC_STRIDED && g->a.s1 == 1 && g->a.s0 > 0 && kt->ukernel_lda;
+    size_t mfull = in_place ? mb / mr * mr : 0;
     for (size_t k0 = 0; k0 < g->K; k0 += kc) {
         size_t kb = g->K - k0 < kc ? g->K - k0 : kc;
         int load_c = g->accumulate || k0 > 0, last = k0 + kb == g->K;
-        pack_a(ap, kt, &g->a, i0, mb, g->koff + k0, kb);
+        if (mfull < mb) pack_a(ap + mfull * kc, kt, &g->a, i0 + mfull, mb - mfull, g->koff + k0, kb);
         for (size_t j = j0; j < j1; j += nr) {
             size_t nb = j1 - j < nr ? j1 - j : nr;
             const float *b = b_panel(e, bp, nr, k0, kb, j, nb);
-            for (size_t p = 0; p < mb; p += mr)
-                do_tile(g, kt, ap + p * kc, b, edge, i0 + p, mb - p < mr ? mb - p : mr, j, nb, kb, load_c, last);
+            for (size_t p = 0; p < mb; p += mr) {
+                size_t m = mb - p < mr ? mb - p : mr;
+                if (p < mfull)
+                    do_tile(g, kt, g->a.p + (i0 + p) * g->a.s0 + g->koff + k0, g->a.s0, b, edge, i0 + p, m, j, nb, kb,
+                            load_c, last);
+                else
+                    do_tile(g, kt, ap + p * kc, 0, b, edge, i0 + p, m, j, nb, kb, load_c, last);
+            }
         }
     }
 }
@@ -479,7 +492,7 @@ static void run_kouter(const engine_t *e, int T, size_t S, float *abuf, float *b
                 for (size_t si = 0; si < ns; si++) {
                     size_t k0 = r0 + si * kc, kb = g->K - k0 < kc ? g->K - k0 : kc;
                     const float *b = packed ? g->b.p + q * g->b.s0 * nr + (g->koff + k0) * nr : bbuf + si * bsz + q * kc * nr;
-                    do_tile(g, kt, abuf + si * asz + i0 * kc, b, edge, i0, g->M - i0 < mr ? g->M - i0 : mr, j,
+                    do_tile(g, kt, abuf + si * asz + i0 * kc, 0, b, edge, i0, g->M - i0 < mr ? g->M - i0 : mr, j,
                             g->N - j < nr ? g->N - j : nr, kb, g->accumulate || k0 > 0, k0 + kb == g->K);
                 }
             }

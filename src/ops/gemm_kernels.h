@@ -35,12 +35,17 @@ typedef struct bnl_gemm_epi {
 typedef void (*bnl_gemm_ukernel_fn)(size_t kb, const float *a, const float *b, float *c, size_t ldc,
                                     int load_c, const bnl_gemm_epi *epi);
 
+// The same tile with A read in place: row i at a + i*lda (NULL where it does not pay).
+typedef void (*bnl_gemm_ukernel_lda_fn)(size_t kb, const float *a, size_t lda, const float *b, float *c,
+                                        size_t ldc, int load_c, const bnl_gemm_epi *epi);
+
 typedef struct bnl_gemm_kernels {
     const char *name;    // "gemm_14x32__avx512"
     int mr, nr;          // register tile
     int kc;              // A row stride and K pass depth (the kernel is compiled for it)
     int mc, nc;          // task rows (multiple of mr) and columns (multiple of nr)
     bnl_gemm_ukernel_fn ukernel;
+    bnl_gemm_ukernel_lda_fn ukernel_lda;
 } bnl_gemm_kernels;
 
 #ifdef __x86_64__

@@ -166,6 +166,16 @@ static void test_ukernel(void) {
                 check_close(what, plain + i * ldc, want + i * ldc, nr, 2e-6 * (double)kb + 1e-6, 1e-5);
             }
             CHECK(plain[nr] == c0[nr], "%s: ukernel wrote past its %zu columns", kt->name, nr);
+            if (kt->ukernel_lda) {   // A read in place, rows lda apart: the same bits
+                size_t lda = kb + 5;
+                float *ar = fmalloc(mr * lda), *cl = fmalloc(mr * ldc);
+                for (size_t i = 0; i < mr; i++) memcpy(ar + i * lda, a + i * kc, kb * sizeof(float));
+                memcpy(cl, c0, mr * ldc * sizeof(float));
+                kt->ukernel_lda(kb, ar, lda, b, cl, ldc, load, NULL);
+                snprintf(what, sizeof what, "%s ukernel_lda kb=%zu load_c=%d", kt->name, kb, load);
+                bitwise_equal(what, cl, plain, mr * ldc);
+                free(ar), free(cl);
+            }
             // epilogue: the kernel's own equals acc + bias, + res, gate, ReLU on the plain result
             for (int e = 0; e < 16; e++) {
                 bnl_gemm_epi epi = {e & 1 ? bias : NULL, e & 2 ? res : NULL, ldr, (e & 8) != 0, e & 4 ? gate : NULL};
