@@ -29,3 +29,7 @@ echo "== fuzzing (tests/fuzz/run.sh: libFuzzer, ASan + UBSan, 15 s per target, k
 t0=$SECONDS
 bash tests/fuzz/run.sh
 echo "== fuzzing: $((SECONDS - t0)) s"
+
+# the kill/resume figures (ctest keeps the output of passing tests in its log)
+echo "== SIGKILL + resume (tests/c/cli_kill.sh), native and under ASan:"
+grep -h '^cli_kill:' build/native/Testing/Temporary/LastTest.log build/asan/Testing/Temporary/LastTest.log | sed 's/^/  /' || true
