@@ -1,7 +1,7 @@
 // The one benchmark command: bnlab against a peer, both measured in the same run, one key=value
 // line per figure (ratios travel between machines, absolute times do not):
 //
-//   node tests/bench_perf.mjs [--rounds 3] [--only wasm,forward,train] [--threads 2]
+//   node tests/bench_perf.mjs [--rounds 5] [--only wasm,forward,train] [--threads 2]
 //
 //   bench=resnet50.forward.wasm ms=... peer=onnxruntime-web peer_ms=... ratio=... target=1.00 met=1
 //       224x224 batch 1, eval: web/bnlab.wasm (wasm simd128) against onnxruntime-web's wasm backend,
@@ -16,11 +16,15 @@
 //       1e-4), `bnlab bench resnet50 --mode train` against the same step in PyTorch
 //
 // ratio = ms / peer_ms (below 1: bnlab is faster). The native figures alternate bnlab and PyTorch
-// for --rounds rounds and report the median of each side's per-round medians, so that a machine
-// busy with other work slows both alike (ms_min/peer_ms_min/ratio_min: the fastest round of each). Needs build/native/bnlab, web/bnlab.wasm (the two CMake
-// builds), Debian's /usr/bin/python3 with torch + torchvision, and onnxruntime-web (npm ci); the
-// weights (a seeded torchvision resnet50 with populated running stats) are made once under
-// build/bench/ by tests/bench_wasm_vs_ort.mjs. A figure whose peer is missing prints SKIP.
+// for --rounds rounds (default 5) and report the median of each side's per-round medians, so that
+// a machine busy with other work slows both alike; ms_min/peer_ms_min/ratio_min are the fastest
+// round of each side, and `#` lines show every round with the load average. Run it on a quiet
+// machine: with other jobs on the cores, OpenMP threads wait for each other and the 2-thread
+// figures of both sides swing by several times.
+// Needs build/native/bnlab and web/bnlab.wasm (the two CMake builds), Debian's /usr/bin/python3
+// with torch + torchvision, and onnxruntime-web (npm ci); the weights (a seeded torchvision
+// resnet50 with populated running stats) are made once under build/bench/ by
+// tests/bench_wasm_vs_ort.mjs. A figure whose peer is missing prints SKIP.
 // Exits 1 if a check fails (wasm logits against onnxruntime-web), 0 otherwise: missed targets are
 // reported (met=0), not failures.
 import { existsSync, readFileSync } from 'node:fs';
@@ -36,7 +40,7 @@ const WEIGHTS = join(ROOT, 'build/bench/resnet50.safetensors');
 const TARGETS = { wasm: 1.0, forward: 1.25, train: 1.0 };
 
 function parseArgs(argv) {
-  const a = { rounds: 3, only: ['wasm', 'forward', 'train'], threads: 2, wasmRuns: 7 };
+  const a = { rounds: 5, only: ['wasm', 'forward', 'train'], threads: 2, wasmRuns: 7 };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i];
     const val = () => {
@@ -48,7 +52,7 @@ function parseArgs(argv) {
     else if (k === '--threads') a.threads = Number(val());
     else if (k === '--wasm-runs') a.wasmRuns = Number(val());
     else if (k === '--help' || k === '-h') {
-      console.log('usage: node tests/bench_perf.mjs [--rounds 3] [--only wasm,forward,train] [--threads 2] [--wasm-runs 7]');
+      console.log('usage: node tests/bench_perf.mjs [--rounds 5] [--only wasm,forward,train] [--threads 2] [--wasm-runs 7]');
       process.exit(0);
     } else fail(`unknown argument ${k}`);
   }
