@@ -244,12 +244,15 @@ class BatchNormOps {
 
 const I32 = (L, p, n) => new Int32Array(L._ex.memory.buffer, p, n);
 
+// Shapes as text for messages, whatever the caller passed (JSON.stringify throws on BigInt).
+const showShape = (v) => { try { return JSON.stringify(v); } catch { return String(v); } };
+
 function checkShape(shape, what) {
   if (!Array.isArray(shape) || shape.length !== 4 || !shape.every((d) => Number.isInteger(d) && d > 0))
-    throw new Error(`bnlab: ${what}: shape must be [n, h, w, c] of positive integers (got ${JSON.stringify(shape)})`);
+    throw new Error(`bnlab: ${what}: shape must be [n, h, w, c] of positive integers (got ${showShape(shape)})`);
   const n = shape[0] * shape[1] * shape[2] * shape[3];
   if (shape[0] > 65536 || shape[1] > 8192 || shape[2] > 8192 || n > 0x3fffffff)
-    throw new Error(`bnlab: ${what}: shape ${JSON.stringify(shape)} is too large`);
+    throw new Error(`bnlab: ${what}: shape ${showShape(shape)} is too large`);
   return n;
 }
 
