@@ -4,29 +4,10 @@
 #include "core/rng.h"
 #include "ops/ops.h"
 #include "util.h"
+#include "test_data.h"
 
 #include <stdint.h>
 
-static bnl_rng g_rng;
-
-static float *fmalloc(size_t n) {
-    float *p = malloc((n ? n : 1) * sizeof(float));
-    if (!p) {
-        fprintf(stderr, "out of memory (%zu floats)\n", n);
-        exit(2);
-    }
-    return p;
-}
-
-static float *frand(size_t n, double lo, double hi) {
-    float *p = fmalloc(n);
-    for (size_t i = 0; i < n; i++) p[i] = (float)(lo + (hi - lo) * bnl_rng_uniform(&g_rng));
-    return p;
-}
-
-static void fill(float *p, size_t n, float v) {
-    for (size_t i = 0; i < n; i++) p[i] = v;
-}
 
 static double dot(const float *a, const float *b, size_t n) {
     double s = 0;
