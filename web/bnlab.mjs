@@ -166,6 +166,21 @@ function checkSizes(M, C) {
     throw new Error(`bnlab: batchnorm sizes must be positive integers with M*C < 2^30 (got M=${M}, C=${C})`);
 }
 
+// The per-channel inputs of a BatchNorm call, copied into wasm memory with PyTorch's defaults
+// (gamma 1, beta 0, running mean 0, running var 1); running statistics only when asked for.
+function putChannelParams(L, alloc, o, C, running = true) {
+  const ones = () => new Float32Array(C).fill(1), zeros = () => new Float32Array(C);
+  const out = {
+    pg: L._putF32(alloc, o.gamma ?? ones(), C, 'gamma'),
+    pb: L._putF32(alloc, o.beta ?? zeros(), C, 'beta'),
+  };
+  if (running) {
+    out.prm = L._putF32(alloc, o.runningMean ?? zeros(), C, 'runningMean');
+    out.prv = L._putF32(alloc, o.runningVar ?? ones(), C, 'runningVar');
+  }
+  return out;
+}
+
 // BatchNorm on an NHWC activation viewed as (M = N*H*W, C). Options: gamma, beta (Float32Array C,
 // default 1 and 0), eps (1e-5), momentum (0.9, Flax convention), unbiased, cumulative, relu,
 // useScale, useBias, runningMean/runningVar (default 0 and 1), numBatchesTracked (0).
@@ -177,10 +192,7 @@ class BatchNormOps {
     const L = this._lab;
     return L._scoped((alloc) => {
       const px = L._putF32(alloc, x, M * C, 'x');
-      const pg = L._putF32(alloc, o.gamma ?? new Float32Array(C).fill(1), C, 'gamma');
-      const pb = L._putF32(alloc, o.beta ?? new Float32Array(C), C, 'beta');
-      const prm = L._putF32(alloc, o.runningMean ?? new Float32Array(C), C, 'runningMean');
-      const prv = L._putF32(alloc, o.runningVar ?? new Float32Array(C).fill(1), C, 'runningVar');
+      const { pg, pb, prm, prv } = putChannelParams(L, alloc, o, C);
       const py = alloc(M * C * 4), pm = alloc(C * 4), pis = alloc(C * 4), pv = alloc(C * 4);
       const pn = alloc(8);
       new BigInt64Array(L._ex.memory.buffer, pn, 1)[0] = BigInt(o.numBatchesTracked ?? 0);
@@ -199,10 +211,7 @@ class BatchNormOps {
     const L = this._lab;
     return L._scoped((alloc) => {
       const px = L._putF32(alloc, x, M * C, 'x');
-      const pg = L._putF32(alloc, o.gamma ?? new Float32Array(C).fill(1), C, 'gamma');
-      const pb = L._putF32(alloc, o.beta ?? new Float32Array(C), C, 'beta');
-      const prm = L._putF32(alloc, o.runningMean ?? new Float32Array(C), C, 'runningMean');
-      const prv = L._putF32(alloc, o.runningVar ?? new Float32Array(C).fill(1), C, 'runningVar');
+      const { pg, pb, prm, prv } = putChannelParams(L, alloc, o, C);
       const py = alloc(M * C * 4);
       L._check(L._ex.bnl_wasm_bn_forward_eval(py, px, pg, pb, prm, prv, M, C, o.eps ?? 1e-5, bnFlags(o)));
       return L._getF32(py, M * C);
@@ -216,8 +225,7 @@ class BatchNormOps {
     return L._scoped((alloc) => {
       const pdy = L._putF32(alloc, dy, M * C, 'dy'), px = L._putF32(alloc, x, M * C, 'x');
       const pm = L._putF32(alloc, saved.mean, C, 'mean'), pis = L._putF32(alloc, saved.invstd, C, 'invstd');
-      const pg = L._putF32(alloc, o.gamma ?? new Float32Array(C).fill(1), C, 'gamma');
-      const pb = L._putF32(alloc, o.beta ?? new Float32Array(C), C, 'beta');
+      const { pg, pb } = putChannelParams(L, alloc, o, C, false);
       const pdx = alloc(M * C * 4), pdg = L._putF32(alloc, new Float32Array(C), C, 'dgamma');
       const pdb = L._putF32(alloc, new Float32Array(C), C, 'dbeta');
       L._check(L._ex.bnl_wasm_bn_backward_train(pdx, pdg, pdb, pdy, px, pm, pis, pg, pb, M, C, o.eps ?? 1e-5, bnFlags(o)));
@@ -230,10 +238,7 @@ class BatchNormOps {
     const L = this._lab;
     return L._scoped((alloc) => {
       const pdy = L._putF32(alloc, dy, M * C, 'dy'), px = L._putF32(alloc, x, M * C, 'x');
-      const pg = L._putF32(alloc, o.gamma ?? new Float32Array(C).fill(1), C, 'gamma');
-      const pb = L._putF32(alloc, o.beta ?? new Float32Array(C), C, 'beta');
-      const prm = L._putF32(alloc, o.runningMean ?? new Float32Array(C), C, 'runningMean');
-      const prv = L._putF32(alloc, o.runningVar ?? new Float32Array(C).fill(1), C, 'runningVar');
+      const { pg, pb, prm, prv } = putChannelParams(L, alloc, o, C);
       const pdx = alloc(M * C * 4), pdg = L._putF32(alloc, new Float32Array(C), C, 'dgamma');
       const pdb = L._putF32(alloc, new Float32Array(C), C, 'dbeta');
       L._check(L._ex.bnl_wasm_bn_backward_eval(pdx, pdg, pdb, pdy, px, pg, pb, prm, prv, M, C, o.eps ?? 1e-5, bnFlags(o)));

@@ -108,26 +108,26 @@ typedef struct {
     int cap_conv, cap_bn, cap_seg;
 } builder;
 
+// Makes room for one more element in a growing array (*arr holds n of elem bytes, *cap capacity).
+static int grow(void **arr, int *cap, int n, size_t elem) {
+    if (n < *cap) return 1;
+    int nc = *cap ? 2 * *cap : 64;
+    void *p = realloc(*arr, (size_t)nc * elem);
+    if (!p) return 0;
+    *arr = p, *cap = nc;
+    return 1;
+}
+
 static int add_seg(builder *b, size_t off, size_t n, int decay) {
     bnl_resnet *m = b->m;
-    if (m->nseg == b->cap_seg) {
-        int cap = b->cap_seg ? 2 * b->cap_seg : 64;
-        segment_t *s = realloc(m->segs, (size_t)cap * sizeof *s);
-        if (!s) return 0;
-        m->segs = s, b->cap_seg = cap;
-    }
+    if (!grow((void **)&m->segs, &b->cap_seg, m->nseg, sizeof *m->segs)) return 0;
     m->segs[m->nseg++] = (segment_t){off, n, decay};
     return 1;
 }
 
 static int add_conv(builder *b, const char *name, int cin, int cout, int k, int stride) {
     bnl_resnet *m = b->m;
-    if (m->nconv == b->cap_conv) {
-        int cap = b->cap_conv ? 2 * b->cap_conv : 64;
-        conv_t *c = realloc(m->convs, (size_t)cap * sizeof *c);
-        if (!c) return -1;
-        m->convs = c, b->cap_conv = cap;
-    }
+    if (!grow((void **)&m->convs, &b->cap_conv, m->nconv, sizeof *m->convs)) return -1;
     conv_t *c = &m->convs[m->nconv];
     memset(c, 0, sizeof *c);
     snprintf(c->name, NAME_LEN, "%s", name);
@@ -141,12 +141,7 @@ static int add_conv(builder *b, const char *name, int cin, int cout, int k, int 
 
 static int add_bn(builder *b, const char *name, int C, int relu) {
     bnl_resnet *m = b->m;
-    if (m->nbn == b->cap_bn) {
-        int cap = b->cap_bn ? 2 * b->cap_bn : 64;
-        bn_t *x = realloc(m->bns, (size_t)cap * sizeof *x);
-        if (!x) return -1;
-        m->bns = x, b->cap_bn = cap;
-    }
+    if (!grow((void **)&m->bns, &b->cap_bn, m->nbn, sizeof *m->bns)) return -1;
     bn_t *x = &m->bns[m->nbn];
     memset(x, 0, sizeof *x);
     snprintf(x->name, NAME_LEN, "%s", name);
@@ -271,12 +266,7 @@ static bnl_status build_layout(bnl_resnet *m, const bnl_st_file *f) {
             char pre[NAME_LEN / 2], lname[NAME_LEN];
             snprintf(pre, sizeof pre, "layer%d.%d", st + 1, bi);
             int stride = (st > 0 && bi == 0) ? 2 : 1;
-            if (m->nblocks == cap_blocks) {
-                cap_blocks = cap_blocks ? 2 * cap_blocks : 32;
-                block_t *nbk = realloc(m->blocks, (size_t)cap_blocks * sizeof *nbk);
-                if (!nbk) goto oom;
-                m->blocks = nbk;
-            }
+            if (!grow((void **)&m->blocks, &cap_blocks, m->nblocks, sizeof *m->blocks)) goto oom;
             block_t *blk = &m->blocks[m->nblocks];
             memset(blk, 0, sizeof *blk);
             blk->cin = cin, blk->stride = stride, blk->conv3 = blk->bn3 = blk->dconv = blk->dbn = -1;
