@@ -116,6 +116,15 @@ bnl_status bnl_batchnorm_backward_eval(float *dx, float *dgamma, float *dbeta, c
                                        const float *running_mean, const float *running_var,
                                        size_t M, size_t C, const bnl_bn_config *cfg);
 
+// A per-channel affine layer without statistics, y = x*gamma + beta (+ReLU): what a BatchNorm
+// layer becomes in a network trained without normalization (bnl_resnet_set_norm). cfg: only
+// use_scale, use_bias and relu matter. Its backward: dx = g*gamma, dgamma += sum(g*x), dbeta += sum(g).
+bnl_status bnl_channel_affine_forward(float *y, const float *x, const float *gamma, const float *beta, size_t M,
+                                      size_t C, const bnl_bn_config *cfg);
+bnl_status bnl_channel_affine_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x,
+                                       const float *gamma, const float *beta, size_t M, size_t C,
+                                       const bnl_bn_config *cfg);
+
 // ---------------------------------------------------------------------------------------------
 // The train-mode passes one by one, for synchronized BatchNorm across replicas (each replica has
 // M_local rows; sums are combined by the caller, e.g. MPI_Allreduce, before the next pass):

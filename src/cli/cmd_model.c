@@ -109,6 +109,9 @@ int cmd_info(int argc, char **argv) {
     printf("\ninput channels: %d\nclasses: %d\nfeatures: %d\n", in->in_channels, in->num_classes, in->num_features);
     printf("batchnorm layers: %d\nparameters: %zu\nrunning statistics: %zu\n", in->num_bn, in->num_params,
            in->num_stats);
+    printf("normalization: %s\n", in->norm == BNL_NORM_NONE
+                                       ? "none (BatchNorm layers are per-channel scale and shift; running statistics unused)"
+                                       : "batchnorm");
     const char *labels = bnl_resnet_meta(m, "labels");
     printf("labels: %s\n", labels ? "yes (in __metadata__)" : "no");
     bnl_resnet_free(m);

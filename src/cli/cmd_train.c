@@ -163,6 +163,10 @@ int cmd_train(int argc, char **argv) {
         {"width-mult", "W", "channel width multiplier (1 = torchvision, 0.25 = a quarter) [default: 1]", NULL, 0},
         {"init", "W.safetensors", "start from these weights (architecture from the file; another class count gets a new fc)",
          NULL, 0},
+        {"norm", "KIND", "batch: BatchNorm; none: no normalization, every BatchNorm layer becomes a learnable per-channel "
+                         "scale and shift (the BN-free baseline) [default: batch]", NULL, 0},
+        {"zero-init-residual", NULL, "start the last BatchNorm gamma (scale) of every block at 0 (torchvision's "
+                                     "zero_init_residual; with --norm none: SkipInit)", NULL, 0},
         {"epochs", "E", "epochs", "10", 0},
         {"batch-size", "B", "images per step and rank (MPI: the global batch is B x ranks, like PyTorch DDP)", "128", 0},
         {"lr", "LR", "peak learning rate", "0.1", 0},
@@ -248,6 +252,15 @@ int cmd_train(int argc, char **argv) {
     cfg.init = cli_get(opts, nopts, "init");
     if (!bad && cfg.init && (cli_get(opts, nopts, "arch") || cli_get(opts, nopts, "width-mult")))
         bad = cli_error("--init takes the architecture from the file: drop --arch and --width-mult");
+    if (!bad && cfg.init && (cli_get(opts, nopts, "norm") || cli_get(opts, nopts, "zero-init-residual")))
+        bad = cli_error("--init: the file decides the normalization and holds its weights: drop --norm and --zero-init-residual");
+    if (!bad && cli_get(opts, nopts, "norm")) {
+        const char *nm = cli_get(opts, nopts, "norm");
+        if (!strcmp(nm, "batch")) cfg.norm = BNL_NORM_BATCH;
+        else if (!strcmp(nm, "none")) cfg.norm = BNL_NORM_NONE;
+        else bad = cli_error("--norm: expected 'batch' or 'none', got '%s'", nm);
+    }
+    cfg.zero_init_residual = cli_get(opts, nopts, "zero-init-residual") != NULL;
     if (!bad && cli_get(opts, nopts, "arch")) bad = parse_arch(cli_get(opts, nopts, "arch"), &cfg.depth) != 0;
     if (!bad && cli_get(opts, nopts, "width-mult")) {
         bad = cli_get_double(opts, nopts, "width-mult", 1e-3, 16, &d) != 0;
@@ -285,6 +298,8 @@ int cmd_train(int argc, char **argv) {
         else bad = cli_error("--running-var: expected 'biased' or 'unbiased', got '%s'", rv);
     }
     cfg.sync_bn = cli_get(opts, nopts, "sync-bn") != NULL;
+    if (!bad && cfg.sync_bn && cfg.norm == BNL_NORM_NONE)
+        bad = cli_error("--sync-bn has nothing to synchronize with --norm none (no batch statistics)");
     if (!bad && cli_get(opts, nopts, "augment") && cli_get(opts, nopts, "no-augment"))
         bad = cli_error("--augment and --no-augment contradict each other");
     cfg.augment = cli_get(opts, nopts, "no-augment") == NULL;

@@ -26,6 +26,7 @@
     } while (0)
 
 #define NAME_LEN 64
+#define NORM_META_KEY "bnlab.norm"
 
 typedef struct {
     char name[NAME_LEN];   // "layer1.0.conv1" (".weight" appended in the file)
@@ -71,6 +72,7 @@ struct bnl_resnet {
     float *stats;
     float *batch;
     int has_batch, has_tracked, training;
+    bnl_norm norm;          // BNL_NORM_NONE: every "bn" layer is a per-channel affine, no statistics
     bnl_bn_config bn;
     char **meta_k, **meta_v;
     size_t nmeta;
@@ -469,6 +471,16 @@ static bnl_status copy_meta(bnl_resnet *m, const bnl_st_file *f) {
     return BNL_OK;
 }
 
+// "bnlab.norm" in __metadata__: absent or "batch" is BatchNorm, "none" the affine-only network.
+static bnl_status norm_from_meta(bnl_resnet *m) {
+    const char *v = bnl_resnet_meta(m, NORM_META_KEY);
+    if (!v || !strcmp(v, "batch")) m->norm = BNL_NORM_BATCH;
+    else if (!strcmp(v, "none")) m->norm = BNL_NORM_NONE;
+    else return bnl_fail(BNL_ERR_FORMAT, "metadata '%s' is '%.60s' (expected 'batch' or 'none')", NORM_META_KEY, v);
+    m->info.norm = m->norm;
+    return BNL_OK;
+}
+
 static bnl_status load_from(bnl_resnet **out, const bnl_st_file *f, int allow_extra) {
     bnl_resnet *m = calloc(1, sizeof *m);
     if (!m) return bnl_fail(BNL_ERR_NOMEM, "out of memory allocating the model");
@@ -478,6 +490,7 @@ static bnl_status load_from(bnl_resnet **out, const bnl_st_file *f, int allow_ex
     if (s == BNL_OK && !allow_extra) s = check_unexpected(m, f);
     if (s == BNL_OK) s = load_values(m, f);
     if (s == BNL_OK) s = copy_meta(m, f);
+    if (s == BNL_OK) s = norm_from_meta(m);
     if (s != BNL_OK) {
         bnl_resnet_free(m);
         return s;
@@ -556,6 +569,60 @@ const char *bnl_resnet_meta(const bnl_resnet *m, const char *key) {
     for (size_t i = 0; i < m->nmeta; i++)
         if (!strcmp(m->meta_k[i], key)) return m->meta_v[i];
     return NULL;
+}
+
+// Sets (value) or removes (NULL) one __metadata__ entry.
+static bnl_status meta_set(bnl_resnet *m, const char *key, const char *value) {
+    size_t i = 0;
+    while (i < m->nmeta && strcmp(m->meta_k[i], key)) i++;
+    if (!value) {
+        if (i == m->nmeta) return BNL_OK;
+        free(m->meta_k[i]), free(m->meta_v[i]);
+        for (size_t j = i + 1; j < m->nmeta; j++) m->meta_k[j - 1] = m->meta_k[j], m->meta_v[j - 1] = m->meta_v[j];
+        m->nmeta--;
+        return BNL_OK;
+    }
+    char *v = strdup(value);
+    if (!v) return bnl_fail(BNL_ERR_NOMEM, "out of memory setting metadata");
+    if (i < m->nmeta) {
+        free(m->meta_v[i]);
+        m->meta_v[i] = v;
+        return BNL_OK;
+    }
+    char *k = strdup(key);
+    char **nk = k ? realloc(m->meta_k, (m->nmeta + 1) * sizeof *nk) : NULL;
+    if (nk) m->meta_k = nk;
+    char **nv = nk ? realloc(m->meta_v, (m->nmeta + 1) * sizeof *nv) : NULL;
+    if (nv) m->meta_v = nv;
+    if (!nv) {
+        free(k), free(v);
+        return bnl_fail(BNL_ERR_NOMEM, "out of memory setting metadata");
+    }
+    m->meta_k[m->nmeta] = k, m->meta_v[m->nmeta] = v;
+    m->nmeta++;
+    return BNL_OK;
+}
+
+bnl_status bnl_resnet_set_norm(bnl_resnet *m, bnl_norm norm) {
+    if (!m) return bnl_fail(BNL_ERR_ARG, "set_norm: NULL model");
+    if (norm != BNL_NORM_BATCH && norm != BNL_NORM_NONE)
+        return bnl_fail(BNL_ERR_ARG, "set_norm: unknown normalization %d", (int)norm);
+    TRY_RET(meta_set(m, NORM_META_KEY, norm == BNL_NORM_NONE ? "none" : NULL));
+    m->norm = norm;
+    m->info.norm = norm;
+    m->has_batch = 0;
+    m->pk_valid = 0;
+    return BNL_OK;
+}
+bnl_norm bnl_resnet_norm(const bnl_resnet *m) { return m->norm; }
+
+void bnl_resnet_zero_init_residual(bnl_resnet *m) {
+    for (int b = 0; b < m->nblocks; b++) {
+        const block_t *blk = &m->blocks[b];
+        const bn_t *last = &m->bns[blk->bn3 >= 0 ? blk->bn3 : blk->bn2];
+        memset(m->params + last->gamma, 0, (size_t)last->C * sizeof(float));
+    }
+    m->pk_valid = 0;
 }
 
 void bnl_resnet_set_training(bnl_resnet *m, int training) { m->training = training != 0; }
@@ -777,7 +844,10 @@ static bnl_status bn_fwd(bnl_resnet *m, bn_t *x, int N, int train) {
     cfg.relu = x->relu;
     size_t M = (size_t)N * x->H * x->W;
     bnl_status s;
-    if (train && m->sync_fn) {
+    if (m->norm == BNL_NORM_NONE) {   // no statistics at all: the same in train and eval mode
+        return bnl_channel_affine_forward(x->post, x->pre, m->params + x->gamma, m->params + x->beta, M,
+                                          (size_t)x->C, &cfg);
+    } else if (train && m->sync_fn) {
         s = bn_fwd_sync(m, x, M, &cfg);
     } else if (train) {
         s = bnl_batchnorm_forward_train(x->post, m->batch + x->bm, m->batch + x->bis, m->batch + x->bv,
@@ -799,6 +869,9 @@ static bnl_status bn_bwd(bnl_resnet *m, bn_t *x, float *dx, const float *dy, int
     bnl_bn_config cfg = m->bn;
     cfg.relu = x->relu;
     size_t M = (size_t)N * x->H * x->W;
+    if (m->norm == BNL_NORM_NONE)
+        return bnl_channel_affine_backward(dx, m->grads + x->gamma, m->grads + x->beta, dy, x->pre,
+                                           m->params + x->gamma, m->params + x->beta, M, (size_t)x->C, &cfg);
     if (m->sync_fn) {
         // local sums -> parameter gradients (replicas average those later); global sums -> dx
         size_t C = (size_t)x->C;
@@ -847,6 +920,10 @@ static bnl_status fold_and_pack(bnl_resnet *m) {
         const bn_t *x = &m->bns[c];
         const float *g = m->params + x->gamma, *b = m->params + x->beta, *rm = m->stats + x->rm, *rv = m->stats + x->rv;
         for (int k = 0; k < cv->cout; k++) {
+            if (m->norm == BNL_NORM_NONE) {   // the affine layer: w' = w*gamma, bias = beta
+                scale[k] = g[k], bias[k] = b[k];
+                continue;
+            }
             double sk = (double)g[k] / sqrt((double)rv[k] + (double)m->bn.eps);
             scale[k] = (float)sk;
             bias[k] = (float)((double)b[k] - (double)rm[k] * sk);
@@ -985,7 +1062,7 @@ static bnl_status forward_impl(bnl_resnet *m, float *logits, const float *x, int
     TRY(bnl_avgpool_forward(m->feat, lb->out, N, lb->Hout * lb->Wout, lb->cout));
     TRY(bnl_linear_forward(logits, m->feat, m->params + m->fc_w, m->params + m->fc_b, N, m->info.num_features,
                            m->info.num_classes));
-    if (train) m->has_batch = 1;
+    if (train && m->norm == BNL_NORM_BATCH) m->has_batch = 1;
     return BNL_OK;
 }
 

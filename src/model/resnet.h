@@ -35,6 +35,7 @@ typedef struct bnl_resnet_info {
     int num_bn;                       // BatchNorm layers, stem to last block
     size_t num_params;                // learnable parameters (conv, BN affine, fc)
     size_t num_stats;                 // running statistics values (means and variances)
+    int norm;                         // bnl_norm: BNL_NORM_BATCH, or BNL_NORM_NONE (see bnl_resnet_set_norm)
 } bnl_resnet_info;
 
 typedef struct bnl_sgd {
@@ -72,6 +73,19 @@ void bnl_resnet_free(bnl_resnet *m);
 
 const bnl_resnet_info *bnl_resnet_get_info(const bnl_resnet *m);
 const char *bnl_resnet_meta(const bnl_resnet *m, const char *key);   // __metadata__ value or NULL
+
+// What the "bn" layers do. BNL_NORM_BATCH (every loaded or created model): BatchNorm. BNL_NORM_NONE:
+// the network without normalization, for comparison: each "bn" layer is a learnable per-channel
+// affine y = gamma*x + beta (+ReLU), identical in train and eval mode; running statistics are
+// neither used nor updated (they keep their values and are still saved). Saves record it as
+// __metadata__ "bnlab.norm": "none" and loads honour that key ("batch" or absent: BatchNorm).
+typedef enum { BNL_NORM_BATCH = 0, BNL_NORM_NONE = 1 } bnl_norm;
+bnl_status bnl_resnet_set_norm(bnl_resnet *m, bnl_norm norm);
+bnl_norm bnl_resnet_norm(const bnl_resnet *m);
+// torchvision's zero_init_residual: gamma of the last "bn" of every block set to 0, so each residual
+// branch starts at zero and every block at the identity. With BNL_NORM_NONE this is SkipInit (De &
+// Smith 2020), the usual way to make a deep ResNet trainable without normalization.
+void bnl_resnet_zero_init_residual(bnl_resnet *m);
 
 // One switch for every BatchNorm layer (nnx .train()/.eval()).
 void bnl_resnet_set_training(bnl_resnet *m, int training);

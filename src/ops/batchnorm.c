@@ -76,20 +76,6 @@ static void ref_forward_train(float *y, float *mean, float *invstd, double *var,
     }
 }
 
-static void ref_forward_eval(float *y, const float *x, const float *gamma, const float *beta,
-                             const float *rm, const float *rv, size_t M, size_t C,
-                             const bnl_bn_config *cfg) {
-    for (size_t c = 0; c < C; c++) {
-        double is = 1.0 / sqrt((double)rv[c] + (double)cfg->eps);
-        double g = cfg->use_scale ? gamma[c] : 1.0, b = cfg->use_bias ? beta[c] : 0.0;
-        for (size_t r = 0; r < M; r++) {
-            double t = ((double)x[r * C + c] - rm[c]) * is * g + b;
-            if (cfg->relu && !(t > 0.0)) t = 0.0;
-            y[r * C + c] = (float)t;
-        }
-    }
-}
-
 // Shared by train and eval backward. With batch statistics (train): the mean and variance depend
 // on x, giving the two correction terms; with running statistics (eval) they are constants.
 static void ref_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x,
@@ -345,6 +331,33 @@ bnl_status bnl_batchnorm_forward_train(float *y, float *mean, float *invstd, flo
     return BNL_OK;
 }
 
+// y = (x - mean)*invstd*gamma + beta (+ReLU) with constant per-channel statistics: the eval
+// forward (running statistics) and the affine layer (mean 0, invstd 1) share it.
+static bnl_status const_forward(const char *who, float *y, const float *x, const float *gamma, const float *beta,
+                                const float *mean, const float *invstd, size_t M, size_t C,
+                                const bnl_bn_config *cfg) {
+    const bnl_bn_kernels *k = bnl_bn_kernels_for(bnl_isa_active());
+    if (!k) {
+        for (size_t c = 0; c < C; c++) {
+            double is = invstd[c], mu = mean[c];
+            double g = cfg->use_scale ? gamma[c] : 1.0, b = cfg->use_bias ? beta[c] : 0.0;
+            for (size_t r = 0; r < M; r++) {
+                double t = ((double)x[r * C + c] - mu) * is * g + b;
+                if (cfg->relu && !(t > 0.0)) t = 0.0;
+                y[r * C + c] = (float)t;
+            }
+        }
+        return BNL_OK;
+    }
+    bn_work w;
+    bnl_status s = work_alloc(&w, C, who);
+    if (s != BNL_OK) return s;
+    fill_scale(&w, gamma, beta, invstd, C, cfg);
+    simd_apply(k, y, x, mean, w.scale, w.beta, M, C, cfg->relu);
+    work_free(&w);
+    return BNL_OK;
+}
+
 bnl_status bnl_batchnorm_forward_eval(float *y, const float *x, const float *gamma,
                                       const float *beta, const float *running_mean,
                                       const float *running_var, size_t M, size_t C,
@@ -353,18 +366,12 @@ bnl_status bnl_batchnorm_forward_eval(float *y, const float *x, const float *gam
     bnl_status s = check_common(who, y, x, gamma, beta, M, C, cfg);
     if (s != BNL_OK) return s;
     if (!running_mean || !running_var) return bnl_fail(BNL_ERR_ARG, "%s: running statistics are NULL", who);
-    const bnl_bn_kernels *k = bnl_bn_kernels_for(bnl_isa_active());
-    if (!k) {
-        ref_forward_eval(y, x, gamma, beta, running_mean, running_var, M, C, cfg);
-        return BNL_OK;
-    }
-    bn_work w;
-    if ((s = work_alloc(&w, C, who)) != BNL_OK) return s;
-    for (size_t c = 0; c < C; c++) w.a[c] = (float)(1.0 / sqrt((double)running_var[c] + (double)cfg->eps));
-    fill_scale(&w, gamma, beta, w.a, C, cfg);
-    simd_apply(k, y, x, running_mean, w.scale, w.beta, M, C, cfg->relu);
-    work_free(&w);
-    return BNL_OK;
+    float *is = bnl_alloc(C * sizeof(float));
+    if (!is) return bnl_fail(BNL_ERR_NOMEM, "%s: out of memory (C = %zu)", who, C);
+    for (size_t c = 0; c < C; c++) is[c] = (float)(1.0 / sqrt((double)running_var[c] + (double)cfg->eps));
+    s = const_forward(who, y, x, gamma, beta, running_mean, is, M, C, cfg);
+    bnl_free(is);
+    return s;
 }
 
 bnl_status bnl_batchnorm_backward_train(float *dx, float *dgamma, float *dbeta, const float *dy,
@@ -404,6 +411,42 @@ bnl_status bnl_batchnorm_backward_train(float *dx, float *dgamma, float *dbeta, 
     return BNL_OK;
 }
 
+// Backward of const_forward: dx = g*gamma*invstd, dgamma += invstd*sum(g*(x-mean)), dbeta += sum(g).
+static bnl_status const_backward(const char *who, float *dx, float *dgamma, float *dbeta, const float *dy,
+                                 const float *x, const float *gamma, const float *beta, const float *mean,
+                                 const float *invstd, size_t M, size_t C, const bnl_bn_config *cfg) {
+    bn_work w;
+    bnl_status s = work_alloc(&w, C, who);
+    if (s != BNL_OK) return s;
+    const bnl_bn_kernels *k = bnl_bn_kernels_for(bnl_isa_active());
+    if (!k) {
+        double *dmean = bnl_alloc(2 * C * sizeof(double));
+        if (!dmean) {
+            work_free(&w);
+            return bnl_fail(BNL_ERR_NOMEM, "%s: out of memory (C = %zu)", who, C);
+        }
+        for (size_t c = 0; c < C; c++) dmean[c] = mean[c], dmean[C + c] = invstd[c];
+        ref_backward(dx, dgamma, dbeta, dy, x, gamma, beta, dmean, dmean + C, M, C, 0, cfg);
+        bnl_free(dmean);
+        work_free(&w);
+        return BNL_OK;
+    }
+    fill_scale(&w, gamma, beta, invstd, C, cfg);
+    double *sum_g = w.dbl, *sum_gxc = w.dbl + C;
+    if ((s = simd_bwd_reduce(sum_g, sum_gxc, k, dy, x, mean, w.scale, w.beta, M, C, cfg->relu)) != BNL_OK) {
+        work_free(&w);
+        return s;
+    }
+    for (size_t c = 0; c < C; c++) {
+        w.a[c] = w.scale[c], w.b[c] = 0.0f, w.d[c] = 0.0f;
+        if (dgamma && cfg->use_scale) dgamma[c] += (float)(invstd[c] * sum_gxc[c]);
+        if (dbeta && cfg->use_bias) dbeta[c] += (float)sum_g[c];
+    }
+    simd_bwd_apply(k, dx, dy, x, mean, w.a, w.b, w.d, w.scale, w.beta, M, C, cfg->relu);
+    work_free(&w);
+    return BNL_OK;
+}
+
 bnl_status bnl_batchnorm_backward_eval(float *dx, float *dgamma, float *dbeta, const float *dy,
                                        const float *x, const float *gamma, const float *beta,
                                        const float *running_mean, const float *running_var,
@@ -413,31 +456,48 @@ bnl_status bnl_batchnorm_backward_eval(float *dx, float *dgamma, float *dbeta, c
     if (s != BNL_OK) return s;
     if (!x || !running_mean || !running_var)
         return bnl_fail(BNL_ERR_ARG, "%s: x or running statistics are NULL", who);
-    bn_work w;
-    if ((s = work_alloc(&w, C, who)) != BNL_OK) return s;
-    const bnl_bn_kernels *k = bnl_bn_kernels_for(bnl_isa_active());
-    if (!k) {
-        for (size_t c = 0; c < C; c++)
-            w.dbl[c] = running_mean[c], w.dbl[C + c] = 1.0 / sqrt((double)running_var[c] + (double)cfg->eps);
-        ref_backward(dx, dgamma, dbeta, dy, x, gamma, beta, w.dbl, w.dbl + C, M, C, 0, cfg);
-        work_free(&w);
-        return BNL_OK;
-    }
-    for (size_t c = 0; c < C; c++) w.mean[c] = (float)(1.0 / sqrt((double)running_var[c] + (double)cfg->eps));
-    fill_scale(&w, gamma, beta, w.mean, C, cfg);
-    double *sum_g = w.dbl, *sum_gxc = w.dbl + C;
-    if ((s = simd_bwd_reduce(sum_g, sum_gxc, k, dy, x, running_mean, w.scale, w.beta, M, C, cfg->relu)) != BNL_OK) {
-        work_free(&w);
-        return s;
-    }
-    for (size_t c = 0; c < C; c++) {
-        w.a[c] = w.scale[c], w.b[c] = 0.0f, w.d[c] = 0.0f;
-        if (dgamma && cfg->use_scale) dgamma[c] += (float)(w.mean[c] * sum_gxc[c]);
-        if (dbeta && cfg->use_bias) dbeta[c] += (float)sum_g[c];
-    }
-    simd_bwd_apply(k, dx, dy, x, running_mean, w.a, w.b, w.d, w.scale, w.beta, M, C, cfg->relu);
-    work_free(&w);
+    float *is = bnl_alloc(C * sizeof(float));
+    if (!is) return bnl_fail(BNL_ERR_NOMEM, "%s: out of memory (C = %zu)", who, C);
+    for (size_t c = 0; c < C; c++) is[c] = (float)(1.0 / sqrt((double)running_var[c] + (double)cfg->eps));
+    s = const_backward(who, dx, dgamma, dbeta, dy, x, gamma, beta, running_mean, is, M, C, cfg);
+    bnl_free(is);
+    return s;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The per-channel affine layer (no normalization): mean 0 and invstd 1 make (x - 0)*1*gamma + beta
+// exactly x*gamma + beta, so the same kernels serve.
+
+static bnl_status affine_consts(float **zeros_ones, size_t C, const char *who) {
+    float *p = bnl_alloc(2 * C * sizeof(float));
+    if (!p) return bnl_fail(BNL_ERR_NOMEM, "%s: out of memory (C = %zu)", who, C);
+    for (size_t c = 0; c < C; c++) p[c] = 0.0f, p[C + c] = 1.0f;
+    *zeros_ones = p;
     return BNL_OK;
+}
+
+bnl_status bnl_channel_affine_forward(float *y, const float *x, const float *gamma, const float *beta, size_t M,
+                                      size_t C, const bnl_bn_config *cfg) {
+    const char *who = "affine forward";
+    bnl_status s = check_common(who, y, x, gamma, beta, M, C, cfg);
+    float *zo = NULL;
+    if (s == BNL_OK) s = affine_consts(&zo, C, who);
+    if (s == BNL_OK) s = const_forward(who, y, x, gamma, beta, zo, zo + C, M, C, cfg);
+    bnl_free(zo);
+    return s;
+}
+
+bnl_status bnl_channel_affine_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x,
+                                       const float *gamma, const float *beta, size_t M, size_t C,
+                                       const bnl_bn_config *cfg) {
+    const char *who = "affine backward";
+    bnl_status s = check_common(who, dx, dy, gamma, beta, M, C, cfg);
+    if (s == BNL_OK && !x) s = bnl_fail(BNL_ERR_ARG, "%s: x is NULL", who);
+    float *zo = NULL;
+    if (s == BNL_OK) s = affine_consts(&zo, C, who);
+    if (s == BNL_OK) s = const_backward(who, dx, dgamma, dbeta, dy, x, gamma, beta, zo, zo + C, M, C, cfg);
+    bnl_free(zo);
+    return s;
 }
 
 // ---------------------------------------------------------------------------------------------

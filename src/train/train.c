@@ -303,7 +303,10 @@ static const char *kv_get(const run_t *r, const char *key) {
 static const char *const k_fixed_keys[] = {
     "data", "classes", "image-size", "train-size", "val-size", "data-seed", "augment", "arch", "width-mult",
     "init", "batch-size", "world-size", "lr", "sgd-momentum", "weight-decay", "no-decay-bn-bias", "schedule",
-    "step-epochs", "step-gamma", "warmup-epochs", "bn-momentum", "running-var", "sync-bn", "seed", NULL};
+    "step-epochs", "step-gamma", "warmup-epochs", "bn-momentum", "running-var", "sync-bn", "seed", "norm",
+    "zero-init-residual", NULL};
+// Keys added after the first checkpoints were written: what a checkpoint without them was trained with.
+static const char *const k_key_defaults[] = {"norm", "batch", "zero-init-residual", "0", NULL};
 
 // The shortest decimal that reads back as the same float (0.9, not 0.899999976).
 static const char *fstr(char *buf, float v) {
@@ -355,6 +358,10 @@ static void set_config_meta(run_t *r) {
     kv_set(r, "train.running-var", "%s", c->unbiased ? "unbiased" : "biased");
     kv_set(r, "train.sync-bn", "%d", c->sync_bn && r->K > 1);
     kv_set(r, "train.seed", "%llu", (unsigned long long)c->seed);
+    // a fresh model (and a resume, which must match) follows --norm; an --init model its file
+    int norm = c->init ? (int)bnl_resnet_norm(r->m) : c->norm;
+    kv_set(r, "train.norm", "%s", norm == BNL_NORM_NONE ? "none" : "batch");
+    kv_set(r, "train.zero-init-residual", "%d", c->zero_init_residual);
     // informational
     kv_set(r, "train.epochs", "%d", c->epochs);
     kv_set(r, "train.threads", "%d", bnl_threads_effective());
@@ -570,6 +577,8 @@ static bnl_status verify_resume(run_t *r) {
         char key[64];
         snprintf(key, sizeof key, "train.%s", k_fixed_keys[i]);
         const char *was = bnl_resnet_meta(r->m, key), *now = kv_get(r, key);
+        for (int j = 0; !was && k_key_defaults[j]; j += 2)
+            if (!strcmp(k_key_defaults[j], k_fixed_keys[i])) was = k_key_defaults[j + 1];
         if (!was)
             return bnl_fail(BNL_ERR_FORMAT, "--resume: %s has no '%s' in its metadata (not written by bnlab train?)",
                             r->last_path, key);
@@ -602,6 +611,8 @@ static bnl_status build_model(run_t *r, int64_t *start_step) {
         bnl_resnet_spec sp;
         if ((s = bnl_resnet_spec_named(&sp, c->depth, c->width_mult, r->C)) != BNL_OK) return s;
         if ((s = bnl_resnet_create(&r->m, &sp, c->seed)) != BNL_OK) return s;
+        if (c->zero_init_residual) bnl_resnet_zero_init_residual(r->m);
+        if ((s = bnl_resnet_set_norm(r->m, (bnl_norm)c->norm)) != BNL_OK) return s;
     }
     const bnl_resnet_info *in = bnl_resnet_get_info(r->m);
     if (in->num_classes != r->C)

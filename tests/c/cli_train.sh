@@ -188,6 +188,39 @@ rows=$(tail -n +2 "$T/nan2/metrics.csv" | wc -l)
 [ "$rows" -eq 1 ] && ok || bad "metrics.csv after divergence: expected 1 row, got $rows"
 no_tmp_files "divergence"
 
+# --- --norm none: the network without normalization (per-channel scale and shift, no statistics)
+expect_error "bad norm" "--norm" --norm layer --out "$T/x"
+expect_error "norm with init" "--init" --init "$T/straight/model.safetensors" --norm none --out "$T/x"
+expect_error "sync-bn without norm" "nothing to synchronize" --norm none --sync-bn --out "$T/x"
+cat >"$T/stats.py" <<'EOF'
+import struct, sys
+sys.argv.pop(0)
+exec(open(sys.argv.pop(0)).read().split("cmd = sys.argv[1]")[0])   # load() from st.py
+t, _ = load(sys.argv[0])
+def floats(raw): return set(struct.unpack('<%df' % (len(raw) // 4), raw))
+bad = [k for k, (dt, sh, raw) in t.items() if
+       (k.endswith('running_mean') and floats(raw) != {0.0}) or (k.endswith('running_var') and floats(raw) != {1.0}) or
+       (k.endswith('num_batches_tracked') and struct.unpack('<q', raw)[0] != 0)]
+sys.exit('running statistics moved: %s' % bad[:3] if bad else 0)
+EOF
+if "$BIN" train "${TINY[@]}" "${CONST[@]}" --epochs 1 --norm none --zero-init-residual --out "$T/nonorm" 2>"$T/err"; then
+    [ "$(st meta "$T/nonorm/model.safetensors" bnlab.norm)" = "none" ] && ok || bad "--norm none: model lacks bnlab.norm"
+    [ "$(st meta "$T/nonorm/last.safetensors" train.zero-init-residual)" = "1" ] && ok || bad "zero-init-residual not recorded"
+    "$BIN" info "$T/nonorm/model.safetensors" | grep -q '^normalization: none' && ok || bad "info: no 'normalization: none'"
+    python3 "$T/stats.py" "$T/st.py" "$T/nonorm/model.safetensors" 2>"$T/e2" && ok || bad "--norm none: $(cat "$T/e2")"
+    expect_error "resume norm mismatch" "--norm" "${TINY[@]}" "${CONST[@]}" --epochs 2 --zero-init-residual --resume \
+        --out "$T/nonorm"
+    if "$BIN" train "${TINY[@]}" "${CONST[@]}" --epochs 2 --norm none --zero-init-residual --resume --out "$T/nonorm" \
+        2>"$T/err"; then
+        [ "$(st meta "$T/nonorm/last.safetensors" train.step)" = "12" ] && ok || bad "--norm none resume: not at step 12"
+        python3 "$T/stats.py" "$T/st.py" "$T/nonorm/model.safetensors" 2>"$T/e2" && ok || bad "resumed: $(cat "$T/e2")"
+    else
+        bad "--norm none --resume failed: $(cat "$T/err")"
+    fi
+else
+    bad "--norm none run failed: $(cat "$T/err")"
+fi
+
 # --- --init with another class count: a new fc
 if "$BIN" train --classes 3 --image-size 16 --train-size 24 --val-size 8 --batch-size 8 --threads 1 --epochs 1 \
     --init "$T/straight/model.safetensors" --out "$T/init" >"$T/out" 2>"$T/err"; then

@@ -765,6 +765,51 @@ static void test_determinism(void) {
     }
 }
 
+// ---------------------------------------------------------------------------------------------
+// The per-channel affine layer (a BatchNorm layer in a network without normalization): against
+// direct double loops, every ISA, with and without the fused ReLU, odd C for the SIMD tails.
+static void test_affine(void) {
+    const size_t M = 37, C = 19;
+    bnl_rng r = bnl_rng_seed(77);
+    float *x = falloc(M * C), *dy = falloc(M * C), *g = falloc(C), *b = falloc(C), *rm = falloc(C), *rv = falloc(C);
+    fill_inputs(&r, x, dy, g, b, rm, rv, M, C);
+    float *y = falloc(M * C), *dx = falloc(M * C), *dg = falloc(C), *db = falloc(C);
+    float *wy = falloc(M * C), *wdx = falloc(M * C), *wdg = falloc(C), *wdb = falloc(C);
+    for (int relu = 0; relu < 2; relu++) {
+        for (size_t c = 0; c < C; c++) {
+            double sg = 0, sgx = 0;
+            for (size_t i = 0; i < M; i++) {
+                double t = (double)x[i * C + c] * g[c] + b[c], gr = dy[i * C + c];
+                if (relu && !(t > 0)) t = 0, gr = 0;
+                wy[i * C + c] = (float)t;
+                wdx[i * C + c] = (float)(gr * g[c]);
+                sg += gr, sgx += gr * x[i * C + c];
+            }
+            wdg[c] = (float)(0.5 + sgx), wdb[c] = (float)(-0.25 + sg);   // accumulated onto 0.5 / -0.25
+        }
+        bnl_bn_config cfg = bnl_bn_config_default();
+        cfg.relu = relu;
+        for (int k = 0; k < g_nisa; k++) {
+            bnl_isa_force(g_isas[k]);
+            snprintf(g_ctx, sizeof g_ctx, "affine %s relu %d", bnl_isa_name(g_isas[k]), relu);
+            for (size_t c = 0; c < C; c++) dg[c] = 0.5f, db[c] = -0.25f;
+            CHECK(bnl_channel_affine_forward(y, x, g, b, M, C, &cfg) == BNL_OK, "%s: %s", g_ctx, bnl_last_error());
+            CHECK(bnl_channel_affine_backward(dx, dg, db, dy, x, g, b, M, C, &cfg) == BNL_OK, "%s: %s", g_ctx,
+                  bnl_last_error());
+            close_to("y", y, wy, M * C, 1e-6, 1e-6);
+            close_to("dx", dx, wdx, M * C, 1e-6, 1e-6);
+            close_to("dgamma", dg, wdg, C, 1e-5, 1e-5);
+            close_to("dbeta", db, wdb, C, 1e-5, 1e-5);
+        }
+    }
+    bnl_bn_config cfg = bnl_bn_config_default();
+    CHECK(bnl_channel_affine_forward(y, x, g, b, 0, C, &cfg) == BNL_ERR_ARG, "affine: empty tensor accepted");
+    CHECK(bnl_channel_affine_backward(dx, dg, db, dy, NULL, g, b, M, C, &cfg) == BNL_ERR_ARG, "affine: NULL x accepted");
+    bnl_isa_reset();
+    free(x), free(dy), free(g), free(b), free(rm), free(rv), free(y), free(dx), free(dg), free(db);
+    free(wy), free(wdx), free(wdg), free(wdb);
+}
+
 int main(void) {
     for (int i = 0; i < BNL_ISA_COUNT; i++)
         if (bnl_isa_available((bnl_isa)i)) {
@@ -791,6 +836,7 @@ int main(void) {
     test_errors();
     test_no_scale_no_bias();
     test_determinism();
+    test_affine();
     bnl_isa_reset();
     return test_summary("test_batchnorm");
 }

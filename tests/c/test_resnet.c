@@ -1,7 +1,8 @@
 // ResNet against PyTorch 1.13 fixtures (tests/fixtures/resnet, made by tests/gen_fixtures_resnet.py):
 // eval and train logits, running statistics after a train-mode forward (both variance rules),
 // batch statistics, the state after one SGD step (two optimizer configs), F16/BF16 weights, and
-// load -> save bit-exactness. Runs once per available ISA.
+// load -> save bit-exactness. Runs once per available ISA. Also the network without normalization
+// (tests/fixtures/nonorm, tests/gen_fixtures_nonorm.py): every BatchNorm a per-channel affine.
 #include "bnlab.h"
 #include "io/safetensors.h"
 #include "model/resnet.h"
@@ -231,6 +232,126 @@ static void run_model(const char *name, int check_halves) {
     free(f.wbuf);
 }
 
+// The network without normalization: "bnlab.norm": "none" in the file's metadata.
+static void run_nonorm(const char *name) {
+    static const char *NDIR = "tests/fixtures/nonorm";
+    char p[512], what[320];
+    bnl_st_file in, exp;
+    snprintf(p, sizeof p, "%s/%s.input.safetensors", NDIR, name);
+    if (bnl_st_read_file(&in, p) != BNL_OK) {
+        CHECK(0, "%s: %s", p, bnl_last_error());
+        return;
+    }
+    snprintf(p, sizeof p, "%s/%s.expected.safetensors", NDIR, name);
+    if (bnl_st_read_file(&exp, p) != BNL_OK) {
+        CHECK(0, "%s: %s", p, bnl_last_error());
+        return;
+    }
+    snprintf(p, sizeof p, "%s/%s.weights.safetensors", NDIR, name);
+    const bnl_st_tensor *xt = bnl_st_find(&in, "input");
+    int N = (int)xt->shape[0], H = (int)xt->shape[1], W = (int)xt->shape[2];
+    float *x = tensor_f32(&in, "input", NULL);
+    int64_t labels[64];
+    bnl_st_to_i64(labels, bnl_st_find(&in, "labels"));
+
+    bnl_resnet *m = NULL;
+    CHECK(bnl_resnet_load_file(&m, p) == BNL_OK, "%s: %s", p, bnl_last_error());
+    if (!m) return;
+    CHECK(bnl_resnet_norm(m) == BNL_NORM_NONE && bnl_resnet_get_info(m)->norm == BNL_NORM_NONE,
+          "%s: the file's \"bnlab.norm\": \"none\" was not honoured", name);
+    int K = bnl_resnet_get_info(m)->num_classes;
+    float *logits = calloc((size_t)N * K, sizeof(float)), *first = calloc((size_t)N * K, sizeof(float));
+    size_t nstats;
+    float *stats = bnl_resnet_stats(m, &nstats), *before = malloc(nstats * sizeof(float));
+    memcpy(before, stats, nstats * sizeof(float));
+    // eval (folded into the packed convs) and train mode (the affine kernels) give torch's logits
+    bnl_resnet_set_training(m, 0);
+    CHECK(bnl_resnet_forward(m, first, x, N, H, W) == BNL_OK, "%s eval: %s", name, bnl_last_error());
+    snprintf(what, sizeof what, "nonorm %s logits (eval)", name);
+    check_logits(what, first, &exp, "logits");
+    bnl_resnet_set_training(m, 1);
+    CHECK(bnl_resnet_forward(m, logits, x, N, H, W) == BNL_OK, "%s train: %s", name, bnl_last_error());
+    snprintf(what, sizeof what, "nonorm %s logits (train)", name);
+    check_logits(what, logits, &exp, "logits");
+    CHECK(!memcmp(before, stats, nstats * sizeof(float)), "nonorm %s: a train forward changed running statistics", name);
+    bnl_bn_view v;
+    bnl_resnet_bn_stats(m, 0, &v);
+    CHECK(!v.has_batch && v.num_batches_tracked == 7, "nonorm %s: batch statistics reported (has_batch %d, tracked %lld)",
+          name, v.has_batch, (long long)v.num_batches_tracked);
+    // one SGD step; running statistics and num_batches_tracked come out unchanged (in after_step)
+    float loss = 0;
+    bnl_sgd sgd = {0.1f, 0.9f, 1e-4f, 0, 0};
+    CHECK(bnl_resnet_step(m, &loss, x, N, H, W, labels, &sgd) == BNL_OK, "%s step: %s", name, bnl_last_error());
+    float *el = tensor_f32(&exp, "step_loss", NULL);
+    snprintf(what, sizeof what, "nonorm %s step_loss", name);
+    if (el) check_close(what, &loss, el, 1, 1e-6, 1e-5), free(el);
+    snprintf(what, sizeof what, "nonorm %s after_step", name);
+    check_state(what, m, &exp, "after_step", 0, 1e-5, 1e-4);
+    // the mode survives save -> load; switching it back to BatchNorm changes the function and the metadata
+    uint8_t *buf;
+    size_t len;
+    CHECK(bnl_resnet_save(m, &buf, &len) == BNL_OK, "save: %s", bnl_last_error());
+    bnl_resnet *m2 = NULL;
+    CHECK(bnl_resnet_load(&m2, buf, len) == BNL_OK, "reload: %s", bnl_last_error());
+    free(buf);
+    if (m2) {
+        CHECK(bnl_resnet_norm(m2) == BNL_NORM_NONE, "nonorm %s: the mode was lost on save", name);
+        CHECK(bnl_resnet_set_norm(m2, BNL_NORM_BATCH) == BNL_OK, "set_norm: %s", bnl_last_error());
+        CHECK(bnl_resnet_meta(m2, "bnlab.norm") == NULL, "nonorm %s: set_norm(BATCH) kept the metadata", name);
+        bnl_resnet_set_training(m2, 0);
+        CHECK(bnl_resnet_forward(m2, logits, x, N, H, W) == BNL_OK, "%s: %s", name, bnl_last_error());
+        double d = 0;
+        for (int i = 0; i < N * K; i++) d = fmax(d, fabs((double)logits[i] - first[i]));
+        CHECK(d > 1e-3, "nonorm %s: BatchNorm mode gave the affine mode's logits (max diff %g)", name, d);
+        CHECK(bnl_resnet_set_norm(m2, (bnl_norm)7) == BNL_ERR_ARG, "set_norm accepted an unknown mode");
+        bnl_resnet_free(m2);
+    }
+    // zero_init_residual: exactly the last gamma of every residual branch becomes 0
+    size_t np;
+    float *params = bnl_resnet_params(m, &np), *pb = malloc(np * sizeof(float));
+    memcpy(pb, params, np * sizeof(float));
+    bnl_resnet_zero_init_residual(m);
+    size_t changed = 0, want = 0;
+    for (size_t i = 0; i < np; i++) {
+        changed += pb[i] != params[i];
+        CHECK(pb[i] == params[i] || params[i] == 0.0f, "zero_init_residual made a value nonzero");
+    }
+    const char *last = bnl_resnet_get_info(m)->bottleneck ? ".bn3" : ".bn2";
+    for (int i = 0; i < bnl_resnet_bn_count(m); i++) {
+        const char *bn = bnl_resnet_bn_name(m, i);
+        if (strlen(bn) > 4 && !strcmp(bn + strlen(bn) - 4, last)) {
+            bnl_resnet_bn_stats(m, i, &v);
+            want += (size_t)v.channels;
+        }
+    }
+    CHECK(changed == want && want > 0, "nonorm %s zero_init_residual: %zu values zeroed, want %zu", name, changed, want);
+    free(pb);
+    bnl_resnet_free(m);
+
+    // a metadata value other than batch/none is refused, naming the key
+    bnl_st_file wf;
+    uint8_t *wraw;
+    size_t wlen;
+    CHECK(bnl_read_file(p, &wraw, &wlen) == BNL_OK && bnl_st_parse(&wf, wraw, wlen) == BNL_OK, "%s", bnl_last_error());
+    bnl_st_writer *w;
+    bnl_st_writer_create(&w);
+    for (size_t i = 0; i < wf.count; i++) {
+        const bnl_st_tensor *t = &wf.tensors[i];
+        bnl_st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, t->data);
+    }
+    bnl_st_writer_meta(w, "bnlab.norm", "layer");
+    CHECK(bnl_st_writer_to_buffer(w, &buf, &len) == BNL_OK, "%s", bnl_last_error());
+    bnl_status s = bnl_resnet_load(&m, buf, len);
+    CHECK(s == BNL_ERR_FORMAT && strstr(bnl_last_error(), "bnlab.norm") && strstr(bnl_last_error(), "layer"),
+          "bad bnlab.norm: status %d, '%s'", s, bnl_last_error());
+    free(buf);
+    bnl_st_writer_free(w);
+    bnl_st_free(&wf);
+    free(wraw);
+    free(x), free(logits), free(first), free(before);
+    bnl_st_free(&in), bnl_st_free(&exp);
+}
+
 int main(void) {
     for (int isa = 0; isa < BNL_ISA_COUNT; isa++) {
         if (!bnl_isa_available((bnl_isa)isa)) continue;
@@ -238,6 +359,8 @@ int main(void) {
         int before = g_failures;
         run_model("resnet50", 0);
         run_model("resnet18", 1);
+        run_nonorm("basic");
+        run_nonorm("bottleneck");
         printf("isa %s: %s\n", bnl_isa_name((bnl_isa)isa), g_failures == before ? "ok" : "FAILED");
     }
     bnl_isa_reset();
