@@ -257,6 +257,7 @@ function showModel(d) {
   const notes = [];
   if (d.modified) notes.push('modified in this tab (reset restores the file)');
   if (!d.normFromModel) notes.push('your images: ImageNet mean/std (the file has none)');
+  if (d.info.norm === 'none') notes.push('this model has no normalization (bnlab train --norm none): its BatchNorm layers are plain per-channel scale and shift, so train and eval mode are the same function and there are no batch statistics to plot');
   if (d.name === FALLBACK.name) notes.push('the fallback fixture is untrained: its class names mean nothing (demo-models/resnet50-procedural.safetensors is not there yet)');
   $('model-note').textContent = notes.join(' · ');
   $('model-note').className = d.modified ? 'note warn' : 'note';

@@ -123,6 +123,12 @@ export interface ModelInfo {
   readonly std?: unknown;
   /** `__metadata__.input_size`. */
   readonly inputSize?: unknown;
+  /**
+   * 'batch': BatchNorm. 'none': a network trained without normalization (`bnlab train --norm none`,
+   * `__metadata__` "bnlab.norm": "none"): every BatchNorm layer is a per-channel scale and shift, train and eval
+   * mode compute the same function, running statistics are neither used nor updated, bnStats has no batch.
+   */
+  readonly norm: 'batch' | 'none';
 }
 
 /** What a BatchNorm layer used and holds. */

@@ -278,6 +278,8 @@ class Model {
       const info = {
         blocks: v.slice(7, 7 + stages), widths: v.slice(15, 15 + stages), block: v[1] ? 'bottleneck' : 'basic',
         stemWidth: v[2], inChannels: v[3], numClasses: v[4], numFeatures: v[5], numParams, bnLayers,
+        // the C loader already refused any other value of this key
+        norm: this._meta('bnlab.norm', alloc) === 'none' ? 'none' : 'batch',
       };
       for (const key of ['labels', 'mean', 'std', 'input_size']) {
         const raw = this._meta(key, alloc);
