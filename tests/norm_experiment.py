@@ -46,6 +46,8 @@ LABELS = {
     "none": "no normalization",
     "none-zero": "no normalization, zero-init residual (SkipInit)",
 }
+SHORT = {"bn": "BatchNorm", "bn-zero": "BatchNorm, zero-init", "none": "no norm", "none-zero": "no norm, zero-init"}
+TINY = {"bn": "BN", "bn-zero": "BN zero-init", "none": "no norm", "none-zero": "SkipInit"}
 COLORS = {"bn": "#1f77b4", "bn-zero": "#17becf", "none": "#d62728", "none-zero": "#ff7f0e"}
 
 
@@ -56,8 +58,9 @@ def read_metrics(path):
         return list(csv.DictReader(f))
 
 
-def run_dir(a, variant, lr):
-    return os.path.join(a.runs_dir, f"{variant}-lr{lr:g}")
+def run_dir(a, variant, lr, seed=None):
+    seed = a.seed if seed is None else seed
+    return os.path.join(a.runs_dir, f"{variant}-lr{lr:g}" + ("" if seed == a.seed else f"-seed{seed}"))
 
 
 def state(d, epochs):
@@ -70,24 +73,26 @@ def state(d, epochs):
     return "todo"
 
 
-def train_cmd(a, variant, lr, d):
+def train_cmd(a, variant, lr, d, seed=None):
     return [a.bnlab, "train", "--out", d, "--data", "procedural", "--classes", str(a.classes),
             "--image-size", str(a.image_size), "--train-size", str(a.train_size), "--val-size", str(a.val_size),
             "--data-seed", str(a.data_seed), "--arch", a.arch, "--width-mult", str(a.width_mult),
             "--epochs", str(a.epochs), "--batch-size", str(a.batch_size), "--lr", f"{lr:g}",
-            "--warmup-epochs", str(a.warmup_epochs), "--schedule", "cosine", "--seed", str(a.seed),
+            "--warmup-epochs", str(a.warmup_epochs), "--schedule", "cosine",
+            "--seed", str(a.seed if seed is None else seed),
             "--threads", "1", "--quiet"] + VARIANTS[variant]
 
 
-def run_one(a, variant, lr):
-    d = run_dir(a, variant, lr)
+def run_one(a, variant, lr, seed=None):
+    seed = a.seed if seed is None else seed
+    d = run_dir(a, variant, lr, seed)
     if state(d, a.epochs) != "todo":
-        return f"{variant} lr {lr:g}: done already"
+        return f"{variant} lr {lr:g} seed {seed}: done already"
     if os.path.exists(d):  # an interrupted run: start it again (runs are short)
         for f in os.listdir(d):
             os.remove(os.path.join(d, f))
     os.makedirs(d, exist_ok=True)
-    cmd = train_cmd(a, variant, lr, d)
+    cmd = train_cmd(a, variant, lr, d, seed)
     t = time.time()
     r = subprocess.run(cmd, capture_output=True, text=True)
     wall = time.time() - t
@@ -97,9 +102,24 @@ def run_one(a, variant, lr):
         if "diverged" in r.stderr:
             with open(os.path.join(d, "diverged"), "w") as f:
                 f.write(r.stderr)
-            return f"{variant} lr {lr:g}: diverged after {wall:.0f} s: {r.stderr.strip()}"
+            return f"{variant} lr {lr:g} seed {seed}: diverged after {wall:.0f} s: {r.stderr.strip()}"
         raise RuntimeError(f"{shlex.join(cmd)} failed ({r.returncode}): {r.stderr}")
-    return f"{variant} lr {lr:g}: {wall:.0f} s"
+    return f"{variant} lr {lr:g} seed {seed}: {wall:.0f} s"
+
+
+def best_lrs(a, rows):
+    best = {}
+    for r in rows:
+        if r["status"] == "done" and (r["variant"] not in best or float(r["val_top1"]) > float(best[r["variant"]]["val_top1"])):
+            best[r["variant"]] = r
+    return best
+
+
+def seed_result(a, variant, lr, seed):
+    d = run_dir(a, variant, lr, seed)
+    st = state(d, a.epochs)
+    m = read_metrics(os.path.join(d, "metrics.csv"))
+    return st, (float(m[-1]["val_top1"]) if st == "done" else None)
 
 
 def git_commit():
@@ -147,10 +167,7 @@ def report(a, argv):
         w.writeheader()
         w.writerows(rows)
 
-    best = {}
-    for r in rows:
-        if r["status"] == "done" and (r["variant"] not in best or float(r["val_top1"]) > float(best[r["variant"]]["val_top1"])):
-            best[r["variant"]] = r
+    best = best_lrs(a, rows)
     cmd = "python3 tests/norm_experiment.py " + shlex.join(argv)
     settings = (f"{a.arch} --width-mult {a.width_mult}, procedural data: {a.classes} classes, "
                 f"{a.image_size}x{a.image_size}, {a.train_size} train / {a.val_size} val images (data seed "
@@ -170,6 +187,21 @@ def report(a, argv):
         b = best.get(v)
         cells.append(f"**{pct(b['val_top1'])}** (lr {b['lr']})" if b else "all diverged")
         md.append(f"| {LABELS[v]} | " + " | ".join(cells) + " |")
+    if a.confirm_seeds:
+        seeds = [a.seed] + a.confirm_seeds
+        md += ["", "Each variant again at its best learning rate with other seeds (initialization, data order and "
+               "augmentation; the data stay the same), eval top-1 %:", "",
+               "| variant | lr | " + " | ".join(f"seed {x}" for x in seeds) + " | mean |",
+               "|---|---:|" + "---:|" * (len(seeds) + 1)]
+        for v in a.variants:
+            b = best.get(v)
+            if not b:
+                continue
+            res = [seed_result(a, v, float(b["lr"]), x) for x in seeds]
+            vals = [r for st, r in res if r is not None]
+            cells = [pct(r) if r is not None else ("div." if st == "diverged" else "missing") for st, r in res]
+            mean = f"{100 * sum(vals) / len(vals):.1f}" if len(vals) == len(res) else ""
+            md.append(f"| {LABELS[v]} | {b['lr']} | " + " | ".join(cells) + f" | {mean} |")
     md += ["", f"Chance: {100 / a.classes:.0f} %. Eval mode: BatchNorm uses running statistics; without normalization "
            "train and eval mode compute the same function.", "",
            "![final eval top-1 against learning rate](accuracy_vs_lr.svg)", "",
@@ -182,13 +214,17 @@ def report(a, argv):
         for v in a.variants:
             for lr in a.lrs:
                 f.write("# " + shlex.join(train_cmd(a, v, lr, run_dir(a, v, lr))) + "\n")
+            if v in best:
+                for x in a.confirm_seeds:
+                    lr = float(best[v]["lr"])
+                    f.write("# " + shlex.join(train_cmd(a, v, lr, run_dir(a, v, lr, x), x)) + "\n")
 
     chance = 1.0 / a.classes
     series = []
     for v in a.variants:
         pts = [(lr, float(r["val_top1"]) if r["status"] == "done" else chance)
                for lr in a.lrs for r in rows if r["variant"] == v and r["lr"] == f"{lr:g}"]
-        series.append({"label": LABELS[v].replace(", zero-init residual", " + zero-init"), "color": COLORS[v],
+        series.append({"label": SHORT[v], "color": COLORS[v],
                        "dash": v.endswith("zero"), "points": pts})
     series.append({"label": f"chance ({100 * chance:.0f}%)", "color": "#999999", "dash": True,
                    "points": [(a.lrs[0], chance), (a.lrs[-1], chance)]})
@@ -201,7 +237,7 @@ def report(a, argv):
         if not b:
             continue
         ys = [float(y) for y in b["curve_val_top1"].split(";") if y != ""]
-        curves.append({"label": f"{LABELS[v].replace(', zero-init residual', ' + zero-init')} (lr {b['lr']})",
+        curves.append({"label": f"{TINY[v]}, lr {b['lr']}",
                        "color": COLORS[v], "dash": v.endswith("zero"),
                        "points": [(i + 1, y) for i, y in enumerate(ys)]})
     plot_svg.line_plot(curves, os.path.join(a.out, "curves.svg"), title="validation top-1 per epoch, best lr of each",
@@ -228,6 +264,8 @@ def main():
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--warmup-epochs", type=float, default=1)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--confirm-seeds", default="1,2",
+                    help="after the grid, rerun each variant's best lr with these seeds too ('' for none)")
     ap.add_argument("--jobs", type=int, default=2, help="runs at a time (each uses one thread)")
     ap.add_argument("--report-only", action="store_true", help="do not train; rebuild the results from the runs")
     argv = sys.argv[1:]
@@ -237,11 +275,17 @@ def main():
         if v not in VARIANTS:
             ap.error(f"--variants: unknown '{v}' (known: {', '.join(VARIANTS)})")
     a.lrs = sorted(float(x) for x in a.lrs.split(","))
+    a.confirm_seeds = [int(x) for x in a.confirm_seeds.split(",") if x.strip()]
     os.chdir(ROOT)
     if not a.report_only:
         t = time.time()
         with concurrent.futures.ThreadPoolExecutor(max_workers=a.jobs) as ex:
             futs = [ex.submit(run_one, a, v, lr) for v in a.variants for lr in a.lrs]
+            for f in concurrent.futures.as_completed(futs):
+                print(f.result(), flush=True)
+            best = best_lrs(a, collect(a))
+            futs = [ex.submit(run_one, a, v, float(best[v]["lr"]), x) for v in a.variants if v in best
+                    for x in a.confirm_seeds]
             for f in concurrent.futures.as_completed(futs):
                 print(f.result(), flush=True)
         print(f"all runs: {time.time() - t:.0f} s", flush=True)

@@ -18,6 +18,8 @@ PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
 
 
 def _fmt(v):
+    if v != 0 and abs(v) < 0.01:   # small ticks (learning rates): 0.003, not 0
+        return f"{v:.3g}"
     return f"{v:.2f}".rstrip("0").rstrip(".")
 
 
