@@ -72,7 +72,6 @@ struct bnl_resnet {
     float *stats;
     float *batch;
     int has_batch, has_tracked, training;
-    bnl_norm norm;          // BNL_NORM_NONE: every "bn" layer is a per-channel affine, no statistics
     bnl_bn_config bn;
     char **meta_k, **meta_v;
     size_t nmeta;
@@ -237,6 +236,21 @@ static bnl_status check_bn(const bnl_st_file *f, const char *layer, int C) {
     return BNL_OK;
 }
 
+// One convolution "<pre>.<conv>" (cin -> cout, k x k, checked against the file) and the BatchNorm
+// "<pre>.<bn>" after it, added to the layer tables; *ci and *bi get their indices.
+static bnl_status add_conv_bn(builder *b, const bnl_st_file *f, const char *pre, const char *conv, const char *bn,
+                              int cin, int cout, int k, int stride, int relu, const char *hint, int *ci, int *bi) {
+    char lname[NAME_LEN];
+    bnl_status s;
+    snprintf(lname, sizeof lname, "%s.%s", pre, conv);
+    if ((s = check_conv(f, lname, cin, cout, k, hint)) != BNL_OK) return s;
+    if ((*ci = add_conv(b, lname, cin, cout, k, stride)) < 0) return bnl_fail(BNL_ERR_NOMEM, "out of memory building the ResNet layout");
+    snprintf(lname, sizeof lname, "%s.%s", pre, bn);
+    if ((s = check_bn(f, lname, cout)) != BNL_OK) return s;
+    if ((*bi = add_bn(b, lname, cout, relu)) < 0) return bnl_fail(BNL_ERR_NOMEM, "out of memory building the ResNet layout");
+    return BNL_OK;
+}
+
 // Derives the architecture and checks every expected tensor; fills the layer tables.
 static bnl_status build_layout(bnl_resnet *m, const bnl_st_file *f) {
     builder b;
@@ -283,39 +297,20 @@ static bnl_status build_layout(bnl_resnet *m, const bnl_st_file *f) {
                                     lname);
                 }
                 cout = (int)d[0];
-                snprintf(lname, sizeof lname, "%s.conv1", pre);
-                if ((s = check_conv(f, lname, cin, mid, 1, "(bottleneck 1x1)")) != BNL_OK) return s;
-                blk->conv1 = add_conv(&b, lname, cin, mid, 1, 1);
-                snprintf(lname, sizeof lname, "%s.bn1", pre);
-                if ((s = check_bn(f, lname, mid)) != BNL_OK) return s;
-                blk->bn1 = add_bn(&b, lname, mid, 1);
-                snprintf(lname, sizeof lname, "%s.conv2", pre);
-                if ((s = check_conv(f, lname, mid, mid, 3, "(3x3; grouped convolutions are not supported)")) != BNL_OK)
+                if ((s = add_conv_bn(&b, f, pre, "conv1", "bn1", cin, mid, 1, 1, 1, "(bottleneck 1x1)", &blk->conv1,
+                                     &blk->bn1)) != BNL_OK ||
+                    (s = add_conv_bn(&b, f, pre, "conv2", "bn2", mid, mid, 3, stride, 1,
+                                     "(3x3; grouped convolutions are not supported)", &blk->conv2, &blk->bn2)) != BNL_OK ||
+                    (s = add_conv_bn(&b, f, pre, "conv3", "bn3", mid, cout, 1, 1, 0, "(bottleneck 1x1)", &blk->conv3,
+                                     &blk->bn3)) != BNL_OK)
                     return s;
-                blk->conv2 = add_conv(&b, lname, mid, mid, 3, stride);
-                snprintf(lname, sizeof lname, "%s.bn2", pre);
-                if ((s = check_bn(f, lname, mid)) != BNL_OK) return s;
-                blk->bn2 = add_bn(&b, lname, mid, 1);
-                snprintf(lname, sizeof lname, "%s.conv3", pre);
-                if ((s = check_conv(f, lname, mid, cout, 1, "(bottleneck 1x1)")) != BNL_OK) return s;
-                blk->conv3 = add_conv(&b, lname, mid, cout, 1, 1);
-                snprintf(lname, sizeof lname, "%s.bn3", pre);
-                if ((s = check_bn(f, lname, cout)) != BNL_OK) return s;
-                blk->bn3 = add_bn(&b, lname, cout, 0);
             } else {
                 cout = mid;
-                snprintf(lname, sizeof lname, "%s.conv1", pre);
-                if ((s = check_conv(f, lname, cin, cout, 3, "(basic block 3x3)")) != BNL_OK) return s;
-                blk->conv1 = add_conv(&b, lname, cin, cout, 3, stride);
-                snprintf(lname, sizeof lname, "%s.bn1", pre);
-                if ((s = check_bn(f, lname, cout)) != BNL_OK) return s;
-                blk->bn1 = add_bn(&b, lname, cout, 1);
-                snprintf(lname, sizeof lname, "%s.conv2", pre);
-                if ((s = check_conv(f, lname, cout, cout, 3, "(basic block 3x3)")) != BNL_OK) return s;
-                blk->conv2 = add_conv(&b, lname, cout, cout, 3, 1);
-                snprintf(lname, sizeof lname, "%s.bn2", pre);
-                if ((s = check_bn(f, lname, cout)) != BNL_OK) return s;
-                blk->bn2 = add_bn(&b, lname, cout, 0);
+                if ((s = add_conv_bn(&b, f, pre, "conv1", "bn1", cin, cout, 3, stride, 1, "(basic block 3x3)",
+                                     &blk->conv1, &blk->bn1)) != BNL_OK ||
+                    (s = add_conv_bn(&b, f, pre, "conv2", "bn2", cout, cout, 3, 1, 0, "(basic block 3x3)", &blk->conv2,
+                                     &blk->bn2)) != BNL_OK)
+                    return s;
             }
             snprintf(lname, sizeof lname, "%s.downsample.0.weight", pre);
             int has_down = bnl_st_find(f, lname) != NULL;
@@ -323,16 +318,9 @@ static bnl_status build_layout(bnl_resnet *m, const bnl_st_file *f) {
                 return bnl_fail(BNL_ERR_FORMAT,
                                 "missing tensor '%s': block %s changes %s (%d -> %d channels, stride %d) and needs a downsample",
                                 lname, pre, stride != 1 ? "resolution" : "width", cin, cout, stride);
-            if (has_down) {
-                snprintf(lname, sizeof lname, "%s.downsample.0", pre);
-                if ((s = check_conv(f, lname, cin, cout, 1, "(downsample 1x1)")) != BNL_OK) return s;
-                blk->dconv = add_conv(&b, lname, cin, cout, 1, stride);
-                m->convs[blk->dconv].pad = 0;
-                snprintf(lname, sizeof lname, "%s.downsample.1", pre);
-                if ((s = check_bn(f, lname, cout)) != BNL_OK) return s;
-                blk->dbn = add_bn(&b, lname, cout, 0);
-            }
-            if (blk->conv1 < 0 || blk->bn1 < 0 || blk->conv2 < 0 || blk->bn2 < 0) goto oom;
+            if (has_down && (s = add_conv_bn(&b, f, pre, "downsample.0", "downsample.1", cin, cout, 1, stride, 0,
+                                             "(downsample 1x1)", &blk->dconv, &blk->dbn)) != BNL_OK)
+                return s;
             blk->cout = cout;
             cin = cout;
             m->nblocks++;
@@ -474,10 +462,9 @@ static bnl_status copy_meta(bnl_resnet *m, const bnl_st_file *f) {
 // "bnlab.norm" in __metadata__: absent or "batch" is BatchNorm, "none" the affine-only network.
 static bnl_status norm_from_meta(bnl_resnet *m) {
     const char *v = bnl_resnet_meta(m, NORM_META_KEY);
-    if (!v || !strcmp(v, "batch")) m->norm = BNL_NORM_BATCH;
-    else if (!strcmp(v, "none")) m->norm = BNL_NORM_NONE;
+    if (!v || !strcmp(v, "batch")) m->info.norm = BNL_NORM_BATCH;
+    else if (!strcmp(v, "none")) m->info.norm = BNL_NORM_NONE;
     else return bnl_fail(BNL_ERR_FORMAT, "metadata '%s' is '%.60s' (expected 'batch' or 'none')", NORM_META_KEY, v);
-    m->info.norm = m->norm;
     return BNL_OK;
 }
 
@@ -608,13 +595,12 @@ bnl_status bnl_resnet_set_norm(bnl_resnet *m, bnl_norm norm) {
     if (norm != BNL_NORM_BATCH && norm != BNL_NORM_NONE)
         return bnl_fail(BNL_ERR_ARG, "set_norm: unknown normalization %d", (int)norm);
     TRY_RET(meta_set(m, NORM_META_KEY, norm == BNL_NORM_NONE ? "none" : NULL));
-    m->norm = norm;
     m->info.norm = norm;
     m->has_batch = 0;
     m->pk_valid = 0;
     return BNL_OK;
 }
-bnl_norm bnl_resnet_norm(const bnl_resnet *m) { return m->norm; }
+bnl_norm bnl_resnet_norm(const bnl_resnet *m) { return (bnl_norm)m->info.norm; }
 
 void bnl_resnet_zero_init_residual(bnl_resnet *m) {
     for (int b = 0; b < m->nblocks; b++) {
@@ -844,7 +830,7 @@ static bnl_status bn_fwd(bnl_resnet *m, bn_t *x, int N, int train) {
     cfg.relu = x->relu;
     size_t M = (size_t)N * x->H * x->W;
     bnl_status s;
-    if (m->norm == BNL_NORM_NONE) {   // no statistics at all: the same in train and eval mode
+    if (m->info.norm == BNL_NORM_NONE) {   // no statistics at all: the same in train and eval mode
         return bnl_channel_affine_forward(x->post, x->pre, m->params + x->gamma, m->params + x->beta, M,
                                           (size_t)x->C, &cfg);
     } else if (train && m->sync_fn) {
@@ -869,7 +855,7 @@ static bnl_status bn_bwd(bnl_resnet *m, bn_t *x, float *dx, const float *dy, int
     bnl_bn_config cfg = m->bn;
     cfg.relu = x->relu;
     size_t M = (size_t)N * x->H * x->W;
-    if (m->norm == BNL_NORM_NONE)
+    if (m->info.norm == BNL_NORM_NONE)
         return bnl_channel_affine_backward(dx, m->grads + x->gamma, m->grads + x->beta, dy, x->pre,
                                            m->params + x->gamma, m->params + x->beta, M, (size_t)x->C, &cfg);
     if (m->sync_fn) {
@@ -920,7 +906,7 @@ static bnl_status fold_and_pack(bnl_resnet *m) {
         const bn_t *x = &m->bns[c];
         const float *g = m->params + x->gamma, *b = m->params + x->beta, *rm = m->stats + x->rm, *rv = m->stats + x->rv;
         for (int k = 0; k < cv->cout; k++) {
-            if (m->norm == BNL_NORM_NONE) {   // the affine layer: w' = w*gamma, bias = beta
+            if (m->info.norm == BNL_NORM_NONE) {   // the affine layer: w' = w*gamma, bias = beta
                 scale[k] = g[k], bias[k] = b[k];
                 continue;
             }
@@ -1062,7 +1048,7 @@ static bnl_status forward_impl(bnl_resnet *m, float *logits, const float *x, int
     TRY(bnl_avgpool_forward(m->feat, lb->out, N, lb->Hout * lb->Wout, lb->cout));
     TRY(bnl_linear_forward(logits, m->feat, m->params + m->fc_w, m->params + m->fc_b, N, m->info.num_features,
                            m->info.num_classes));
-    if (train && m->norm == BNL_NORM_BATCH) m->has_batch = 1;
+    if (train && m->info.norm == BNL_NORM_BATCH) m->has_batch = 1;
     return BNL_OK;
 }
 

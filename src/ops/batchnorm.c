@@ -374,20 +374,20 @@ bnl_status bnl_batchnorm_forward_eval(float *y, const float *x, const float *gam
     return s;
 }
 
-bnl_status bnl_batchnorm_backward_train(float *dx, float *dgamma, float *dbeta, const float *dy,
-                                        const float *x, const float *mean, const float *invstd,
-                                        const float *gamma, const float *beta, size_t M, size_t C,
-                                        const bnl_bn_config *cfg) {
-    const char *who = "batchnorm train backward";
-    bnl_status s = check_common(who, dx, dy, gamma, beta, M, C, cfg);
-    if (s != BNL_OK) return s;
-    if (!x || !mean || !invstd) return bnl_fail(BNL_ERR_ARG, "%s: saved x/mean/invstd are NULL", who);
+// The backward shared by train mode (train = 1: mean and invstd are the batch's, so they depend on
+// x and add two correction terms) and constant statistics (train = 0: eval mode, the affine layer):
+//   dgamma += invstd*sum(g*(x-mean)), dbeta += sum(g), dx = A*g + B*(x-mean) + D per channel with
+//   A = gamma*invstd and, in train mode only, B = -A*invstd^2*sum(g*(x-mean))/M, D = -A*sum(g)/M.
+static bnl_status backward_with(const char *who, float *dx, float *dgamma, float *dbeta, const float *dy,
+                                const float *x, const float *mean, const float *invstd, const float *gamma,
+                                const float *beta, size_t M, size_t C, int train, const bnl_bn_config *cfg) {
     bn_work w;
-    if ((s = work_alloc(&w, C, who)) != BNL_OK) return s;
+    bnl_status s = work_alloc(&w, C, who);
+    if (s != BNL_OK) return s;
     const bnl_bn_kernels *k = bnl_bn_kernels_for(bnl_isa_active());
     if (!k) {
         for (size_t c = 0; c < C; c++) w.dbl[c] = mean[c], w.dbl[C + c] = invstd[c];
-        ref_backward(dx, dgamma, dbeta, dy, x, gamma, beta, w.dbl, w.dbl + C, M, C, 1, cfg);
+        ref_backward(dx, dgamma, dbeta, dy, x, gamma, beta, w.dbl, w.dbl + C, M, C, train, cfg);
         work_free(&w);
         return BNL_OK;
     }
@@ -397,12 +397,11 @@ bnl_status bnl_batchnorm_backward_train(float *dx, float *dgamma, float *dbeta, 
         work_free(&w);
         return s;
     }
-    // dx = A*g + B*(x-mean) + D with A = gamma*invstd, B = -A*invstd^2*sum(g*(x-mean))/M, D = -A*sum(g)/M
     for (size_t c = 0; c < C; c++) {
         double A = w.scale[c], is = invstd[c];
         w.a[c] = (float)A;
-        w.b[c] = (float)(-A * is * is * sum_gxc[c] / (double)M);
-        w.d[c] = (float)(-A * sum_g[c] / (double)M);
+        w.b[c] = train ? (float)(-A * is * is * sum_gxc[c] / (double)M) : 0.0f;
+        w.d[c] = train ? (float)(-A * sum_g[c] / (double)M) : 0.0f;
         if (dgamma && cfg->use_scale) dgamma[c] += (float)(is * sum_gxc[c]);
         if (dbeta && cfg->use_bias) dbeta[c] += (float)sum_g[c];
     }
@@ -411,40 +410,15 @@ bnl_status bnl_batchnorm_backward_train(float *dx, float *dgamma, float *dbeta, 
     return BNL_OK;
 }
 
-// Backward of const_forward: dx = g*gamma*invstd, dgamma += invstd*sum(g*(x-mean)), dbeta += sum(g).
-static bnl_status const_backward(const char *who, float *dx, float *dgamma, float *dbeta, const float *dy,
-                                 const float *x, const float *gamma, const float *beta, const float *mean,
-                                 const float *invstd, size_t M, size_t C, const bnl_bn_config *cfg) {
-    bn_work w;
-    bnl_status s = work_alloc(&w, C, who);
+bnl_status bnl_batchnorm_backward_train(float *dx, float *dgamma, float *dbeta, const float *dy,
+                                        const float *x, const float *mean, const float *invstd,
+                                        const float *gamma, const float *beta, size_t M, size_t C,
+                                        const bnl_bn_config *cfg) {
+    const char *who = "batchnorm train backward";
+    bnl_status s = check_common(who, dx, dy, gamma, beta, M, C, cfg);
     if (s != BNL_OK) return s;
-    const bnl_bn_kernels *k = bnl_bn_kernels_for(bnl_isa_active());
-    if (!k) {
-        double *dmean = bnl_alloc(2 * C * sizeof(double));
-        if (!dmean) {
-            work_free(&w);
-            return bnl_fail(BNL_ERR_NOMEM, "%s: out of memory (C = %zu)", who, C);
-        }
-        for (size_t c = 0; c < C; c++) dmean[c] = mean[c], dmean[C + c] = invstd[c];
-        ref_backward(dx, dgamma, dbeta, dy, x, gamma, beta, dmean, dmean + C, M, C, 0, cfg);
-        bnl_free(dmean);
-        work_free(&w);
-        return BNL_OK;
-    }
-    fill_scale(&w, gamma, beta, invstd, C, cfg);
-    double *sum_g = w.dbl, *sum_gxc = w.dbl + C;
-    if ((s = simd_bwd_reduce(sum_g, sum_gxc, k, dy, x, mean, w.scale, w.beta, M, C, cfg->relu)) != BNL_OK) {
-        work_free(&w);
-        return s;
-    }
-    for (size_t c = 0; c < C; c++) {
-        w.a[c] = w.scale[c], w.b[c] = 0.0f, w.d[c] = 0.0f;
-        if (dgamma && cfg->use_scale) dgamma[c] += (float)(invstd[c] * sum_gxc[c]);
-        if (dbeta && cfg->use_bias) dbeta[c] += (float)sum_g[c];
-    }
-    simd_bwd_apply(k, dx, dy, x, mean, w.a, w.b, w.d, w.scale, w.beta, M, C, cfg->relu);
-    work_free(&w);
-    return BNL_OK;
+    if (!x || !mean || !invstd) return bnl_fail(BNL_ERR_ARG, "%s: saved x/mean/invstd are NULL", who);
+    return backward_with(who, dx, dgamma, dbeta, dy, x, mean, invstd, gamma, beta, M, C, 1, cfg);
 }
 
 bnl_status bnl_batchnorm_backward_eval(float *dx, float *dgamma, float *dbeta, const float *dy,
@@ -459,7 +433,7 @@ bnl_status bnl_batchnorm_backward_eval(float *dx, float *dgamma, float *dbeta, c
     float *is = bnl_alloc(C * sizeof(float));
     if (!is) return bnl_fail(BNL_ERR_NOMEM, "%s: out of memory (C = %zu)", who, C);
     for (size_t c = 0; c < C; c++) is[c] = (float)(1.0 / sqrt((double)running_var[c] + (double)cfg->eps));
-    s = const_backward(who, dx, dgamma, dbeta, dy, x, gamma, beta, running_mean, is, M, C, cfg);
+    s = backward_with(who, dx, dgamma, dbeta, dy, x, running_mean, is, gamma, beta, M, C, 0, cfg);
     bnl_free(is);
     return s;
 }
@@ -495,7 +469,7 @@ bnl_status bnl_channel_affine_backward(float *dx, float *dgamma, float *dbeta, c
     if (s == BNL_OK && !x) s = bnl_fail(BNL_ERR_ARG, "%s: x is NULL", who);
     float *zo = NULL;
     if (s == BNL_OK) s = affine_consts(&zo, C, who);
-    if (s == BNL_OK) s = const_backward(who, dx, dgamma, dbeta, dy, x, gamma, beta, zo, zo + C, M, C, cfg);
+    if (s == BNL_OK) s = backward_with(who, dx, dgamma, dbeta, dy, x, zo, zo + C, gamma, beta, M, C, 0, cfg);
     bnl_free(zo);
     return s;
 }
