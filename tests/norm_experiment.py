@@ -33,6 +33,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 import plot_svg  # noqa: E402
+from batch_size_experiment import git_commit, pct  # noqa: E402
+from batch_size_experiment import read_metrics as read_csv  # noqa: E402
 
 VARIANTS = {
     "bn": ["--norm", "batch"],
@@ -52,10 +54,7 @@ COLORS = {"bn": "#1f77b4", "bn-zero": "#17becf", "none": "#d62728", "none-zero":
 
 
 def read_metrics(path):
-    if not os.path.exists(path):
-        return []
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+    return read_csv(path) if os.path.exists(path) else []
 
 
 def run_dir(a, variant, lr, seed=None):
@@ -122,16 +121,6 @@ def seed_result(a, variant, lr, seed):
     return st, (float(m[-1]["val_top1"]) if st == "done" else None)
 
 
-def git_commit():
-    try:
-        c = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True).stdout.strip()
-        return c + (" (working tree had local changes)" if dirty else "")
-    except OSError:
-        return "unknown"
-
-
 def collect(a):
     rows = []
     for v in a.variants:
@@ -150,10 +139,6 @@ def collect(a):
                 row["best_val_top1"] = f"{max(float(r['val_top1']) for r in m if r['val_top1'] != ''):.6f}"
             rows.append(row)
     return rows
-
-
-def pct(v):
-    return "" if v in (None, "") else f"{100 * float(v):.1f}"
 
 
 def report(a, argv):

@@ -13,6 +13,7 @@
 # usage: bash tests/c/cli_kill.sh build/native/bnlab   (BNL_KILL_SEED=N repeats a sequence; KILLS=N)
 set -u
 BIN=${1:?usage: cli_kill.sh path/to/bnlab}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 KILLS=${KILLS:-16}
 SEED=${BNL_KILL_SEED:-$(( $(date +%s) % 100000 ))}
 RANDOM=$SEED
@@ -29,34 +30,7 @@ bad() {
     fail=$((fail + 1))
 }
 
-cat >"$T/st.py" <<'EOF'
-import json, math, struct, sys
-
-def load(path):
-    b = open(path, 'rb').read()
-    n = struct.unpack('<Q', b[:8])[0]
-    h = json.loads(b[8:8 + n])
-    h.pop('__metadata__', None)
-    data = b[8 + n:]
-    return {k: (v['dtype'], v['shape'], data[v['data_offsets'][0]:v['data_offsets'][1]]) for k, v in h.items()}
-
-cmd = sys.argv[1]
-if cmd == 'eq':        # same tensor names, every tensor byte for byte
-    a, b = load(sys.argv[2]), load(sys.argv[3])
-    if sorted(a) != sorted(b):
-        sys.exit('tensor names differ: %s' % sorted(set(a) ^ set(b)))
-    diff = [k for k in a if a[k] != b[k]]
-    if diff:
-        sys.exit('%d of %d tensors differ, first: %s' % (len(diff), len(a), diff[0]))
-elif cmd == 'finite':  # every F32 value is finite
-    for k, (dt, shape, raw) in load(sys.argv[2]).items():
-        if dt == 'F32' and not all(math.isfinite(v) for v in struct.unpack('<%df' % (len(raw) // 4), raw)):
-            sys.exit('%s holds a non-finite value' % k)
-elif cmd == 'rows':    # metrics.csv without the timing columns (images_per_s, seconds)
-    for line in open(sys.argv[2]).read().splitlines():
-        print(','.join(line.split(',')[:8]))
-EOF
-st() { python3 "$T/st.py" "$@"; }
+st() { python3 "$HERE/st_check.py" "$@"; }
 
 ARGS=(train --arch resnet18 --width-mult 0.125 --data procedural --image-size 16 --classes 4 --train-size 64
       --val-size 16 --batch-size 8 --epochs 12 --threads 1 --seed 5 --lr 0.05 --quiet)

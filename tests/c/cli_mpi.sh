@@ -9,6 +9,7 @@
 # usage: bash tests/c/cli_mpi.sh build/native/bnlab
 set -u
 BIN=${1:?usage: cli_mpi.sh path/to/bnlab}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 if ! command -v mpirun >/dev/null 2>&1; then
     echo "cli_mpi: SKIPPED: mpirun is not installed (apt-get install openmpi-bin libopenmpi-dev, then rebuild)"
     exit 0
@@ -28,57 +29,7 @@ export OMPI_MCA_btl_vader_single_copy_mechanism=none
 MPI=(mpirun --allow-run-as-root --oversubscribe --mca btl self,vader -np)
 mpi() { timeout 120 "${MPI[@]}" "$@"; }
 
-cat >"$T/st.py" <<'EOF'
-import json, math, struct, sys
-
-def load(path):
-    b = open(path, 'rb').read()
-    n = struct.unpack('<Q', b[:8])[0]
-    h = json.loads(b[8:8 + n])
-    meta = h.pop('__metadata__', {})
-    data = b[8 + n:]
-    out = {}
-    for k, v in h.items():
-        raw = data[v['data_offsets'][0]:v['data_offsets'][1]]
-        fmt = {'F32': 'f', 'I64': 'q'}[v['dtype']]
-        out[k] = struct.unpack('<%d%s' % (len(raw) // struct.calcsize(fmt), fmt), raw)
-    return out, meta
-
-def is_stat(k):
-    return k.endswith('running_mean') or k.endswith('running_var')
-
-cmd = sys.argv[1]
-if cmd == 'close':   # close A B KIND ATOL RTOL: KIND params|stats; prints the largest error
-    a, _ = load(sys.argv[2]); b, _ = load(sys.argv[3])
-    kind, atol, rtol = sys.argv[4], float(sys.argv[5]), float(sys.argv[6])
-    worst, bad, n = (0.0, ''), 0, 0
-    for k in a:
-        if k.startswith('optimizer.') or is_stat(k) != (kind == 'stats') or k.endswith('num_batches_tracked'):
-            continue
-        for i, (x, y) in enumerate(zip(a[k], b[k])):
-            d = abs(x - y)
-            n += 1
-            if not d <= atol + rtol * abs(y):
-                bad += 1
-            if d > worst[0] or math.isnan(d):
-                worst = (d, '%s[%d]: %r vs %r' % (k, i, x, y))
-    print('%s: %d values, %d outside atol %g rtol %g, max abs err %.3g at %s' % (kind, n, bad, atol, rtol, worst[0], worst[1]))
-    sys.exit(1 if bad or n == 0 else 0)
-elif cmd == 'maxdiff':   # maxdiff A B KIND: prints the largest absolute difference
-    a, _ = load(sys.argv[2]); b, _ = load(sys.argv[3])
-    kind = sys.argv[4]
-    print(max(abs(x - y) for k in a if is_stat(k) == (kind == 'stats') and not k.startswith('optimizer.')
-              and not k.endswith('num_batches_tracked') for x, y in zip(a[k], b[k])))
-elif cmd == 'eq':
-    a, _ = load(sys.argv[2]); b, _ = load(sys.argv[3])
-    diff = [k for k in a if a[k] != b.get(k)]
-    if diff or sorted(a) != sorted(b):
-        sys.exit('%d tensors differ, first: %s' % (len(diff), diff[:1]))
-elif cmd == 'meta':
-    _, m = load(sys.argv[2])
-    print(m.get(sys.argv[3], ''))
-EOF
-st() { python3 "$T/st.py" "$@"; }
+st() { python3 "$HERE/st_check.py" "$@"; }
 
 TINY=(--classes 4 --image-size 16 --train-size 48 --val-size 16 --data-seed 3 --arch resnet18 --width-mult 0.125
     --threads 1 --seed 5 --lr 0.1 --quiet)

@@ -8,6 +8,7 @@
 # usage: bash tests/c/cli_train.sh build/native/bnlab
 set -u
 BIN=${1:?usage: cli_train.sh path/to/bnlab}
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 T=$(mktemp -d)
 trap 'rm -rf "$T"' EXIT
 pass=0
@@ -18,43 +19,8 @@ bad() {
     fail=$((fail + 1))
 }
 
-# safetensors checks with the Python standard library only
-cat >"$T/st.py" <<'EOF'
-import json, math, struct, sys
-
-def load(path):
-    b = open(path, 'rb').read()
-    n = struct.unpack('<Q', b[:8])[0]
-    h = json.loads(b[8:8 + n])
-    meta = h.pop('__metadata__', {})
-    data = b[8 + n:]
-    return {k: (v['dtype'], v['shape'], data[v['data_offsets'][0]:v['data_offsets'][1]]) for k, v in h.items()}, meta
-
-cmd = sys.argv[1]
-if cmd == 'eq':        # every tensor of A equals B's byte for byte (same names)
-    a, _ = load(sys.argv[2]); b, _ = load(sys.argv[3])
-    if sorted(a) != sorted(b):
-        sys.exit('tensor names differ: %s' % sorted(set(a) ^ set(b)))
-    diff = [k for k in a if a[k] != b[k]]
-    if diff:
-        sys.exit('%d of %d tensors differ, first: %s' % (len(diff), len(a), diff[0]))
-    print(len(a))
-elif cmd == 'finite':  # every F32 value is finite
-    a, _ = load(sys.argv[2])
-    for k, (dt, shape, raw) in a.items():
-        if dt == 'F32':
-            for v in struct.unpack('<%df' % (len(raw) // 4), raw):
-                if not math.isfinite(v):
-                    sys.exit('%s holds %r' % (k, v))
-    print(len(a))
-elif cmd == 'meta':
-    _, m = load(sys.argv[2])
-    print(m.get(sys.argv[3], ''))
-elif cmd == 'shape':
-    a, _ = load(sys.argv[2])
-    print(a[sys.argv[3]][1])
-EOF
-st() { python3 "$T/st.py" "$@"; }
+# safetensors checks (tests/c/st_check.py, Python standard library only)
+st() { python3 "$HERE/st_check.py" "$@"; }
 
 # expect_error WHAT SUBSTRING ARGS...: non-zero exit, exactly one stderr line "bnlab: error: ...SUBSTRING..."
 expect_error() {
@@ -192,28 +158,17 @@ no_tmp_files "divergence"
 expect_error "bad norm" "--norm" --norm layer --out "$T/x"
 expect_error "norm with init" "--init" --init "$T/straight/model.safetensors" --norm none --out "$T/x"
 expect_error "sync-bn without norm" "nothing to synchronize" --norm none --sync-bn --out "$T/x"
-cat >"$T/stats.py" <<'EOF'
-import struct, sys
-sys.argv.pop(0)
-exec(open(sys.argv.pop(0)).read().split("cmd = sys.argv[1]")[0])   # load() from st.py
-t, _ = load(sys.argv[0])
-def floats(raw): return set(struct.unpack('<%df' % (len(raw) // 4), raw))
-bad = [k for k, (dt, sh, raw) in t.items() if
-       (k.endswith('running_mean') and floats(raw) != {0.0}) or (k.endswith('running_var') and floats(raw) != {1.0}) or
-       (k.endswith('num_batches_tracked') and struct.unpack('<q', raw)[0] != 0)]
-sys.exit('running statistics moved: %s' % bad[:3] if bad else 0)
-EOF
 if "$BIN" train "${TINY[@]}" "${CONST[@]}" --epochs 1 --norm none --zero-init-residual --out "$T/nonorm" 2>"$T/err"; then
     [ "$(st meta "$T/nonorm/model.safetensors" bnlab.norm)" = "none" ] && ok || bad "--norm none: model lacks bnlab.norm"
     [ "$(st meta "$T/nonorm/last.safetensors" train.zero-init-residual)" = "1" ] && ok || bad "zero-init-residual not recorded"
     "$BIN" info "$T/nonorm/model.safetensors" | grep -q '^normalization: none' && ok || bad "info: no 'normalization: none'"
-    python3 "$T/stats.py" "$T/st.py" "$T/nonorm/model.safetensors" 2>"$T/e2" && ok || bad "--norm none: $(cat "$T/e2")"
+    st untouched "$T/nonorm/model.safetensors" 2>"$T/e2" && ok || bad "--norm none: $(cat "$T/e2")"
     expect_error "resume norm mismatch" "--norm" "${TINY[@]}" "${CONST[@]}" --epochs 2 --zero-init-residual --resume \
         --out "$T/nonorm"
     if "$BIN" train "${TINY[@]}" "${CONST[@]}" --epochs 2 --norm none --zero-init-residual --resume --out "$T/nonorm" \
         2>"$T/err"; then
         [ "$(st meta "$T/nonorm/last.safetensors" train.step)" = "12" ] && ok || bad "--norm none resume: not at step 12"
-        python3 "$T/stats.py" "$T/st.py" "$T/nonorm/model.safetensors" 2>"$T/e2" && ok || bad "resumed: $(cat "$T/e2")"
+        st untouched "$T/nonorm/model.safetensors" 2>"$T/e2" && ok || bad "resumed: $(cat "$T/e2")"
     else
         bad "--norm none --resume failed: $(cat "$T/err")"
     fi

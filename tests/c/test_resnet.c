@@ -18,16 +18,16 @@ typedef struct {
     size_t wlen;
 } fixture;
 
-static int load_fixture(fixture *f, const char *name) {
+static int load_fixture(fixture *f, const char *dir, const char *name) {
     char p[512];
-    snprintf(p, sizeof p, "%s/%s.weights.safetensors", DIR, name);
+    snprintf(p, sizeof p, "%s/%s.weights.safetensors", dir, name);
     if (bnl_read_file(p, &f->wbuf, &f->wlen) != BNL_OK || bnl_st_parse(&f->weights, f->wbuf, f->wlen) != BNL_OK) {
         fprintf(stderr, "FAIL cannot read %s: %s\n", p, bnl_last_error());
         return 0;
     }
-    snprintf(p, sizeof p, "%s/%s.input.safetensors", DIR, name);
+    snprintf(p, sizeof p, "%s/%s.input.safetensors", dir, name);
     if (bnl_st_read_file(&f->input, p) != BNL_OK) return fprintf(stderr, "FAIL %s: %s\n", p, bnl_last_error()), 0;
-    snprintf(p, sizeof p, "%s/%s.expected.safetensors", DIR, name);
+    snprintf(p, sizeof p, "%s/%s.expected.safetensors", dir, name);
     if (bnl_st_read_file(&f->expected, p) != BNL_OK) return fprintf(stderr, "FAIL %s: %s\n", p, bnl_last_error()), 0;
     return 1;
 }
@@ -113,7 +113,7 @@ static bnl_resnet *load_model(const fixture *f, int unbiased) {
 static void run_model(const char *name, int check_halves) {
     fixture f;
     memset(&f, 0, sizeof f);
-    if (!load_fixture(&f, name)) {
+    if (!load_fixture(&f, DIR, name)) {
         g_failures++;
         return;
     }
@@ -234,28 +234,22 @@ static void run_model(const char *name, int check_halves) {
 
 // The network without normalization: "bnlab.norm": "none" in the file's metadata.
 static void run_nonorm(const char *name) {
-    static const char *NDIR = "tests/fixtures/nonorm";
-    char p[512], what[320];
-    bnl_st_file in, exp;
-    snprintf(p, sizeof p, "%s/%s.input.safetensors", NDIR, name);
-    if (bnl_st_read_file(&in, p) != BNL_OK) {
-        CHECK(0, "%s: %s", p, bnl_last_error());
+    char what[320];
+    fixture f;
+    memset(&f, 0, sizeof f);
+    if (!load_fixture(&f, "tests/fixtures/nonorm", name)) {
+        g_failures++;
         return;
     }
-    snprintf(p, sizeof p, "%s/%s.expected.safetensors", NDIR, name);
-    if (bnl_st_read_file(&exp, p) != BNL_OK) {
-        CHECK(0, "%s: %s", p, bnl_last_error());
-        return;
-    }
-    snprintf(p, sizeof p, "%s/%s.weights.safetensors", NDIR, name);
-    const bnl_st_tensor *xt = bnl_st_find(&in, "input");
+    const bnl_st_file *in = &f.input, *ex = &f.expected;
+    const bnl_st_tensor *xt = bnl_st_find(in, "input");
     int N = (int)xt->shape[0], H = (int)xt->shape[1], W = (int)xt->shape[2];
-    float *x = tensor_f32(&in, "input", NULL);
+    float *x = tensor_f32(in, "input", NULL);
     int64_t labels[64];
-    bnl_st_to_i64(labels, bnl_st_find(&in, "labels"));
+    bnl_st_to_i64(labels, bnl_st_find(in, "labels"));
 
     bnl_resnet *m = NULL;
-    CHECK(bnl_resnet_load_file(&m, p) == BNL_OK, "%s: %s", p, bnl_last_error());
+    CHECK(bnl_resnet_load(&m, f.wbuf, f.wlen) == BNL_OK, "nonorm %s: %s", name, bnl_last_error());
     if (!m) return;
     CHECK(bnl_resnet_norm(m) == BNL_NORM_NONE && bnl_resnet_get_info(m)->norm == BNL_NORM_NONE,
           "%s: the file's \"bnlab.norm\": \"none\" was not honoured", name);
@@ -268,11 +262,11 @@ static void run_nonorm(const char *name) {
     bnl_resnet_set_training(m, 0);
     CHECK(bnl_resnet_forward(m, first, x, N, H, W) == BNL_OK, "%s eval: %s", name, bnl_last_error());
     snprintf(what, sizeof what, "nonorm %s logits (eval)", name);
-    check_logits(what, first, &exp, "logits");
+    check_logits(what, first, ex, "logits");
     bnl_resnet_set_training(m, 1);
     CHECK(bnl_resnet_forward(m, logits, x, N, H, W) == BNL_OK, "%s train: %s", name, bnl_last_error());
     snprintf(what, sizeof what, "nonorm %s logits (train)", name);
-    check_logits(what, logits, &exp, "logits");
+    check_logits(what, logits, ex, "logits");
     CHECK(!memcmp(before, stats, nstats * sizeof(float)), "nonorm %s: a train forward changed running statistics", name);
     bnl_bn_view v;
     bnl_resnet_bn_stats(m, 0, &v);
@@ -282,11 +276,11 @@ static void run_nonorm(const char *name) {
     float loss = 0;
     bnl_sgd sgd = {0.1f, 0.9f, 1e-4f, 0, 0};
     CHECK(bnl_resnet_step(m, &loss, x, N, H, W, labels, &sgd) == BNL_OK, "%s step: %s", name, bnl_last_error());
-    float *el = tensor_f32(&exp, "step_loss", NULL);
+    float *el = tensor_f32(ex, "step_loss", NULL);
     snprintf(what, sizeof what, "nonorm %s step_loss", name);
     if (el) check_close(what, &loss, el, 1, 1e-6, 1e-5), free(el);
     snprintf(what, sizeof what, "nonorm %s after_step", name);
-    check_state(what, m, &exp, "after_step", 0, 1e-5, 1e-4);
+    check_state(what, m, ex, "after_step", 0, 1e-5, 1e-4);
     // the mode survives save -> load; switching it back to BatchNorm changes the function and the metadata
     uint8_t *buf;
     size_t len;
@@ -329,14 +323,10 @@ static void run_nonorm(const char *name) {
     bnl_resnet_free(m);
 
     // a metadata value other than batch/none is refused, naming the key
-    bnl_st_file wf;
-    uint8_t *wraw;
-    size_t wlen;
-    CHECK(bnl_read_file(p, &wraw, &wlen) == BNL_OK && bnl_st_parse(&wf, wraw, wlen) == BNL_OK, "%s", bnl_last_error());
     bnl_st_writer *w;
     bnl_st_writer_create(&w);
-    for (size_t i = 0; i < wf.count; i++) {
-        const bnl_st_tensor *t = &wf.tensors[i];
+    for (size_t i = 0; i < f.weights.count; i++) {
+        const bnl_st_tensor *t = &f.weights.tensors[i];
         bnl_st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, t->data);
     }
     bnl_st_writer_meta(w, "bnlab.norm", "layer");
@@ -346,10 +336,9 @@ static void run_nonorm(const char *name) {
           "bad bnlab.norm: status %d, '%s'", s, bnl_last_error());
     free(buf);
     bnl_st_writer_free(w);
-    bnl_st_free(&wf);
-    free(wraw);
     free(x), free(logits), free(first), free(before);
-    bnl_st_free(&in), bnl_st_free(&exp);
+    bnl_st_free(&f.weights), bnl_st_free(&f.input), bnl_st_free(&f.expected);
+    free(f.wbuf);
 }
 
 int main(void) {
