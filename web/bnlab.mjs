@@ -266,7 +266,6 @@ class Model {
   constructor(lab, handle) {
     this._lab = lab;
     this._h = handle;
-    this._training = false;
     const L = lab;
     this.info = L._scoped((alloc) => {
       const p = alloc(4 * 23);
@@ -305,9 +304,10 @@ class Model {
     return this._h;
   }
 
-  get training() { return this._training; }
-  train() { this._lab._ex.bnl_wasm_model_set_training(this._live(), 1); this._training = true; return this; }
-  eval() { this._lab._ex.bnl_wasm_model_set_training(this._live(), 0); this._training = false; return this; }
+  // read from the C side, which owns the switch (no JS mirror to drift from it)
+  get training() { return this._lab._ex.bnl_wasm_model_training(this._live()) !== 0; }
+  train() { this._lab._ex.bnl_wasm_model_set_training(this._live(), 1); return this; }
+  eval() { this._lab._ex.bnl_wasm_model_set_training(this._live(), 0); return this; }
 
   // BatchNorm options for every layer: momentum (Flax convention, 0.9), eps, unbiased, cumulative.
   setBatchNorm({ momentum = 0.9, eps = 1e-5, unbiased = false, cumulative = false } = {}) {

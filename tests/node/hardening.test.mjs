@@ -21,6 +21,8 @@ const weights = parseSafetensors(weightsBytes).tensors;
 const inp = readSafetensors(join(FIX, 'resnet18.input.safetensors')).tensors;
 const exp = readSafetensors(join(FIX, 'resnet18.expected.safetensors')).tensors;
 const X = inp.input.data, SHAPE = inp.input.shape, LABELS = Array.from(inp.labels.data, Number);
+// what the message should show of a shape (NaN and Infinity print as null in JSON)
+const showShapeForTest = (v) => { try { return JSON.stringify(v) ?? String(v); } catch { return String(v); } };
 const maxAbs = (a) => a.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
 
 // The instance is still right: PyTorch's eval logits for the fixture from a fresh load.
@@ -189,8 +191,12 @@ test('odd input shapes: a clear Error or finite logits, never a trap', () => {
     ];
     for (const shape of bad) {
       const n = Array.isArray(shape) && shape.length === 4 ? 16 * 16 * 3 : 3;
-      assert.throws(() => m.forward(new Float32Array(n), shape), (e) => { assertCleanError(e, `shape ${String(shape)}`); return true; },
-        `shape ${String(shape)} accepted`);
+      // the message names the call, says what is wrong and shows the shape it was given
+      assert.throws(() => m.forward(new Float32Array(n), shape), (e) => {
+        assertCleanError(e, `shape ${String(shape)}`);
+        return /^bnlab: forward: /.test(e.message) && e.message.includes(showShapeForTest(shape)) &&
+          (/shape must be \[n, h, w, c\] of positive integers \(got /.test(e.message) || /is too large$/.test(e.message));
+      }, `shape ${String(shape)} accepted`);
     }
     // a BigInt dimension is refused too, though the bridge's message (JSON.stringify of the shape)
     // is then a TypeError about serializing BigInt; what matters here is that the module is untouched
@@ -219,19 +225,27 @@ test('odd input shapes: a clear Error or finite logits, never a trap', () => {
 test('absurd batch sizes throw clear Errors; a big batch of tiny images runs', () => {
   const m = lab.loadModel(weightsBytes);
   try {
-    for (const shape of [[65537, 1, 1, 3], [2 ** 20, 1, 1, 3], [1e9, 1, 1, 3], [65536, 64, 64, 3], [4096, 8192, 1, 3], [65536, 8192, 8192, 3]])
+    // beyond the bridge's limits (n <= 65536, h, w <= 8192, n*h*w*c < 2^30): refused before any allocation
+    for (const shape of [[65537, 1, 1, 3], [2 ** 20, 1, 1, 3], [1e9, 1, 1, 3], [65536, 8192, 8192, 3]])
       assert.throws(() => m.forward(new Float32Array(3), shape),
-        (e) => { assertCleanError(e, `batch ${shape}`); return /too large|has 3 values, expected \d+/.test(e.message); });
+        (e) => { assertCleanError(e, `batch ${shape}`); return e.message === `bnlab: forward: shape ${JSON.stringify(shape)} is too large`; });
+    // within them, but not matching the data given: the length check names both counts
+    for (const shape of [[65536, 64, 64, 3], [4096, 8192, 1, 3]])
+      assert.throws(() => m.forward(new Float32Array(3), shape),
+        (e) => { assertCleanError(e, `batch ${shape}`); return e.message === `bnlab: input has 3 values, expected ${shape.reduce((a, b) => a * b)}`; });
     assert.throws(() => m.step(new Float32Array(3), [65537, 1, 1, 3], new Array(65537).fill(0), { lr: 0.1 }),
       (e) => { assertCleanError(e, 'step batch 65537'); return /too large/.test(e.message); });
     // 65536 images of 1x1: legal, small (one value per image and channel)
     const y = m.forward(new Float32Array(65536 * 3).fill(0.1), [65536, 1, 1, 3]);
     assert.equal(y.length, 65536 * 7);
     assert.ok(y.every(Number.isFinite));
-    for (const [M, C] of [[1, 4], [0, 4], [4, 0], [-2, 4], [2.5, 4], [NaN, 4], [2 ** 30, 2]]) {
+    for (const [M, C] of [[0, 4], [4, 0], [-2, 4], [2.5, 4], [NaN, 4], [2 ** 30, 2]]) {
       assert.throws(() => lab.batchNorm.forwardTrain(new Float32Array(8), M, C),
-        (e) => { assertCleanError(e, `batchnorm ${M}x${C}`); return true; });
+        (e) => { assertCleanError(e, `batchnorm ${M}x${C}`); return e.message.includes(`(got M=${M}, C=${C})`) && /M\*C < 2\^30/.test(e.message); });
     }
+    // one row per channel reaches the C core, which refuses it as PyTorch does
+    assert.throws(() => lab.batchNorm.forwardTrain(new Float32Array(4), 1, 4),
+      (e) => { assertCleanError(e, 'batchnorm 1x4'); return /more than 1 value per channel/.test(e.message); });
     assert.throws(() => lab.batchNorm.forwardTrain(new Float32Array(8), 4, 2, { gamma: new Float32Array(3) }),
       (e) => { assertCleanError(e, 'gamma length'); return /gamma/.test(e.message); });
     const want = exp.logits_eval.data;
@@ -241,7 +255,11 @@ test('absurd batch sizes throw clear Errors; a big batch of tiny images runs', (
 
 test('procedural datasets: absurd options and batches throw clear Errors', () => {
   for (const o of [{ size: 100000 }, { size: 4 }, { classes: 1 }, { classes: 17 }, { count: 0 }, { count: -5 }, { seed: -1 }, { size: 1.5 }])
-    assert.throws(() => lab.procedural(o), (e) => { assertCleanError(e, JSON.stringify(o)); return true; }, JSON.stringify(o));
+    assert.throws(() => lab.procedural(o), (e) => {
+      assertCleanError(e, JSON.stringify(o));
+      const [k, v] = Object.entries(o)[0];
+      return e.message.includes(k) && e.message.includes(String(v));   // names the option and its value
+    }, JSON.stringify(o));
   const d = lab.procedural({ seed: 3, count: 100, classes: 4, size: 512 });
   try {
     // 1365 images of 512x512x3 floats = 0xfff00000 bytes: passes the bridge's 4 GiB check, but no
@@ -249,7 +267,7 @@ test('procedural datasets: absurd options and batches throw clear Errors', () =>
     assert.throws(() => d.batch(0, 1365), (e) => { assertCleanError(e, 'batch of 1365'); return /out of memory/.test(e.message); });
     assert.throws(() => d.batch(0, 70000), (e) => { assertCleanError(e, 'batch of 70000'); return /n = 70000/.test(e.message); });
     assert.throws(() => d.batchIndices([0, 100]), (e) => { assertCleanError(e, 'index 100'); return /index 1 is 100/.test(e.message); });
-    assert.throws(() => d.image(100), (e) => { assertCleanError(e, 'image 100'); return true; });
+    assert.throws(() => d.image(100), (e) => { assertCleanError(e, 'image 100'); return /100/.test(e.message); });
     assert.equal(d.batch(98, 4).labels.length, 4, 'a batch that wraps around still works');
   } finally { d.dispose(); }
   assertInstanceUsable(lab, 'dataset errors');
