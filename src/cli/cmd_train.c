@@ -53,6 +53,8 @@ static void on_step(void *ctx, const bnl_train_progress *pr) {
     double t = mono();
     char eta[32];
     fmt_duration(eta, sizeof eta, pr->eta_s);
+    char comm[48] = "";   // MPI: time per step waiting in communication
+    if (pr->comm_ms > 0) snprintf(comm, sizeof comm, " comm %.2f ms/step", pr->comm_ms);
     if (p->tty) {
         if (t - p->last_draw < 0.1 && pr->step_in_epoch != pr->steps_per_epoch) return;
         p->last_draw = t;
@@ -60,9 +62,9 @@ static void on_step(void *ctx, const bnl_train_progress *pr) {
         int fill = (int)(30 * pr->step_in_epoch / (pr->steps_per_epoch > 0 ? pr->steps_per_epoch : 1));
         for (int i = 0; i < 30; i++) bar[i] = i < fill ? '=' : (i == fill ? '>' : ' ');
         bar[30] = 0;
-        fprintf(stderr, "\r\033[Kepoch %d/%d [%s] %lld/%lld loss %.4f acc %.3f lr %.3g %.0f img/s ETA %s", pr->epoch,
+        fprintf(stderr, "\r\033[Kepoch %d/%d [%s] %lld/%lld loss %.4f acc %.3f lr %.3g %.0f img/s%s ETA %s", pr->epoch,
                 pr->epochs, bar, (long long)pr->step_in_epoch, (long long)pr->steps_per_epoch, pr->loss, pr->acc,
-                pr->lr, pr->images_per_s, eta);
+                pr->lr, pr->images_per_s, comm, eta);
         fflush(stderr);
         p->bar_shown = 1;
         return;
@@ -71,9 +73,9 @@ static void on_step(void *ctx, const bnl_train_progress *pr) {
     int64_t every = pr->steps_per_epoch / 10 > 0 ? pr->steps_per_epoch / 10 : 1;
     if (pr->step_in_epoch % every || t - p->last_line < 5.0) return;
     p->last_line = t;
-    fprintf(stderr, "epoch %d/%d step %lld/%lld loss %.4f acc %.3f lr %.3g %.0f img/s ETA %s\n", pr->epoch, pr->epochs,
-            (long long)pr->step_in_epoch, (long long)pr->steps_per_epoch, pr->loss, pr->acc, pr->lr, pr->images_per_s,
-            eta);
+    fprintf(stderr, "epoch %d/%d step %lld/%lld loss %.4f acc %.3f lr %.3g %.0f img/s%s ETA %s\n", pr->epoch,
+            pr->epochs, (long long)pr->step_in_epoch, (long long)pr->steps_per_epoch, pr->loss, pr->acc, pr->lr,
+            pr->images_per_s, comm, eta);
 }
 
 static void clear_bar(printer *p) {
@@ -210,7 +212,7 @@ int cmd_train(int argc, char **argv) {
                        "  last.safetensors   every epoch: model + SGD momentum + train.* metadata (for --resume)\n"
                        "  best.safetensors   the model with the best validation top-1\n"
                        "  model.safetensors  the final model, class names in __metadata__ \"labels\"\n"
-                       "  metrics.csv        epoch,step,lr,train_loss,train_acc,val_loss,val_top1,val_top5,images_per_s,seconds\n"
+                       "  metrics.csv        epoch,step,lr,train_loss,train_acc,val_loss,val_top1,val_top5,images_per_s,seconds,comm_ms\n"
                        "Each file is written atomically. A non-finite loss stops the run (exit 1) before any update.\n"
                        "The last partial batch of an epoch is dropped. Same seed and thread count: same result.\n"
                        "Data parallel: mpirun -np K bnlab train ... (each rank takes its slice of every global batch;\n"
@@ -350,6 +352,10 @@ int cmd_train(int argc, char **argv) {
             else cli_error("%s", bnl_last_error());
         }
         rc = 1;
+        if (res.abort_ranks) {   // the other ranks wait in a collective this one cannot join
+            fflush(stderr);
+            bnl_dist_abort(dist, 1);
+        }
     } else if (rank == 0 && !pr.quiet) {
         if (res.best_epoch > 0)
             printf("bnlab train: done, %lld steps; best val_top1 %.4f at epoch %d; wrote %s/model.safetensors\n",

@@ -8,7 +8,7 @@
   st_check.py close A B KIND ATOL RTOL  KIND params|stats: |a-b| <= atol + rtol*|b| everywhere; prints the worst error
   st_check.py maxdiff A B KIND        prints the largest |a-b| over KIND params|stats
   st_check.py untouched A             running stats are still the initial 0 / 1 and num_batches_tracked 0
-  st_check.py rows METRICS.csv        metrics.csv without the timing columns (images_per_s, seconds)
+  st_check.py rows METRICS.csv        metrics.csv without the timing columns (images_per_s, seconds, comm_ms)
 Exits non-zero with a message naming the first difference when a check fails.
 """
 import json
