@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <fcntl.h>
+#include <signal.h>
 
 // ---------------------------------------------------------------------------------------------
 // Progress: a redrawn bar on a terminal, a few plain lines otherwise.
@@ -35,7 +36,41 @@ static void fmt_duration(char *out, size_t cap, double s) {
     else snprintf(out, cap, "%ld:%02ld", t / 60, t % 60);
 }
 
+// ---------------------------------------------------------------------------------------------
+// MPI: when a rank dies, mpirun ends the others with SIGTERM. One of them (rank 0; with two ranks,
+// whichever survives) says so in one line, with the checkpoint to resume from (written ahead:
+// the handler only write()s).
+
+static struct {
+    int rank, K;
+    const char *out;
+    char msg[1400];
+    volatile size_t len;
+} g_term;
+
+static void term_prepare(long long step) {
+    if (g_term.K < 2 || (g_term.rank != 0 && g_term.K != 2)) return;
+    char other[32], at[64] = "";
+    if (g_term.K == 2) snprintf(other, sizeof other, "rank %d", 1 - g_term.rank);
+    else snprintf(other, sizeof other, "another rank");
+    if (step >= 0) snprintf(at, sizeof at, " (step %lld)", step);
+    int n = snprintf(g_term.msg, sizeof g_term.msg,
+                     "bnlab: error: rank %d of %d was ended by mpirun: %s died or the run was interrupted; the last "
+                     "checkpoint %s/last.safetensors%s is intact: continue with --resume\n",
+                     g_term.rank, g_term.K, other, g_term.out, at);
+    g_term.len = n > 0 ? (size_t)n < sizeof g_term.msg ? (size_t)n : sizeof g_term.msg - 1 : 0;
+}
+
+static void on_sigterm(int sig) {
+    if (g_term.len) {
+        ssize_t w = write(2, g_term.msg, g_term.len);
+        (void)w;
+    }
+    _exit(128 + sig);
+}
+
 static void on_start(void *ctx, const bnl_train_info *in) {
+    term_prepare((long long)in->start_step);
     printer *p = ctx;
     p->last_line = mono();   // plain progress lines only for epochs that take a while
     if (p->quiet) return;
@@ -85,6 +120,7 @@ static void clear_bar(printer *p) {
 
 static void on_epoch(void *ctx, const bnl_train_epoch *e) {
     printer *p = ctx;
+    term_prepare((long long)e->step);   // that epoch's checkpoint is on disk
     if (p->quiet) return;
     clear_bar(p);
     printf("epoch %d%s step %lld lr %.4g train_loss %.4f train_acc %.4f", e->epoch, e->complete ? "" : " (partial)",
@@ -182,6 +218,7 @@ int cmd_train(int argc, char **argv) {
         {"bn-momentum", "M", "BatchNorm momentum, Flax convention: running = M*running + (1-M)*batch", "0.9", 0},
         {"running-var", "RULE", "running variance rule: biased (blog, Flax) or unbiased (PyTorch)", "biased", 0},
         {"sync-bn", NULL, "MPI: BatchNorm statistics over the global batch (synchronized BatchNorm)", NULL, 0},
+        {"nudge-input", NULL, "testing: every input value one ulp up, a float32 perturbation (how much does this run amplify rounding?)", NULL, 0},
         {"augment", NULL, "augment training images: random crop + flip (the default)", NULL, 0},
         {"no-augment", NULL, "no augmentation", NULL, 0},
         {"threads", "T", "threads per rank (0 = all cores, under MPI divided by the ranks on the node)", "0", 0},
@@ -300,6 +337,7 @@ int cmd_train(int argc, char **argv) {
         else bad = cli_error("--running-var: expected 'biased' or 'unbiased', got '%s'", rv);
     }
     cfg.sync_bn = cli_get(opts, nopts, "sync-bn") != NULL;
+    cfg.nudge_input = cli_get(opts, nopts, "nudge-input") != NULL;
     if (!bad && cfg.sync_bn && cfg.norm == BNL_NORM_NONE)
         bad = cli_error("--sync-bn has nothing to synchronize with --norm none (no batch statistics)");
     if (!bad && cli_get(opts, nopts, "augment") && cli_get(opts, nopts, "no-augment"))
@@ -338,6 +376,14 @@ int cmd_train(int argc, char **argv) {
         bnl_set_threads(per > 0 ? per : 1);
     } else {
         bnl_set_threads((int)threads);
+    }
+    if (K > 1) {
+        g_term.rank = rank, g_term.K = K, g_term.out = cfg.out_dir;
+        term_prepare(-1);
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_sigterm;
+        sigaction(SIGTERM, &sa, NULL);
     }
     printer pr = {isatty(fileno(stderr)), cli_get(opts, nopts, "quiet") != NULL, 0, 0, 0};
     bnl_train_hooks hooks = {&pr, on_start, on_step, on_epoch, on_note};

@@ -229,6 +229,7 @@ bnl_status bnl_dist_attach(bnl_dist *d, bnl_resnet *m, int sync_bn) {
         d->lo[d->nbuckets] = lo, d->hi[d->nbuckets] = hi, d->nbuckets++;
         hi = lo;
     }
+    for (int i = 0; i < MAX_BUCKETS; i++) d->req[i] = MPI_REQUEST_NULL;
     d->started = d->nbuckets;   // nothing in flight before the first step
     if (sync_bn) {
         bnl_status s = bnl_resnet_set_sync_bn(m, sync_gather, d, d->size);

@@ -875,6 +875,8 @@ bnl_status bnl_train_run(const bnl_train_config *cfg, bnl_dist *dist, const bnl_
             // this rank's slice of the global batch
             batch_indices(idx, perm + (size_t)j * GB + (size_t)r->rank * (size_t)B, (size_t)B, r->train_map);
             s = bnl_dataset_get_batch(r->train, x, labels, idx, (size_t)B, &r->aug_train, aug_seed);
+            if (s == BNL_OK && cfg->nudge_input)
+                for (size_t i = 0; i < (size_t)B * img; i++) x[i] = nextafterf(x[i], INFINITY);
             float loss = NAN;
             bnl_dist_step_begin(dist);
             if (s == BNL_OK) {

@@ -139,6 +139,7 @@ typedef struct bnl_train_config {
     float bn_momentum;         // Flax convention (0.9)
     int unbiased;              // running variance rule
     int sync_bn;               // synchronized BatchNorm over ranks
+    int nudge_input;           // testing: every input value one ulp up (a float32 perturbation of the run)
     uint64_t seed;             // initialization, data order, augmentation
     // run
     const char *out_dir;
