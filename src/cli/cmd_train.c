@@ -37,9 +37,9 @@ static void fmt_duration(char *out, size_t cap, double s) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// MPI: when a rank dies, mpirun ends the others with SIGTERM. One of them (rank 0; with two ranks,
-// whichever survives) says so in one line, with the checkpoint to resume from (written ahead:
-// the handler only write()s).
+// MPI: when a rank dies, mpirun ends the others with SIGTERM. Rank 0 says so in one line, with the
+// checkpoint to resume from (written ahead: the handler only write()s); when rank 0 is the one that
+// died, Open MPI's own message names it.
 
 static struct {
     int rank, K;
@@ -49,9 +49,9 @@ static struct {
 } g_term;
 
 static void term_prepare(long long step) {
-    if (g_term.K < 2 || (g_term.rank != 0 && g_term.K != 2)) return;
+    if (g_term.K < 2 || g_term.rank != 0) return;
     char other[32], at[64] = "";
-    if (g_term.K == 2) snprintf(other, sizeof other, "rank %d", 1 - g_term.rank);
+    if (g_term.K == 2) snprintf(other, sizeof other, "rank 1");
     else snprintf(other, sizeof other, "another rank");
     if (step >= 0) snprintf(at, sizeof at, " (step %lld)", step);
     int n = snprintf(g_term.msg, sizeof g_term.msg,
@@ -399,6 +399,7 @@ int cmd_train(int argc, char **argv) {
         }
         rc = 1;
         if (res.abort_ranks) {   // the other ranks wait in a collective this one cannot join
+            g_term.len = 0;      // this rank has said why: no second line when the launcher ends it
             fflush(stderr);
             bnl_dist_abort(dist, 1);
         }

@@ -21,6 +21,7 @@ struct bnl_dist {
     int mpi;            // MPI_Init was called here
     double comm_s;      // seconds spent waiting in collectives (since init)
     int sleep_wait;     // waits sleep between tests after a 20 us spin (else they spin)
+    double timeout_s;   // a wait in a step's collective longer than this ends the run (0: never)
     // an attached model: its gradients are summed in buckets of fixed ranges, bucket b is
     // params [lo[b], hi[b]), b = 0 the last parameters (the first the backward finishes)
     bnl_resnet *m;
@@ -76,6 +77,11 @@ bnl_status bnl_dist_init(bnl_dist **out, int *argc, char ***argv) {
     // BNLAB_MPI_SPIN=1: spin while waiting (ranks with cores of their own: a few microseconds less
     // per collective); by default a wait sleeps after 20 us, which on shared cores was 1.2x against 1.5x
     d->sleep_wait = !(getenv("BNLAB_MPI_SPIN") && atoi(getenv("BNLAB_MPI_SPIN")) == 1);
+    // BNLAB_MPI_TIMEOUT=S: a rank that waits S seconds in one collective of a step (another rank
+    // stopped, or a network cut that TCP does not report) ends the run instead of hanging
+    const char *to = getenv("BNLAB_MPI_TIMEOUT");
+    d->timeout_s = to && *to ? atof(to) : 600.0;
+    if (!(d->timeout_s >= 0)) d->timeout_s = 600.0;
     if (bnl_dist_launched()) {
 #ifdef BNL_HAVE_MPI
         int inited = 0;
@@ -196,20 +202,31 @@ int bnl_dist_same_u64(bnl_dist *d, uint64_t v) {
 // Waits for a request: spins for a few microseconds (the usual case on an idle machine: the other
 // ranks arrive together), then sleeps between tests so that a rank sharing its core with others
 // (test hosts on one machine, a busy node) gives the core away instead of spinning on it.
-static int wait_reqs(bnl_dist *d, int n, MPI_Request *rq) {
+// A wait past the timeout fails with the error set (what: the collective).
+static int wait_reqs(bnl_dist *d, int n, MPI_Request *rq, const char *what) {
     int done = 0, rc = MPI_SUCCESS;
-    double t0 = MPI_Wtime();
+    double t0 = MPI_Wtime(), last = t0, waited = 0;
     while (!done && rc == MPI_SUCCESS) {
         rc = MPI_Testall(n, rq, &done, MPI_STATUSES_IGNORE);
         if (done || rc != MPI_SUCCESS) break;
-        if (d->sleep_wait && MPI_Wtime() - t0 > 20e-6) {
+        // time spent waiting while running: a gap of over 0.1 s between two tests means this rank
+        // itself was stopped or not scheduled, which is no reason to blame the others
+        double now = MPI_Wtime(), gap = now - last;
+        waited += gap < 0.1 ? gap : 0.0;
+        last = now;
+        if (d->timeout_s > 0 && waited > d->timeout_s) {
+            bnl_fail(BNL_ERR_IO, "no answer from the other ranks for %.0f s in %s (a rank stopped or the network is "
+                     "cut; BNLAB_MPI_TIMEOUT sets this limit)", waited, what);
+            return MPI_ERR_OTHER;
+        }
+        if (d->sleep_wait && now - t0 > 20e-6) {
             struct timespec ts = {0, 20000};
             nanosleep(&ts, NULL);
         }
     }
     return rc;
 }
-static int wait_one(bnl_dist *d, MPI_Request *rq) { return wait_reqs(d, 1, rq); }
+static int wait_one(bnl_dist *d, MPI_Request *rq, const char *what) { return wait_reqs(d, 1, rq, what); }
 
 // Synchronized BatchNorm's collective: one MPI_Allgather per layer and direction.
 static bnl_status sync_gather(void *ctx, const double *mine, double *all, size_t n) {
@@ -217,9 +234,10 @@ static bnl_status sync_gather(void *ctx, const double *mine, double *all, size_t
     double t0 = MPI_Wtime();
     MPI_Request rq;
     int rc = MPI_Iallgather(mine, (int)n, MPI_DOUBLE, all, (int)n, MPI_DOUBLE, d->comm, &rq);
-    if (rc == MPI_SUCCESS) rc = wait_one(d, &rq);
+    if (rc != MPI_SUCCESS) return bnl_fail(BNL_ERR_IO, "MPI_Iallgather failed");
+    rc = wait_one(d, &rq, "a BatchNorm all-gather");
     d->comm_s += MPI_Wtime() - t0;
-    return rc == MPI_SUCCESS ? BNL_OK : bnl_fail(BNL_ERR_IO, "MPI_Allgather failed");
+    return rc == MPI_SUCCESS ? BNL_OK : BNL_ERR_IO;
 }
 
 // The backward finished the gradients of params [lo, np): start the sums of the buckets that lie
@@ -280,14 +298,15 @@ int bnl_dist_step_end(bnl_dist *d, int ok, double sums[2]) {
         return BNL_DIST_STUCK;
     }
     double t0 = MPI_Wtime();
-    if (d->m) wait_reqs(d, d->nbuckets, d->req);
+    if (d->m && wait_reqs(d, d->nbuckets, d->req, "the gradient sums") != MPI_SUCCESS) return BNL_DIST_STUCK;
     // one collective for the step's outcome and its sums: (ok, sums) of every rank, in rank order
     double mine[3] = {ok ? 1.0 : 0.0, sums ? sums[0] : 0.0, sums ? sums[1] : 0.0};
     double stack[3 * 16], *all = d->size <= 16 ? stack : malloc(3 * (size_t)d->size * sizeof(double));
-    if (!all) return BNL_DIST_STUCK;
+    if (!all) return bnl_fail(BNL_ERR_NOMEM, "out of memory"), BNL_DIST_STUCK;
     MPI_Request rq;
     int rc = MPI_Iallgather(mine, 3, MPI_DOUBLE, all, 3, MPI_DOUBLE, d->comm, &rq);
-    if (rc == MPI_SUCCESS) rc = wait_one(d, &rq);
+    if (rc == MPI_SUCCESS) rc = wait_one(d, &rq, "the end of a step");
+    else bnl_fail(BNL_ERR_IO, "MPI_Iallgather failed");
     d->comm_s += MPI_Wtime() - t0;
     int first = -1;
     double s0 = 0, s1 = 0;

@@ -11,7 +11,9 @@
 #   step where a ReLU input within rounding of zero flips (tests/mpi_tcp_experiment.sh, README);
 # - rank 1 killed (SIGKILL) mid-run ends the whole run within 30 s with one `bnlab: error:` line
 #   naming the ranks and the checkpoint; --resume then finishes the run, bit-identical to a run
-#   that was never interrupted.
+#   that was never interrupted;
+# - rank 1 stopped (SIGSTOP) mid-run: with BNLAB_MPI_TIMEOUT=3 rank 0 gives up waiting after 3 s with
+#   one error line and ends every rank (no hang, nothing left running).
 # Skips (exit 0, with the reason) where mpirun is missing, bnlab has no MPI, or namespaces cannot be
 # made (not root, no iproute2, a container without CAP_NET_ADMIN). The namespaces are deleted on
 # every exit. usage: bash tests/c/cli_mpi_tcp.sh build/native/bnlab
@@ -122,6 +124,35 @@ else
     if msg=$(st eq "$T/kill/last.safetensors" "$T/straight/last.safetensors" 2>&1); then ok; else
         bad "killed at step $step and resumed: differs from the uninterrupted run: $msg"
     fi
+fi
+
+# --- rank 1 stops (SIGSTOP): rank 0 gives up after BNLAB_MPI_TIMEOUT seconds, every rank ends
+timeout 120 "${MPI_TCP[@]}" -x BNLAB_MPI_TIMEOUT=3 "$BIN" train "${C[@]}" --init "$W" "${CONST[@]}" --epochs 400 \
+    --out "$T/stop" >"$T/out" 2>"$T/err" &
+mpid=$!
+for _ in $(seq 1 600); do
+    [ -s "$T/stop/metrics.csv" ] && [ "$(wc -l <"$T/stop/metrics.csv")" -ge 2 ] && break
+    sleep 0.05
+done
+victim=
+for p in $(ip netns pids "$HOSTS_NS_B"); do [ "$(cat /proc/$p/comm 2>/dev/null)" = bnlab ] && victim=$p; done
+if [ -z "$victim" ]; then
+    bad "no bnlab process in the second host to stop"
+    wait $mpid
+else
+    t0=$(date +%s%N)
+    kill -STOP "$victim"
+    wait $mpid
+    rc=$?
+    ms=$((($(date +%s%N) - t0) / 1000000))
+    echo "  rank 1 stopped: the run ended after $ms ms, exit $rc; $(grep '^bnlab: error: ' "$T/err")"
+    [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && [ "$ms" -lt 30000 ] && ok || bad "after SIGSTOP: exit $rc after $ms ms"
+    if [ "$(grep -c '^bnlab: error: ' "$T/err")" -eq 1 ] &&
+        grep -q '^bnlab: error: rank 0 of 2, .*no answer from the other ranks for 3 s' "$T/err"; then ok; else
+        bad "after SIGSTOP: expected one 'no answer' error line: $(grep -v '^--\|^ *$' "$T/err" | head -12)"
+    fi
+    for _ in $(seq 1 100); do kill -0 "$victim" 2>/dev/null || break; sleep 0.1; done
+    kill -0 "$victim" 2>/dev/null && bad "the stopped rank $victim is still there 10 s after the run ended" || ok
 fi
 
 echo "cli_mpi_tcp: $pass checks, $fail failed"
