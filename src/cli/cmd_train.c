@@ -126,7 +126,9 @@ static void on_epoch(void *ctx, const bnl_train_epoch *e) {
     printf("epoch %d%s step %lld lr %.4g train_loss %.4f train_acc %.4f", e->epoch, e->complete ? "" : " (partial)",
            (long long)e->step, e->lr, e->train_loss, e->train_acc);
     if (e->has_val) printf(" val_loss %.4f val_top1 %.4f val_top5 %.4f", e->val_loss, e->val_top1, e->val_top5);
-    printf(" %.0f img/s %.1fs%s\n", e->images_per_s, e->seconds, e->best ? " *best" : "");
+    printf(" %.0f img/s", e->images_per_s);
+    if (e->comm_ms > 0) printf(" comm %.2f ms/step", e->comm_ms);
+    printf(" %.1fs%s\n", e->seconds, e->best ? " *best" : "");
     p->last_line = mono();
     fflush(stdout);
 }

@@ -90,7 +90,8 @@ void bnl_dist_step_begin(bnl_dist *d);
 // of sums[0..2) (in: this rank's, out: the totals, added in rank order; may be NULL). Returns the
 // lowest rank whose step failed, -1 when none did, or BNL_DIST_STUCK when this rank's backward did
 // not run to its end (a failure in the middle of the step): the other ranks then wait in a
-// collective this rank cannot join, and only bnl_dist_abort ends them. A step that fails on one
+// collective this rank cannot join, and only bnl_dist_abort ends them; also when a wait in this
+// step's collectives ran past BNLAB_MPI_TIMEOUT seconds (default 600; another rank hangs). A step that fails on one
 // rank with a non-finite loss runs its whole backward (forward_backward does that) and is released
 // cleanly; a rank whose batch could not be read runs the step on any batch, then passes ok = 0.
 #define BNL_DIST_STUCK (-2)

@@ -81,6 +81,12 @@ for k in 1 20; do
     # a step sums the gradients (~180 KB here) and gathers BatchNorm statistics: well over 100 KB per step
     [ "$tx" -gt $((100000 * k)) ] && ok || bad "only $tx bytes went over the veth in $k steps: not over TCP?"
 done
+# communication time per step in metrics.csv: > 0 with 2 ranks, 0 with one
+c2=$(tail -1 "$T/sync20/metrics.csv" | cut -d, -f11)
+c1=$(tail -1 "$T/one20/metrics.csv" | cut -d, -f11)
+echo "  comm_ms per step: 2 ranks $c2, 1 rank $c1"
+python3 -c "import sys; sys.exit(0 if float(sys.argv[1]) > 0 and float(sys.argv[2]) == 0 else 1)" "$c2" "$c1" && ok ||
+    bad "metrics.csv comm_ms: 2 ranks '$c2', 1 rank '$c1'"
 python3 - "${D[sync1]% *}" "${D[sync20]% *}" "${D[nud20]% *}" <<'EOF' && ok || bad "2 ranks over TCP left the 1-rank run"
 import sys
 s1, s20, n20 = map(float, sys.argv[1:])
