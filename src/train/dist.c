@@ -28,6 +28,7 @@ struct bnl_dist {
     float *grads;
     size_t np;
     int nbuckets, started;   // buckets started in this step
+    int early;               // of those, started before the backward's last call (overlapped)
     size_t lo[MAX_BUCKETS], hi[MAX_BUCKETS];
 #ifdef BNL_HAVE_MPI
     MPI_Comm comm;
@@ -247,6 +248,7 @@ static void grad_ready(void *ctx, size_t lo) {
     double t0 = MPI_Wtime();
     while (d->started < d->nbuckets && d->lo[d->started] >= lo) {
         int b = d->started++;
+        d->early += lo > 0;
         MPI_Iallreduce(MPI_IN_PLACE, d->grads + d->lo[b], (int)(d->hi[b] - d->lo[b]), MPI_FLOAT, MPI_SUM, d->comm,
                        &d->req[b]);
     }
@@ -286,7 +288,7 @@ bnl_status bnl_dist_attach(bnl_dist *d, bnl_resnet *m, int sync_bn) {
 }
 
 void bnl_dist_step_begin(bnl_dist *d) {
-    if (d && d->m) d->started = 0;
+    if (d && d->m) d->started = 0, d->early = 0;
 }
 
 int bnl_dist_step_end(bnl_dist *d, int ok, double sums[2]) {
@@ -325,6 +327,11 @@ int bnl_dist_step_end(bnl_dist *d, int ok, double sums[2]) {
 }
 
 double bnl_dist_comm_seconds(const bnl_dist *d) { return d ? d->comm_s : 0.0; }
+
+int bnl_dist_buckets(const bnl_dist *d, int *early) {
+    if (early) *early = d ? d->early : 0;
+    return d ? d->nbuckets : 0;
+}
 
 void bnl_dist_abort(bnl_dist *d, int code) {
 #ifdef BNL_HAVE_MPI

@@ -98,6 +98,9 @@ void bnl_dist_step_begin(bnl_dist *d);
 int bnl_dist_step_end(bnl_dist *d, int ok, double sums[2]);
 // Seconds this rank spent in communication it waited for (collectives, bucket waits) since init.
 double bnl_dist_comm_seconds(const bnl_dist *d);
+// Gradient buckets of the attached model (0 with one rank); *early: how many of them the last step
+// started while its backward still ran (the rest start at its end).
+int bnl_dist_buckets(const bnl_dist *d, int *early);
 // Ends every rank (MPI_Abort); for a rank that cannot release the others. No-op with one rank.
 void bnl_dist_abort(bnl_dist *d, int code);
 

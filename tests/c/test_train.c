@@ -288,6 +288,10 @@ static int mpi_protocol(int *argc, char ***argv) {
                 CHECK(first == -1 && s == BNL_OK, "rank %d: round %d: status %d, first failure %d (%s)", rank, round,
                       (int)s, first, bnl_last_error());
                 CHECK(sums[0] == 3.0 && sums[1] == 10.0, "rank %d: step sums %g %g, want 3 10", rank, sums[0], sums[1]);
+                int early = 0, nb = bnl_dist_buckets(d, &early);
+                CHECK(nb >= 2 && early >= 1 && early < nb, "rank %d: %d gradient buckets, %d started during the backward",
+                      rank, nb, early);
+                if (round == 0 && rank == 0) printf("test_train --mpi: %d gradient buckets, %d started during the backward\n", nb, early);
                 float *g = bnl_resnet_grads(m, NULL);   // summed over ranks by the step
                 uint64_t h = 1469598103934665603ull;
                 for (size_t i = 0; i < np * sizeof(float); i++) h = (h ^ ((unsigned char *)g)[i]) * 1099511628211ull;
