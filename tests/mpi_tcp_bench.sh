@@ -12,6 +12,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 T=$(mktemp -d)
 source "$HERE/c/mpi_hosts.sh"
 trap 'hosts_down; rm -rf "$T"' EXIT
+trap 'exit 1' INT TERM HUP   # through the EXIT trap: the namespaces go in every case
 hosts_up "$T" || { echo "cannot make the test hosts: $HOSTS_WHY" >&2; exit 1; }
 export OMPI_MCA_btl_vader_single_copy_mechanism=none
 SHM=(mpirun --allow-run-as-root --oversubscribe --mca btl self,vader -np 2)

@@ -17,6 +17,7 @@ HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 T=$(mktemp -d)
 source "$HERE/c/mpi_hosts.sh"
 trap 'hosts_down; rm -rf "$T"' EXIT
+trap 'exit 1' INT TERM HUP   # through the EXIT trap: the namespaces go in every case
 hosts_up "$T" || { echo "cannot make the test hosts: $HOSTS_WHY" >&2; exit 1; }
 st() { python3 "$HERE/c/st_check.py" "$@"; }
 

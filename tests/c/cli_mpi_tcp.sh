@@ -28,6 +28,7 @@ fi
 T=$(mktemp -d)
 source "$HERE/mpi_hosts.sh"
 trap 'hosts_down; rm -rf "$T"' EXIT
+trap 'exit 1' INT TERM HUP   # through the EXIT trap: the namespaces go in every case
 if ! hosts_up "$T"; then
     echo "cli_mpi_tcp: SKIPPED: cannot make two test hosts (network namespaces): $HOSTS_WHY"
     exit 0
