@@ -908,8 +908,8 @@ bnl_status bnl_train_run(const bnl_train_config *cfg, bnl_dist *dist, const bnl_
                 out->abort_ranks = 1;
                 char msg[512];
                 snprintf(msg, sizeof msg, "%s", bnl_last_error());
-                s = bnl_fail(s != BNL_OK ? s : BNL_ERR_IO, "rank %d of %d, epoch %lld step %lld: %s (ending every rank)",
-                             r->rank, K, (long long)e + 1, (long long)g + 1, msg);
+                s = bnl_fail(s != BNL_OK ? s : BNL_ERR_IO, "epoch %lld step %lld: %s (ending all %d ranks)",
+                             (long long)e + 1, (long long)g + 1, msg, K);
                 goto done;
             }
             if (first >= 0) {

@@ -155,7 +155,7 @@ else
     echo "  rank 1 stopped: the run ended after $ms ms, exit $rc; $(grep '^bnlab: error: ' "$T/err")"
     [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && [ "$ms" -lt 30000 ] && ok || bad "after SIGSTOP: exit $rc after $ms ms"
     if [ "$(grep -c '^bnlab: error: ' "$T/err")" -eq 1 ] &&
-        grep -q '^bnlab: error: rank 0 of 2, .*no answer from the other ranks for 3 s' "$T/err"; then ok; else
+        grep -q '^bnlab: error: epoch .*: no answer from the other ranks for 3 s .*(ending all 2 ranks)' "$T/err"; then ok; else
         bad "after SIGSTOP: expected one 'no answer' error line: $(grep -v '^--\|^ *$' "$T/err" | head -12)"
     fi
     for _ in $(seq 1 100); do kill -0 "$victim" 2>/dev/null || break; sleep 0.1; done
