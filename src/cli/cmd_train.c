@@ -221,6 +221,7 @@ int cmd_train(int argc, char **argv) {
         {"running-var", "RULE", "running variance rule: biased (blog, Flax) or unbiased (PyTorch)", "biased", 0},
         {"sync-bn", NULL, "MPI: BatchNorm statistics over the global batch (synchronized BatchNorm)", NULL, 0},
         {"nudge-input", NULL, "testing: every input value one ulp up, a float32 perturbation (how much does this run amplify rounding?)", NULL, 0},
+        {"dump-batches", "DIR", "testing: write each step's batch to DIR/step-<step>.rank<r>.safetensors (input, labels)", NULL, 0},
         {"augment", NULL, "augment training images: random crop + flip (the default)", NULL, 0},
         {"no-augment", NULL, "no augmentation", NULL, 0},
         {"threads", "T", "threads per rank (0 = all cores, under MPI divided by the ranks on the node)", "0", 0},
@@ -340,6 +341,7 @@ int cmd_train(int argc, char **argv) {
     }
     cfg.sync_bn = cli_get(opts, nopts, "sync-bn") != NULL;
     cfg.nudge_input = cli_get(opts, nopts, "nudge-input") != NULL;
+    cfg.dump_batches = cli_get(opts, nopts, "dump-batches");
     if (!bad && cfg.sync_bn && cfg.norm == BNL_NORM_NONE)
         bad = cli_error("--sync-bn has nothing to synchronize with --norm none (no batch statistics)");
     if (!bad && cli_get(opts, nopts, "augment") && cli_get(opts, nopts, "no-augment"))

@@ -679,6 +679,21 @@ static bnl_status load_metrics(run_t *r, int64_t upto) {
     return s;
 }
 
+// Testing (--dump-batches): DIR/step-<global step, 1-based>.rank<r>.safetensors with `input` and
+// `labels`, the format of `bnlab infer` and `bnlab step`.
+static bnl_status dump_batch(const run_t *r, int64_t step, const float *x, const int64_t *labels) {
+    char path[1200];
+    snprintf(path, sizeof path, "%s/step-%06lld.rank%d.safetensors", r->cfg->dump_batches, (long long)step, r->rank);
+    bnl_st_writer *w = NULL;
+    bnl_status s = bnl_st_writer_create(&w);
+    int64_t xs[4] = {r->cfg->batch_size, r->H, r->W, 3}, ls[1] = {r->cfg->batch_size};
+    if (s == BNL_OK) s = bnl_st_writer_add(w, "input", BNL_DT_F32, 4, xs, x);
+    if (s == BNL_OK) s = bnl_st_writer_add(w, "labels", BNL_DT_I64, 1, ls, labels);
+    if (s == BNL_OK) s = bnl_st_writer_to_file(w, path);
+    bnl_st_writer_free(w);
+    return s;
+}
+
 static bnl_status save_last(run_t *r, int64_t step) {
     set_state_meta(r, step);
     return bnl_checkpoint_save(r->m, r->last_path, 1, r->kv, r->nkv);
@@ -877,6 +892,7 @@ bnl_status bnl_train_run(const bnl_train_config *cfg, bnl_dist *dist, const bnl_
             s = bnl_dataset_get_batch(r->train, x, labels, idx, (size_t)B, &r->aug_train, aug_seed);
             if (s == BNL_OK && cfg->nudge_input)
                 for (size_t i = 0; i < (size_t)B * img; i++) x[i] = nextafterf(x[i], INFINITY);
+            if (s == BNL_OK && cfg->dump_batches) s = dump_batch(r, g + 1, x, labels);
             float loss = NAN;
             bnl_dist_step_begin(dist);
             if (s == BNL_OK) {

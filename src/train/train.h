@@ -144,6 +144,7 @@ typedef struct bnl_train_config {
     int unbiased;              // running variance rule
     int sync_bn;               // synchronized BatchNorm over ranks
     int nudge_input;           // testing: every input value one ulp up (a float32 perturbation of the run)
+    const char *dump_batches;  // testing: a directory; each step's batch (this rank's slice) is written there
     uint64_t seed;             // initialization, data order, augmentation
     // run
     const char *out_dir;
