@@ -394,6 +394,7 @@ int cmd_train(int argc, char **argv) {
     if (rank == 0 && cfg.sync_bn && K == 1) on_note(&pr, "--sync-bn with one process: the local batch is the global one");
     bnl_train_result res;
     bnl_status s = bnl_train_run(&cfg, dist, rank == 0 ? &hooks : NULL, &res);
+    g_term.len = 0;   // the ranks have agreed on how the run ended: a SIGTERM from here on says nothing new
     rc = 0;
     if (s != BNL_OK) {
         clear_bar(&pr);

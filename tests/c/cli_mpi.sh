@@ -123,6 +123,27 @@ else
 fi
 [ "$(st meta "$T/nan/last.safetensors" train.step)" = "0" ] && ok || bad "the step-0 checkpoint of the diverged run is gone"
 
+# --- the testing options of the issue-16 experiments: --dump-batches writes the batch a step trained
+# on (`bnlab step` on it from the same weights gives the same weights, bit for bit); --nudge-input
+# moves every input value one ulp (a different but close result)
+T0=(--classes 4 --image-size 16 --train-size 48 --val-size 0 --threads 1 --seed 5 --quiet --batch-size 8)
+mkdir -p "$T/dumps"
+"$BIN" train --arch resnet18 --width-mult 0.125 "${T0[@]}" --lr 0 --bn-momentum 1 --max-steps 1 --out "$T/d0" &&
+    "$BIN" train "${T0[@]}" --init "$T/d0/model.safetensors" --lr 0.1 --max-steps 1 --dump-batches "$T/dumps" \
+        --out "$T/d1" &&
+    "$BIN" train "${T0[@]}" --init "$T/d0/model.safetensors" --lr 0.1 --max-steps 1 --nudge-input --out "$T/d2" &&
+    "$BIN" step --weights "$T/d0/model.safetensors" --input "$T/dumps/step-000001.rank0.safetensors" \
+        --labels "$T/dumps/step-000001.rank0.safetensors" --lr 0.1 --sgd-momentum 0.9 --weight-decay 5e-4 \
+        --output "$T/s1.safetensors" >/dev/null 2>"$T/err" || bad "--dump-batches/--nudge-input runs: $(cat "$T/err")"
+for kind in params stats; do
+    msg=$(st close "$T/s1.safetensors" "$T/d1/model.safetensors" $kind 0 0) && ok ||
+        bad "bnlab step on the dumped batch differs from the run's step: $msg"
+done
+d=$(st reldiff "$T/d2/model.safetensors" "$T/d1/model.safetensors")
+echo "  --nudge-input after one step: $d"
+python3 -c "import sys; d = float(sys.argv[1]); sys.exit(0 if 0 < d < 1e-4 else 1)" "${d% *}" && ok ||
+    bad "--nudge-input: relative difference $d (want > 0 and < 1e-4)"
+
 # --- only rank 1's batch cannot be read (a truncated PNG, at step 2 with seed 3): it runs the step on
 # zeros so that rank 0 is not left in a collective; both stop cleanly (no MPI_Abort), one error line
 python3 - "$T/fold" <<'EOF'
