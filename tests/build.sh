@@ -14,6 +14,7 @@ command -v node >/dev/null || need_apt+=(nodejs)
 command -v npm >/dev/null || need_apt+=(npm)
 command -v python3 >/dev/null || need_apt+=(python3)
 command -v clang >/dev/null || need_apt+=(clang)   # the fuzz targets (tests/fuzz, libFuzzer)
+command -v ip >/dev/null || need_apt+=(iproute2)   # two test hosts in network namespaces (tests/c/cli_mpi_tcp.sh)
 # libclang-rt-14-dev: libFuzzer and the sanitizer runtimes for clang 14 (Debian 12's clang)
 for pkg in libopenmpi-dev openmpi-bin libjpeg-dev libpng-dev chromium libclang-rt-14-dev; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")

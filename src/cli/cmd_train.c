@@ -10,6 +10,7 @@
 #include <time.h>
 #include <unistd.h>
 #include <fcntl.h>
+#include <signal.h>
 
 // ---------------------------------------------------------------------------------------------
 // Progress: a redrawn bar on a terminal, a few plain lines otherwise.
@@ -35,7 +36,41 @@ static void fmt_duration(char *out, size_t cap, double s) {
     else snprintf(out, cap, "%ld:%02ld", t / 60, t % 60);
 }
 
+// ---------------------------------------------------------------------------------------------
+// MPI: when a rank dies, mpirun ends the others with SIGTERM. Rank 0 says so in one line, with the
+// checkpoint to resume from (written ahead: the handler only write()s); when rank 0 is the one that
+// died, Open MPI's own message names it.
+
+static struct {
+    int rank, K;
+    const char *out;
+    char msg[1400];
+    volatile size_t len;
+} g_term;
+
+static void term_prepare(long long step) {
+    if (g_term.K < 2 || g_term.rank != 0) return;
+    char other[32], at[64] = "";
+    if (g_term.K == 2) snprintf(other, sizeof other, "rank 1");
+    else snprintf(other, sizeof other, "another rank");
+    if (step >= 0) snprintf(at, sizeof at, " (step %lld)", step);
+    int n = snprintf(g_term.msg, sizeof g_term.msg,
+                     "bnlab: error: rank %d of %d was ended by mpirun: %s died or the run was interrupted; the last "
+                     "checkpoint %s/last.safetensors%s is intact: continue with --resume\n",
+                     g_term.rank, g_term.K, other, g_term.out, at);
+    g_term.len = n > 0 ? (size_t)n < sizeof g_term.msg ? (size_t)n : sizeof g_term.msg - 1 : 0;
+}
+
+static void on_sigterm(int sig) {
+    if (g_term.len) {
+        ssize_t w = write(2, g_term.msg, g_term.len);
+        (void)w;
+    }
+    _exit(128 + sig);
+}
+
 static void on_start(void *ctx, const bnl_train_info *in) {
+    term_prepare((long long)in->start_step);
     printer *p = ctx;
     p->last_line = mono();   // plain progress lines only for epochs that take a while
     if (p->quiet) return;
@@ -53,6 +88,8 @@ static void on_step(void *ctx, const bnl_train_progress *pr) {
     double t = mono();
     char eta[32];
     fmt_duration(eta, sizeof eta, pr->eta_s);
+    char comm[48] = "";   // MPI: time per step waiting in communication
+    if (pr->comm_ms > 0) snprintf(comm, sizeof comm, " comm %.2f ms/step", pr->comm_ms);
     if (p->tty) {
         if (t - p->last_draw < 0.1 && pr->step_in_epoch != pr->steps_per_epoch) return;
         p->last_draw = t;
@@ -60,9 +97,9 @@ static void on_step(void *ctx, const bnl_train_progress *pr) {
         int fill = (int)(30 * pr->step_in_epoch / (pr->steps_per_epoch > 0 ? pr->steps_per_epoch : 1));
         for (int i = 0; i < 30; i++) bar[i] = i < fill ? '=' : (i == fill ? '>' : ' ');
         bar[30] = 0;
-        fprintf(stderr, "\r\033[Kepoch %d/%d [%s] %lld/%lld loss %.4f acc %.3f lr %.3g %.0f img/s ETA %s", pr->epoch,
+        fprintf(stderr, "\r\033[Kepoch %d/%d [%s] %lld/%lld loss %.4f acc %.3f lr %.3g %.0f img/s%s ETA %s", pr->epoch,
                 pr->epochs, bar, (long long)pr->step_in_epoch, (long long)pr->steps_per_epoch, pr->loss, pr->acc,
-                pr->lr, pr->images_per_s, eta);
+                pr->lr, pr->images_per_s, comm, eta);
         fflush(stderr);
         p->bar_shown = 1;
         return;
@@ -71,9 +108,9 @@ static void on_step(void *ctx, const bnl_train_progress *pr) {
     int64_t every = pr->steps_per_epoch / 10 > 0 ? pr->steps_per_epoch / 10 : 1;
     if (pr->step_in_epoch % every || t - p->last_line < 5.0) return;
     p->last_line = t;
-    fprintf(stderr, "epoch %d/%d step %lld/%lld loss %.4f acc %.3f lr %.3g %.0f img/s ETA %s\n", pr->epoch, pr->epochs,
-            (long long)pr->step_in_epoch, (long long)pr->steps_per_epoch, pr->loss, pr->acc, pr->lr, pr->images_per_s,
-            eta);
+    fprintf(stderr, "epoch %d/%d step %lld/%lld loss %.4f acc %.3f lr %.3g %.0f img/s%s ETA %s\n", pr->epoch,
+            pr->epochs, (long long)pr->step_in_epoch, (long long)pr->steps_per_epoch, pr->loss, pr->acc, pr->lr,
+            pr->images_per_s, comm, eta);
 }
 
 static void clear_bar(printer *p) {
@@ -83,12 +120,15 @@ static void clear_bar(printer *p) {
 
 static void on_epoch(void *ctx, const bnl_train_epoch *e) {
     printer *p = ctx;
+    term_prepare((long long)e->step);   // that epoch's checkpoint is on disk
     if (p->quiet) return;
     clear_bar(p);
     printf("epoch %d%s step %lld lr %.4g train_loss %.4f train_acc %.4f", e->epoch, e->complete ? "" : " (partial)",
            (long long)e->step, e->lr, e->train_loss, e->train_acc);
     if (e->has_val) printf(" val_loss %.4f val_top1 %.4f val_top5 %.4f", e->val_loss, e->val_top1, e->val_top5);
-    printf(" %.0f img/s %.1fs%s\n", e->images_per_s, e->seconds, e->best ? " *best" : "");
+    printf(" %.0f img/s", e->images_per_s);
+    if (e->comm_ms > 0) printf(" comm %.2f ms/step", e->comm_ms);
+    printf(" %.1fs%s\n", e->seconds, e->best ? " *best" : "");
     p->last_line = mono();
     fflush(stdout);
 }
@@ -180,6 +220,8 @@ int cmd_train(int argc, char **argv) {
         {"bn-momentum", "M", "BatchNorm momentum, Flax convention: running = M*running + (1-M)*batch", "0.9", 0},
         {"running-var", "RULE", "running variance rule: biased (blog, Flax) or unbiased (PyTorch)", "biased", 0},
         {"sync-bn", NULL, "MPI: BatchNorm statistics over the global batch (synchronized BatchNorm)", NULL, 0},
+        {"nudge-input", NULL, "testing: every input value one ulp up, a float32 perturbation (how much does this run amplify rounding?)", NULL, 0},
+        {"dump-batches", "DIR", "testing: write each step's batch to DIR/step-<step>.rank<r>.safetensors (input, labels)", NULL, 0},
         {"augment", NULL, "augment training images: random crop + flip (the default)", NULL, 0},
         {"no-augment", NULL, "no augmentation", NULL, 0},
         {"threads", "T", "threads per rank (0 = all cores, under MPI divided by the ranks on the node)", "0", 0},
@@ -210,7 +252,7 @@ int cmd_train(int argc, char **argv) {
                        "  last.safetensors   every epoch: model + SGD momentum + train.* metadata (for --resume)\n"
                        "  best.safetensors   the model with the best validation top-1\n"
                        "  model.safetensors  the final model, class names in __metadata__ \"labels\"\n"
-                       "  metrics.csv        epoch,step,lr,train_loss,train_acc,val_loss,val_top1,val_top5,images_per_s,seconds\n"
+                       "  metrics.csv        epoch,step,lr,train_loss,train_acc,val_loss,val_top1,val_top5,images_per_s,seconds,comm_ms\n"
                        "Each file is written atomically. A non-finite loss stops the run (exit 1) before any update.\n"
                        "The last partial batch of an epoch is dropped. Same seed and thread count: same result.\n"
                        "Data parallel: mpirun -np K bnlab train ... (each rank takes its slice of every global batch;\n"
@@ -298,6 +340,8 @@ int cmd_train(int argc, char **argv) {
         else bad = cli_error("--running-var: expected 'biased' or 'unbiased', got '%s'", rv);
     }
     cfg.sync_bn = cli_get(opts, nopts, "sync-bn") != NULL;
+    cfg.nudge_input = cli_get(opts, nopts, "nudge-input") != NULL;
+    cfg.dump_batches = cli_get(opts, nopts, "dump-batches");
     if (!bad && cfg.sync_bn && cfg.norm == BNL_NORM_NONE)
         bad = cli_error("--sync-bn has nothing to synchronize with --norm none (no batch statistics)");
     if (!bad && cli_get(opts, nopts, "augment") && cli_get(opts, nopts, "no-augment"))
@@ -337,11 +381,20 @@ int cmd_train(int argc, char **argv) {
     } else {
         bnl_set_threads((int)threads);
     }
+    if (K > 1) {
+        g_term.rank = rank, g_term.K = K, g_term.out = cfg.out_dir;
+        term_prepare(-1);
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = on_sigterm;
+        sigaction(SIGTERM, &sa, NULL);
+    }
     printer pr = {isatty(fileno(stderr)), cli_get(opts, nopts, "quiet") != NULL, 0, 0, 0};
     bnl_train_hooks hooks = {&pr, on_start, on_step, on_epoch, on_note};
     if (rank == 0 && cfg.sync_bn && K == 1) on_note(&pr, "--sync-bn with one process: the local batch is the global one");
     bnl_train_result res;
     bnl_status s = bnl_train_run(&cfg, dist, rank == 0 ? &hooks : NULL, &res);
+    g_term.len = 0;   // the ranks have agreed on how the run ended: a SIGTERM from here on says nothing new
     rc = 0;
     if (s != BNL_OK) {
         clear_bar(&pr);
@@ -350,6 +403,11 @@ int cmd_train(int argc, char **argv) {
             else cli_error("%s", bnl_last_error());
         }
         rc = 1;
+        if (res.abort_ranks) {   // the other ranks wait in a collective this one cannot join
+            g_term.len = 0;      // this rank has said why: no second line when the launcher ends it
+            fflush(stderr);
+            bnl_dist_abort(dist, 1);
+        }
     } else if (rank == 0 && !pr.quiet) {
         if (res.best_epoch > 0)
             printf("bnlab train: done, %lld steps; best val_top1 %.4f at epoch %d; wrote %s/model.safetensors\n",

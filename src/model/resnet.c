@@ -75,9 +75,12 @@ struct bnl_resnet {
     bnl_bn_config bn;
     char **meta_k, **meta_v;
     size_t nmeta;
-    bnl_allreduce_fn sync_fn;
+    bnl_allgather_fn sync_fn;
     void *sync_ctx;
-    double *sync_buf;   // 4*C doubles of the widest BN layer, for the cross-replica sums
+    int sync_replicas;
+    double *sync_buf;   // (replicas + 1) * (2C + 1) doubles of the widest BN layer: one gather
+    bnl_grad_ready_fn grad_fn;   // data parallel: gradients [lo, np) are final (backward in progress)
+    void *grad_ctx;
     // activation plan for (N,H,W,keep)
     int pN, pH, pW, pkeep;
     float *arena;
@@ -795,26 +798,34 @@ static bnl_status conv_bwd_ex(bnl_resnet *m, const conv_t *cv, float *dx, const 
     return bnl_conv2d_backward_ex(dx, m->grads + cv->w, dy, x, m->params + cv->w, res, gate, &s);
 }
 
-// Synchronized BatchNorm forward: local statistics, global mean and M2 by Chan's formula over
-// replicas (two reductions: the mean first, then M2 around it), then the usual normalization.
+// Synchronized BatchNorm forward in one collective: every replica's (count, mean, M2) per channel
+// is gathered and merged with Chan's formula in replica order, so every replica computes the same
+// bits (exact and stable: no sum of squares), then the usual normalization.
 static bnl_status bn_fwd_sync(bnl_resnet *m, bn_t *x, size_t M, const bnl_bn_config *cfg) {
-    size_t C = (size_t)x->C;
-    double *mean = m->sync_buf, *m2 = mean + C, *red = m2 + C;   // red: C+1 values
+    const size_t C = (size_t)x->C, n = 2 * C + 1;
+    double *mine = m->sync_buf, *all = mine + n;   // mine: [count, mean (C), M2 (C)]; all: replicas * n
+    double *mean = mine + 1, *m2 = mine + 1 + C;
     TRY_RET(bnl_batchnorm_stats(mean, m2, x->pre, M, C));
-    red[0] = (double)M;
-    for (size_t c = 0; c < C; c++) red[1 + c] = (double)M * mean[c];
-    TRY_RET(m->sync_fn(m->sync_ctx, red, C + 1));
-    double Mt = red[0];
-    float *bm = m->batch + x->bm, *bv = m->batch + x->bv, *bis = m->batch + x->bis;
-    for (size_t c = 0; c < C; c++) {
-        double gm = red[1 + c] / Mt, d = mean[c] - gm;
-        bm[c] = (float)gm;
-        m2[c] += (double)M * d * d;   // this replica's M2 around the global mean
+    mine[0] = (double)M;
+    TRY_RET(m->sync_fn(m->sync_ctx, mine, all, n));
+    // merge into mine: replica 0, then 1, 2, ... (the same order on every replica)
+    memcpy(mine, all, n * sizeof(double));
+    double Mt = all[0];
+    for (int r = 1; r < m->sync_replicas; r++) {
+        const double *o = all + (size_t)r * n, nb = o[0], tot = Mt + nb;
+        if (nb <= 0) continue;
+        for (size_t c = 0; c < C; c++) {
+            double d = o[1 + c] - mean[c];
+            mean[c] += d * (nb / tot);
+            m2[c] += o[1 + C + c] + d * d * (Mt * nb / tot);
+        }
+        Mt = tot;
     }
-    TRY_RET(m->sync_fn(m->sync_ctx, m2, C));
+    float *bm = m->batch + x->bm, *bv = m->batch + x->bv, *bis = m->batch + x->bis;
     for (size_t c = 0; c < C; c++) {
         double v = m2[c] / Mt;
         m2[c] = v > 0.0 ? v : 0.0;   // now the global biased variance
+        bm[c] = (float)mean[c];
         bv[c] = (float)m2[c];
         bis[c] = (float)(1.0 / sqrt(m2[c] + (double)cfg->eps));
     }
@@ -859,18 +870,22 @@ static bnl_status bn_bwd(bnl_resnet *m, bn_t *x, float *dx, const float *dy, int
         return bnl_channel_affine_backward(dx, m->grads + x->gamma, m->grads + x->beta, dy, x->pre,
                                            m->params + x->gamma, m->params + x->beta, M, (size_t)x->C, &cfg);
     if (m->sync_fn) {
-        // local sums -> parameter gradients (replicas average those later); global sums -> dx
-        size_t C = (size_t)x->C;
-        double *red = m->sync_buf;   // [count, sum_g (C), sum_gxc (C)]
+        // local sums -> parameter gradients (replicas average those later); global sums -> dx.
+        // One collective: every replica's [count, sum_g (C), sum_gxc (C)], added in replica order.
+        const size_t C = (size_t)x->C, n = 2 * C + 1;
+        double *mine = m->sync_buf, *all = mine + n;
         const float *mean = m->batch + x->bm, *is = m->batch + x->bis;
-        TRY_RET(bnl_batchnorm_backward_reduce(red + 1, red + 1 + C, dy, x->pre, mean, is, m->params + x->gamma,
+        TRY_RET(bnl_batchnorm_backward_reduce(mine + 1, mine + 1 + C, dy, x->pre, mean, is, m->params + x->gamma,
                                               m->params + x->beta, M, C, &cfg));
         float *dg = m->grads + x->gamma, *db = m->grads + x->beta;
-        for (size_t c = 0; c < C; c++) dg[c] += (float)(is[c] * red[1 + C + c]), db[c] += (float)red[1 + c];
-        red[0] = (double)M;
-        TRY_RET(m->sync_fn(m->sync_ctx, red, 2 * C + 1));
+        for (size_t c = 0; c < C; c++) dg[c] += (float)(is[c] * mine[1 + C + c]), db[c] += (float)mine[1 + c];
+        mine[0] = (double)M;
+        TRY_RET(m->sync_fn(m->sync_ctx, mine, all, n));
+        memcpy(mine, all, n * sizeof(double));
+        for (int r = 1; r < m->sync_replicas; r++)
+            for (size_t i = 0; i < n; i++) mine[i] += all[(size_t)r * n + i];
         return bnl_batchnorm_backward_apply(dx, dy, x->pre, mean, is, m->params + x->gamma, m->params + x->beta,
-                                            red + 1, red + 1 + C, M, (size_t)red[0], C, &cfg);
+                                            mine + 1, mine + 1 + C, M, (size_t)mine[0], C, &cfg);
     }
     return bnl_batchnorm_backward_train(dx, m->grads + x->gamma, m->grads + x->beta, dy, x->pre, m->batch + x->bm,
                                         m->batch + x->bis, m->params + x->gamma, m->params + x->beta, M,
@@ -1085,7 +1100,10 @@ bnl_status bnl_resnet_forward_backward(bnl_resnet *m, float *loss, float *logits
     if (s == BNL_OK && logits) memcpy(logits, tmp_logits, (size_t)N * K * sizeof(float));
     bnl_free(tmp_logits);
     if (s != BNL_OK) return s;
-    if (!isfinite(*loss)) return bnl_fail(BNL_ERR_NUMERIC, "step: the loss is %g", (double)*loss);
+    // replicas in lockstep (synchronized BatchNorm, gradient hook) make every collective of the
+    // backward even so: the others would wait in them; the step fails after it
+    int bad_loss = !isfinite(*loss);
+    if (bad_loss && !m->sync_fn && !m->grad_fn) return bnl_fail(BNL_ERR_NUMERIC, "step: the loss is %g", (double)*loss);
 
     {   // zero-grad, split across threads (100 MB for ResNet-50)
         size_t n = m->info.num_params, chunk = (size_t)1 << 20, nch = (n + chunk - 1) / chunk;
@@ -1106,6 +1124,7 @@ bnl_status bnl_resnet_forward_backward(bnl_resnet *m, float *loss, float *logits
     float *dfeat = dlog + (size_t)N * K;
     TRY(bnl_linear_backward(dfeat, m->grads + m->fc_w, m->grads + m->fc_b, dlog, m->feat, m->params + m->fc_w, N,
                             (int)F, (int)K));
+    if (m->grad_fn) m->grad_fn(m->grad_ctx, m->fc_w);
     const block_t *lb = &m->blocks[m->nblocks - 1];
     TRY(bnl_avgpool_backward(G[0], dfeat, N, lb->Hout * lb->Wout, lb->cout));
     int g0 = 0;   // index of the buffer holding the gradient of the current block's output
@@ -1141,6 +1160,7 @@ bnl_status bnl_resnet_forward_backward(bnl_resnet *m, float *loss, float *logits
         }
         TRY(conv_bwd_ex(m, &m->convs[blk->conv1], G[i2], G[i1], blk->in, N, blk->Hin, blk->Win, gshort, mask));
         g0 = i2;
+        if (m->grad_fn) m->grad_fn(m->grad_ctx, m->convs[blk->conv1].w);   // parameters in block order
     }
     // stem: max pool, bn1 (+relu), conv1 (no input gradient)
     bn_t *stem = &m->bns[0];
@@ -1148,6 +1168,8 @@ bnl_status bnl_resnet_forward_backward(bnl_resnet *m, float *loss, float *logits
     TRY(bnl_maxpool_backward(G[i1], G[g0], m->argmax, N, m->Hs, m->Ws, stem->C, m->Hp, m->Wp));
     TRY(bn_bwd(m, stem, G[i2], G[i1], N));
     TRY(conv_bwd(m, &m->convs[0], NULL, G[i2], x, N, m->pH, m->pW));
+    if (m->grad_fn) m->grad_fn(m->grad_ctx, 0);
+    if (bad_loss) return bnl_fail(BNL_ERR_NUMERIC, "step: the loss is %g", (double)*loss);
     return BNL_OK;
 }
 
@@ -1281,19 +1303,22 @@ bnl_status bnl_resnet_save_file(const bnl_resnet *m, const char *path) {
 // ---------------------------------------------------------------------------------------------
 // Synchronized BatchNorm, creation, checkpoint helpers
 
-bnl_status bnl_resnet_set_sync_bn(bnl_resnet *m, bnl_allreduce_fn fn, void *ctx) {
+bnl_status bnl_resnet_set_sync_bn(bnl_resnet *m, bnl_allgather_fn fn, void *ctx, int replicas) {
     if (!m) return bnl_fail(BNL_ERR_ARG, "set_sync_bn: NULL model");
-    if (fn && !m->sync_buf) {
-        int maxc = 0;
-        for (int i = 0; i < m->nbn; i++) maxc = m->bns[i].C > maxc ? m->bns[i].C : maxc;
-        m->sync_buf = bnl_calloc(4 * (size_t)maxc + 2, sizeof(double));
-        if (!m->sync_buf) {
-            m->sync_fn = NULL, m->sync_ctx = NULL;
-            return bnl_fail(BNL_ERR_NOMEM, "synchronized BatchNorm: out of memory for the reduction buffer");
-        }
-    }
-    m->sync_fn = fn, m->sync_ctx = ctx;
+    if (fn && replicas < 1) return bnl_fail(BNL_ERR_ARG, "set_sync_bn: %d replicas", replicas);
+    bnl_free(m->sync_buf);
+    m->sync_buf = NULL, m->sync_fn = NULL, m->sync_ctx = NULL, m->sync_replicas = 0;
+    if (!fn) return BNL_OK;
+    int maxc = 0;
+    for (int i = 0; i < m->nbn; i++) maxc = m->bns[i].C > maxc ? m->bns[i].C : maxc;
+    m->sync_buf = bnl_calloc(((size_t)replicas + 1) * (2 * (size_t)maxc + 1), sizeof(double));
+    if (!m->sync_buf) return bnl_fail(BNL_ERR_NOMEM, "synchronized BatchNorm: out of memory for the gather buffer");
+    m->sync_fn = fn, m->sync_ctx = ctx, m->sync_replicas = replicas;
     return BNL_OK;
+}
+
+void bnl_resnet_set_grad_hook(bnl_resnet *m, bnl_grad_ready_fn fn, void *ctx) {
+    if (m) m->grad_fn = fn, m->grad_ctx = fn ? ctx : NULL;
 }
 
 bnl_status bnl_resnet_add_to_writer(const bnl_resnet *m, bnl_st_writer *w, void **keep) {

@@ -143,11 +143,21 @@ bnl_status bnl_resnet_save_file(const bnl_resnet *m, const char *path);       //
 struct bnl_st_writer;
 bnl_status bnl_resnet_add_to_writer(const bnl_resnet *m, struct bnl_st_writer *w, void **keep);
 
-// Cross-replica reduction for synchronized BatchNorm (data-parallel training): fn sums buf[0..n)
-// in place over all replicas. When set, every train-mode BatchNorm uses the statistics of the
-// global batch (forward) and the global sums of its backward. NULL turns it off.
-// BNL_ERR_NOMEM (and synchronization stays off) if its reduction buffer cannot be allocated.
-typedef bnl_status (*bnl_allreduce_fn)(void *ctx, double *buf, size_t n);
-bnl_status bnl_resnet_set_sync_bn(bnl_resnet *m, bnl_allreduce_fn fn, void *ctx);
+// Synchronized BatchNorm (data-parallel training over `replicas` model copies). fn gathers: every
+// replica passes n doubles in `mine` and receives every replica's n doubles in `all`, replica r's at
+// all + r*n (an MPI_Allgather). One call per BatchNorm layer in the forward (count, mean and M2 per
+// channel, merged with Chan's formula in replica order) and one per layer in the backward (the
+// count and two sums per channel, added in replica order): every replica gets the same bits, the
+// statistics of the global batch. NULL turns it off. BNL_ERR_NOMEM (and synchronization stays off)
+// if the gather buffer cannot be allocated.
+typedef bnl_status (*bnl_allgather_fn)(void *ctx, const double *mine, double *all, size_t n);
+bnl_status bnl_resnet_set_sync_bn(bnl_resnet *m, bnl_allgather_fn fn, void *ctx, int replicas);
+// Called by forward_backward while its backward runs, each time the gradients of params [lo, np)
+// are final (after the fc, after each residual block, lo = 0 after the stem), so that data-parallel
+// training can start reducing them. NULL turns it off. With a hook or synchronized BatchNorm set,
+// a non-finite loss still runs the whole backward (every collective the other replicas make) and
+// then returns BNL_ERR_NUMERIC.
+typedef void (*bnl_grad_ready_fn)(void *ctx, size_t lo);
+void bnl_resnet_set_grad_hook(bnl_resnet *m, bnl_grad_ready_fn fn, void *ctx);
 
 #endif

@@ -11,15 +11,28 @@
 #ifdef BNL_HAVE_MPI
 #include <limits.h>
 #include <mpi.h>
+#include <time.h>
 #endif
+
+#define MAX_BUCKETS 64
 
 struct bnl_dist {
     int rank, size, local_size;
-    int mpi;          // MPI_Init was called here
-    int sync;         // a model's BatchNorm reduces through this
-    int aborted;      // this step: a BatchNorm reduction learned that another rank failed
+    int mpi;            // MPI_Init was called here
+    double comm_s;      // seconds spent waiting in collectives (since init)
+    int sleep_wait;     // waits sleep between tests after a 20 us spin (else they spin)
+    double timeout_s;   // a wait in a step's collective longer than this ends the run (0: never)
+    // an attached model: its gradients are summed in buckets of fixed ranges, bucket b is
+    // params [lo[b], hi[b]), b = 0 the last parameters (the first the backward finishes)
+    bnl_resnet *m;
+    float *grads;
+    size_t np;
+    int nbuckets, started;   // buckets started in this step
+    int early;               // of those, started before the backward's last call (overlapped)
+    size_t lo[MAX_BUCKETS], hi[MAX_BUCKETS];
 #ifdef BNL_HAVE_MPI
     MPI_Comm comm;
+    MPI_Request req[MAX_BUCKETS];
 #endif
 };
 
@@ -62,6 +75,14 @@ bnl_status bnl_dist_init(bnl_dist **out, int *argc, char ***argv) {
     bnl_dist *d = calloc(1, sizeof *d);
     if (!d) return bnl_fail(BNL_ERR_NOMEM, "out of memory");
     d->rank = 0, d->size = 1, d->local_size = 1;
+    // BNLAB_MPI_SPIN=1: spin while waiting (ranks with cores of their own: a few microseconds less
+    // per collective); by default a wait sleeps after 20 us, which on shared cores was 1.2x against 1.5x
+    d->sleep_wait = !(getenv("BNLAB_MPI_SPIN") && atoi(getenv("BNLAB_MPI_SPIN")) == 1);
+    // BNLAB_MPI_TIMEOUT=S: a rank that waits S seconds in one collective of a step (another rank
+    // stopped, or a network cut that TCP does not report) ends the run instead of hanging
+    const char *to = getenv("BNLAB_MPI_TIMEOUT");
+    d->timeout_s = to && *to ? atof(to) : 600.0;
+    if (!(d->timeout_s >= 0)) d->timeout_s = 600.0;
     if (bnl_dist_launched()) {
 #ifdef BNL_HAVE_MPI
         int inited = 0;
@@ -179,47 +200,143 @@ int bnl_dist_same_u64(bnl_dist *d, uint64_t v) {
 }
 
 #ifdef BNL_HAVE_MPI
-static int flag_max(bnl_dist *d, int flag) {
-    int res = 0;
-    MPI_Allreduce(&flag, &res, 1, MPI_INT, MPI_MAX, d->comm);
-    return res;
+// Waits for a request: spins for a few microseconds (the usual case on an idle machine: the other
+// ranks arrive together), then sleeps between tests so that a rank sharing its core with others
+// (test hosts on one machine, a busy node) gives the core away instead of spinning on it.
+// A wait past the timeout fails with the error set (what: the collective).
+static int wait_reqs(bnl_dist *d, int n, MPI_Request *rq, const char *what) {
+    int done = 0, rc = MPI_SUCCESS;
+    double t0 = MPI_Wtime(), last = t0, waited = 0;
+    while (!done && rc == MPI_SUCCESS) {
+        rc = MPI_Testall(n, rq, &done, MPI_STATUSES_IGNORE);
+        if (done || rc != MPI_SUCCESS) break;
+        // time spent waiting while running: a gap of over 0.1 s between two tests means this rank
+        // itself was stopped or not scheduled, which is no reason to blame the others
+        double now = MPI_Wtime(), gap = now - last;
+        waited += gap < 0.1 ? gap : 0.0;
+        last = now;
+        if (d->timeout_s > 0 && waited > d->timeout_s) {
+            bnl_fail(BNL_ERR_IO, "no answer from the other ranks for %.0f s in %s (a rank stopped or the network is "
+                     "cut; BNLAB_MPI_TIMEOUT sets this limit)", waited, what);
+            return MPI_ERR_OTHER;
+        }
+        if (d->sleep_wait && now - t0 > 20e-6) {
+            struct timespec ts = {0, 20000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    return rc;
+}
+static int wait_one(bnl_dist *d, MPI_Request *rq, const char *what) { return wait_reqs(d, 1, rq, what); }
+
+// Synchronized BatchNorm's collective: one MPI_Allgather per layer and direction.
+static bnl_status sync_gather(void *ctx, const double *mine, double *all, size_t n) {
+    bnl_dist *d = ctx;
+    double t0 = MPI_Wtime();
+    MPI_Request rq;
+    int rc = MPI_Iallgather(mine, (int)n, MPI_DOUBLE, all, (int)n, MPI_DOUBLE, d->comm, &rq);
+    if (rc != MPI_SUCCESS) return bnl_fail(BNL_ERR_IO, "MPI_Iallgather failed");
+    rc = wait_one(d, &rq, "a BatchNorm all-gather");
+    d->comm_s += MPI_Wtime() - t0;
+    return rc == MPI_SUCCESS ? BNL_OK : BNL_ERR_IO;
 }
 
-static bnl_status sync_allreduce(void *ctx, double *buf, size_t n) {
+// The backward finished the gradients of params [lo, np): start the sums of the buckets that lie
+// in there (in bucket order, the same on every rank), and let MPI progress the earlier ones.
+static void grad_ready(void *ctx, size_t lo) {
     bnl_dist *d = ctx;
-    // a rank whose step failed joins here with flag 1 instead of this reduction: stop cleanly
-    if (flag_max(d, 0)) {
-        d->aborted = 1;
-        return bnl_fail(BNL_ERR_NUMERIC, "another rank failed during this step");
+    double t0 = MPI_Wtime();
+    while (d->started < d->nbuckets && d->lo[d->started] >= lo) {
+        int b = d->started++;
+        d->early += lo > 0;
+        MPI_Iallreduce(MPI_IN_PLACE, d->grads + d->lo[b], (int)(d->hi[b] - d->lo[b]), MPI_FLOAT, MPI_SUM, d->comm,
+                       &d->req[b]);
     }
-    return mpi_sum(d, buf, n, MPI_DOUBLE, sizeof(double));
+    int done;
+    MPI_Testall(d->started, d->req, &done, MPI_STATUSES_IGNORE);
+    d->comm_s += MPI_Wtime() - t0;
 }
 #endif
 
-bnl_status bnl_dist_sync_bn(bnl_dist *d, bnl_resnet *m) {
+bnl_status bnl_dist_attach(bnl_dist *d, bnl_resnet *m, int sync_bn) {
     if (!d || d->size == 1 || !m) return BNL_OK;   // one rank: local statistics are the global ones
 #ifdef BNL_HAVE_MPI
-    bnl_status s = bnl_resnet_set_sync_bn(m, sync_allreduce, d);
-    if (s != BNL_OK) return s;
-    d->sync = 1;
+    d->m = m;
+    d->grads = bnl_resnet_grads(m, &d->np);
+    // buckets of about np/8 values (64K..4M floats), fixed ranges counted from the end: the same on
+    // every rank and every step, so the sums are deterministic
+    size_t b = d->np / 8;
+    b = b < ((size_t)1 << 16) ? ((size_t)1 << 16) : b > ((size_t)1 << 22) ? ((size_t)1 << 22) : b;
+    d->nbuckets = 0;
+    for (size_t hi = d->np; hi > 0 && d->nbuckets < MAX_BUCKETS;) {
+        size_t lo = hi > b ? hi - b : 0;
+        if (d->nbuckets == MAX_BUCKETS - 1) lo = 0;
+        d->lo[d->nbuckets] = lo, d->hi[d->nbuckets] = hi, d->nbuckets++;
+        hi = lo;
+    }
+    for (int i = 0; i < MAX_BUCKETS; i++) d->req[i] = MPI_REQUEST_NULL;
+    d->started = d->nbuckets;   // nothing in flight before the first step
+    if (sync_bn) {
+        bnl_status s = bnl_resnet_set_sync_bn(m, sync_gather, d, d->size);
+        if (s != BNL_OK) return s;
+    }
+    bnl_resnet_set_grad_hook(m, grad_ready, d);
+#else
+    (void)sync_bn;
 #endif
     return BNL_OK;
 }
 
 void bnl_dist_step_begin(bnl_dist *d) {
-    if (d) d->aborted = 0;
+    if (d && d->m) d->started = 0, d->early = 0;
 }
 
-int bnl_dist_step_end(bnl_dist *d, int ok) {
+int bnl_dist_step_end(bnl_dist *d, int ok, double sums[2]) {
     if (!d || d->size == 1) return ok ? -1 : 0;
-    int origin_ok = ok || d->aborted;
 #ifdef BNL_HAVE_MPI
-    if (d->sync && !d->aborted) {
-        // Every rank makes exactly one flag reduction per step that it did not see inside a
-        // BatchNorm reduction: 1 from a rank that failed by itself (it releases the others), 0
-        // from a rank that finished (it matches a rank that failed after the last BatchNorm).
-        flag_max(d, ok ? 0 : 1);
+    if (d->m && d->started < d->nbuckets) {
+        // the backward did not finish here: the other ranks wait in a collective this rank cannot
+        // tell (a failure in the middle of the step); only an abort ends them
+        return BNL_DIST_STUCK;
     }
+    double t0 = MPI_Wtime();
+    if (d->m && wait_reqs(d, d->nbuckets, d->req, "the gradient sums") != MPI_SUCCESS) return BNL_DIST_STUCK;
+    // one collective for the step's outcome and its sums: (ok, sums) of every rank, in rank order
+    double mine[3] = {ok ? 1.0 : 0.0, sums ? sums[0] : 0.0, sums ? sums[1] : 0.0};
+    double stack[3 * 16], *all = d->size <= 16 ? stack : malloc(3 * (size_t)d->size * sizeof(double));
+    if (!all) return bnl_fail(BNL_ERR_NOMEM, "out of memory"), BNL_DIST_STUCK;
+    MPI_Request rq;
+    int rc = MPI_Iallgather(mine, 3, MPI_DOUBLE, all, 3, MPI_DOUBLE, d->comm, &rq);
+    if (rc == MPI_SUCCESS) rc = wait_one(d, &rq, "the end of a step");
+    else bnl_fail(BNL_ERR_IO, "MPI_Iallgather failed");
+    d->comm_s += MPI_Wtime() - t0;
+    int first = -1;
+    double s0 = 0, s1 = 0;
+    for (int r = 0; r < d->size; r++) {
+        if (all[3 * r] == 0.0 && first < 0) first = r;
+        s0 += all[3 * r + 1], s1 += all[3 * r + 2];
+    }
+    if (all != stack) free(all);
+    if (rc != MPI_SUCCESS) return BNL_DIST_STUCK;
+    if (sums) sums[0] = s0, sums[1] = s1;
+    return first;
+#else
+    (void)sums;
+    return ok ? -1 : 0;
 #endif
-    return bnl_dist_first_failure(d, origin_ok);
+}
+
+double bnl_dist_comm_seconds(const bnl_dist *d) { return d ? d->comm_s : 0.0; }
+
+int bnl_dist_buckets(const bnl_dist *d, int *early) {
+    if (early) *early = d ? d->early : 0;
+    return d ? d->nbuckets : 0;
+}
+
+void bnl_dist_abort(bnl_dist *d, int code) {
+#ifdef BNL_HAVE_MPI
+    if (d && d->size > 1) MPI_Abort(d->comm, code);
+#else
+    (void)d, (void)code;
+#endif
 }

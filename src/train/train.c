@@ -633,7 +633,7 @@ static bnl_status build_model(run_t *r, int64_t *start_step) {
 
 static bnl_status write_metrics(run_t *r) {
     sbuf b = {0};
-    sb_add(&b, "epoch,step,lr,train_loss,train_acc,val_loss,val_top1,val_top5,images_per_s,seconds\n");
+    sb_add(&b, "epoch,step,lr,train_loss,train_acc,val_loss,val_top1,val_top5,images_per_s,seconds,comm_ms\n");
     for (size_t i = 0; i < r->nrows; i++) sb_add(&b, "%s\n", r->rows[i]);
     if (b.oom) return free(b.s), bnl_fail(BNL_ERR_NOMEM, "out of memory");
     bnl_status s = bnl_write_file_atomic(r->metrics_path, (const uint8_t *)b.s, b.n);
@@ -676,6 +676,21 @@ static bnl_status load_metrics(run_t *r, int64_t upto) {
         if (sscanf(line, "%lld,%lld", &ep, &st) == 2 && st <= upto) s = add_row(r, line);
     }
     free(text);
+    return s;
+}
+
+// Testing (--dump-batches): DIR/step-<global step, 1-based>.rank<r>.safetensors with `input` and
+// `labels`, the format of `bnlab infer` and `bnlab step`.
+static bnl_status dump_batch(const run_t *r, int64_t step, const float *x, const int64_t *labels) {
+    char path[1200];
+    snprintf(path, sizeof path, "%s/step-%06lld.rank%d.safetensors", r->cfg->dump_batches, (long long)step, r->rank);
+    bnl_st_writer *w = NULL;
+    bnl_status s = bnl_st_writer_create(&w);
+    int64_t xs[4] = {r->cfg->batch_size, r->H, r->W, 3}, ls[1] = {r->cfg->batch_size};
+    if (s == BNL_OK) s = bnl_st_writer_add(w, "input", BNL_DT_F32, 4, xs, x);
+    if (s == BNL_OK) s = bnl_st_writer_add(w, "labels", BNL_DT_I64, 1, ls, labels);
+    if (s == BNL_OK) s = bnl_st_writer_to_file(w, path);
+    bnl_st_writer_free(w);
     return s;
 }
 
@@ -810,7 +825,7 @@ bnl_status bnl_train_run(const bnl_train_config *cfg, bnl_dist *dist, const bnl_
         if (!x || !logits || !labels || !perm || !idx || !seq) s = bnl_fail(BNL_ERR_NOMEM, "out of memory for batches");
     }
     if ((s = agree(r, s, &report)) != BNL_OK) goto done;
-    if (cfg->sync_bn) s = bnl_dist_sync_bn(dist, r->m);
+    s = bnl_dist_attach(dist, r->m, cfg->sync_bn);
     if ((s = agree(r, s, &report)) != BNL_OK) goto done;
 
     // schedule
@@ -868,17 +883,51 @@ bnl_status bnl_train_run(const bnl_train_config *cfg, bnl_dist *dist, const bnl_
         const uint64_t aug_seed = mix64(cfg->seed, 0x61756700ull + (uint64_t)e);
         s = bnl_dataset_permutation(perm, r->n_train, cfg->seed, (uint64_t)e);
         if ((s = agree(r, s, &report)) != BNL_OK) goto done;
-        double t0 = now_s(), loss_sum = 0, correct = 0, seen = 0;
+        double t0 = now_s(), loss_sum = 0, correct = 0, seen = 0, comm0 = bnl_dist_comm_seconds(dist);
         int64_t steps = 0;
         for (; j < r->spe && g < r->limit; j++, g++) {
             lr = bnl_schedule_lr(&r->sched, g);
             // this rank's slice of the global batch
             batch_indices(idx, perm + (size_t)j * GB + (size_t)r->rank * (size_t)B, (size_t)B, r->train_map);
             s = bnl_dataset_get_batch(r->train, x, labels, idx, (size_t)B, &r->aug_train, aug_seed);
+            if (s == BNL_OK && cfg->nudge_input)
+                for (size_t i = 0; i < (size_t)B * img; i++) x[i] = nextafterf(x[i], INFINITY);
+            if (s == BNL_OK && cfg->dump_batches) s = dump_batch(r, g + 1, x, labels);
             float loss = NAN;
             bnl_dist_step_begin(dist);
-            if (s == BNL_OK) s = bnl_resnet_forward_backward(r->m, &loss, logits, x, B, r->H, r->W, labels);
-            int first = bnl_dist_step_end(dist, s == BNL_OK);
+            if (s == BNL_OK) {
+                s = bnl_resnet_forward_backward(r->m, &loss, logits, x, B, r->H, r->W, labels);
+            } else if (K > 1) {
+                // the batch could not be read here: run the step on zeros all the same, so that the
+                // other ranks are not left waiting in its collectives; the step then fails everywhere
+                memset(x, 0, (size_t)B * img * sizeof(float));
+                memset(labels, 0, (size_t)B * sizeof *labels);
+                char msg[512];
+                snprintf(msg, sizeof msg, "%s", bnl_last_error());
+                (void)bnl_resnet_forward_backward(r->m, &loss, logits, x, B, r->H, r->W, labels);
+                bnl_fail(s, "%s", msg);
+            }
+            // this rank's loss and hits; the step's outcome and their sums over ranks come back in
+            // one collective, with the gradients summed over ranks
+            double red[2] = {(double)loss, 0};
+            for (int i = 0; i < B && s == BNL_OK; i++) {
+                const float *z = logits + (size_t)i * (size_t)r->C;
+                int best = 0;
+                for (int k = 1; k < r->C; k++)
+                    if (z[k] > z[best]) best = k;
+                red[1] += best == labels[i];
+            }
+            int first = bnl_dist_step_end(dist, s == BNL_OK, red);
+            if (first == BNL_DIST_STUCK) {
+                // failed in the middle of the step: the other ranks cannot be released, only ended
+                report = 1;
+                out->abort_ranks = 1;
+                char msg[512];
+                snprintf(msg, sizeof msg, "%s", bnl_last_error());
+                s = bnl_fail(s != BNL_OK ? s : BNL_ERR_IO, "epoch %lld step %lld: %s (ending all %d ranks)",
+                             (long long)e + 1, (long long)g + 1, msg, K);
+                goto done;
+            }
             if (first >= 0) {
                 // the loss is checked before any update: the weights in memory and on disk are good
                 if (first == r->rank) {
@@ -900,21 +949,8 @@ bnl_status bnl_train_run(const bnl_train_config *cfg, bnl_dist *dist, const bnl_
                 }
                 goto done;
             }
-            // the global batch: mean loss, hits; gradients averaged over ranks
-            double hits = 0;
-            for (int i = 0; i < B; i++) {
-                const float *z = logits + (size_t)i * (size_t)r->C;
-                int best = 0;
-                for (int k = 1; k < r->C; k++)
-                    if (z[k] > z[best]) best = k;
-                hits += best == labels[i];
-            }
-            double red[2] = {(double)loss, hits};
-            if ((s = bnl_dist_sum_f64(dist, red, 2)) != BNL_OK) goto fail_all;
-            if (K > 1) {
-                if ((s = bnl_dist_sum_f32(dist, grads, np)) != BNL_OK) goto fail_all;
+            if (K > 1)   // the gradients hold the sums over ranks: their mean
                 for (size_t i = 0; i < np; i++) grads[i] *= inv_k;
-            }
             // identical on every rank from here on, so every rank decides the same
             if (!params_finite(grads, np)) {
                 report = r->rank == 0;
@@ -933,13 +969,15 @@ bnl_status bnl_train_run(const bnl_train_config *cfg, bnl_dist *dist, const bnl_
             if (r->rank == 0 && hooks && hooks->on_step) {
                 double el = now_s() - t0;
                 bnl_train_progress p = {(int)e + 1, cfg->epochs, j + 1, r->spe, g + 1, r->total, lr,
-                                        loss_sum / (double)steps, correct / seen, el > 0 ? seen / el : 0, 0};
+                                        loss_sum / (double)steps, correct / seen, el > 0 ? seen / el : 0, 0,
+                                        K > 1 ? 1e3 * (bnl_dist_comm_seconds(dist) - comm0) / (double)steps : 0};
                 double per_step = (now_s() - t_run) / (double)run_steps;
                 p.eta_s = per_step * (double)(r->limit - (g + 1));
                 hooks->on_step(hooks->ctx, &p);
             }
         }
         double t_train = now_s() - t0;
+        double comm_ms = K > 1 && steps ? 1e3 * (bnl_dist_comm_seconds(dist) - comm0) / (double)steps : 0;
         int complete = j == r->spe;
         if (!params_finite(params, np) || !params_finite(stats, nstats) ||
             !params_finite(bnl_resnet_momentum(r->m, NULL), np)) {
@@ -965,7 +1003,7 @@ bnl_status bnl_train_run(const bnl_train_config *cfg, bnl_dist *dist, const bnl_
         }
         bnl_train_epoch row = {(int)e + 1, complete, g, lr, steps ? loss_sum / (double)steps : NAN,
                                seen > 0 ? correct / seen : NAN, 0, 0, NAN, NAN, NAN,
-                               t_train > 0 ? seen / t_train : 0, 0};
+                               t_train > 0 ? seen / t_train : 0, 0, comm_ms};
         int last_epoch = g >= r->limit;
         int do_eval = r->val && r->n_val > 0 &&
                       (last_epoch || (complete && cfg->eval_every > 0 && (e + 1) % cfg->eval_every == 0));
@@ -988,12 +1026,12 @@ bnl_status bnl_train_run(const bnl_train_config *cfg, bnl_dist *dist, const bnl_
             if (row.best) s = save_model(r, r->best_path, g);
             char line[512];
             if (row.has_val)
-                snprintf(line, sizeof line, "%d,%lld,%.6g,%.6f,%.6f,%.6f,%.6f,%.6f,%.1f,%.3f", row.epoch, (long long)g,
-                         row.lr, row.train_loss, row.train_acc, row.val_loss, row.val_top1, row.val_top5,
-                         row.images_per_s, row.seconds);
+                snprintf(line, sizeof line, "%d,%lld,%.6g,%.6f,%.6f,%.6f,%.6f,%.6f,%.1f,%.3f,%.3f", row.epoch,
+                         (long long)g, row.lr, row.train_loss, row.train_acc, row.val_loss, row.val_top1, row.val_top5,
+                         row.images_per_s, row.seconds, row.comm_ms);
             else
-                snprintf(line, sizeof line, "%d,%lld,%.6g,%.6f,%.6f,,,,%.1f,%.3f", row.epoch, (long long)g, row.lr,
-                         row.train_loss, row.train_acc, row.images_per_s, row.seconds);
+                snprintf(line, sizeof line, "%d,%lld,%.6g,%.6f,%.6f,,,,%.1f,%.3f,%.3f", row.epoch, (long long)g,
+                         row.lr, row.train_loss, row.train_acc, row.images_per_s, row.seconds, row.comm_ms);
             if (s == BNL_OK) s = add_row(r, line);
             if (s == BNL_OK) s = write_metrics(r);
             if (s == BNL_OK) s = save_last(r, g);

@@ -78,15 +78,31 @@ bnl_status bnl_dist_bcast_f32(bnl_dist *d, float *buf, size_t n, int root);
 int bnl_dist_first_failure(bnl_dist *d, int ok);
 // 1 if every rank passes the same value.
 int bnl_dist_same_u64(bnl_dist *d, uint64_t v);
-// Synchronized BatchNorm for m over all ranks (bnl_resnet_set_sync_bn with an MPI_Allreduce of
-// doubles). Each reduction is preceded by a one-int "did a rank fail" reduction, so that a rank
-// whose step fails (a non-finite loss) can release the ranks waiting in a BatchNorm reduction:
-// call bnl_dist_step_begin before and bnl_dist_step_end after every forward_backward.
-bnl_status bnl_dist_sync_bn(bnl_dist *d, bnl_resnet *m);
+// Data-parallel steps of m over all ranks (no-op with one rank). The gradients are summed over
+// ranks in buckets of fixed ranges, each started (MPI_Iallreduce) as soon as the backward has
+// finished it (bnl_resnet_set_grad_hook); with sync_bn every BatchNorm layer uses the statistics
+// of the global batch, one MPI_Allgather per layer in the forward and one in the backward
+// (bnl_resnet_set_sync_bn). Every step: bnl_dist_step_begin, forward_backward, bnl_dist_step_end.
+bnl_status bnl_dist_attach(bnl_dist *d, bnl_resnet *m, int sync_bn);
 void bnl_dist_step_begin(bnl_dist *d);
-// ok: the step succeeded here. Returns the lowest rank whose step failed by itself (not because
-// another rank failed), or -1 when the step succeeded everywhere.
-int bnl_dist_step_end(bnl_dist *d, int ok);
+// After forward_backward (ok: it succeeded here): waits for the gradient sums (the gradients then
+// hold the SUM over ranks) and, in one collective, learns every rank's ok and the sums over ranks
+// of sums[0..2) (in: this rank's, out: the totals, added in rank order; may be NULL). Returns the
+// lowest rank whose step failed, -1 when none did, or BNL_DIST_STUCK when this rank's backward did
+// not run to its end (a failure in the middle of the step): the other ranks then wait in a
+// collective this rank cannot join, and only bnl_dist_abort ends them; also when a wait in this
+// step's collectives ran past BNLAB_MPI_TIMEOUT seconds (default 600; another rank hangs). A step that fails on one
+// rank with a non-finite loss runs its whole backward (forward_backward does that) and is released
+// cleanly; a rank whose batch could not be read runs the step on any batch, then passes ok = 0.
+#define BNL_DIST_STUCK (-2)
+int bnl_dist_step_end(bnl_dist *d, int ok, double sums[2]);
+// Seconds this rank spent in communication it waited for (collectives, bucket waits) since init.
+double bnl_dist_comm_seconds(const bnl_dist *d);
+// Gradient buckets of the attached model (0 with one rank); *early: how many of them the last step
+// started while its backward still ran (the rest start at its end).
+int bnl_dist_buckets(const bnl_dist *d, int *early);
+// Ends every rank (MPI_Abort); for a rank that cannot release the others. No-op with one rank.
+void bnl_dist_abort(bnl_dist *d, int code);
 
 // ---------------------------------------------------------------------------------------------
 // Checkpoints: the model (bnl_resnet_add_to_writer), `optimizer.momentum` (F32 [num_params])
@@ -127,6 +143,8 @@ typedef struct bnl_train_config {
     float bn_momentum;         // Flax convention (0.9)
     int unbiased;              // running variance rule
     int sync_bn;               // synchronized BatchNorm over ranks
+    int nudge_input;           // testing: every input value one ulp up (a float32 perturbation of the run)
+    const char *dump_batches;  // testing: a directory; each step's batch (this rank's slice) is written there
     uint64_t seed;             // initialization, data order, augmentation
     // run
     const char *out_dir;
@@ -151,6 +169,7 @@ typedef struct bnl_train_progress {
     int64_t step_in_epoch, steps_per_epoch, global_step, total_steps;   // steps done
     double lr, loss, acc;           // loss and accuracy: means over this epoch so far
     double images_per_s, eta_s;
+    double comm_ms;                 // mean per step over this epoch so far: time waiting in communication
 } bnl_train_progress;
 
 typedef struct bnl_train_epoch {    // one row of metrics.csv
@@ -161,6 +180,7 @@ typedef struct bnl_train_epoch {    // one row of metrics.csv
     int has_val, best;
     double val_loss, val_top1, val_top5;
     double images_per_s, seconds;
+    double comm_ms;                 // mean per step: time waiting in communication (0 with one rank)
 } bnl_train_epoch;
 
 // Called on rank 0 only. Any of them may be NULL.
@@ -178,6 +198,7 @@ typedef struct bnl_train_result {
     double best_val_top1;
     double last_train_loss;
     int report_error;               // on failure: 1 on the one rank that should print bnl_last_error()
+    int abort_ranks;                // on failure: the other ranks wait in a collective; end them (bnl_dist_abort)
 } bnl_train_result;
 
 // Runs (or resumes) a training run. Every rank calls it with the same configuration; on failure

@@ -123,6 +123,56 @@ else
 fi
 [ "$(st meta "$T/nan/last.safetensors" train.step)" = "0" ] && ok || bad "the step-0 checkpoint of the diverged run is gone"
 
+# --- the testing options of the issue-16 experiments: --dump-batches writes the batch a step trained
+# on (`bnlab step` on it from the same weights gives the same weights, bit for bit); --nudge-input
+# moves every input value one ulp (a different but close result)
+T0=(--classes 4 --image-size 16 --train-size 48 --val-size 0 --threads 1 --seed 5 --quiet --batch-size 8)
+mkdir -p "$T/dumps"
+"$BIN" train --arch resnet18 --width-mult 0.125 "${T0[@]}" --lr 0 --bn-momentum 1 --max-steps 1 --out "$T/d0" &&
+    "$BIN" train "${T0[@]}" --init "$T/d0/model.safetensors" --lr 0.1 --max-steps 1 --dump-batches "$T/dumps" \
+        --out "$T/d1" &&
+    "$BIN" train "${T0[@]}" --init "$T/d0/model.safetensors" --lr 0.1 --max-steps 1 --nudge-input --out "$T/d2" &&
+    "$BIN" step --weights "$T/d0/model.safetensors" --input "$T/dumps/step-000001.rank0.safetensors" \
+        --labels "$T/dumps/step-000001.rank0.safetensors" --lr 0.1 --sgd-momentum 0.9 --weight-decay 5e-4 \
+        --output "$T/s1.safetensors" >/dev/null 2>"$T/err" || bad "--dump-batches/--nudge-input runs: $(cat "$T/err")"
+for kind in params stats; do
+    msg=$(st close "$T/s1.safetensors" "$T/d1/model.safetensors" $kind 0 0) && ok ||
+        bad "bnlab step on the dumped batch differs from the run's step: $msg"
+done
+d=$(st reldiff "$T/d2/model.safetensors" "$T/d1/model.safetensors")
+echo "  --nudge-input after one step: $d"
+python3 -c "import sys; d = float(sys.argv[1]); sys.exit(0 if 0 < d < 1e-4 else 1)" "${d% *}" && ok ||
+    bad "--nudge-input: relative difference $d (want > 0 and < 1e-4)"
+
+# --- only rank 1's batch cannot be read (a truncated PNG, at step 2 with seed 3): it runs the step on
+# zeros so that rank 0 is not left in a collective; both stop cleanly (no MPI_Abort), one error line
+python3 - "$T/fold" <<'EOF'
+import os, random, struct, sys, zlib
+def png(path, w, h, rgb):
+    raw = b''.join(b'\x00' + bytes(rgb) * w for _ in range(h))
+    def chunk(t, d): return struct.pack('>I', len(d)) + t + d + struct.pack('>I', zlib.crc32(t + d) & 0xffffffff)
+    open(path, 'wb').write(b'\x89PNG\r\n\x1a\n' + chunk(b'IHDR', struct.pack('>IIBBBBB', w, h, 8, 2, 0, 0, 0)) +
+                           chunk(b'IDAT', zlib.compress(raw)) + chunk(b'IEND', b''))
+random.seed(1)
+for split, n in (('train', 8), ('val', 2)):
+    for c in ('a', 'b'):
+        os.makedirs(os.path.join(sys.argv[1], split, c), exist_ok=True)
+        for i in range(n):
+            png(os.path.join(sys.argv[1], split, c, '%d.png' % i), 20, 20, [random.randrange(256) for _ in range(3)])
+bad = os.path.join(sys.argv[1], 'train', 'b', '3.png')
+head = open(bad, 'rb').read()[:40]
+open(bad, 'wb').write(head)
+EOF
+mpi 2 "$BIN" train --data "folder:$T/fold" --image-size 16 --arch resnet18 --width-mult 0.125 --batch-size 4 \
+    --epochs 2 --threads 1 --sync-bn --quiet --seed 3 --out "$T/corrupt" >"$T/out" 2>"$T/err"
+rc=$?
+if [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ "$(grep -c '^bnlab: error: ' "$T/err")" -eq 1 ] &&
+    grep -q '^bnlab: error: rank 1: epoch 1 step 2: .*3.png: corrupt or truncated' "$T/err" &&
+    ! grep -q 'MPI_ABORT' "$T/err"; then ok; else
+    bad "rank 1's unreadable batch: rc $rc: $(grep -v '^--\|^ *$' "$T/err" | head -8)"
+fi
+echo "  rank 1's batch unreadable: $(grep '^bnlab: error: ' "$T/err")"
+
 # --- the step protocol of synchronized BatchNorm when only one rank fails (tests/c/test_train.c --mpi)
 TT=$(dirname "$BIN")/test_train
 if [ -x "$TT" ]; then

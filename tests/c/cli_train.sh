@@ -87,10 +87,10 @@ for f in last.safetensors best.safetensors model.safetensors metrics.csv; do
     [ -s "$T/straight/$f" ] && ok || bad "straight run: no $f"
 done
 hdr=$(head -1 "$T/straight/metrics.csv")
-if [ "$hdr" = "epoch,step,lr,train_loss,train_acc,val_loss,val_top1,val_top5,images_per_s,seconds" ]; then ok; else
+if [ "$hdr" = "epoch,step,lr,train_loss,train_acc,val_loss,val_top1,val_top5,images_per_s,seconds,comm_ms" ]; then ok; else
     bad "metrics.csv header: $hdr"
 fi
-rows=$(tail -n +2 "$T/straight/metrics.csv" | awk -F, 'NF == 10 && $6 != "" && $7 != "" && $8 != ""' | wc -l)
+rows=$(tail -n +2 "$T/straight/metrics.csv" | awk -F, 'NF == 11 && $6 != "" && $7 != "" && $8 != ""' | wc -l)
 [ "$rows" -eq 2 ] && ok || bad "metrics.csv: expected 2 complete rows, got: $(cat "$T/straight/metrics.csv")"
 if tail -n +2 "$T/straight/metrics.csv" | awk -F, '{print $1","$2}' | tr '\n' ' ' | grep -qx '1,6 2,12 '; then ok; else
     bad "metrics.csv epoch/step columns: $(cat "$T/straight/metrics.csv")"

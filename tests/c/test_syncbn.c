@@ -1,6 +1,9 @@
-// Synchronized BatchNorm: two replicas (threads) with half a batch each and a barrier all-reduce
+// Synchronized BatchNorm: two replicas (threads) with half a batch each and a barrier all-gather
 // must give the same logits, running statistics and averaged gradients as one model on the whole
-// batch. Without synchronization the running statistics must differ. Also: bnl_resnet_create.
+// batch, with one gather per BatchNorm layer in the forward and one in the backward, and running
+// statistics bitwise equal on both replicas. Without synchronization the running statistics must
+// differ. The gradient hook reports finished parameter ranges from the end down to 0. Also:
+// bnl_resnet_create.
 #include "bnlab.h"
 #include "core/rng.h"
 #include "model/resnet.h"
@@ -10,8 +13,8 @@
 
 typedef struct {
     pthread_barrier_t bar;
-    double *slot[2];
-    size_t n;
+    const double *slot[2];
+    int calls[2];
 } reducer;
 
 typedef struct {
@@ -19,18 +22,26 @@ typedef struct {
     int rank;
 } rctx;
 
-static bnl_status allreduce(void *ctx, double *buf, size_t n) {
+static bnl_status allgather(void *ctx, const double *mine, double *all, size_t n) {
     rctx *c = ctx;
     reducer *r = c->red;
-    r->slot[c->rank] = buf;
+    r->slot[c->rank] = mine;
+    r->calls[c->rank]++;
     pthread_barrier_wait(&r->bar);
-    double *other = r->slot[1 - c->rank];
-    double *tmp = malloc(n * sizeof(double));
-    for (size_t i = 0; i < n; i++) tmp[i] = buf[i] + other[i];   // same order on both ranks
-    pthread_barrier_wait(&r->bar);
-    memcpy(buf, tmp, n * sizeof(double));
-    free(tmp);
+    for (int k = 0; k < 2; k++) memcpy(all + (size_t)k * n, r->slot[k], n * sizeof(double));
+    pthread_barrier_wait(&r->bar);   // mine may be reused after this
     return BNL_OK;
+}
+
+typedef struct {
+    size_t last, calls;
+    int ordered;
+} hook_log;
+
+static void grad_hook(void *ctx, size_t lo) {
+    hook_log *h = ctx;
+    if (lo >= h->last) h->ordered = 0;   // strictly decreasing, ending at 0
+    h->last = lo, h->calls++;
 }
 
 enum { N = 8, H = 24, W = 24, K = 5 };
@@ -51,18 +62,19 @@ static void *run_replica(void *p) {
     return NULL;
 }
 
-static void two_replicas(int sync, bnl_resnet_spec *sp, replica rep[2]) {
-    reducer red;
+static void two_replicas(int sync, bnl_resnet_spec *sp, replica rep[2], int calls[2]) {
+    reducer red = {0};
     pthread_barrier_init(&red.bar, NULL, 2);
     pthread_t th[2];
     for (int r = 0; r < 2; r++) {
         CHECK(bnl_resnet_create(&rep[r].m, sp, 7) == BNL_OK, "create: %s", bnl_last_error());
         rep[r].ctx.red = &red, rep[r].ctx.rank = r;
-        if (sync) CHECK(bnl_resnet_set_sync_bn(rep[r].m, allreduce, &rep[r].ctx) == BNL_OK, "set_sync_bn");
+        if (sync) CHECK(bnl_resnet_set_sync_bn(rep[r].m, allgather, &rep[r].ctx, 2) == BNL_OK, "set_sync_bn");
     }
     for (int r = 0; r < 2; r++) pthread_create(&th[r], NULL, run_replica, &rep[r]);
     for (int r = 0; r < 2; r++) pthread_join(th[r], NULL);
     pthread_barrier_destroy(&red.bar);
+    calls[0] = red.calls[0], calls[1] = red.calls[1];
 }
 
 int main(void) {
@@ -96,8 +108,18 @@ int main(void) {
             bnl_isa_reset();
             bnl_resnet_free(tmp);
         }
+        size_t np1;
+        bnl_resnet_params(one, &np1);
+        hook_log hl = {np1 + 1, 0, 1};
+        bnl_resnet_set_grad_hook(one, grad_hook, &hl);
         CHECK(bnl_resnet_forward_backward(one, &loss1, logits1, g_x, N, H, W, g_labels) == BNL_OK, "fb: %s",
               bnl_last_error());
+        bnl_resnet_set_grad_hook(one, NULL, NULL);
+        int nblocks = 0;
+        for (int st = 0; st < in->num_stages; st++) nblocks += in->blocks[st];
+        CHECK(hl.ordered && hl.last == 0 && hl.calls == (size_t)nblocks + 2,
+              "R%d grad hook: %zu calls (want %d), last lo %zu, decreasing %d", depth, hl.calls, nblocks + 2, hl.last,
+              hl.ordered);
         if (depth == 50) {
             for (int i = 0; i < N * K; i++) noise = fmax(noise, fabs(noise_logits[i] - logits1[i]));
             printf("ResNet-50 (width 1/8, %dx%d): scalar-vs-SIMD logit noise %.3g\n", H, W, noise);
@@ -105,8 +127,12 @@ int main(void) {
         double latol = depth == 50 ? 4 * noise + 1e-5 : 1e-5, grtol = depth == 50 ? 2e-2 : 1e-3;
         replica rep[2];
         memset(rep, 0, sizeof rep);
-        two_replicas(1, &sp, rep);
+        int calls[2];
+        two_replicas(1, &sp, rep, calls);
         CHECK(rep[0].st == BNL_OK && rep[1].st == BNL_OK, "replicas failed: %s", bnl_last_error());
+        CHECK(calls[0] == 2 * in->num_bn && calls[1] == 2 * in->num_bn,
+              "R%d: %d and %d gathers in one step, want one per BatchNorm layer and direction (%d)", depth, calls[0],
+              calls[1], 2 * in->num_bn);
         char what[64];
         snprintf(what, sizeof what, "R%d sync logits rank0", depth);
         check_close(what, rep[0].logits, logits1, N / 2 * K, latol, 1e-4);
@@ -120,6 +146,8 @@ int main(void) {
         check_close(what, bnl_resnet_stats(rep[0].m, NULL), s1, ns, 1e-5, 1e-4);
         snprintf(what, sizeof what, "R%d sync running stats rank1", depth);
         check_close(what, bnl_resnet_stats(rep[1].m, NULL), s1, ns, 1e-5, 1e-4);
+        CHECK(!memcmp(bnl_resnet_stats(rep[0].m, NULL), bnl_resnet_stats(rep[1].m, NULL), ns * sizeof(float)),
+              "R%d: the replicas' running statistics are not bitwise equal", depth);
         // the data-parallel gradient: the average of the replicas' gradients
         float *g1 = bnl_resnet_grads(one, &np), *ga = bnl_resnet_grads(rep[0].m, NULL), *gb = bnl_resnet_grads(rep[1].m, NULL);
         float *avg = malloc(np * sizeof(float));
@@ -132,7 +160,7 @@ int main(void) {
 
         // without sync: each replica normalizes with its own half batch -> running stats differ
         memset(rep, 0, sizeof rep);
-        two_replicas(0, &sp, rep);
+        two_replicas(0, &sp, rep, calls);
         float *sa = bnl_resnet_stats(rep[0].m, NULL);
         double maxd = 0;
         for (size_t i = 0; i < ns; i++) maxd = fmax(maxd, fabs(sa[i] - s1[i]));
