@@ -59,7 +59,7 @@ static uint32_t be32(const uint8_t *p) { return (uint32_t)p[0] << 24 | (uint32_t
 static int is_gzip(const uint8_t *buf, size_t len) { return len >= 2 && buf[0] == 0x1f && buf[1] == 0x8b; }
 
 // The largest decompressed file we accept (the Fashion-MNIST training images are 47 MB).
-#define IDX_MAX_BYTES ((size_t)1 << 32)
+#define IDX_MAX_BYTES (sizeof(size_t) > 4 ? (uint64_t)1 << 32 : (uint64_t)0x7fffffff)
 
 #ifdef BNL_HAVE_ZLIB
 // Inflates a gzip file (one or more members) into a new buffer (bnl_free it).
@@ -84,10 +84,11 @@ static bnl_status gunzip(const uint8_t *in, size_t len, const char *name, uint8_
     for (;;) {
         if (n == cap) {
             if (cap >= IDX_MAX_BYTES) {
-                st = bnl_fail(BNL_ERR_FORMAT, "%s: inflates to more than %zu bytes (not an IDX file?)", name, IDX_MAX_BYTES);
+                st = bnl_fail(BNL_ERR_FORMAT, "%s: inflates to more than %llu bytes (not an IDX file?)", name,
+                              (unsigned long long)IDX_MAX_BYTES);
                 break;
             }
-            size_t nc = cap * 2 > IDX_MAX_BYTES ? IDX_MAX_BYTES : cap * 2;
+            size_t nc = cap * 2 > IDX_MAX_BYTES ? (size_t)IDX_MAX_BYTES : cap * 2;
             uint8_t *nb = bnl_alloc(nc);
             if (!nb) {
                 st = bnl_fail(BNL_ERR_NOMEM, "%s: out of memory inflating the gzip data", name);
