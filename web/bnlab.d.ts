@@ -268,4 +268,9 @@ export interface BnLab {
    * or image and label counts that disagree.
    */
   loadIdxDataset(images: Uint8Array | ArrayBuffer, labels: Uint8Array | ArrayBuffer, options?: IdxOptions): Promise<IdxDataset>;
+  /**
+   * A permutation of 0..n-1 drawn from (seed, epoch), the same as the native bnl_dataset_permutation
+   * (bnlab train's subsets: seed = --data-seed, epoch 1 for --train-size, 2 for --val-size).
+   */
+  permutation(n: number, options?: { seed?: number; epoch?: number }): Int32Array;
 }

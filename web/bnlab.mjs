@@ -548,14 +548,24 @@ class IdxDataset extends ProceduralDataset {
       throw new Error(`bnlab: IDX randomBatch: n = ${n}, start = ${start} (expected 1 <= n, start + n <= ${N})`);
     if (!Number.isFinite(seed) || seed < 0 || !Number.isInteger(epoch) || epoch < 0)
       throw new Error(`bnlab: IDX randomBatch: seed ${seed}, epoch ${epoch} (expected non-negative numbers)`);
-    const perm = L._scoped((alloc) => {
-      const p = alloc(N * 4);
-      L._check(L._ex.bnl_wasm_dataset_permutation(p, N, seed, epoch));
-      return new Int32Array(L._ex.memory.buffer, p, N).slice(start, start + n);
-    });
+    const perm = L.permutation(N, { seed, epoch }).slice(start, start + n);
     return { ...this.batchIndices(perm, { augment, seed }), indices: perm };
   }
 }
+
+// A permutation of 0..n-1 drawn from (seed, epoch): Int32Array, the same as the native
+// bnl_dataset_permutation (bnlab train's epoch order, and its --train-size/--val-size subsets: the
+// first N of the permutation with seed = --data-seed and epoch 1 for training, 2 for validation).
+BnLab.prototype.permutation = function permutation(n, { seed = 0, epoch = 0 } = {}) {
+  if (!Number.isInteger(n) || n < 0 || n > 0x7fffffff) throw new Error(`bnlab: permutation: n = ${n} (expected an integer >= 0)`);
+  if (!Number.isFinite(seed) || seed < 0 || !Number.isInteger(epoch) || epoch < 0)
+    throw new Error(`bnlab: permutation: seed ${seed}, epoch ${epoch} (expected non-negative numbers)`);
+  return this._scoped((alloc) => {
+    const p = alloc(Math.max(n, 1) * 4);
+    this._check(this._ex.bnl_wasm_dataset_permutation(p, n, seed, epoch));
+    return new Int32Array(this._ex.memory.buffer, p, n).slice();
+  });
+};
 
 // Loads an IDX dataset from the two files' bytes (async: gzip'd bytes are inflated first).
 // Options: model (its info.inputSize, mean and std set size/mean/std), size (S: 0 = the files' own),
