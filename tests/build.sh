@@ -16,7 +16,8 @@ command -v python3 >/dev/null || need_apt+=(python3)
 command -v clang >/dev/null || need_apt+=(clang)   # the fuzz targets (tests/fuzz, libFuzzer)
 command -v ip >/dev/null || need_apt+=(iproute2)   # two test hosts in network namespaces (tests/c/cli_mpi_tcp.sh)
 # libclang-rt-14-dev: libFuzzer and the sanitizer runtimes for clang 14 (Debian 12's clang)
-for pkg in libopenmpi-dev openmpi-bin libjpeg-dev libpng-dev chromium libclang-rt-14-dev; do
+# zlib1g-dev: gzip'd IDX files; dataset-fashion-mnist: the real files some tests and the README use
+for pkg in libopenmpi-dev openmpi-bin libjpeg-dev libpng-dev chromium libclang-rt-14-dev zlib1g-dev dataset-fashion-mnist; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need_apt+=("$pkg")
 done
 if [ ${#need_apt[@]} -gt 0 ]; then

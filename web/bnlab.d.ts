@@ -220,7 +220,57 @@ export interface ProceduralDataset {
   dispose(): void;
 }
 
+// ================================================================================================
+// IDX datasets (MNIST, Fashion-MNIST; src/io/dataset_idx.c).
+// ================================================================================================
+export interface IdxOptions {
+  /** Take size (input_size [3,S,S]), mean and std from this model's metadata (explicit options win). */
+  model?: { info: ModelInfoLike };
+  /** Samples are S x S: 0 = the files' own (28), up to 4 more zero-padded (32), larger resized. */
+  size?: number;
+  /** Normalization (3 numbers each); default: the model's, else the data's own mean/std. */
+  mean?: ArrayLike<number>;
+  std?: ArrayLike<number>;
+  /** Fashion-MNIST's class names (T-shirt/top ... Ankle boot); labels must be 0..9. Default: "0", "1", ... */
+  fashionMnist?: boolean;
+  /** Names to show instead (at least as many as classes). */
+  classNames?: string[];
+  /** Names used in error messages (default "images file", "labels file"). */
+  imagesName?: string;
+  labelsName?: string;
+}
+
+/** The parts of Model.info that loadIdxDataset reads. */
+export interface ModelInfoLike {
+  inputSize?: number[];
+  mean?: number[];
+  std?: number[];
+}
+
+export interface IdxDataset extends ProceduralDataset {
+  /** The normalization every batch uses (per channel). */
+  readonly mean: number[];
+  readonly std: number[];
+  /**
+   * n images in the order of the permutation drawn from (seed, epoch) (the native
+   * bnl_dataset_permutation), from position start on; augment draws the training augmentation from seed.
+   */
+  randomBatch(n: number, options?: { seed?: number; epoch?: number; start?: number; augment?: boolean }):
+    { x: Float32Array; labels: Int32Array; indices: Int32Array };
+}
+
 export interface BnLab {
   /** A deterministic procedural image dataset in wasm (the same images as the native build). */
   procedural(options?: ProceduralOptions): ProceduralDataset;
+  /**
+   * An IDX dataset from the images and labels files' bytes, gzip'd (inflated with DecompressionStream)
+   * or plain. Rejects with an Error naming the file for truncated/corrupt data, a wrong magic number,
+   * or image and label counts that disagree.
+   */
+  loadIdxDataset(images: Uint8Array | ArrayBuffer, labels: Uint8Array | ArrayBuffer, options?: IdxOptions): Promise<IdxDataset>;
+  /**
+   * A permutation of 0..n-1 drawn from (seed, epoch), the same as the native bnl_dataset_permutation
+   * (bnlab train's subsets: seed = --data-seed, epoch 1 for --train-size, 2 for --val-size).
+   */
+  permutation(n: number, options?: { seed?: number; epoch?: number }): Int32Array;
 }

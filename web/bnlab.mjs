@@ -406,6 +406,7 @@ class ProceduralDataset {
     this.height = ex.bnl_wasm_dataset_height(handle);
     this.width = ex.bnl_wasm_dataset_width(handle);
     this.classNames = Array.from({ length: this.classes }, (_, i) => lab._cstr(ex.bnl_wasm_dataset_class_name(handle, i)));
+    this._what = 'procedural';   // for messages
   }
 
   _live() {
@@ -418,7 +419,7 @@ class ProceduralDataset {
   batch(start, n, { augment = false, seed = 0 } = {}) {
     const h = this._live(), L = this._lab;
     if (!Number.isInteger(start) || start < 0 || start > 0x7fffffff || !Number.isInteger(n) || n <= 0 || n > 65536)
-      throw new Error(`bnlab: procedural batch: start = ${start}, n = ${n} (expected integers, start >= 0, 1 <= n <= 65536)`);
+      throw new Error(`bnlab: ${this._what} batch: start = ${start}, n = ${n} (expected integers, start >= 0, 1 <= n <= 65536)`);
     const D = this.height * this.width * 3;
     return L._scoped((alloc) => {
       const px = alloc(n * D * 4), pl = alloc(n * 8);
@@ -432,7 +433,7 @@ class ProceduralDataset {
   batchIndices(indices, { augment = false, seed = 0 } = {}) {
     const h = this._live(), L = this._lab;
     const n = indices ? indices.length : 0;
-    if (n <= 0 || n > 65536) throw new Error(`bnlab: procedural batch: ${n} indices (expected 1..65536)`);
+    if (n <= 0 || n > 65536) throw new Error(`bnlab: ${this._what} batch: ${n} indices (expected 1..65536)`);
     const D = this.height * this.width * 3;
     return L._scoped((alloc) => {
       const pi = alloc(n * 4), px = alloc(n * D * 4), pl = alloc(n * 8);
@@ -440,7 +441,7 @@ class ProceduralDataset {
       for (let k = 0; k < n; k++) {
         const v = Number(indices[k]);
         if (!Number.isInteger(v) || v < 0 || v >= this.count)
-          throw new Error(`bnlab: procedural batch: index ${k} is ${indices[k]} (dataset of ${this.count})`);
+          throw new Error(`bnlab: ${this._what} batch: index ${k} is ${indices[k]} (dataset of ${this.count})`);
         idx[k] = v;
       }
       L._check(L._ex.bnl_wasm_dataset_batch_indices(h, px, pl, pi, n, seed, augment ? 1 : 0));
@@ -481,4 +482,150 @@ BnLab.prototype.procedural = function procedural({ seed = 1, count = 10000, clas
     return new Uint32Array(this._ex.memory.buffer, pout, 1)[0];
   });
   return new ProceduralDataset(this, handle);
+};
+
+// ================================================================================================
+// IDX datasets (MNIST, Fashion-MNIST; src/io/dataset_idx.c): the images and labels files' bytes,
+// gzip'd or plain. Gzip'd bytes are inflated here with DecompressionStream (Node 18+, browsers): the
+// wasm build has no zlib. Gray images come out as 3 equal channels at the model's input size
+// (28 native, up to 32 zero-padded, larger resized), normalized with the model's mean/std.
+//
+//   const fetchBytes = async (u) => new Uint8Array(await (await fetch(u)).arrayBuffer());
+//   const data = await lab.loadIdxDataset(await fetchBytes('/data/fashion-mnist/t10k-images-idx3-ubyte.gz'),
+//                                         await fetchBytes('/data/fashion-mnist/t10k-labels-idx1-ubyte.gz'),
+//                                         { model, fashionMnist: true });
+//   const { x, labels, indices } = data.randomBatch(32, { seed: 7 });   // x: (32,S,S,3) for model.forward
+//   data.classNames[labels[0]];   // "Ankle boot"
+// ================================================================================================
+const GZIP = (b) => b.length >= 2 && b[0] === 0x1f && b[1] === 0x8b;
+
+async function gunzipBytes(bytes, name) {
+  if (typeof DecompressionStream !== 'function')
+    throw new Error(`bnlab: ${name}: gzip'd, and this runtime has no DecompressionStream: pass the decompressed bytes`);
+  try {
+    const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream('gzip'));
+    return new Uint8Array(await new Response(stream).arrayBuffer());
+  } catch (e) {
+    throw new Error(`bnlab: ${name}: corrupt or truncated gzip data (${e && e.message ? e.message : e})`);
+  }
+}
+
+function asBytes(b, what) {
+  if (b instanceof Uint8Array) return b;
+  if (b instanceof ArrayBuffer) return new Uint8Array(b);
+  if (ArrayBuffer.isView(b)) return new Uint8Array(b.buffer, b.byteOffset, b.byteLength);
+  throw new Error(`bnlab: loadIdxDataset: ${what} must be a Uint8Array or ArrayBuffer (the file's bytes)`);
+}
+
+function triple(v, what) {
+  if (v == null) return null;
+  const a = Array.from(v, Number);
+  if (a.length !== 3 || a.some((t) => !Number.isFinite(t)))
+    throw new Error(`bnlab: loadIdxDataset: ${what} must be 3 finite numbers (got ${JSON.stringify(v)})`);
+  return a;
+}
+
+class IdxDataset extends ProceduralDataset {
+  constructor(lab, handle, classNames) {
+    super(lab, handle);
+    this._what = 'IDX';
+    if (classNames) this.classNames = classNames;
+    const norm = lab._scoped((alloc) => {
+      const p = alloc(24);
+      lab._check(lab._ex.bnl_wasm_dataset_norm(handle, p, 0));
+      return Array.from(lab._f32(p, 6));
+    });
+    this.mean = norm.slice(0, 3);   // the normalization every batch uses
+    this.std = norm.slice(3, 6);
+  }
+
+  // n images in the order of a permutation drawn from `seed` (the same as the native build's
+  // bnl_dataset_permutation(seed, epoch)), from position `start` on: { x, labels, indices }.
+  randomBatch(n, { seed = 0, epoch = 0, start = 0, augment = false } = {}) {
+    const L = this._lab, N = this.count;
+    this._live();
+    if (!Number.isInteger(n) || n <= 0 || n > N || !Number.isInteger(start) || start < 0 || start + n > N)
+      throw new Error(`bnlab: IDX randomBatch: n = ${n}, start = ${start} (expected 1 <= n, start + n <= ${N})`);
+    if (!Number.isFinite(seed) || seed < 0 || !Number.isInteger(epoch) || epoch < 0)
+      throw new Error(`bnlab: IDX randomBatch: seed ${seed}, epoch ${epoch} (expected non-negative numbers)`);
+    const perm = L.permutation(N, { seed, epoch }).slice(start, start + n);
+    return { ...this.batchIndices(perm, { augment, seed }), indices: perm };
+  }
+}
+
+// A permutation of 0..n-1 drawn from (seed, epoch): Int32Array, the same as the native
+// bnl_dataset_permutation (bnlab train's epoch order, and its --train-size/--val-size subsets: the
+// first N of the permutation with seed = --data-seed and epoch 1 for training, 2 for validation).
+BnLab.prototype.permutation = function permutation(n, { seed = 0, epoch = 0 } = {}) {
+  if (!Number.isInteger(n) || n < 0 || n > 0x7fffffff) throw new Error(`bnlab: permutation: n = ${n} (expected an integer >= 0)`);
+  if (!Number.isFinite(seed) || seed < 0 || !Number.isInteger(epoch) || epoch < 0)
+    throw new Error(`bnlab: permutation: seed ${seed}, epoch ${epoch} (expected non-negative numbers)`);
+  return this._scoped((alloc) => {
+    const p = alloc(Math.max(n, 1) * 4);
+    this._check(this._ex.bnl_wasm_dataset_permutation(p, n, seed, epoch));
+    return new Int32Array(this._ex.memory.buffer, p, n).slice();
+  });
+};
+
+// Loads an IDX dataset from the two files' bytes (async: gzip'd bytes are inflated first).
+// Options: model (its info.inputSize, mean and std set size/mean/std), size (S: 0 = the files' own),
+// mean, std (3 numbers each; default: the model's, else the data's own), fashionMnist (Fashion-MNIST's
+// class names; labels must be 0..9), classNames (names to show instead), imagesName, labelsName (for
+// messages).
+BnLab.prototype.loadIdxDataset = async function loadIdxDataset(images, labels, options = {}) {
+  if (typeof this._ex.bnl_wasm_dataset_idx !== 'function')
+    throw new Error('bnlab: this bnlab.wasm has no IDX dataset functions (rebuild with tests/build.sh)');
+  const { model = null, fashionMnist = false, classNames = null, imagesName = 'images file', labelsName = 'labels file' } = options;
+  let ib = asBytes(images, 'images'), lb = asBytes(labels, 'labels');
+  let size = options.size ?? 0;
+  let mean = triple(options.mean, 'mean'), std = triple(options.std, 'std');
+  if (model) {
+    const info = model.info || {};
+    const is = info.inputSize;
+    if (options.size == null && Array.isArray(is) && is.length === 3) {
+      if (is[1] !== is[2]) throw new Error(`bnlab: loadIdxDataset: the model's input_size ${JSON.stringify(is)} is not square`);
+      size = is[1];
+    }
+    if (!mean && info.mean) mean = triple(info.mean, "the model's mean");
+    if (!std && info.std) std = triple(info.std, "the model's std");
+  }
+  if (!Number.isInteger(size) || size < 0 || size > 4096)
+    throw new Error(`bnlab: loadIdxDataset: size must be an integer 0..4096 (got ${size})`);
+  if (std && std.some((v) => !(v > 0))) throw new Error(`bnlab: loadIdxDataset: std must be > 0 (got ${JSON.stringify(std)})`);
+  if (GZIP(ib)) ib = await gunzipBytes(ib, imagesName);
+  if (GZIP(lb)) lb = await gunzipBytes(lb, labelsName);
+  const handle = this._scoped((alloc) => {
+    const pi = alloc(Math.max(ib.length, 1)), pl = alloc(Math.max(lb.length, 1)), pout = alloc(4);
+    new Uint8Array(this._ex.memory.buffer, pi, ib.length).set(ib);
+    new Uint8Array(this._ex.memory.buffer, pl, lb.length).set(lb);
+    const st = this._ex.bnl_wasm_dataset_idx(pi, ib.length, pl, lb.length, size, fashionMnist ? 1 : 0, pout);
+    if (st !== 0) {
+      // the core names its buffers "IDX images" / "IDX labels": say which of the caller's files
+      const msg = this._cstr(this._ex.bnl_wasm_last_error()).replace('IDX images', imagesName).replace('IDX labels', labelsName);
+      throw new Error(`bnlab: ${msg}`);
+    }
+    return new Uint32Array(this._ex.memory.buffer, pout, 1)[0];
+  });
+  try {
+    if (mean || std) {
+      this._scoped((alloc) => {
+        const p = alloc(24), cur = alloc(24);
+        this._check(this._ex.bnl_wasm_dataset_norm(handle, cur, 0));
+        const c = Array.from(this._f32(cur, 6));
+        this._f32(p, 6).set([...(mean || c.slice(0, 3)), ...(std || c.slice(3, 6))]);
+        this._check(this._ex.bnl_wasm_dataset_norm(handle, p, 1));
+      });
+    }
+    const classes = this._ex.bnl_wasm_dataset_num_classes(handle);
+    let names = null;
+    if (classNames != null) {
+      if (!Array.isArray(classNames) || classNames.length < classes)
+        throw new Error(`bnlab: loadIdxDataset: classNames must be an array of at least ${classes} names`);
+      names = classNames.slice(0, classes).map(String);
+    }
+    return new IdxDataset(this, handle, names);
+  } catch (e) {
+    this._ex.bnl_wasm_dataset_free(handle);
+    throw e;
+  }
 };

@@ -4,8 +4,11 @@
 //   node web/serve.mjs [--port N] [--host 127.0.0.1]      (or PORT=N; default 8321, else a free port)
 //
 // Serves web/ at /, the repository's demo-models/ at /models/ and tests/fixtures/resnet/ at
-// /fixtures/resnet/ (the fallback model), plus /models.json: the models the page can load, best
-// first. Every response carries COOP/COEP (cross-origin isolated page, as wasm threads would need).
+// /fixtures/resnet/ (the fallback model), Fashion-MNIST's IDX files at /data/fashion-mnist/ (Debian's
+// dataset-fashion-mnist in /usr/share/datasets/fashion-mnist, or $BNL_FASHION_MNIST; served as the
+// .gz files they are: web/bnlab.mjs inflates them), plus /models.json: the models the page can load,
+// best first; a model trained on a dataset the server has carries `dataset` (the URLs of its test
+// files). Every response carries COOP/COEP (cross-origin isolated page, as wasm threads would need).
 // Paths with "..", backslashes, NUL or an absolute form are refused: nothing outside those folders.
 import http from 'node:http';
 import { promises as fs } from 'node:fs';
@@ -16,8 +19,10 @@ const WEB = path.dirname(fileURLToPath(import.meta.url));
 const ROOT = path.resolve(WEB, '..');
 
 // URL prefix -> folder. The longest matching prefix wins.
+const FASHION_DIR = path.resolve(process.env.BNL_FASHION_MNIST || '/usr/share/datasets/fashion-mnist');
 const MOUNTS = [
   ['/models/', path.join(ROOT, 'demo-models')],
+  ['/data/fashion-mnist/', FASHION_DIR],
   ['/fixtures/resnet/', path.join(ROOT, 'tests', 'fixtures', 'resnet')],
   ['/', WEB],
 ];
@@ -26,6 +31,14 @@ const MOUNTS = [
 const MODEL_CANDIDATES = [
   { url: '/models/resnet50-procedural.safetensors', file: path.join(ROOT, 'demo-models', 'resnet50-procedural.safetensors'),
     name: 'ResNet-50 (reduced width), trained on the procedural shapes' },
+  { url: '/models/resnet18-fashion-mnist.safetensors', file: path.join(ROOT, 'demo-models', 'resnet18-fashion-mnist.safetensors'),
+    name: 'ResNet-18 (quarter width), trained on Fashion-MNIST', dataset: 'fashion-mnist' },
+  { url: '/models/experiments/fashion_batch_size/resnet18-fashion-B2.safetensors',
+    file: path.join(ROOT, 'demo-models', 'experiments', 'fashion_batch_size', 'resnet18-fashion-B2.safetensors'),
+    name: 'ResNet-18 (1/8 width), Fashion-MNIST subset, trained at batch size 2', dataset: 'fashion-mnist' },
+  { url: '/models/experiments/fashion_batch_size/resnet18-fashion-B128.safetensors',
+    file: path.join(ROOT, 'demo-models', 'experiments', 'fashion_batch_size', 'resnet18-fashion-B128.safetensors'),
+    name: 'ResNet-18 (1/8 width), Fashion-MNIST subset, trained at batch size 128', dataset: 'fashion-mnist' },
   { url: '/fixtures/resnet/resnet50.weights.safetensors', file: path.join(ROOT, 'tests', 'fixtures', 'resnet', 'resnet50.weights.safetensors'),
     name: 'ResNet-50 topology, narrow test fixture (untrained)' },
 ];
@@ -45,6 +58,7 @@ const MIME = {
   '.txt': 'text/plain; charset=utf-8',
   '.md': 'text/plain; charset=utf-8',
   '.ts': 'text/plain; charset=utf-8',
+  '.gz': 'application/gzip',
 };
 
 const COMMON_HEADERS = {
@@ -78,12 +92,28 @@ export function resolvePath(urlPath) {
   return null;
 }
 
+// The test split's URLs when the files are there, else null (the page then falls back to its own images).
+async function fashionManifest() {
+  const files = { images: 't10k-images-idx3-ubyte.gz', labels: 't10k-labels-idx1-ubyte.gz' };
+  for (const f of Object.values(files)) {
+    try {
+      if (!(await fs.stat(path.join(FASHION_DIR, f))).isFile()) return null;
+    } catch {
+      return null;
+    }
+  }
+  return { kind: 'fashion-mnist', images: `/data/fashion-mnist/${files.images}`, labels: `/data/fashion-mnist/${files.labels}` };
+}
+
 async function modelsManifest() {
   const out = [];
   for (const m of MODEL_CANDIDATES) {
     try {
       const st = await fs.stat(m.file);
-      if (st.isFile()) out.push({ url: m.url, name: m.name, bytes: st.size });
+      if (!st.isFile()) continue;
+      const entry = { url: m.url, name: m.name, bytes: st.size };
+      if (m.dataset === 'fashion-mnist') entry.dataset = await fashionManifest();
+      out.push(entry);
     } catch { /* not there (yet) */ }
   }
   return out;

@@ -2,6 +2,7 @@
 #include "bnlab.h"
 #include "cli/cli.h"
 #include "train/train.h"
+#include "io/dataset.h"
 
 #include <math.h>
 #include <stdio.h>
@@ -192,10 +193,12 @@ static int parse_u64(const cli_opt *opts, int nopts, const char *name, uint64_t 
 
 int cmd_train(int argc, char **argv) {
     cli_opt opts[] = {
-        {"data", "SPEC", "procedural | cifar10:DIR (the binary version) | folder:DIR (DIR/train/<class>/*, DIR/val/<class>/*)",
-         "procedural", 0},
+        {"data", "SPEC", "procedural | cifar10:DIR (the binary version) | folder:DIR (DIR/train/<class>/*, DIR/val/<class>/*) "
+                         "| fashion-mnist[:DIR] (default DIR " BNL_FASHION_MNIST_DIR ") | mnist:DIR (IDX files: "
+                         "DIR/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz])", "procedural", 0},
         {"classes", "K", "procedural: number of classes, 2..16 [default: 10]", NULL, 0},
-        {"image-size", "S", "procedural: S x S images [default: 32]; folder: S x S crops [default: 224]", NULL, 0},
+        {"image-size", "S", "procedural: S x S images [default: 32]; folder: S x S crops [default: 224]; fashion-mnist/"
+                            "mnist: the files' size (28), up to 4 more zero-padded (32), larger resized [default: 28]", NULL, 0},
         {"train-size", "N", "procedural: training images [default: 10000]; cifar10/folder: a fixed random subset", NULL, 0},
         {"val-size", "N", "procedural: validation images [default: 2000]; others: a subset; 0: no validation", NULL, 0},
         {"data-seed", "SEED", "procedural: seed of the images (validation: a derived seed); seed of subsets", "1", 0},
@@ -264,8 +267,10 @@ int cmd_train(int argc, char **argv) {
     double d;
     if (!bad) {
         int procedural = !strcmp(data, "procedural");
-        if (!procedural && !((!strncmp(data, "cifar10:", 8) && data[8]) || (!strncmp(data, "folder:", 7) && data[7]))) {
-            bad = cli_error("--data: expected procedural, cifar10:DIR or folder:DIR, got '%s'", data);
+        int idx = !strcmp(data, "fashion-mnist") || (!strncmp(data, "fashion-mnist:", 14) && data[14]) ||
+                  (!strncmp(data, "mnist:", 6) && data[6]);
+        if (!procedural && !idx && !((!strncmp(data, "cifar10:", 8) && data[8]) || (!strncmp(data, "folder:", 7) && data[7]))) {
+            bad = cli_error("--data: expected procedural, cifar10:DIR, folder:DIR, fashion-mnist[:DIR] or mnist:DIR, got '%s'", data);
         } else if (!procedural && cli_get(opts, nopts, "classes")) {
             bad = cli_error("--classes applies to --data procedural only (the classes come from the data)");
         } else if (!strncmp(data, "cifar10:", 8) && cli_get(opts, nopts, "image-size")) {

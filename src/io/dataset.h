@@ -1,5 +1,6 @@
 // Datasets for training and the browser demo: a procedural one (generated on demand, identical
-// natively and in wasm), CIFAR-10 (binary format) and torchvision-style ImageFolder (JPEG/PNG).
+// natively and in wasm), CIFAR-10 (binary format), torchvision-style ImageFolder (JPEG/PNG) and IDX
+// files (MNIST, Fashion-MNIST).
 // Every dataset hands out normalized float batches in NHWC through one call.
 //
 //     bnl_dataset *d;
@@ -26,8 +27,8 @@
 // natively and in wasm; the augmentation of image i in a batch depends only on (batch seed, i),
 // never on the thread count or the batch it is in.
 // Threads: a dataset is read-only once created; several threads may ask for batches at once.
-// Wasm: procedural and CIFAR-from-bytes only (no file system); the file loaders return
-// BNL_ERR_UNSUPPORTED there.
+// Wasm: procedural, CIFAR-from-bytes and IDX-from-bytes only (no file system, no zlib); the file
+// loaders return BNL_ERR_UNSUPPORTED there.
 #ifndef BNL_DATASET_H
 #define BNL_DATASET_H
 #include "bnlab.h"
@@ -98,6 +99,41 @@ typedef struct bnl_imagefolder_opts {
 
 bnl_imagefolder_opts bnl_imagefolder_opts_default(void);
 bnl_status bnl_dataset_imagefolder(bnl_dataset **out, const char *root, const bnl_imagefolder_opts *o);
+
+// ---------------------------------------------------------------------------------------------
+// IDX files, the format of MNIST and Fashion-MNIST: images (magic 0x00000803: N, H, W, then N*H*W
+// unsigned bytes, gray) and labels (magic 0x00000801: N, then N bytes), each plain or gzip'd
+// (inflated with zlib; builds without zlib, e.g. wasm, return BNL_ERR_UNSUPPORTED for gzip'd bytes).
+// A gray image becomes three identical channels, so RGB models load unchanged. Samples are S x S:
+// S = the file's size (native), up to 4 pixels larger (zero padding, centered: 28 -> 32), else
+// resized (shorter side to S, antialiased bilinear, center crop). Normalization: the mean and std of
+// all the pixels of this file (Fashion-MNIST train: 0.2860, 0.3530), the same for the 3 channels;
+// train augmentation: pad-crop by S/8 and horizontal flip. Classes: the largest label + 1 (at least
+// 2), named "0", "1", ... or Fashion-MNIST's names. Errors, one line naming the file: truncated or
+// corrupt (gzip or IDX), wrong magic number, images and labels counts that differ. The images are
+// kept in memory as gray bytes (47 MB for Fashion-MNIST's training split).
+// Where Debian's dataset-fashion-mnist package puts the four .gz files.
+#define BNL_FASHION_MNIST_DIR "/usr/share/datasets/fashion-mnist"
+
+typedef struct bnl_idx_opts {
+    int size;            // S (0 = the file's size)
+    int fashion_names;   // 1: labels must be 0..9, named T-shirt/top, Trouser, ... Ankle boot
+} bnl_idx_opts;
+
+bnl_idx_opts bnl_idx_opts_default(void);
+// Two files by path; messages name the path.
+bnl_status bnl_dataset_idx(bnl_dataset **out, const char *images, const char *labels, const bnl_idx_opts *o);
+// dir/train-images-idx3-ubyte[.gz] + dir/train-labels-idx1-ubyte[.gz] (train = 1) or the t10k-*
+// pair (train = 0), the names MNIST and Fashion-MNIST are distributed under (.gz preferred).
+bnl_status bnl_dataset_mnist(bnl_dataset **out, const char *dir, int train, const bnl_idx_opts *o);
+// The same from bytes (copied); the names are used in error messages (NULL: generic names).
+bnl_status bnl_dataset_idx_from_buffer(bnl_dataset **out, const uint8_t *images, size_t images_len,
+                                       const uint8_t *labels, size_t labels_len, const char *images_name,
+                                       const char *labels_name, const bnl_idx_opts *o);
+
+// Replaces the normalization of both the training and the eval augmentation (e.g. by a model's own
+// mean/std). Call it before any batch: a dataset is read-only once batches are being drawn.
+bnl_status bnl_dataset_set_normalization(bnl_dataset *d, const float mean[3], const float std[3]);
 
 // ---------------------------------------------------------------------------------------------
 // Batches. x[k] = (v/255 - mean[c]) / std[c] for each pixel value v of the (augmented) sample.

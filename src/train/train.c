@@ -450,8 +450,18 @@ static bnl_status open_data(run_t *r) {
                 return bnl_fail(BNL_ERR_IO, "%s: not found (folder:DIR expects DIR/train and DIR/val)", va);
             if ((s = bnl_dataset_imagefolder(&r->val, va, &io)) != BNL_OK) return s;
         }
+    } else if (!strcmp(d, "fashion-mnist") || !strncmp(d, "fashion-mnist:", 14) || !strncmp(d, "mnist:", 6)) {
+        // IDX files: DIR/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]
+        file_based = 1;
+        int fashion = d[0] == 'f';
+        const char *dir = fashion ? (d[13] ? d + 14 : BNL_FASHION_MNIST_DIR) : d + 6;
+        if (!*dir) return bnl_fail(BNL_ERR_ARG, "--data %s: empty directory", d);
+        bnl_idx_opts io = bnl_idx_opts_default();
+        io.size = c->image_size, io.fashion_names = fashion;
+        if ((s = bnl_dataset_mnist(&r->train, dir, 1, &io)) != BNL_OK) return s;
+        if (!c->no_val && (s = bnl_dataset_mnist(&r->val, dir, 0, &io)) != BNL_OK) return s;
     } else {
-        return bnl_fail(BNL_ERR_ARG, "unknown data '%s' (expected procedural, cifar10:DIR or folder:DIR)", d);
+        return bnl_fail(BNL_ERR_ARG, "unknown data '%s' (expected procedural, cifar10:DIR, folder:DIR, fashion-mnist[:DIR] or mnist:DIR)", d);
     }
     r->H = bnl_dataset_height(r->train), r->W = bnl_dataset_width(r->train);
     r->C = bnl_dataset_num_classes(r->train);

@@ -117,9 +117,10 @@ bnl_status bnl_checkpoint_load(bnl_resnet **out, const char *path);
 // A training run.
 typedef struct bnl_train_config {
     // data
-    const char *data;          // "procedural", "cifar10:DIR" or "folder:DIR" (DIR/train, DIR/val)
+    const char *data;          // "procedural", "cifar10:DIR", "folder:DIR" (DIR/train, DIR/val),
+                               // "fashion-mnist[:DIR]" or "mnist:DIR" (IDX files, bnl_dataset_mnist)
     int classes;               // procedural: 2..16 (0 = 10)
-    int image_size;            // procedural (0 = 32) and folder (0 = 224)
+    int image_size;            // procedural (0 = 32), folder (0 = 224), IDX (0 = the files' size)
     size_t train_size;         // procedural: images (0 = 10000); others: a fixed random subset (0 = all)
     size_t val_size;           // procedural: images (0 = 2000; use no_val for none); others as above
     int no_val;                // 1: no validation split (no eval, no best.safetensors)

@@ -80,3 +80,21 @@ EMSCRIPTEN_KEEPALIVE int bnl_wasm_dataset_permutation(int32_t *perm, int n, doub
     free(p);
     return s;
 }
+
+// IDX images + labels files (plain bytes: web/bnlab.mjs inflates gzip'd ones first, this build has
+// no zlib), copied. size: 0 = the files' own; fashion: 1 = Fashion-MNIST's class names.
+EMSCRIPTEN_KEEPALIVE int bnl_wasm_dataset_idx(const uint8_t *images, size_t images_len, const uint8_t *labels,
+                                              size_t labels_len, int size, int fashion, bnl_dataset **out) {
+    bnl_idx_opts o = bnl_idx_opts_default();
+    o.size = size, o.fashion_names = fashion;
+    return bnl_dataset_idx_from_buffer(out, images, images_len, labels, labels_len, "IDX images", "IDX labels", &o);
+}
+
+// norm: (6) floats mean[3], std[3]. set = 1 replaces the dataset's normalization; 0 reads it.
+EMSCRIPTEN_KEEPALIVE int bnl_wasm_dataset_norm(bnl_dataset *d, float *norm, int set) {
+    if (!d || !norm) return bnl_fail(BNL_ERR_ARG, "dataset_norm: NULL argument");
+    if (set) return bnl_dataset_set_normalization(d, norm, norm + 3);
+    bnl_augment a = bnl_dataset_augment_default(d, 0);
+    for (int k = 0; k < 3; k++) norm[k] = a.mean[k], norm[3 + k] = a.std[k];
+    return BNL_OK;
+}

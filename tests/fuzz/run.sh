@@ -22,7 +22,7 @@ while [ $# -gt 0 ]; do
         *) targets+=("$1"); shift ;;
     esac
 done
-[ ${#targets[@]} -gt 0 ] || targets=(fuzz_safetensors fuzz_dataset fuzz_image fuzz_cli)
+[ ${#targets[@]} -gt 0 ] || targets=(fuzz_safetensors fuzz_dataset fuzz_image fuzz_cli fuzz_idx)
 
 B=build/fuzz
 if [ ! -f "$B/CMakeCache.txt" ]; then
