@@ -1,9 +1,12 @@
 // bnlab.mjs: the JavaScript bridge to bnlab.wasm (the C core built with -msimd128, standalone).
-// One ES module, unchanged in Node 20+, browser pages and Web Workers. No Emscripten glue: we
-// instantiate the module ourselves with the few imports it lists.
+// One ES module, unchanged in Node 20+, browser pages and Web Workers. The single-thread build has
+// no Emscripten glue: we instantiate it ourselves with the few imports it lists. The threaded build
+// (threads/bnlab-threads.{js,wasm,worker.js}: the same core on pthreads over one shared memory)
+// comes with Emscripten's CommonJS glue, which starts its workers (README: wasm threads).
 //
 //   import { createBnLab } from './bnlab.mjs';
-//   const lab = await createBnLab();                // or createBnLab({ wasmBytes })
+//   const lab = await createBnLab();                // or createBnLab({ wasmBytes, threads })
+//   lab.threads, lab.build;                         // 4, 'simd-threads' (or 1, 'simd')
 //   const { y, mean, var: v } = lab.batchNorm.forwardTrain(x, M, C, { gamma, beta });
 //
 // Errors are thrown as Error with the C core's message; the instance stays usable afterwards.
@@ -75,7 +78,116 @@ function bnFlags(o) {
 
 export const ISA = Object.freeze({ scalar: 0, avx2: 1, avx512: 2, wasmsimd: 3 });
 
+// Shared memory can be used here: Node, or a cross-origin-isolated page's worker (a page's main
+// thread may not wait on other threads).
+function canShareMemory() {
+  if (typeof SharedArrayBuffer === 'undefined' || typeof Atomics === 'undefined') return false;
+  if (IS_NODE) return true;
+  const inWorker = typeof WorkerGlobalScope !== 'undefined' && typeof self !== 'undefined' && self instanceof WorkerGlobalScope;
+  return inWorker && globalThis.crossOriginIsolated === true;
+}
+
+async function defaultThreads() {
+  if (!canShareMemory()) return 1;
+  if (IS_NODE) {
+    const os = await import('node:os');
+    return os.availableParallelism ? os.availableParallelism() : os.cpus().length;
+  }
+  return (typeof navigator !== 'undefined' && navigator.hardwareConcurrency) || 1;
+}
+
+async function readUrl(url) {
+  if (IS_NODE && url.protocol === 'file:') {
+    const { readFile } = await import('node:fs/promises');
+    const { fileURLToPath } = await import('node:url');
+    return new Uint8Array(await readFile(fileURLToPath(url)));
+  }
+  const res = await fetch(url);
+  if (!res.ok) throw new Error(`bnlab: cannot fetch ${url}: HTTP ${res.status}`);
+  return new Uint8Array(await res.arrayBuffer());
+}
+
+const MAX_THREADS = 64;   // src/core/parallel.c's pool limit
+
+// The threaded build on `threads` threads: the caller plus threads - 1 pthreads, started before
+// this resolves (Emscripten's PTHREAD_POOL_SIZE, read from bnlPoolSize).
+async function loadThreaded(threads, options) {
+  const base = new URL('./threads/', import.meta.url);
+  let factory;
+  if (IS_NODE && base.protocol === 'file:') {
+    const { createRequire } = await import('node:module');
+    factory = createRequire(import.meta.url)('./threads/bnlab-threads.js');
+  } else {
+    // a classic script: evaluated here (module workers have no importScripts); its pthread
+    // workers load it again by URL
+    const text = new TextDecoder().decode(await readUrl(new URL('bnlab-threads.js', base)));
+    factory = new Function(`${text}\nreturn bnlabThreads;`)();
+  }
+  const wasmBinary = options.threadsWasmBytes || await readUrl(new URL('bnlab-threads.wasm', base));
+  const state = { memory: null, failed: null };
+  const nodeFiles = IS_NODE && base.protocol === 'file:';
+  const where = (path) => (nodeFiles ? decodeURIComponent(new URL(path, base).pathname) : new URL(path, base).href);
+  let loadFailed;
+  const failedToLoad = new Promise((_, reject) => { loadFailed = reject; });
+  // A worker that fails marks the lab failed (a call waiting on it is unwound to JS by Emscripten,
+  // and throws); while loading, it fails createBnLab. Idle workers do not keep Node alive.
+  const watch = (PThread) => {
+    for (const w of [...PThread.unusedWorkers, ...PThread.runningWorkers]) {
+      w.onerror = (e) => {
+        state.failed ??= `a worker thread failed (${e && e.message ? e.message : e})`;
+        loadFailed(new Error(`bnlab: ${state.failed}`));
+      };
+    }
+  };
+  const opts = {
+    wasmBinary, bnlPoolSize: threads - 1,
+    mainScriptUrlOrBlob: where('bnlab-threads.js'), locateFile: where,
+    print: (t) => console.log(t), printErr: (t) => console.error(t),
+    // instantiated here so that the workers are watched from the moment they get the module
+    instantiateWasm: (info, receive) => {
+      WebAssembly.instantiate(wasmBinary, info).then(({ instance, module }) => {
+        receive(instance, module);
+        watch(opts.PThread);   // the options object is the glue's Module
+      }, (e) => loadFailed(new Error(`bnlab: cannot instantiate the threaded build: ${e.message}`)));
+      return {};
+    },
+  };
+  const M = await Promise.race([factory(opts), failedToLoad]);
+  for (const w of [...M.PThread.unusedWorkers, ...M.PThread.runningWorkers]) if (typeof w.unref === 'function') w.unref();
+  const ex = {};
+  Object.defineProperty(ex, 'memory', { get: () => M.wasmMemory });
+  for (const key of Object.keys(M)) {
+    if (!key.startsWith('_bnl_wasm_') || typeof M[key] !== 'function') continue;
+    const fn = M[key];
+    ex[key.slice(1)] = (...args) => {
+      if (state.failed) throw new Error(`bnlab: ${state.failed}; this lab cannot be used any more, create a new one`);
+      try {
+        return fn(...args);
+      } catch (e) {
+        // a trap, or Emscripten unwinding the caller after a worker crashed
+        state.failed ??= `a thread failed (${e && e.message ? e.message : e})`;
+        throw new Error(`bnlab: ${state.failed}; this lab cannot be used any more, create a new one`);
+      }
+    };
+  }
+  state.memory = M.wasmMemory;
+  const got = ex.bnl_wasm_set_threads(threads);
+  return new BnLab(ex, state, { threads: got, build: 'simd-threads', terminate: () => M.PThread.terminateAllThreads() });
+}
+
+// options.threads: 1 = the single-thread build (bnlab.wasm); N > 1 = the threaded build on N
+// threads. Default: every core where shared memory is allowed (Node; a cross-origin-isolated
+// page's worker), else 1; and 1 when only options.wasmBytes (a single-thread module) is given.
 export async function createBnLab(options = {}) {
+  let threads = options.threads;
+  if (threads === undefined) threads = options.wasmBytes && !options.threadsWasmBytes ? 1 : await defaultThreads();
+  if (!Number.isInteger(threads) || threads < 1 || threads > MAX_THREADS)
+    throw new Error(`bnlab: threads must be an integer from 1 to ${MAX_THREADS} (got ${showShape(threads)})`);
+  if (threads > 1) {
+    if (!canShareMemory())
+      throw new Error('bnlab: threads > 1 needs shared memory: Node, or a Web Worker of a cross-origin-isolated page');
+    return loadThreaded(threads, options);
+  }
   const bytes = options.wasmBytes || await loadWasmBytes();
   const module = await WebAssembly.compile(bytes);
   const state = { memory: null };
@@ -83,14 +195,25 @@ export async function createBnLab(options = {}) {
   const ex = instance.exports;
   state.memory = ex.memory;
   if (ex._initialize) ex._initialize();
-  return new BnLab(ex, state);
+  return new BnLab(ex, state, { threads: 1, build: 'simd' });
 }
 
 class BnLab {
-  constructor(ex, state) {
+  constructor(ex, state, { threads, build, terminate = null }) {
     this._ex = ex;
     this._state = state;
+    this._terminate = terminate;
     this.batchNorm = new BatchNormOps(this);
+    this.threads = threads;   // threads the parallel loops run on
+    this.build = build;       // 'simd' (bnlab.wasm) or 'simd-threads' (threads/bnlab-threads.wasm)
+  }
+
+  // The threaded build: ends its workers, and the lab is unusable afterwards (no-op for the
+  // single-thread build, whose memory goes with the lab).
+  terminate() {
+    if (!this._terminate) return;
+    this._state.failed ??= 'this lab was terminated';
+    this._terminate();
   }
 
   // Loads a safetensors state dict (torchvision ResNet names; F32/F16/BF16). Throws on a bad file.
@@ -119,7 +242,7 @@ class BnLab {
     const mem = new Uint8Array(this._ex.memory.buffer);
     let end = ptr;
     while (mem[end]) end++;
-    return new TextDecoder().decode(mem.subarray(ptr, end));
+    return new TextDecoder().decode(mem.slice(ptr, end));   // a copy: TextDecoder refuses shared memory
   }
   _check(status) {
     if (status !== 0) {

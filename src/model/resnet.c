@@ -3,6 +3,7 @@
 #include "model/resnet.h"
 
 #include "core/common.h"
+#include "core/parallel.h"
 #include "core/rng.h"
 #include "io/safetensors.h"
 #include "ops/ops.h"
@@ -985,31 +986,49 @@ static bnl_status forward_eval(bnl_resnet *m, float *logits, const float *x, int
 }
 
 // Elementwise passes of the residual blocks, fused (each is one read of its inputs, one write):
-// y = relu(a + b), ReLU keeping NaN like torch.relu.
-static void add_relu(float *y, const float *a, const float *b, size_t n) {
-    int T = n >= ((size_t)1 << 17) ? bnl_threads_effective() : 1;
-    (void)T;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
-#endif
-    for (long long i = 0; i < (long long)n; i++) {
+typedef struct {
+    float *out;
+    const float *a, *b, *y;
+} ew_t;
+
+static int ew_threads(size_t n) { return bnl_threads_for(n, (double)n, (double)(1u << 17)); }
+
+static void add_relu_range(void *vc, size_t i0, size_t i1, int tid) {
+    const ew_t *e = vc;
+    const float *a = e->a, *b = e->b;
+    float *y = e->out;
+    for (size_t i = i0; i < i1; i++) {
         float v = a[i] + b[i];
         y[i] = v < 0.0f ? 0.0f : v;
+    }
+}
+
+// y = relu(a + b), ReLU keeping NaN like torch.relu.
+static void add_relu(float *y, const float *a, const float *b, size_t n) {
+    ew_t e = {y, a, b, NULL};
+    bnl_parallel_for(n, ew_threads(n), add_relu_range, &e);
+}
+
+static void add_relu_backward_range(void *vc, size_t i0, size_t i1, int tid) {
+    const ew_t *e = vc;
+    const float *a = e->a, *b = e->b, *y = e->y;
+    float *g = e->out;
+    for (size_t i = i0; i < i1; i++) {
+        float v = b ? a[i] + b[i] : a[i];   // both loads unconditional: the loop vectorizes
+        g[i] = !y || y[i] > 0.0f ? v : 0.0f;
     }
 }
 
 // g = (a + b) where y > 0, else 0: the gradient sum at a block input, through the ReLU that made
 // it (y is that ReLU's output). b == NULL: a alone; y == NULL: no ReLU.
 static void add_relu_backward(float *g, const float *a, const float *b, const float *y, size_t n) {
-    int T = n >= ((size_t)1 << 17) ? bnl_threads_effective() : 1;
-    (void)T;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
-#endif
-    for (long long i = 0; i < (long long)n; i++) {
-        float v = b ? a[i] + b[i] : a[i];   // both loads unconditional: the loop vectorizes
-        g[i] = !y || y[i] > 0.0f ? v : 0.0f;
-    }
+    ew_t e = {g, a, b, y};
+    bnl_parallel_for(n, ew_threads(n), add_relu_backward_range, &e);
+}
+
+// p[i0, i1) = 0
+static void zero_range(void *p, size_t i0, size_t i1, int tid) {
+    memset((float *)p + i0, 0, (i1 - i0) * sizeof(float));
 }
 
 static bnl_status forward_impl(bnl_resnet *m, float *logits, const float *x, int N, int H, int W, int train) {
@@ -1088,16 +1107,8 @@ bnl_status bnl_resnet_forward_backward(bnl_resnet *m, float *loss, float *logits
     if (!isfinite(*loss)) return bnl_fail(BNL_ERR_NUMERIC, "step: the loss is %g", (double)*loss);
 
     {   // zero-grad, split across threads (100 MB for ResNet-50)
-        size_t n = m->info.num_params, chunk = (size_t)1 << 20, nch = (n + chunk - 1) / chunk;
-        int T = bnl_threads_effective();
-        (void)T;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(T) if (T > 1 && nch > 1)
-#endif
-        for (long long c = 0; c < (long long)nch; c++) {
-            size_t a = (size_t)c * chunk, len = n - a < chunk ? n - a : chunk;
-            memset(m->grads + a, 0, len * sizeof(float));
-        }
+        size_t n = m->info.num_params;
+        bnl_parallel_for(n, bnl_threads_for(n, (double)n, (double)(1u << 20)), zero_range, m->grads);
     }
     float **G = m->grad_buf;
     // head: dlogits -> fc -> avgpool
@@ -1151,6 +1162,29 @@ bnl_status bnl_resnet_forward_backward(bnl_resnet *m, float *loss, float *logits
     return BNL_OK;
 }
 
+
+typedef struct {
+    float *p;
+    const float *g;
+    float *b;
+    float wd;
+    const bnl_sgd *o;
+} sgd_t;
+
+static void sgd_range(void *vc, size_t i0, size_t i1, int tid) {
+    const sgd_t *u = vc;
+    const bnl_sgd *o = u->o;
+    float *p = u->p, *b = u->b, wd = u->wd;
+    const float *g = u->g;
+    for (size_t i = i0; i < i1; i++) {
+        float d = g[i] + wd * p[i];
+        if (o->momentum != 0.0f) {
+            b[i] = o->momentum * b[i] + d;
+            d = o->nesterov ? d + o->momentum * b[i] : b[i];
+        }
+        p[i] -= o->lr * d;
+    }
+}
 bnl_status bnl_resnet_sgd_update(bnl_resnet *m, const bnl_sgd *o) {
     if (!m || !o) return bnl_fail(BNL_ERR_ARG, "sgd: NULL argument");
     if (!isfinite(o->lr) || o->lr < 0 || !(o->momentum >= 0) || !(o->weight_decay >= 0))
@@ -1160,20 +1194,9 @@ bnl_status bnl_resnet_sgd_update(bnl_resnet *m, const bnl_sgd *o) {
     for (int s = 0; s < m->nseg; s++) {
         const segment_t *sg = &m->segs[s];
         float wd = (sg->decay || !o->no_decay_bn_bias) ? o->weight_decay : 0.0f;
-        float *p = m->params + sg->off, *g = m->grads + sg->off, *b = m->mom + sg->off;
-        int T = sg->n >= ((size_t)1 << 16) ? bnl_threads_effective() : 1;   // elementwise: any split, same bits
-        (void)T;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
-#endif
-        for (long long i = 0; i < (long long)sg->n; i++) {
-            float d = g[i] + wd * p[i];
-            if (o->momentum != 0.0f) {
-                b[i] = o->momentum * b[i] + d;
-                d = o->nesterov ? d + o->momentum * b[i] : b[i];
-            }
-            p[i] -= o->lr * d;
-        }
+        sgd_t u = {m->params + sg->off, m->grads + sg->off, m->mom + sg->off, wd, o};
+        // elementwise: any split, same bits
+        bnl_parallel_for(sg->n, bnl_threads_for(sg->n, (double)sg->n, (double)(1u << 16)), sgd_range, &u);
     }
     m->pk_valid = 0;
     return BNL_OK;
