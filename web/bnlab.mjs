@@ -140,7 +140,8 @@ async function loadThreaded(threads, options) {
     }
   };
   const opts = {
-    wasmBinary, bnlPoolSize: threads - 1,
+    // at least one worker: with none, Emscripten 3.1.6's glue never finishes loading
+    wasmBinary, bnlPoolSize: Math.max(1, threads - 1),
     mainScriptUrlOrBlob: where('bnlab-threads.js'), locateFile: where,
     print: (t) => console.log(t), printErr: (t) => console.error(t),
     // instantiated here so that the workers are watched from the moment they get the module
@@ -178,12 +179,18 @@ async function loadThreaded(threads, options) {
 // options.threads: 1 = the single-thread build (bnlab.wasm); N > 1 = the threaded build on N
 // threads. Default: every core where shared memory is allowed (Node; a cross-origin-isolated
 // page's worker), else 1; and 1 when only options.wasmBytes (a single-thread module) is given.
+// options.build ('simd' | 'simd-threads') picks the build explicitly (tests: the threaded build on
+// one thread); options.threadsWasmBytes: the threaded build's module bytes.
 export async function createBnLab(options = {}) {
   let threads = options.threads;
   if (threads === undefined) threads = options.wasmBytes && !options.threadsWasmBytes ? 1 : await defaultThreads();
   if (!Number.isInteger(threads) || threads < 1 || threads > MAX_THREADS)
     throw new Error(`bnlab: threads must be an integer from 1 to ${MAX_THREADS} (got ${showShape(threads)})`);
-  if (threads > 1) {
+  const build = options.build ?? (threads > 1 ? 'simd-threads' : 'simd');
+  if (build !== 'simd' && build !== 'simd-threads')
+    throw new Error(`bnlab: build must be 'simd' or 'simd-threads' (got ${showShape(build)})`);
+  if (build === 'simd' && threads > 1) throw new Error(`bnlab: the 'simd' build runs one thread (asked for ${threads})`);
+  if (build === 'simd-threads') {
     if (!canShareMemory())
       throw new Error('bnlab: threads > 1 needs shared memory: Node, or a Web Worker of a cross-origin-isolated page');
     return loadThreaded(threads, options);
