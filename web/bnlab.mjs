@@ -193,7 +193,14 @@ export async function createBnLab(options = {}) {
   if (build === 'simd-threads') {
     if (!canShareMemory())
       throw new Error('bnlab: threads > 1 needs shared memory: Node, or a Web Worker of a cross-origin-isolated page');
-    return loadThreaded(threads, options);
+    if (options.threads !== undefined || options.build !== undefined) return loadThreaded(threads, options);
+    // threads by default: the single-thread build is the fallback when the threaded one cannot start
+    try {
+      return await loadThreaded(threads, options);
+    } catch (e) {
+      console.warn(`bnlab: the threaded build did not start (${e.message}); using the single-thread build`);
+    }
+    threads = 1;
   }
   const bytes = options.wasmBytes || await loadWasmBytes();
   const module = await WebAssembly.compile(bytes);
