@@ -194,6 +194,11 @@ export interface Model {
   setBatchNorm(options?: ModelBatchNormOptions): void;
   /** x: NHWC float32 of `shape`; returns the logits, Float32Array [n * numClasses]. Train mode updates running stats. */
   forward(x: FloatInput, shape: Shape4): Float32Array;
+  /**
+   * Train mode only: the forward up to BatchNorm layer `layer` (name or index), returning its
+   * bnStats(). Layers up to it get exactly a full forward's statistics; later layers keep theirs.
+   */
+  forwardTo(x: FloatInput, shape: Shape4, layer: string | number): BnStats;
   /** Statistics of one BatchNorm layer, by name (see info.bnLayers) or index. */
   bnStats(layer: string | number): BnStats;
   /** One SGD step in train mode (softmax cross-entropy, mean over the batch); returns the loss. Labels in [0, numClasses). */

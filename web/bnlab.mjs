@@ -463,13 +463,32 @@ class Model {
     });
   }
 
+  // Train mode: the forward only up to BatchNorm layer `layer` (name or index), for a view of that
+  // layer; returns its bnStats(). Every layer up to it gets exactly the statistics (and running
+  // statistics update) a full forward gives; later layers keep what an earlier forward left.
+  forwardTo(x, shape, layer) {
+    const h = this._live(), L = this._lab;
+    const i = this._bnIndex(layer);
+    const n = checkShape(shape, 'forwardTo');
+    L._scoped((alloc) => {
+      const px = L._putF32(alloc, x, n, 'input');
+      L._check(L._ex.bnl_wasm_model_forward_to(h, px, shape[0], shape[1], shape[2], shape[3], i));
+    });
+    return this.bnStats(i);
+  }
+
+  _bnIndex(name) {
+    const i = typeof name === 'number' ? name : this.info.bnLayers.indexOf(name);
+    if (!Number.isInteger(i) || i < 0 || i >= this.info.bnLayers.length)
+      throw new Error(`bnlab: no BatchNorm layer named ${showShape(name)} (see model.info.bnLayers)`);
+    return i;
+  }
+
   // The statistics layer `name` (or index) used: the batch ones of the last train-mode forward
   // (biased variance; null before any) and the running ones.
   bnStats(name) {
     const h = this._live(), L = this._lab;
-    const i = typeof name === 'number' ? name : this.info.bnLayers.indexOf(name);
-    if (i < 0 || i >= this.info.bnLayers.length)
-      throw new Error(`bnlab: no BatchNorm layer named ${JSON.stringify(name)} (see model.info.bnLayers)`);
+    const i = this._bnIndex(name);
     return L._scoped((alloc) => {
       const po = alloc(16), pp = alloc(16);
       L._check(L._ex.bnl_wasm_model_bn_stats(h, i, po, pp));

@@ -1031,33 +1031,41 @@ static void zero_range(void *p, size_t i0, size_t i1, int tid) {
     memset((float *)p + i0, 0, (i1 - i0) * sizeof(float));
 }
 
-static bnl_status forward_impl(bnl_resnet *m, float *logits, const float *x, int N, int H, int W, int train) {
+// stop >= 0 (train mode): return right after BatchNorm layer `stop` (bns order, which is the order
+// they run in), logits not computed.
+static bnl_status forward_impl(bnl_resnet *m, float *logits, const float *x, int N, int H, int W, int train,
+                               int stop) {
     if (!train) return forward_eval(m, logits, x, N, H, W);
+#define BN_FWD(b)                                                                                                      \
+    do {                                                                                                               \
+        TRY(bn_fwd(m, (b), N, train));                                                                                 \
+        if ((b) - m->bns == stop) goto done;                                                                           \
+    } while (0)
     m->pk_valid = 0;   // running statistics move
     bn_t *stem = &m->bns[0];
     TRY(conv_fwd(m, &m->convs[0], stem->pre, x, N, H, W));
-    TRY(bn_fwd(m, stem, N, train));
+    BN_FWD(stem);
     TRY(bnl_maxpool_forward(m->stem_pool, m->pkeep ? m->argmax : NULL, stem->post, N, m->Hs, m->Ws, stem->C, 3, 2, 1,
                             m->Hp, m->Wp));
     for (int b = 0; b < m->nblocks; b++) {
         block_t *blk = &m->blocks[b];
         bn_t *b1 = &m->bns[blk->bn1], *b2 = &m->bns[blk->bn2];
         TRY(conv_fwd(m, &m->convs[blk->conv1], b1->pre, blk->in, N, blk->Hin, blk->Win));
-        TRY(bn_fwd(m, b1, N, train));
+        BN_FWD(b1);
         int h2 = m->info.bottleneck ? blk->Hin : blk->Hout, w2 = m->info.bottleneck ? blk->Win : blk->Wout;
         TRY(conv_fwd(m, &m->convs[blk->conv2], b2->pre, b1->post, N, h2, w2));
-        TRY(bn_fwd(m, b2, N, train));
+        BN_FWD(b2);
         bn_t *last = b2;
         if (blk->bn3 >= 0) {
             last = &m->bns[blk->bn3];
             TRY(conv_fwd(m, &m->convs[blk->conv3], last->pre, b2->post, N, blk->Hout, blk->Wout));
-            TRY(bn_fwd(m, last, N, train));
+            BN_FWD(last);
         }
         const float *shortcut = blk->in;
         if (blk->dbn >= 0) {
             bn_t *db = &m->bns[blk->dbn];
             TRY(conv_fwd(m, &m->convs[blk->dconv], db->pre, blk->in, N, blk->Hin, blk->Win));
-            TRY(bn_fwd(m, db, N, train));
+            BN_FWD(db);
             shortcut = db->post;
         }
         size_t n = (size_t)N * blk->Hout * blk->Wout * blk->cout;
@@ -1067,6 +1075,8 @@ static bnl_status forward_impl(bnl_resnet *m, float *logits, const float *x, int
     TRY(bnl_avgpool_forward(m->feat, lb->out, N, lb->Hout * lb->Wout, lb->cout));
     TRY(bnl_linear_forward(logits, m->feat, m->params + m->fc_w, m->params + m->fc_b, N, m->info.num_features,
                            m->info.num_classes));
+done:
+#undef BN_FWD
     if (train && m->info.norm == BNL_NORM_BATCH) m->has_batch = 1;
     return BNL_OK;
 }
@@ -1083,7 +1093,18 @@ bnl_status bnl_resnet_forward(bnl_resnet *m, float *logits, const float *x, int 
     TRY(check_input(m, x, N, H, W, "forward"));
     // train-mode forward without backward keeps nothing: the lean plan serves both modes
     TRY(plan(m, N, H, W, m->pkeep && m->pN == N && m->pH == H && m->pW == W));
-    return forward_impl(m, logits, x, N, H, W, m->training);
+    return forward_impl(m, logits, x, N, H, W, m->training, -1);
+}
+
+bnl_status bnl_resnet_forward_to(bnl_resnet *m, const float *x, int N, int H, int W, int stop) {
+    if (!m) return bnl_fail(BNL_ERR_ARG, "forward_to: NULL model");
+    if (stop < 0 || stop >= m->nbn)
+        return bnl_fail(BNL_ERR_ARG, "forward_to: no BatchNorm layer #%d (the model has %d)", stop, m->nbn);
+    if (!m->training)
+        return bnl_fail(BNL_ERR_ARG, "forward_to: the model is in eval mode (it reads running statistics; train() first)");
+    TRY(check_input(m, x, N, H, W, "forward_to"));
+    TRY(plan(m, N, H, W, m->pkeep && m->pN == N && m->pH == H && m->pW == W));
+    return forward_impl(m, NULL, x, N, H, W, 1, stop);
 }
 
 bnl_status bnl_resnet_forward_backward(bnl_resnet *m, float *loss, float *logits, const float *x, int N, int H, int W,
@@ -1099,7 +1120,7 @@ bnl_status bnl_resnet_forward_backward(bnl_resnet *m, float *loss, float *logits
     float *lg = m->probs;
     float *tmp_logits = bnl_alloc((size_t)N * K * sizeof(float));
     if (!tmp_logits) return bnl_fail(BNL_ERR_NOMEM, "out of memory for logits");
-    bnl_status s = forward_impl(m, tmp_logits, x, N, H, W, 1);
+    bnl_status s = forward_impl(m, tmp_logits, x, N, H, W, 1, -1);
     if (s == BNL_OK) s = bnl_softmax_xent_forward(loss, lg, tmp_logits, labels, N, (int)K);
     if (s == BNL_OK && logits) memcpy(logits, tmp_logits, (size_t)N * K * sizeof(float));
     bnl_free(tmp_logits);

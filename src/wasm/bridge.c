@@ -117,6 +117,14 @@ EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_forward(bnl_resnet *m, float *logits, co
     return bnl_resnet_forward(m, logits, x, N, H, W);
 }
 
+EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_forward_to(bnl_resnet *m, const float *x, int N, int H, int W, int C, int stop) {
+    const bnl_resnet_info *in = bnl_resnet_get_info(m);
+    if (C != in->in_channels)
+        return bnl_fail(BNL_ERR_SHAPE, "forwardTo: input has %d channels, the model expects %d (NHWC [N,H,W,%d])", C,
+                        in->in_channels, in->in_channels);
+    return bnl_resnet_forward_to(m, x, N, H, W, stop);
+}
+
 // out: [channels, has_batch, tracked_lo, tracked_hi], ptrs: batch_mean, batch_var, running_mean, running_var
 EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_bn_stats(const bnl_resnet *m, int i, int32_t *out, const float **ptrs) {
     bnl_bn_view v;
