@@ -8,7 +8,7 @@
 //       224x224 batch 1, eval: bnlab's wasm build against TensorFlow.js's wasm backend (XNNPACK) and
 //       onnxruntime-web's wasm backend, SIMD, on the same weights (tests/bench_wasm_vs_ort.mjs,
 //       interleaved runs, logits checked to agree); then the same on --threads threads (peer_threads
-//       says what each peer really ran: TF.js's wasm backend runs one thread under Node)
+//       says what each peer really ran; TF.js's threads under Node need tests/peer_tfjs.mjs's shim)
 //   bench=resnet50.forward.native ms=... peer=pytorch peer_ms=... ratio=... target=1.25 met=1
 //       the same weights and batch, `bnlab bench resnet50 --mode eval` against torchvision resnet50
 //       eval under torch.inference_mode (channels_last or default, whichever is faster), both on

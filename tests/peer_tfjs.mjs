@@ -10,9 +10,43 @@
 // twice (so the fc weight is transposed once at load and transposeB is false), and PyTorch's max
 // pool (3x3, stride 2, padding 1) is matched by padding with -Infinity and a 'valid' pool.
 import { createRequire } from 'node:module';
+import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 
 const require = createRequire(import.meta.url);
+
+// TF.js's wasm backend turns threads off under Node (WASM_HAS_MULTITHREAD_SUPPORT is false there)
+// and its Emscripten glue makes pthread workers from blob: URLs, which Node's workers cannot load.
+// For threads > 1 this shim, used only by the benchmark: forces the flag; starts each pthread
+// worker from the worker script's text (eval) and hands it the glue as a file path instead of a
+// Blob; and, while the backend starts, reports twice the cores (the glue caps XNNPACK's threads at
+// half of os.cpus()). What ran is checked afterwards: peer.threads is XNNPACK's own count.
+function threadedShim(tf, wasmOut) {
+  const wt = require('node:worker_threads'), os = require('node:os');
+  // the text as the backend's own blob holds it (newlines inside its string literals escaped)
+  const workerCode = require(join(wasmOut, 'tfjs-backend-wasm-threaded-simd.worker.js')).wasmWorkerContents
+    .replace(/\n/g, '\\n');
+  const dir = mkdtempSync(join(tmpdir(), 'bnlab-tfjs-'));
+  const glue = join(dir, 'tfjs-backend-wasm-threaded-simd.js');
+  writeFileSync(glue, readFileSync(join(wasmOut, 'tfjs-backend-wasm-threaded-simd.js')));
+  const Orig = wt.Worker;
+  class BlobWorker extends Orig {
+    constructor(url, opts) {
+      if (typeof url === 'string' && url.startsWith('blob:')) super(workerCode, { ...opts, eval: true });
+      else super(url, opts);
+    }
+    postMessage(msg, ...rest) {
+      if (msg && msg.cmd === 'load' && typeof msg.urlOrBlob !== 'string') msg = { ...msg, urlOrBlob: glue };
+      return super.postMessage(msg, ...rest);
+    }
+  }
+  wt.Worker = BlobWorker;
+  const cpus = os.cpus;
+  os.cpus = () => [...cpus(), ...cpus()];
+  tf.env().set('WASM_HAS_MULTITHREAD_SUPPORT', true);
+  return () => { os.cpus = cpus; };   // the workers stay BlobWorkers
+}
 
 export async function tfjsResNet(tensors, { threads = 1 } = {}) {
   let tf, wasm;
@@ -26,13 +60,18 @@ export async function tfjsResNet(tensors, { threads = 1 } = {}) {
   const files = ['tfjs-backend-wasm.wasm', 'tfjs-backend-wasm-simd.wasm', 'tfjs-backend-wasm-threaded-simd.wasm'];
   wasm.setWasmPaths(Object.fromEntries(files.map((f) => [f, join(dist, f)])));
   wasm.setThreadsCount(threads);
-  if (!(await tf.setBackend('wasm'))) return { why: 'tf.setBackend("wasm") failed' };
-  await tf.ready();
+  const undo = threads > 1 ? threadedShim(tf, join(dirname(dist), 'wasm-out')) : () => {};
+  try {
+    if (!(await tf.setBackend('wasm'))) return { why: 'tf.setBackend("wasm") failed' };
+    await tf.ready();
+  } finally {
+    undo();
+  }
   const simd = await tf.env().getAsync('WASM_HAS_SIMD_SUPPORT');
   const mt = await tf.env().getAsync('WASM_HAS_MULTITHREAD_SUPPORT');
   const binary = !simd ? files[0] : mt ? files[2] : files[1];
-  // The backend turns threads off under Node: one thread whatever was asked.
-  const ranThreads = mt ? threads : 1;
+  // what XNNPACK really runs on (1 when threads are off)
+  const ranThreads = mt ? wasm.getThreadsCount() : 1;
 
   const T = (name) => {
     const t = tensors[name];
