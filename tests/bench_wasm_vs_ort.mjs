@@ -119,14 +119,18 @@ const f = (v, d = 1) => v.toFixed(d);
 const g = (v) => v.toExponential(3);
 
 // Runs every fn `warmup` times, then `runs` rounds of one timed call each (interleaved).
+// Each run's process CPU time too (cpu): on one thread every side computes on this thread, so it
+// is the work done, which other jobs on the machine disturb much less than the wall time.
 async function timeRuns(fns, warmup, runs) {
-  const res = fns.map(() => ({ ms: [], out: null }));
+  const res = fns.map(() => ({ ms: [], cpu: [], out: null }));
   for (let i = 0; i < warmup; i++) for (let j = 0; j < fns.length; j++) res[j].out = await fns[j]();
   for (let i = 0; i < runs; i++)
     for (let j = 0; j < fns.length; j++) {
-      const t0 = performance.now();
+      const t0 = performance.now(), c0 = process.cpuUsage();
       res[j].out = await fns[j]();
+      const c = process.cpuUsage(c0);
       res[j].ms.push(performance.now() - t0);
+      res[j].cpu.push((c.user + c.system) / 1000);
     }
   return res;
 }
@@ -186,8 +190,11 @@ async function main() {
   let bad = 0;
   peers.forEach((p, k) => {
     const r = res[k + 1], pms = median(r.ms), target = TARGETS[p.name];
+    // one thread on each side: the CPU-time ratio as well (see timeRuns)
+    const cpu = lab.threads === 1 && p.threads === 1
+      ? ` cpu_ms=${f(median(ours.cpu))} peer_cpu_ms=${f(median(r.cpu))} cpu_ratio=${f(median(ours.cpu) / median(r.cpu), 2)}` : '';
     console.log(`bench=resnet50.forward.wasm threads=${lab.threads} ms=${f(ms)} peer=${p.name} peer_ms=${f(pms)} ` +
-      `ratio=${f(ms / pms, 2)} target=${f(target, 2)} met=${ms / pms <= target ? 1 : 0} batch=${N} size=${H}x${W} ` +
+      `ratio=${f(ms / pms, 2)}${cpu} target=${f(target, 2)} met=${ms / pms <= target ? 1 : 0} batch=${N} size=${H}x${W} ` +
       `runs=${args.runs} warmup=${args.warmup} isa=${lab.isa} build=${lab.build} peer_threads=${p.threads} ` +
       `peer_version=${p.version}${p.extra ? ' ' + p.extra : ''}`);
   });
