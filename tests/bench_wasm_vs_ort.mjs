@@ -1,8 +1,9 @@
 // ResNet-50 forward (torchvision architecture, batch 1, 224x224, eval mode) in Node: our wasm build
-// (web/bnlab.mjs) against onnxruntime-web's wasm backend (SIMD, one thread) on the same weights.
+// (web/bnlab.mjs) against TensorFlow.js's wasm backend (XNNPACK, SIMD; tests/peer_tfjs.mjs) and
+// onnxruntime-web's wasm backend (SIMD), on the same weights, all on --threads threads.
 //
 //   node tests/bench_wasm_vs_ort.mjs [--weights W.safetensors --onnx M.onnx] [--io IO.safetensors]
-//                                    [--runs 5] [--warmup 1]
+//                                    [--runs 5] [--warmup 1] [--threads 1]
 //
 // Without --weights/--onnx it uses build/bench/resnet50.{safetensors,onnx,io.safetensors}, making
 // whatever is missing with Debian's /usr/bin/python3 (torch): a seeded random torchvision resnet50
@@ -10,23 +11,27 @@
 // tests/make_onnx_resnet50.py, which also writes the test batch and torch's logits (--io-out).
 // Prints SKIP and exits 0 when that python has no torch.
 //
-// Output (key=value lines; the first is the one to quote):
-//   bench=resnet50.forward.wasm ms=<median> peer=onnxruntime-web peer_ms=<median> ratio=<ms/peer_ms> ...
-//   check=resnet50.logits.wasm_vs_ort max_abs_diff=... max_abs_logit=... ok=1
-// Exits 1 when the two disagree by more than 1e-4 of the largest |logit|.
+// Output (key=value lines, one bench= line per peer; threads= says what each side really ran):
+//   bench=resnet50.forward.wasm threads=1 ms=<median> peer=tfjs-wasm peer_ms=<median> ratio=<ms/peer_ms> ...
+//   bench=resnet50.forward.wasm threads=1 ms=<median> peer=onnxruntime-web peer_ms=<median> ratio=...
+//   check=resnet50.logits.wasm_vs_ort max_abs_diff=... max_abs_logit=... ok=1   (and wasm_vs_tfjs)
+// Exits 1 when a peer's logits and ours disagree by more than 1e-4 of the largest |logit|.
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createBnLab } from '../web/bnlab.mjs';
 import { readSafetensors } from './node/safetensors.mjs';
+import { tfjsResNet } from './peer_tfjs.mjs';
 
 const ROOT = fileURLToPath(new URL('../', import.meta.url));
 const PY = '/usr/bin/python3';
 const SIZE = 224, BATCH = 1;
+// ms / peer_ms targets (issue 12): 0.8x TF.js wasm, 0.6x onnxruntime-web
+const TARGETS = { 'tfjs-wasm': 0.8, 'onnxruntime-web': 0.6 };
 
 function parseArgs(argv) {
-  const a = { runs: 5, warmup: 1 };
+  const a = { runs: 5, warmup: 1, threads: 1 };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i];
     const val = () => {
@@ -38,14 +43,16 @@ function parseArgs(argv) {
     else if (k === '--io') a.io = val();
     else if (k === '--runs') a.runs = Number(val());
     else if (k === '--warmup') a.warmup = Number(val());
+    else if (k === '--threads') a.threads = Number(val());
     else if (k === '--help' || k === '-h') {
-      console.log('usage: node tests/bench_wasm_vs_ort.mjs [--weights W.safetensors --onnx M.onnx] [--io IO.safetensors] [--runs N] [--warmup N]');
+      console.log('usage: node tests/bench_wasm_vs_ort.mjs [--weights W.safetensors --onnx M.onnx] [--io IO.safetensors] [--runs N] [--warmup N] [--threads N]');
       process.exit(0);
     } else fail(`unknown argument ${k}`);
   }
   if (!!a.weights !== !!a.onnx) fail('give both --weights and --onnx, or neither');
   if (!(Number.isInteger(a.runs) && a.runs >= 1) || !(Number.isInteger(a.warmup) && a.warmup >= 0))
     fail('--runs must be >= 1 and --warmup >= 0');
+  if (!(Number.isInteger(a.threads) && a.threads >= 1)) fail('--threads must be an integer >= 1');
   return a;
 }
 
@@ -112,14 +119,18 @@ const f = (v, d = 1) => v.toFixed(d);
 const g = (v) => v.toExponential(3);
 
 // Runs every fn `warmup` times, then `runs` rounds of one timed call each (interleaved).
+// Each run's process CPU time too (cpu): on one thread every side computes on this thread, so it
+// is the work done, which other jobs on the machine disturb much less than the wall time.
 async function timeRuns(fns, warmup, runs) {
-  const res = fns.map(() => ({ ms: [], out: null }));
+  const res = fns.map(() => ({ ms: [], cpu: [], out: null }));
   for (let i = 0; i < warmup; i++) for (let j = 0; j < fns.length; j++) res[j].out = await fns[j]();
   for (let i = 0; i < runs; i++)
     for (let j = 0; j < fns.length; j++) {
-      const t0 = performance.now();
+      const t0 = performance.now(), c0 = process.cpuUsage();
       res[j].out = await fns[j]();
+      const c = process.cpuUsage(c0);
       res[j].ms.push(performance.now() - t0);
+      res[j].cpu.push((c.user + c.system) / 1000);
     }
   return res;
 }
@@ -132,54 +143,79 @@ async function main() {
   const x = makeInput(files.io);
 
   // ours: the wasm build exactly as a page loads it, eval mode
-  const lab = await createBnLab();
+  const lab = await createBnLab({ threads: args.threads });
   const model = lab.loadModel(new Uint8Array(readFileSync(files.weights)));
   const info = model.info;
   if (info.block !== 'bottleneck' || info.blocks.join(',') !== '3,4,6,3')
     console.log(`# note: ${files.weights} is ${info.block} [${info.blocks}], not ResNet-50`);
   model.eval();
   const runOurs = () => model.forward(x.nhwc, x.shape);
+  const [N, H, W, C] = x.shape;
+  const peers = [];   // { name, run, threads, version, extra }
 
-  // onnxruntime-web, wasm backend, SIMD, one thread
-  let ort;
+  // TensorFlow.js wasm backend (XNNPACK)
+  const tensors = readSafetensors(files.weights).tensors;
+  const tfp = await tfjsResNet(tensors, { threads: args.threads });
+  if (tfp.why) console.log(`SKIP peer=tfjs-wasm: ${tfp.why}`);
+  else {
+    peers.push({ name: 'tfjs-wasm', run: () => tfp.run(x.nhwc, x.shape), threads: tfp.threads, version: tfp.version,
+      extra: `peer_binary=${tfp.binary} peer_simd=${tfp.simd ? 1 : 0} peer_multithread=${tfp.multithread ? 1 : 0}` });
+    if (tfp.threads !== args.threads)
+      console.log(`# note: TF.js ran ${tfp.threads} thread(s), not ${args.threads}`);
+  }
+
+  // onnxruntime-web, wasm backend, SIMD
+  let ort = null;
   try {
     ort = await import('onnxruntime-web');
   } catch (e) {
     console.log(`SKIP peer=onnxruntime-web: cannot import onnxruntime-web (${e.message}); run npm ci`);
-    const ours = await timeRuns([runOurs], args.warmup, args.runs);
-    console.log(`bench=resnet50.forward.wasm ms=${f(median(ours[0].ms))} runs=${args.runs} isa=${lab.isa}`);
-    return 0;
   }
-  ort.env.wasm.numThreads = 1;
-  ort.env.wasm.simd = true;
-  const session = await ort.InferenceSession.create(new Uint8Array(readFileSync(files.onnx)),
-    { executionProviders: ['wasm'], graphOptimizationLevel: 'all' });
-  const [N, H, W, C] = x.shape;
-  const feeds = { [session.inputNames[0]]: new ort.Tensor('float32', x.nchw, [N, C, H, W]) };
-  const runPeer = async () => (await session.run(feeds))[session.outputNames[0]].data;
-  // interleaved, so that a busy machine slows both alike
-  const [ours, peer] = await timeRuns([runOurs, runPeer], args.warmup, args.runs);
-
-  const ms = median(ours.ms), peerMs = median(peer.ms);
-  console.log(`bench=resnet50.forward.wasm ms=${f(ms)} peer=onnxruntime-web peer_ms=${f(peerMs)} ratio=${f(ms / peerMs, 2)} ` +
-    `batch=${N} size=${H}x${W} runs=${args.runs} warmup=${args.warmup} isa=${lab.isa} peer_threads=${ort.env.wasm.numThreads} ` +
-    `peer_version=${ort.env.versions?.web ?? '?'}`);
-  console.log(`# ours ms: ${ours.ms.map((v) => f(v)).join(' ')}; onnxruntime-web ms: ${peer.ms.map((v) => f(v)).join(' ')}`);
-
-  const scale = maxAbs(peer.out), d = maxAbsDiff(ours.out, peer.out);
-  const ok = d <= 1e-4 * scale;
-  console.log(`check=resnet50.logits.wasm_vs_ort max_abs_diff=${g(d)} max_abs_logit=${g(scale)} rel=${g(d / scale)} ok=${ok ? 1 : 0}`);
-  if (x.torchLogits) {
-    const dt = maxAbsDiff(ours.out, x.torchLogits), dp = maxAbsDiff(peer.out, x.torchLogits);
-    console.log(`check=resnet50.logits.vs_torch wasm_max_abs_diff=${g(dt)} ort_max_abs_diff=${g(dp)}`);
+  let session = null;
+  if (ort) {
+    ort.env.wasm.numThreads = args.threads;
+    ort.env.wasm.simd = true;
+    session = await ort.InferenceSession.create(new Uint8Array(readFileSync(files.onnx)),
+      { executionProviders: ['wasm'], graphOptimizationLevel: 'all' });
+    const feeds = { [session.inputNames[0]]: new ort.Tensor('float32', x.nchw, [N, C, H, W]) };
+    peers.push({ name: 'onnxruntime-web', run: async () => (await session.run(feeds))[session.outputNames[0]].data,
+      threads: ort.env.wasm.numThreads, version: ort.env.versions?.web ?? '?', extra: '' });
   }
+
+  // interleaved, so that a busy machine slows every side alike
+  const res = await timeRuns([runOurs, ...peers.map((p) => p.run)], args.warmup, args.runs);
+  const ours = res[0], ms = median(ours.ms);
+  if (peers.length === 0)
+    console.log(`bench=resnet50.forward.wasm threads=${lab.threads} ms=${f(ms)} runs=${args.runs} isa=${lab.isa} build=${lab.build}`);
+  let bad = 0;
+  peers.forEach((p, k) => {
+    const r = res[k + 1], pms = median(r.ms), target = TARGETS[p.name];
+    // one thread on each side: the CPU-time ratio as well (see timeRuns)
+    const cpu = lab.threads === 1 && p.threads === 1
+      ? ` cpu_ms=${f(median(ours.cpu))} peer_cpu_ms=${f(median(r.cpu))} cpu_ratio=${f(median(ours.cpu) / median(r.cpu), 2)}` : '';
+    console.log(`bench=resnet50.forward.wasm threads=${lab.threads} ms=${f(ms)} peer=${p.name} peer_ms=${f(pms)} ` +
+      `ratio=${f(ms / pms, 2)}${cpu} target=${f(target, 2)} met=${ms / pms <= target ? 1 : 0} batch=${N} size=${H}x${W} ` +
+      `runs=${args.runs} warmup=${args.warmup} isa=${lab.isa} build=${lab.build} peer_threads=${p.threads} ` +
+      `peer_version=${p.version}${p.extra ? ' ' + p.extra : ''}`);
+  });
+  console.log(`# ms per round: bnlab ${ours.ms.map((v) => f(v)).join(' ')}` +
+    peers.map((p, k) => `; ${p.name} ${res[k + 1].ms.map((v) => f(v)).join(' ')}`).join(''));
+  peers.forEach((p, k) => {
+    const out = res[k + 1].out, scale = maxAbs(out), d = maxAbsDiff(ours.out, out), ok = d <= 1e-4 * scale;
+    const tag = p.name === 'onnxruntime-web' ? 'ort' : 'tfjs';
+    console.log(`check=resnet50.logits.wasm_vs_${tag} max_abs_diff=${g(d)} max_abs_logit=${g(scale)} rel=${g(d / scale)} ok=${ok ? 1 : 0}`);
+    if (!ok) {
+      console.log(`MISMATCH: our logits and ${p.name}'s differ by more than 1e-4 of the largest |logit|`);
+      bad = 1;
+    }
+  });
+  if (x.torchLogits)
+    console.log(`check=resnet50.logits.vs_torch wasm_max_abs_diff=${g(maxAbsDiff(ours.out, x.torchLogits))}` +
+      peers.map((p, k) => ` ${p.name}_max_abs_diff=${g(maxAbsDiff(res[k + 1].out, x.torchLogits))}`).join(''));
   model.dispose();
-  await session.release?.();
-  if (!ok) {
-    console.log('MISMATCH: our logits and onnxruntime-web\'s differ by more than 1e-4 of the largest |logit|');
-    return 1;
-  }
-  return 0;
+  await session?.release?.();
+  return bad;
 }
 
-process.exitCode = await main();
+// exit explicitly: TF.js's threaded build leaves its pthread workers running
+process.exit(await main());

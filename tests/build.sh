@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what is missing (Debian packages, npm packages from package-lock.json), then builds
-# the native binary (build/native) and the WebAssembly module (web/bnlab.wasm).
+# the native binary (build/native) and the WebAssembly modules (web/bnlab.wasm, single thread, and
+# web/threads/bnlab-threads.*, the same core on pthreads).
 # Used by both README commands; safe to run again (incremental).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -50,3 +51,10 @@ if [ ! -f build/wasm/CMakeCache.txt ]; then
 fi
 cmake --build build/wasm -j"$jobs"
 ls -l web/bnlab.wasm
+
+echo "== wasm threads build (web/threads/bnlab-threads.{js,wasm,worker.js})"
+if [ ! -f build/wasm-threads/CMakeCache.txt ]; then
+  emcmake cmake -S . -B build/wasm-threads -DCMAKE_BUILD_TYPE=Release -DBNL_WASM_THREADS=ON >/dev/null
+fi
+cmake --build build/wasm-threads -j"$jobs"
+ls -l web/threads/bnlab-threads.wasm

@@ -12,6 +12,9 @@ ctest --test-dir build/native --output-on-failure -j2
 echo "== wasm tests (node --test)"
 node --test tests/node/
 
+echo "== the parallel-for in the threaded wasm build (tests/c/wasm_parallel.sh)"
+bash tests/c/wasm_parallel.sh
+
 echo "== browser tests (node --test tests/browser/, headless chromium)"
 node --test tests/browser/
 

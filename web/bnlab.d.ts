@@ -15,9 +15,20 @@ export type IsaName = keyof typeof ISA;
 export interface CreateBnLabOptions {
   /** The bytes of bnlab.wasm; default: fetched (or read, in Node) from beside bnlab.mjs. */
   wasmBytes?: BufferSource;
+  /**
+   * Threads for the parallel loops: 1 = the single-thread build (bnlab.wasm), N > 1 = the threaded
+   * build (threads/bnlab-threads.*) on N threads. Default: `os.availableParallelism()` in Node,
+   * `navigator.hardwareConcurrency` in a Web Worker of a cross-origin-isolated page, else 1 (and 1
+   * when only `wasmBytes` is given). A page must call a threaded lab from a Web Worker.
+   */
+  threads?: number;
+  /** The build, explicitly: 'simd' or 'simd-threads' (the threaded build may also run on 1 thread). */
+  build?: 'simd' | 'simd-threads';
+  /** The bytes of threads/bnlab-threads.wasm; default: fetched (or read) from there. */
+  threadsWasmBytes?: BufferSource;
 }
 
-/** Loads and instantiates bnlab.wasm. */
+/** Loads and instantiates bnlab.wasm (or the threaded build). */
 export declare function createBnLab(options?: CreateBnLabOptions): Promise<BnLab>;
 
 export interface BnLab {
@@ -33,6 +44,12 @@ export interface BnLab {
   readonly memoryBytes: number;
   /** BatchNorm on its own, on an NHWC activation viewed as (M = N*H*W, C). */
   readonly batchNorm: BatchNormOps;
+  /** Threads the parallel loops run on. */
+  readonly threads: number;
+  /** 'simd' (bnlab.wasm, one thread) or 'simd-threads' (the same core on pthreads). */
+  readonly build: 'simd' | 'simd-threads';
+  /** The threaded build: ends its worker threads; the lab is unusable afterwards (no-op for 'simd'). */
+  terminate(): void;
 }
 
 /** Options of the stand-alone BatchNorm ops. */
@@ -177,6 +194,11 @@ export interface Model {
   setBatchNorm(options?: ModelBatchNormOptions): void;
   /** x: NHWC float32 of `shape`; returns the logits, Float32Array [n * numClasses]. Train mode updates running stats. */
   forward(x: FloatInput, shape: Shape4): Float32Array;
+  /**
+   * Train mode only: the forward up to BatchNorm layer `layer` (name or index), returning its
+   * bnStats(). Layers up to it get exactly a full forward's statistics; later layers keep theirs.
+   */
+  forwardTo(x: FloatInput, shape: Shape4, layer: string | number): BnStats;
   /** Statistics of one BatchNorm layer, by name (see info.bnLayers) or index. */
   bnStats(layer: string | number): BnStats;
   /** One SGD step in train mode (softmax cross-entropy, mean over the batch); returns the loss. Labels in [0, numClasses). */

@@ -1,9 +1,12 @@
 // bnlab.mjs: the JavaScript bridge to bnlab.wasm (the C core built with -msimd128, standalone).
-// One ES module, unchanged in Node 20+, browser pages and Web Workers. No Emscripten glue: we
-// instantiate the module ourselves with the few imports it lists.
+// One ES module, unchanged in Node 20+, browser pages and Web Workers. The single-thread build has
+// no Emscripten glue: we instantiate it ourselves with the few imports it lists. The threaded build
+// (threads/bnlab-threads.{js,wasm,worker.js}: the same core on pthreads over one shared memory)
+// comes with Emscripten's CommonJS glue, which starts its workers (README: wasm threads).
 //
 //   import { createBnLab } from './bnlab.mjs';
-//   const lab = await createBnLab();                // or createBnLab({ wasmBytes })
+//   const lab = await createBnLab();                // or createBnLab({ wasmBytes, threads })
+//   lab.threads, lab.build;                         // 4, 'simd-threads' (or 1, 'simd')
 //   const { y, mean, var: v } = lab.batchNorm.forwardTrain(x, M, C, { gamma, beta });
 //
 // Errors are thrown as Error with the C core's message; the instance stays usable afterwards.
@@ -75,7 +78,130 @@ function bnFlags(o) {
 
 export const ISA = Object.freeze({ scalar: 0, avx2: 1, avx512: 2, wasmsimd: 3 });
 
+// Shared memory can be used here: Node, or a cross-origin-isolated page's worker (a page's main
+// thread may not wait on other threads).
+function canShareMemory() {
+  if (typeof SharedArrayBuffer === 'undefined' || typeof Atomics === 'undefined') return false;
+  if (IS_NODE) return true;
+  const inWorker = typeof WorkerGlobalScope !== 'undefined' && typeof self !== 'undefined' && self instanceof WorkerGlobalScope;
+  return inWorker && globalThis.crossOriginIsolated === true;
+}
+
+async function defaultThreads() {
+  if (!canShareMemory()) return 1;
+  if (IS_NODE) {
+    const os = await import('node:os');
+    return os.availableParallelism ? os.availableParallelism() : os.cpus().length;
+  }
+  return (typeof navigator !== 'undefined' && navigator.hardwareConcurrency) || 1;
+}
+
+async function readUrl(url) {
+  if (IS_NODE && url.protocol === 'file:') {
+    const { readFile } = await import('node:fs/promises');
+    const { fileURLToPath } = await import('node:url');
+    return new Uint8Array(await readFile(fileURLToPath(url)));
+  }
+  const res = await fetch(url);
+  if (!res.ok) throw new Error(`bnlab: cannot fetch ${url}: HTTP ${res.status}`);
+  return new Uint8Array(await res.arrayBuffer());
+}
+
+const MAX_THREADS = 64;   // src/core/parallel.c's pool limit
+
+// The threaded build on `threads` threads: the caller plus threads - 1 pthreads, started before
+// this resolves (Emscripten's PTHREAD_POOL_SIZE, read from bnlPoolSize).
+async function loadThreaded(threads, options) {
+  const base = new URL('./threads/', import.meta.url);
+  let factory;
+  if (IS_NODE && base.protocol === 'file:') {
+    const { createRequire } = await import('node:module');
+    factory = createRequire(import.meta.url)('./threads/bnlab-threads.js');
+  } else {
+    // a classic script: evaluated here (module workers have no importScripts); its pthread
+    // workers load it again by URL
+    const text = new TextDecoder().decode(await readUrl(new URL('bnlab-threads.js', base)));
+    factory = new Function(`${text}\nreturn bnlabThreads;`)();
+  }
+  const wasmBinary = options.threadsWasmBytes || await readUrl(new URL('bnlab-threads.wasm', base));
+  const state = { memory: null, failed: null };
+  const nodeFiles = IS_NODE && base.protocol === 'file:';
+  const where = (path) => (nodeFiles ? decodeURIComponent(new URL(path, base).pathname) : new URL(path, base).href);
+  let loadFailed;
+  const failedToLoad = new Promise((_, reject) => { loadFailed = reject; });
+  // A worker that fails marks the lab failed (a call waiting on it is unwound to JS by Emscripten,
+  // and throws); while loading, it fails createBnLab. Idle workers do not keep Node alive.
+  const watch = (PThread) => {
+    for (const w of [...PThread.unusedWorkers, ...PThread.runningWorkers]) {
+      w.onerror = (e) => {
+        state.failed ??= `a worker thread failed (${e && e.message ? e.message : e})`;
+        loadFailed(new Error(`bnlab: ${state.failed}`));
+      };
+    }
+  };
+  const opts = {
+    // at least one worker: with none, Emscripten 3.1.6's glue never finishes loading
+    wasmBinary, bnlPoolSize: Math.max(1, threads - 1),
+    mainScriptUrlOrBlob: where('bnlab-threads.js'), locateFile: where,
+    print: (t) => console.log(t), printErr: (t) => console.error(t),
+    // instantiated here so that the workers are watched from the moment they get the module
+    instantiateWasm: (info, receive) => {
+      WebAssembly.instantiate(wasmBinary, info).then(({ instance, module }) => {
+        receive(instance, module);
+        watch(opts.PThread);   // the options object is the glue's Module
+      }, (e) => loadFailed(new Error(`bnlab: cannot instantiate the threaded build: ${e.message}`)));
+      return {};
+    },
+  };
+  const M = await Promise.race([factory(opts), failedToLoad]);
+  for (const w of [...M.PThread.unusedWorkers, ...M.PThread.runningWorkers]) if (typeof w.unref === 'function') w.unref();
+  const ex = {};
+  Object.defineProperty(ex, 'memory', { get: () => M.wasmMemory });
+  for (const key of Object.keys(M)) {
+    if (!key.startsWith('_bnl_wasm_') || typeof M[key] !== 'function') continue;
+    const fn = M[key];
+    ex[key.slice(1)] = (...args) => {
+      if (state.failed) throw new Error(`bnlab: ${state.failed}; this lab cannot be used any more, create a new one`);
+      try {
+        return fn(...args);
+      } catch (e) {
+        // a trap, or Emscripten unwinding the caller after a worker crashed
+        state.failed ??= `a thread failed (${e && e.message ? e.message : e})`;
+        throw new Error(`bnlab: ${state.failed}; this lab cannot be used any more, create a new one`);
+      }
+    };
+  }
+  state.memory = M.wasmMemory;
+  const got = ex.bnl_wasm_set_threads(threads);
+  return new BnLab(ex, state, { threads: got, build: 'simd-threads', terminate: () => M.PThread.terminateAllThreads() });
+}
+
+// options.threads: 1 = the single-thread build (bnlab.wasm); N > 1 = the threaded build on N
+// threads. Default: every core where shared memory is allowed (Node; a cross-origin-isolated
+// page's worker), else 1; and 1 when only options.wasmBytes (a single-thread module) is given.
+// options.build ('simd' | 'simd-threads') picks the build explicitly (tests: the threaded build on
+// one thread); options.threadsWasmBytes: the threaded build's module bytes.
 export async function createBnLab(options = {}) {
+  let threads = options.threads;
+  if (threads === undefined) threads = options.wasmBytes && !options.threadsWasmBytes ? 1 : await defaultThreads();
+  if (!Number.isInteger(threads) || threads < 1 || threads > MAX_THREADS)
+    throw new Error(`bnlab: threads must be an integer from 1 to ${MAX_THREADS} (got ${showShape(threads)})`);
+  const build = options.build ?? (threads > 1 ? 'simd-threads' : 'simd');
+  if (build !== 'simd' && build !== 'simd-threads')
+    throw new Error(`bnlab: build must be 'simd' or 'simd-threads' (got ${showShape(build)})`);
+  if (build === 'simd' && threads > 1) throw new Error(`bnlab: the 'simd' build runs one thread (asked for ${threads})`);
+  if (build === 'simd-threads') {
+    if (!canShareMemory())
+      throw new Error('bnlab: threads > 1 needs shared memory: Node, or a Web Worker of a cross-origin-isolated page');
+    if (options.threads !== undefined || options.build !== undefined) return loadThreaded(threads, options);
+    // threads by default: the single-thread build is the fallback when the threaded one cannot start
+    try {
+      return await loadThreaded(threads, options);
+    } catch (e) {
+      console.warn(`bnlab: the threaded build did not start (${e.message}); using the single-thread build`);
+    }
+    threads = 1;
+  }
   const bytes = options.wasmBytes || await loadWasmBytes();
   const module = await WebAssembly.compile(bytes);
   const state = { memory: null };
@@ -83,14 +209,25 @@ export async function createBnLab(options = {}) {
   const ex = instance.exports;
   state.memory = ex.memory;
   if (ex._initialize) ex._initialize();
-  return new BnLab(ex, state);
+  return new BnLab(ex, state, { threads: 1, build: 'simd' });
 }
 
 class BnLab {
-  constructor(ex, state) {
+  constructor(ex, state, { threads, build, terminate = null }) {
     this._ex = ex;
     this._state = state;
+    this._terminate = terminate;
     this.batchNorm = new BatchNormOps(this);
+    this.threads = threads;   // threads the parallel loops run on
+    this.build = build;       // 'simd' (bnlab.wasm) or 'simd-threads' (threads/bnlab-threads.wasm)
+  }
+
+  // The threaded build: ends its workers, and the lab is unusable afterwards (no-op for the
+  // single-thread build, whose memory goes with the lab).
+  terminate() {
+    if (!this._terminate) return;
+    this._state.failed ??= 'this lab was terminated';
+    this._terminate();
   }
 
   // Loads a safetensors state dict (torchvision ResNet names; F32/F16/BF16). Throws on a bad file.
@@ -119,7 +256,7 @@ class BnLab {
     const mem = new Uint8Array(this._ex.memory.buffer);
     let end = ptr;
     while (mem[end]) end++;
-    return new TextDecoder().decode(mem.subarray(ptr, end));
+    return new TextDecoder().decode(mem.slice(ptr, end));   // a copy: TextDecoder refuses shared memory
   }
   _check(status) {
     if (status !== 0) {
@@ -326,13 +463,32 @@ class Model {
     });
   }
 
+  // Train mode: the forward only up to BatchNorm layer `layer` (name or index), for a view of that
+  // layer; returns its bnStats(). Every layer up to it gets exactly the statistics (and running
+  // statistics update) a full forward gives; later layers keep what an earlier forward left.
+  forwardTo(x, shape, layer) {
+    const h = this._live(), L = this._lab;
+    const i = this._bnIndex(layer);
+    const n = checkShape(shape, 'forwardTo');
+    L._scoped((alloc) => {
+      const px = L._putF32(alloc, x, n, 'input');
+      L._check(L._ex.bnl_wasm_model_forward_to(h, px, shape[0], shape[1], shape[2], shape[3], i));
+    });
+    return this.bnStats(i);
+  }
+
+  _bnIndex(name) {
+    const i = typeof name === 'number' ? name : this.info.bnLayers.indexOf(name);
+    if (!Number.isInteger(i) || i < 0 || i >= this.info.bnLayers.length)
+      throw new Error(`bnlab: no BatchNorm layer named ${showShape(name)} (see model.info.bnLayers)`);
+    return i;
+  }
+
   // The statistics layer `name` (or index) used: the batch ones of the last train-mode forward
   // (biased variance; null before any) and the running ones.
   bnStats(name) {
     const h = this._live(), L = this._lab;
-    const i = typeof name === 'number' ? name : this.info.bnLayers.indexOf(name);
-    if (i < 0 || i >= this.info.bnLayers.length)
-      throw new Error(`bnlab: no BatchNorm layer named ${JSON.stringify(name)} (see model.info.bnLayers)`);
+    const i = this._bnIndex(name);
     return L._scoped((alloc) => {
       const po = alloc(16), pp = alloc(16);
       L._check(L._ex.bnl_wasm_model_bn_stats(h, i, po, pp));

@@ -447,9 +447,11 @@ async function train({ lr, momentum, B, steps, layer, seed }, progress) {
 }
 
 const COMMANDS = {
-  async init() {
-    S.lab = await createBnLab();
-    return { isa: S.lab.isa, crossOriginIsolated: self.crossOriginIsolated === true };
+  async init({ threads } = {}) {
+    // threads: every core where the page is cross-origin isolated (the threaded build), else 1
+    S.lab = await createBnLab(threads ? { threads } : {});
+    return { isa: S.lab.isa, crossOriginIsolated: self.crossOriginIsolated === true, threads: S.lab.threads,
+      build: S.lab.build };
   },
   async load({ bytes, name }) { return loadBytes(bytes, name); },
   async reset() {

@@ -64,6 +64,8 @@ int bnl_threads_effective(void) {
 #ifdef _OPENMP
     if (g_threads > 0) return g_threads;
     return omp_get_max_threads();
+#elif defined(__EMSCRIPTEN_PTHREADS__)
+    return g_threads > 0 ? g_threads : 1;   // the threaded wasm build: the bridge sets it
 #else
     return 1;
 #endif

@@ -29,15 +29,10 @@ static inline int bnl_mul_ok(size_t a, size_t b, size_t *out) {
     return 1;
 }
 
-int bnl_threads_effective(void);   // resolved thread count for OpenMP regions (1 without OpenMP)
+// Resolved thread count for parallel loops (core/parallel.h): OpenMP's, the threaded wasm build's
+// pool size, else 1.
+int bnl_threads_effective(void);
 
-// This thread's number inside an OpenMP parallel region (0 outside one, or without OpenMP).
-#ifdef _OPENMP
-#include <omp.h>
-static inline int bnl_thread_id(void) { return omp_get_thread_num(); }
-#else
-static inline int bnl_thread_id(void) { return 0; }
-#endif
 // Thread t's share [*a, *b) of n items split into T contiguous, nearly equal ranges.
 static inline void bnl_split(size_t n, int t, int T, size_t *a, size_t *b) {
     *a = n * (size_t)t / (size_t)T;

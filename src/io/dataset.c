@@ -1,14 +1,12 @@
 // Datasets, the common part: accessors, the per-sample pipeline (source image -> resize/crop ->
 // pad-crop -> flip -> normalize), batch assembly in parallel, and epoch permutations.
 #include "io/dataset_internal.h"
+#include "core/parallel.h"
 #include "core/rng.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 // ---- small helpers ------------------------------------------------------------------------------
 
@@ -372,6 +370,24 @@ static bnl_status produce(const bnl_dataset *d, size_t idx, const bnl_augment *a
     return BNL_OK;
 }
 
+// Batch assembly: one item per batch position, each thread with its own scratch.
+typedef struct {
+    const bnl_dataset *d;
+    const size_t *indices;
+    const bnl_augment *a;
+    uint64_t seed;
+    float *x;
+    size_t per;
+    bnl_ds_scratch *scratch;   // one per thread
+    bnl_first_error err;       // the error of the earliest batch position
+} get_batch_t;
+
+static void get_batch_items(void *vc, size_t k0, size_t k1, int tid) {
+    get_batch_t *j = vc;
+    for (size_t k = k0; k < k1; k++)
+        bnl_first_error_note(&j->err, k, produce(j->d, j->indices[k], j->a, 1, j->seed, j->x + k * j->per, &j->scratch[tid]));
+}
+
 bnl_status bnl_dataset_get_batch(const bnl_dataset *d, float *x, int64_t *labels, const size_t *indices,
                                  size_t n, const bnl_augment *aug, uint64_t seed) {
     if (!d) return bnl_fail(BNL_ERR_ARG, "dataset_get_batch: dataset is NULL");
@@ -389,41 +405,15 @@ bnl_status bnl_dataset_get_batch(const bnl_dataset *d, float *x, int64_t *labels
     if (labels)
         for (size_t k = 0; k < n; k++) labels[k] = bnl_dataset_label(d, indices[k]);
 
-    bnl_status first = BNL_OK;
-    size_t first_k = (size_t)-1;
-    char msg[512] = "";
-    int T = bnl_threads_effective();
-#ifdef _OPENMP
-    if (omp_in_parallel()) T = 1;
-    if ((size_t)T > n) T = (int)n;
-#pragma omp parallel num_threads(T) if (T > 1)
-#endif
-    {
-        bnl_ds_scratch s;
-        memset(&s, 0, sizeof s);
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 1)
-#endif
-        for (size_t k = 0; k < n; k++) {
-            bnl_status st = produce(d, indices[k], a, 1, seed, x + k * per, &s);
-            if (st != BNL_OK) {
-                // errors are per thread: keep the one of the earliest batch position
-#ifdef _OPENMP
-#pragma omp critical(bnl_dataset_error)
-#endif
-                {
-                    if (k < first_k) {
-                        first_k = k, first = st;
-                        snprintf(msg, sizeof msg, "%s", bnl_last_error());
-                    }
-                }
-            }
-        }
-        bnl_ds_scratch_free(&s);
-    }
-    (void)T;
-    if (first != BNL_OK) return bnl_fail(first, "%s", msg);
-    return BNL_OK;
+    get_batch_t job = {d, indices, a, seed, x, per, NULL, {0}};
+    int T = bnl_threads_for(n, (double)n, 2.0);
+    job.scratch = bnl_calloc((size_t)T, sizeof(bnl_ds_scratch));
+    if (!job.scratch) return bnl_fail(BNL_ERR_NOMEM, "dataset_get_batch: out of memory");
+    bnl_first_error_init(&job.err);
+    bnl_parallel_for_dynamic(n, T, get_batch_items, &job);
+    for (int t = 0; t < T; t++) bnl_ds_scratch_free(&job.scratch[t]);
+    bnl_free(job.scratch);
+    return bnl_first_error_status(&job.err);
 }
 
 bnl_status bnl_dataset_get_image_u8(const bnl_dataset *d, uint8_t *rgb, size_t i) {

@@ -4,6 +4,7 @@
 // and libpng errors come back through setjmp/longjmp as BNL_ERR_FORMAT naming the file, and a
 // truncated JPEG (libjpeg only warns) is an error too, as in PIL.
 #include "io/dataset_internal.h"
+#include "core/parallel.h"
 
 #include <string.h>
 
@@ -26,9 +27,6 @@ bnl_status bnl_dataset_imagefolder(bnl_dataset **out, const char *root, const bn
 #include <stdio.h>
 #include <stdlib.h>
 #include <sys/stat.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 #ifdef BNL_HAVE_JPEG
 #include <jpeglib.h>
 #include <jerror.h>
@@ -366,56 +364,51 @@ static bnl_status walk(const char *dir, int depth, strlist *files, size_t max) {
     return st;
 }
 
+// Decoding every image at open: one item per image, each thread with its own scratch.
+typedef struct {
+    bnl_dataset *d;
+    if_impl *f;
+    bnl_ds_scratch *scratch;   // one per thread
+    bnl_first_error err;       // the error of the first image in order
+} cache_job_t;
+
+static void cache_items(void *vc, size_t i0, size_t i1, int tid) {
+    cache_job_t *j = vc;
+    bnl_dataset *d = j->d;
+    if_impl *f = j->f;
+    bnl_ds_scratch *s = &j->scratch[tid];
+    for (size_t i = i0; i < i1; i++) {
+        decoded out = {&s->u8, &s->u8_cap, 0, 0};
+        bnl_status st = if_load(f->paths[i], d->resize, &out, s);
+        if (st == BNL_OK) {
+            // torchvision Resize(resize): shorter side = resize, longer int(resize * long / short)
+            int h = out.h, w = out.w, rh, rw;
+            if (h <= w) rh = d->resize, rw = (int)((int64_t)d->resize * w / h);
+            else rw = d->resize, rh = (int)((int64_t)d->resize * h / w);
+            uint8_t *c = bnl_alloc((size_t)rh * rw * 3);
+            bnl_ds_image src = {s->u8, h, w};
+            if (!c) st = bnl_fail(BNL_ERR_NOMEM, "%s: out of memory caching the image", f->paths[i]);
+            else st = bnl_ds_resize_u8(c, rh, rw, &src, s);
+            f->cache[i] = c, f->ch[i] = rh, f->cw[i] = rw;
+        }
+        bnl_first_error_note(&j->err, i, st);
+    }
+}
+
 static bnl_status build_cache(bnl_dataset *d, if_impl *f) {
     f->cache = bnl_calloc(f->count, sizeof(uint8_t *));
     f->ch = bnl_calloc(f->count, sizeof(int));
     f->cw = bnl_calloc(f->count, sizeof(int));
     if (!f->cache || !f->ch || !f->cw) return bnl_fail(BNL_ERR_NOMEM, "imagefolder: out of memory");
-    bnl_status first = BNL_OK;
-    size_t first_i = (size_t)-1;
-    char msg[512] = "";
-    int T = bnl_threads_effective();
-#ifdef _OPENMP
-    if (omp_in_parallel()) T = 1;
-#pragma omp parallel num_threads(T) if (T > 1)
-#endif
-    {
-        bnl_ds_scratch s;
-        memset(&s, 0, sizeof s);
-#ifdef _OPENMP
-#pragma omp for schedule(dynamic, 1)
-#endif
-        for (size_t i = 0; i < f->count; i++) {
-            decoded out = {&s.u8, &s.u8_cap, 0, 0};
-            bnl_status st = if_load(f->paths[i], d->resize, &out, &s);
-            if (st == BNL_OK) {
-                // torchvision Resize(resize): shorter side = resize, longer int(resize * long / short)
-                int h = out.h, w = out.w, rh, rw;
-                if (h <= w) rh = d->resize, rw = (int)((int64_t)d->resize * w / h);
-                else rw = d->resize, rh = (int)((int64_t)d->resize * h / w);
-                uint8_t *c = bnl_alloc((size_t)rh * rw * 3);
-                bnl_ds_image src = {s.u8, h, w};
-                if (!c) st = bnl_fail(BNL_ERR_NOMEM, "%s: out of memory caching the image", f->paths[i]);
-                else st = bnl_ds_resize_u8(c, rh, rw, &src, &s);
-                f->cache[i] = c, f->ch[i] = rh, f->cw[i] = rw;
-            }
-            if (st != BNL_OK) {
-#ifdef _OPENMP
-#pragma omp critical(bnl_imagefolder_error)
-#endif
-                {
-                    if (i < first_i) {
-                        first_i = i, first = st;
-                        snprintf(msg, sizeof msg, "%s", bnl_last_error());
-                    }
-                }
-            }
-        }
-        bnl_ds_scratch_free(&s);
-    }
-    (void)T;
-    if (first != BNL_OK) return bnl_fail(first, "%s", msg);
-    return BNL_OK;
+    cache_job_t job = {d, f, NULL, {0}};
+    int T = bnl_threads_for(f->count, (double)f->count, 2.0);
+    job.scratch = bnl_calloc((size_t)T, sizeof(bnl_ds_scratch));
+    if (!job.scratch) return bnl_fail(BNL_ERR_NOMEM, "imagefolder: out of memory");
+    bnl_first_error_init(&job.err);
+    bnl_parallel_for_dynamic(f->count, T, cache_items, &job);
+    for (int t = 0; t < T; t++) bnl_ds_scratch_free(&job.scratch[t]);
+    bnl_free(job.scratch);
+    return bnl_first_error_status(&job.err);
 }
 
 bnl_status bnl_dataset_imagefolder(bnl_dataset **out, const char *root, const bnl_imagefolder_opts *o) {

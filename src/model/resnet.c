@@ -3,6 +3,7 @@
 #include "model/resnet.h"
 
 #include "core/common.h"
+#include "core/parallel.h"
 #include "core/rng.h"
 #include "io/safetensors.h"
 #include "ops/ops.h"
@@ -1000,60 +1001,86 @@ static bnl_status forward_eval(bnl_resnet *m, float *logits, const float *x, int
 }
 
 // Elementwise passes of the residual blocks, fused (each is one read of its inputs, one write):
-// y = relu(a + b), ReLU keeping NaN like torch.relu.
-static void add_relu(float *y, const float *a, const float *b, size_t n) {
-    int T = n >= ((size_t)1 << 17) ? bnl_threads_effective() : 1;
-    (void)T;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
-#endif
-    for (long long i = 0; i < (long long)n; i++) {
+typedef struct {
+    float *out;
+    const float *a, *b, *y;
+} ew_t;
+
+static int ew_threads(size_t n) { return bnl_threads_for(n, (double)n, (double)(1u << 17)); }
+
+static void add_relu_range(void *vc, size_t i0, size_t i1, int tid) {
+    const ew_t *e = vc;
+    const float *a = e->a, *b = e->b;
+    float *y = e->out;
+    for (size_t i = i0; i < i1; i++) {
         float v = a[i] + b[i];
         y[i] = v < 0.0f ? 0.0f : v;
+    }
+}
+
+// y = relu(a + b), ReLU keeping NaN like torch.relu.
+static void add_relu(float *y, const float *a, const float *b, size_t n) {
+    ew_t e = {y, a, b, NULL};
+    bnl_parallel_for(n, ew_threads(n), add_relu_range, &e);
+}
+
+static void add_relu_backward_range(void *vc, size_t i0, size_t i1, int tid) {
+    const ew_t *e = vc;
+    const float *a = e->a, *b = e->b, *y = e->y;
+    float *g = e->out;
+    for (size_t i = i0; i < i1; i++) {
+        float v = b ? a[i] + b[i] : a[i];   // both loads unconditional: the loop vectorizes
+        g[i] = !y || y[i] > 0.0f ? v : 0.0f;
     }
 }
 
 // g = (a + b) where y > 0, else 0: the gradient sum at a block input, through the ReLU that made
 // it (y is that ReLU's output). b == NULL: a alone; y == NULL: no ReLU.
 static void add_relu_backward(float *g, const float *a, const float *b, const float *y, size_t n) {
-    int T = n >= ((size_t)1 << 17) ? bnl_threads_effective() : 1;
-    (void)T;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
-#endif
-    for (long long i = 0; i < (long long)n; i++) {
-        float v = b ? a[i] + b[i] : a[i];   // both loads unconditional: the loop vectorizes
-        g[i] = !y || y[i] > 0.0f ? v : 0.0f;
-    }
+    ew_t e = {g, a, b, y};
+    bnl_parallel_for(n, ew_threads(n), add_relu_backward_range, &e);
 }
 
-static bnl_status forward_impl(bnl_resnet *m, float *logits, const float *x, int N, int H, int W, int train) {
+// p[i0, i1) = 0
+static void zero_range(void *p, size_t i0, size_t i1, int tid) {
+    memset((float *)p + i0, 0, (i1 - i0) * sizeof(float));
+}
+
+// stop >= 0 (train mode): return right after BatchNorm layer `stop` (bns order, which is the order
+// they run in), logits not computed.
+static bnl_status forward_impl(bnl_resnet *m, float *logits, const float *x, int N, int H, int W, int train,
+                               int stop) {
     if (!train) return forward_eval(m, logits, x, N, H, W);
+#define BN_FWD(b)                                                                                                      \
+    do {                                                                                                               \
+        TRY(bn_fwd(m, (b), N, train));                                                                                 \
+        if ((b) - m->bns == stop) goto done;                                                                           \
+    } while (0)
     m->pk_valid = 0;   // running statistics move
     bn_t *stem = &m->bns[0];
     TRY(conv_fwd(m, &m->convs[0], stem->pre, x, N, H, W));
-    TRY(bn_fwd(m, stem, N, train));
+    BN_FWD(stem);
     TRY(bnl_maxpool_forward(m->stem_pool, m->pkeep ? m->argmax : NULL, stem->post, N, m->Hs, m->Ws, stem->C, 3, 2, 1,
                             m->Hp, m->Wp));
     for (int b = 0; b < m->nblocks; b++) {
         block_t *blk = &m->blocks[b];
         bn_t *b1 = &m->bns[blk->bn1], *b2 = &m->bns[blk->bn2];
         TRY(conv_fwd(m, &m->convs[blk->conv1], b1->pre, blk->in, N, blk->Hin, blk->Win));
-        TRY(bn_fwd(m, b1, N, train));
+        BN_FWD(b1);
         int h2 = m->info.bottleneck ? blk->Hin : blk->Hout, w2 = m->info.bottleneck ? blk->Win : blk->Wout;
         TRY(conv_fwd(m, &m->convs[blk->conv2], b2->pre, b1->post, N, h2, w2));
-        TRY(bn_fwd(m, b2, N, train));
+        BN_FWD(b2);
         bn_t *last = b2;
         if (blk->bn3 >= 0) {
             last = &m->bns[blk->bn3];
             TRY(conv_fwd(m, &m->convs[blk->conv3], last->pre, b2->post, N, blk->Hout, blk->Wout));
-            TRY(bn_fwd(m, last, N, train));
+            BN_FWD(last);
         }
         const float *shortcut = blk->in;
         if (blk->dbn >= 0) {
             bn_t *db = &m->bns[blk->dbn];
             TRY(conv_fwd(m, &m->convs[blk->dconv], db->pre, blk->in, N, blk->Hin, blk->Win));
-            TRY(bn_fwd(m, db, N, train));
+            BN_FWD(db);
             shortcut = db->post;
         }
         size_t n = (size_t)N * blk->Hout * blk->Wout * blk->cout;
@@ -1063,6 +1090,8 @@ static bnl_status forward_impl(bnl_resnet *m, float *logits, const float *x, int
     TRY(bnl_avgpool_forward(m->feat, lb->out, N, lb->Hout * lb->Wout, lb->cout));
     TRY(bnl_linear_forward(logits, m->feat, m->params + m->fc_w, m->params + m->fc_b, N, m->info.num_features,
                            m->info.num_classes));
+done:
+#undef BN_FWD
     if (train && m->info.norm == BNL_NORM_BATCH) m->has_batch = 1;
     return BNL_OK;
 }
@@ -1079,7 +1108,18 @@ bnl_status bnl_resnet_forward(bnl_resnet *m, float *logits, const float *x, int 
     TRY(check_input(m, x, N, H, W, "forward"));
     // train-mode forward without backward keeps nothing: the lean plan serves both modes
     TRY(plan(m, N, H, W, m->pkeep && m->pN == N && m->pH == H && m->pW == W));
-    return forward_impl(m, logits, x, N, H, W, m->training);
+    return forward_impl(m, logits, x, N, H, W, m->training, -1);
+}
+
+bnl_status bnl_resnet_forward_to(bnl_resnet *m, const float *x, int N, int H, int W, int stop) {
+    if (!m) return bnl_fail(BNL_ERR_ARG, "forward_to: NULL model");
+    if (stop < 0 || stop >= m->nbn)
+        return bnl_fail(BNL_ERR_ARG, "forward_to: no BatchNorm layer #%d (the model has %d)", stop, m->nbn);
+    if (!m->training)
+        return bnl_fail(BNL_ERR_ARG, "forward_to: the model is in eval mode (it reads running statistics; train() first)");
+    TRY(check_input(m, x, N, H, W, "forward_to"));
+    TRY(plan(m, N, H, W, m->pkeep && m->pN == N && m->pH == H && m->pW == W));
+    return forward_impl(m, NULL, x, N, H, W, 1, stop);
 }
 
 bnl_status bnl_resnet_forward_backward(bnl_resnet *m, float *loss, float *logits, const float *x, int N, int H, int W,
@@ -1095,7 +1135,7 @@ bnl_status bnl_resnet_forward_backward(bnl_resnet *m, float *loss, float *logits
     float *lg = m->probs;
     float *tmp_logits = bnl_alloc((size_t)N * K * sizeof(float));
     if (!tmp_logits) return bnl_fail(BNL_ERR_NOMEM, "out of memory for logits");
-    bnl_status s = forward_impl(m, tmp_logits, x, N, H, W, 1);
+    bnl_status s = forward_impl(m, tmp_logits, x, N, H, W, 1, -1);
     if (s == BNL_OK) s = bnl_softmax_xent_forward(loss, lg, tmp_logits, labels, N, (int)K);
     if (s == BNL_OK && logits) memcpy(logits, tmp_logits, (size_t)N * K * sizeof(float));
     bnl_free(tmp_logits);
@@ -1106,16 +1146,8 @@ bnl_status bnl_resnet_forward_backward(bnl_resnet *m, float *loss, float *logits
     if (bad_loss && !m->sync_fn && !m->grad_fn) return bnl_fail(BNL_ERR_NUMERIC, "step: the loss is %g", (double)*loss);
 
     {   // zero-grad, split across threads (100 MB for ResNet-50)
-        size_t n = m->info.num_params, chunk = (size_t)1 << 20, nch = (n + chunk - 1) / chunk;
-        int T = bnl_threads_effective();
-        (void)T;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(T) if (T > 1 && nch > 1)
-#endif
-        for (long long c = 0; c < (long long)nch; c++) {
-            size_t a = (size_t)c * chunk, len = n - a < chunk ? n - a : chunk;
-            memset(m->grads + a, 0, len * sizeof(float));
-        }
+        size_t n = m->info.num_params;
+        bnl_parallel_for(n, bnl_threads_for(n, (double)n, (double)(1u << 20)), zero_range, m->grads);
     }
     float **G = m->grad_buf;
     // head: dlogits -> fc -> avgpool
@@ -1173,6 +1205,29 @@ bnl_status bnl_resnet_forward_backward(bnl_resnet *m, float *loss, float *logits
     return BNL_OK;
 }
 
+
+typedef struct {
+    float *p;
+    const float *g;
+    float *b;
+    float wd;
+    const bnl_sgd *o;
+} sgd_t;
+
+static void sgd_range(void *vc, size_t i0, size_t i1, int tid) {
+    const sgd_t *u = vc;
+    const bnl_sgd *o = u->o;
+    float *p = u->p, *b = u->b, wd = u->wd;
+    const float *g = u->g;
+    for (size_t i = i0; i < i1; i++) {
+        float d = g[i] + wd * p[i];
+        if (o->momentum != 0.0f) {
+            b[i] = o->momentum * b[i] + d;
+            d = o->nesterov ? d + o->momentum * b[i] : b[i];
+        }
+        p[i] -= o->lr * d;
+    }
+}
 bnl_status bnl_resnet_sgd_update(bnl_resnet *m, const bnl_sgd *o) {
     if (!m || !o) return bnl_fail(BNL_ERR_ARG, "sgd: NULL argument");
     if (!isfinite(o->lr) || o->lr < 0 || !(o->momentum >= 0) || !(o->weight_decay >= 0))
@@ -1182,20 +1237,9 @@ bnl_status bnl_resnet_sgd_update(bnl_resnet *m, const bnl_sgd *o) {
     for (int s = 0; s < m->nseg; s++) {
         const segment_t *sg = &m->segs[s];
         float wd = (sg->decay || !o->no_decay_bn_bias) ? o->weight_decay : 0.0f;
-        float *p = m->params + sg->off, *g = m->grads + sg->off, *b = m->mom + sg->off;
-        int T = sg->n >= ((size_t)1 << 16) ? bnl_threads_effective() : 1;   // elementwise: any split, same bits
-        (void)T;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
-#endif
-        for (long long i = 0; i < (long long)sg->n; i++) {
-            float d = g[i] + wd * p[i];
-            if (o->momentum != 0.0f) {
-                b[i] = o->momentum * b[i] + d;
-                d = o->nesterov ? d + o->momentum * b[i] : b[i];
-            }
-            p[i] -= o->lr * d;
-        }
+        sgd_t u = {m->params + sg->off, m->grads + sg->off, m->mom + sg->off, wd, o};
+        // elementwise: any split, same bits
+        bnl_parallel_for(sg->n, bnl_threads_for(sg->n, (double)sg->n, (double)(1u << 16)), sgd_range, &u);
     }
     m->pk_valid = 0;
     return BNL_OK;

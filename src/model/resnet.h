@@ -98,6 +98,11 @@ bnl_bn_config bnl_resnet_bn_config(const bnl_resnet *m);
 // logits: (N, classes), x: (N,H,W,in_channels) NHWC float32, already normalized.
 // Train mode uses batch statistics and updates the running ones; eval mode only reads them.
 bnl_status bnl_resnet_forward(bnl_resnet *m, float *logits, const float *x, int N, int H, int W);
+// Train mode only: the forward up to and including BatchNorm layer `stop` (bnl_resnet_bn_name
+// order), for a view of that layer: its batch statistics and those of every layer before it are
+// computed and their running statistics updated, exactly as a full forward would; later layers keep
+// what an earlier forward left (their running statistics do not move). No logits.
+bnl_status bnl_resnet_forward_to(bnl_resnet *m, const float *x, int N, int H, int W, int stop);
 
 // Train-mode forward + softmax cross-entropy (mean over the batch) + backward: gradients are
 // overwritten (zero-grad is part of it). *loss gets the loss; logits (may be NULL) the logits.

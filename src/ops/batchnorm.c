@@ -3,14 +3,12 @@
 //
 // Sizes: M = N*H*W rows, C channels. x, y, dy, dx: (M, C). Per-channel vectors: (C).
 #include "core/common.h"
+#include "core/parallel.h"
 #include "ops/dispatch.h"
 
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 bnl_bn_config bnl_bn_config_default(void) {
     bnl_bn_config c;
@@ -116,37 +114,34 @@ static size_t block_rows(size_t C) {
     return R;
 }
 
-static int thread_count(size_t work_items) {
-    int t = bnl_threads_effective();
-    if ((size_t)t > work_items) t = (int)work_items;
-    return t < 1 ? 1 : t;
-}
+static int thread_count(size_t work_items) { return bnl_threads_for(work_items, (double)work_items, 2.0); }
 
-// Per-channel batch mean (float) and biased variance (double) by blocks merged with Chan's formula.
-static bnl_status simd_stats(double *mean, double *var, const bnl_bn_kernels *k, const float *x,
-                             size_t M, size_t C) {
-    size_t R = block_rows(C), nblocks = (M + R - 1) / R;
-    int T = thread_count(nblocks);
-    double *acc = bnl_calloc((size_t)T * 2 * C, sizeof(double));    // per thread: mean[C], m2[C]
-    double *cnt = bnl_calloc((size_t)T, sizeof(double));
-    float *scratch = bnl_calloc((size_t)T * 3 * C, sizeof(float));
-    if (!acc || !cnt || !scratch) {
-        bnl_free(acc), bnl_free(cnt), bnl_free(scratch);
-        return bnl_fail(BNL_ERR_NOMEM, "batchnorm: out of memory for statistics (C = %zu)", C);
-    }
-#ifdef _OPENMP
-#pragma omp parallel num_threads(T)
-#endif
-    {
-        int t = bnl_thread_id();
+// The reductions run over a fixed number of chunks of blocks (the shape decides, not the thread
+// count), each reduced in order by one thread, then merged in chunk order: the same bits on any
+// number of threads, in the native build and the threaded wasm build alike.
+#define BN_CHUNKS 16
+
+typedef struct {
+    const bnl_bn_kernels *k;
+    const float *x, *dy, *mean, *scale, *beta;
+    size_t M, C, R, nblocks, nch;
+    int relu;
+    double *acc, *cnt;     // per chunk: 2C doubles (mean, m2 / sum_g, sum_gxc), and a count
+    float *scratch;        // per thread: 3C floats
+} bn_reduce_t;
+
+static void stats_chunks(void *vc, size_t q0, size_t q1, int tid) {
+    const bn_reduce_t *r = vc;
+    size_t C = r->C, R = r->R;
+    float *sh = r->scratch + (size_t)tid * 3 * C, *s1 = sh + C, *s2 = s1 + C;
+    for (size_t q = q0; q < q1; q++) {
         size_t b0, b1;
-        bnl_split(nblocks, t, T, &b0, &b1);
-        double *am = acc + (size_t)t * 2 * C, *a2 = am + C;
-        float *sh = scratch + (size_t)t * 3 * C, *s1 = sh + C, *s2 = s1 + C;
+        bnl_split(r->nblocks, (int)q, (int)r->nch, &b0, &b1);
+        double *am = r->acc + q * 2 * C, *a2 = am + C;
         double na = 0.0;
         for (size_t b = b0; b < b1; b++) {
-            size_t r0 = b * R, rows = r0 + R <= M ? R : M - r0;
-            k->block_stats(sh, s1, s2, x + r0 * C, rows, C);
+            size_t r0 = b * R, rows = r0 + R <= r->M ? R : r->M - r0;
+            r->k->block_stats(sh, s1, s2, r->x + r0 * C, rows, C);
             double nb = (double)rows, n = na + nb;
             for (size_t c = 0; c < C; c++) {
                 double corr = (double)s1[c] / nb, bmean = (double)sh[c] + corr;
@@ -157,14 +152,40 @@ static bnl_status simd_stats(double *mean, double *var, const bnl_bn_kernels *k,
             }
             na = n;
         }
-        cnt[t] = na;
+        r->cnt[q] = na;
     }
-    // merge the threads' partial results in a fixed order: deterministic for a given thread count
-    double na = cnt[0];
-    for (int t = 1; t < T; t++) {
-        double nb = cnt[t], n = na + nb;
+}
+
+static bnl_status reduce_alloc(bn_reduce_t *r, const bnl_bn_kernels *k, size_t M, size_t C, int T) {
+    memset(r, 0, sizeof *r);
+    r->k = k, r->M = M, r->C = C, r->R = block_rows(C), r->nblocks = (M + r->R - 1) / r->R;
+    r->nch = r->nblocks < BN_CHUNKS ? r->nblocks : BN_CHUNKS;
+    r->acc = bnl_calloc(r->nch * 2 * C, sizeof(double));
+    r->cnt = bnl_calloc(r->nch, sizeof(double));
+    r->scratch = bnl_calloc((size_t)T * 3 * C, sizeof(float));
+    if (r->acc && r->cnt && r->scratch) return BNL_OK;
+    bnl_free(r->acc), bnl_free(r->cnt), bnl_free(r->scratch);
+    return BNL_ERR_NOMEM;
+}
+
+static void reduce_free(bn_reduce_t *r) { bnl_free(r->acc), bnl_free(r->cnt), bnl_free(r->scratch); }
+
+// Per-channel batch mean (float) and biased variance (double) by blocks merged with Chan's formula.
+static bnl_status simd_stats(double *mean, double *var, const bnl_bn_kernels *k, const float *x,
+                             size_t M, size_t C) {
+    bn_reduce_t r;
+    size_t nblocks = (M + block_rows(C) - 1) / block_rows(C);
+    int T = thread_count(nblocks < BN_CHUNKS ? nblocks : BN_CHUNKS);
+    if (reduce_alloc(&r, k, M, C, T) != BNL_OK)
+        return bnl_fail(BNL_ERR_NOMEM, "batchnorm: out of memory for statistics (C = %zu)", C);
+    r.x = x;
+    bnl_parallel_for(r.nch, T, stats_chunks, &r);
+    // merge the chunks' partial results in chunk order
+    double *acc = r.acc, na = r.cnt[0];
+    for (size_t q = 1; q < r.nch; q++) {
+        double nb = r.cnt[q], n = na + nb;
         if (nb == 0.0) continue;
-        double *bm = acc + (size_t)t * 2 * C, *b2 = bm + C;
+        double *bm = acc + q * 2 * C, *b2 = bm + C;
         for (size_t c = 0; c < C; c++) {
             double delta = bm[c] - acc[c];
             acc[c] += delta * nb / n;
@@ -177,23 +198,44 @@ static bnl_status simd_stats(double *mean, double *var, const bnl_bn_kernels *k,
         double v = acc[C + c] / (double)M;
         var[c] = v > 0.0 ? v : 0.0;
     }
-    bnl_free(acc), bnl_free(cnt), bnl_free(scratch);
+    reduce_free(&r);
     return BNL_OK;
+}
+
+typedef struct {
+    const bnl_bn_kernels *k;
+    float *y;
+    const float *x, *dy, *mean, *scale, *beta, *a, *b, *d;
+    size_t C;
+    int relu, stream;
+} bn_apply_t;
+
+static void apply_rows(void *vc, size_t r0, size_t r1, int tid) {
+    const bn_apply_t *p = vc;
+    p->k->apply(p->y + r0 * p->C, p->x + r0 * p->C, p->mean, p->scale, p->beta, r1 - r0, p->C, p->relu, p->stream);
 }
 
 static void simd_apply(const bnl_bn_kernels *k, float *y, const float *x, const float *mean,
                        const float *scale, const float *beta, size_t M, size_t C, int relu) {
     // Write around the cache when the output is far larger than the caches and is not the input.
     int stream = y != x && M * C * sizeof(float) >= ((size_t)8 << 20);
-    int T = thread_count(M / 64 + 1);
-#ifdef _OPENMP
-#pragma omp parallel num_threads(T)
-#endif
-    {
-        int t = bnl_thread_id();
-        size_t r0, r1;
-        bnl_split(M, t, T, &r0, &r1);
-        if (r1 > r0) k->apply(y + r0 * C, x + r0 * C, mean, scale, beta, r1 - r0, C, relu, stream);
+    bn_apply_t p = {k, y, x, NULL, mean, scale, beta, NULL, NULL, NULL, C, relu, stream};
+    bnl_parallel_for(M, thread_count(M / 64 + 1), apply_rows, &p);
+}
+
+static void bwd_chunks(void *vc, size_t q0, size_t q1, int tid) {
+    const bn_reduce_t *r = vc;
+    size_t C = r->C, R = r->R;
+    float *sg = r->scratch + (size_t)tid * 3 * C, *sgx = sg + C;
+    for (size_t q = q0; q < q1; q++) {
+        size_t b0, b1;
+        bnl_split(r->nblocks, (int)q, (int)r->nch, &b0, &b1);
+        double *ag = r->acc + q * 2 * C, *agx = ag + C;
+        for (size_t b = b0; b < b1; b++) {
+            size_t r0 = b * R, rows = r0 + R <= r->M ? R : r->M - r0;
+            r->k->bwd_reduce(sg, sgx, r->dy + r0 * C, r->x + r0 * C, r->mean, r->scale, r->beta, rows, C, r->relu);
+            for (size_t c = 0; c < C; c++) ag[c] += sg[c], agx[c] += sgx[c];
+        }
     }
 }
 
@@ -201,52 +243,34 @@ static void simd_apply(const bnl_bn_kernels *k, float *y, const float *x, const 
 static bnl_status simd_bwd_reduce(double *sum_g, double *sum_gxc, const bnl_bn_kernels *k,
                                   const float *dy, const float *x, const float *mean,
                                   const float *scale, const float *beta, size_t M, size_t C, int relu) {
-    size_t R = block_rows(C), nblocks = (M + R - 1) / R;
-    int T = thread_count(nblocks);
-    double *acc = bnl_calloc((size_t)T * 2 * C, sizeof(double));
-    float *scratch = bnl_calloc((size_t)T * 2 * C, sizeof(float));
-    if (!acc || !scratch) {
-        bnl_free(acc), bnl_free(scratch);
+    bn_reduce_t r;
+    size_t nblocks = (M + block_rows(C) - 1) / block_rows(C);
+    int T = thread_count(nblocks < BN_CHUNKS ? nblocks : BN_CHUNKS);
+    if (reduce_alloc(&r, k, M, C, T) != BNL_OK)
         return bnl_fail(BNL_ERR_NOMEM, "batchnorm: out of memory for backward (C = %zu)", C);
-    }
-#ifdef _OPENMP
-#pragma omp parallel num_threads(T)
-#endif
-    {
-        int t = bnl_thread_id();
-        size_t b0, b1;
-        bnl_split(nblocks, t, T, &b0, &b1);
-        double *ag = acc + (size_t)t * 2 * C, *agx = ag + C;
-        float *sg = scratch + (size_t)t * 2 * C, *sgx = sg + C;
-        for (size_t b = b0; b < b1; b++) {
-            size_t r0 = b * R, rows = r0 + R <= M ? R : M - r0;
-            k->bwd_reduce(sg, sgx, dy + r0 * C, x + r0 * C, mean, scale, beta, rows, C, relu);
-            for (size_t c = 0; c < C; c++) ag[c] += sg[c], agx[c] += sgx[c];
-        }
-    }
+    r.dy = dy, r.x = x, r.mean = mean, r.scale = scale, r.beta = beta, r.relu = relu;
+    bnl_parallel_for(r.nch, T, bwd_chunks, &r);
     for (size_t c = 0; c < C; c++) {
         double a = 0.0, b = 0.0;
-        for (int t = 0; t < T; t++) a += acc[(size_t)t * 2 * C + c], b += acc[(size_t)t * 2 * C + C + c];
+        for (size_t q = 0; q < r.nch; q++) a += r.acc[q * 2 * C + c], b += r.acc[q * 2 * C + C + c];
         sum_g[c] = a, sum_gxc[c] = b;
     }
-    bnl_free(acc), bnl_free(scratch);
+    reduce_free(&r);
     return BNL_OK;
+}
+
+static void bwd_apply_rows(void *vc, size_t r0, size_t r1, int tid) {
+    const bn_apply_t *p = vc;
+    size_t C = p->C;
+    p->k->bwd_apply(p->y + r0 * C, p->dy + r0 * C, p->x + r0 * C, p->mean, p->a, p->b, p->d, p->scale, p->beta,
+                    r1 - r0, C, p->relu);
 }
 
 static void simd_bwd_apply(const bnl_bn_kernels *k, float *dx, const float *dy, const float *x,
                            const float *mean, const float *a, const float *b, const float *d,
                            const float *scale, const float *beta, size_t M, size_t C, int relu) {
-    int T = thread_count(M / 64 + 1);
-#ifdef _OPENMP
-#pragma omp parallel num_threads(T)
-#endif
-    {
-        int t = bnl_thread_id();
-        size_t r0, r1;
-        bnl_split(M, t, T, &r0, &r1);
-        if (r1 > r0)
-            k->bwd_apply(dx + r0 * C, dy + r0 * C, x + r0 * C, mean, a, b, d, scale, beta, r1 - r0, C, relu);
-    }
+    bn_apply_t p = {k, dx, x, dy, mean, scale, beta, a, b, d, C, relu, 0};
+    bnl_parallel_for(M, thread_count(M / 64 + 1), bwd_apply_rows, &p);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -15,15 +15,13 @@
 // k order. col2im runs by input rows, every dx value getting its terms in output-pixel order. So
 // results are bitwise the same for any thread count and any tile size.
 #include "core/common.h"
+#include "core/parallel.h"
 #include "ops/gemm_kernels.h"
 #include "ops/ops.h"
 
 #include <limits.h>
 #include <stdlib.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 #define CONV_TILE_FLOATS (1024 * 1024)   // target patch buffer: 4 MB
 #define CONV_TILE_MIN 128
@@ -87,36 +85,35 @@ static size_t tile_pixels(const bnl_conv_shape *s, size_t rsc) {
     return t;
 }
 
-static int threads_for(size_t items) {
-    int T = bnl_threads_effective();
-#ifdef _OPENMP
-    if (omp_in_parallel()) T = 1;
-#endif
-    if ((size_t)T > items) T = (int)items;
-    return T < 1 ? 1 : T;
+static int threads_for(size_t items) { return bnl_threads_for(items, (double)items, 0.0); }
+
+typedef struct {
+    float *dx;
+    size_t C;
+} dx_zero_t;
+
+// Rows [i0, i1) of dx (C floats each) = 0.
+static void dx_zero_rows(void *vc, size_t i0, size_t i1, int tid) {
+    const dx_zero_t *z = vc;
+    memset(z->dx + i0 * z->C, 0, (i1 - i0) * z->C * sizeof(float));
 }
 
-// col2im for output pixels [t0, t1): dx += the patch gradients, summed where windows overlap.
-// Parallel over input rows (n,h): each thread writes only its own rows. r runs downwards so that
-// p, and then q, go upwards: every dx value gets its terms in output-pixel order, whatever the
-// thread count and wherever the tile boundaries fall.
-static void col2im_tile(float *dx, const float *dpatch, const bnl_conv_shape *s, size_t rsc,
-                        size_t t0, size_t t1, int T) {
+typedef struct {
+    float *dx;
+    const float *dpatch;
+    const bnl_conv_shape *s;
+    size_t rsc, t0, t1, G0;
+} col2im_t;
+
+// Input rows G0 + [i0, i1) of a col2im tile.
+static void col2im_rows(void *vc, size_t i0, size_t i1, int tid) {
+    const col2im_t *c = vc;
+    const bnl_conv_shape *s = c->s;
     size_t P = (size_t)s->P, Q = (size_t)s->Q, H = (size_t)s->H, W = (size_t)s->W, C = (size_t)s->C;
-    size_t g0 = t0 / Q, g1 = (t1 - 1) / Q;                // output rows (n*P + p), inclusive
-    size_t n0 = g0 / P, p0 = g0 % P, n1 = g1 / P, p1 = g1 % P;
-    long lo = (long)p0 * s->stride - s->pad, hi = (long)p1 * s->stride - s->pad + s->R - 1;
-    if (lo < 0) lo = 0;
-    if (hi > (long)H - 1) hi = (long)H - 1;
-    size_t G0 = n0 * H + (size_t)lo, G1 = n1 * H + (size_t)hi;   // input rows (n*H + h), inclusive
-    if (G1 < G0) return;
-    (void)T;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
-#endif
-    for (long long G = (long long)G0; G <= (long long)G1; G++) {
-        size_t n = (size_t)G / H, h = (size_t)G % H;
-        float *dxr = dx + (size_t)G * W * C;
+    size_t rsc = c->rsc, t0 = c->t0, t1 = c->t1;
+    for (size_t G = c->G0 + i0; G < c->G0 + i1; G++) {
+        size_t n = G / H, h = G % H;
+        float *dxr = c->dx + G * W * C;
         for (int r = s->R - 1; r >= 0; r--) {
             long ph = (long)h + s->pad - r;
             if (ph < 0 || ph % s->stride) continue;
@@ -126,18 +123,36 @@ static void col2im_tile(float *dx, const float *dpatch, const bnl_conv_shape *s,
             if (base + Q <= t0 || base >= t1) continue;
             size_t qa = t0 > base ? t0 - base : 0, qb = t1 - base < Q ? t1 - base : Q;
             for (size_t q = qa; q < qb; q++) {
-                const float *src = dpatch + (base + q - t0) * rsc + (size_t)r * s->S * C;
+                const float *src = c->dpatch + (base + q - t0) * rsc + (size_t)r * s->S * C;
                 long w0 = (long)q * s->stride - s->pad;
                 for (int c0 = 0; c0 < s->S; c0++) {
                     long w = w0 + c0;
                     if (w < 0 || w >= (long)W) continue;
                     float *d = dxr + (size_t)w * C;
                     const float *g = src + (size_t)c0 * C;
-                    for (size_t c = 0; c < C; c++) d[c] += g[c];
+                    for (size_t k = 0; k < C; k++) d[k] += g[k];
                 }
             }
         }
     }
+}
+
+// col2im for output pixels [t0, t1): dx += the patch gradients, summed where windows overlap.
+// Parallel over input rows (n,h): each thread writes only its own rows. r runs downwards so that
+// p, and then q, go upwards: every dx value gets its terms in output-pixel order, whatever the
+// thread count and wherever the tile boundaries fall.
+static void col2im_tile(float *dx, const float *dpatch, const bnl_conv_shape *s, size_t rsc,
+                        size_t t0, size_t t1, int T) {
+    size_t P = (size_t)s->P, Q = (size_t)s->Q, H = (size_t)s->H;
+    size_t g0 = t0 / Q, g1 = (t1 - 1) / Q;                // output rows (n*P + p), inclusive
+    size_t n0 = g0 / P, p0 = g0 % P, n1 = g1 / P, p1 = g1 % P;
+    long lo = (long)p0 * s->stride - s->pad, hi = (long)p1 * s->stride - s->pad + s->R - 1;
+    if (lo < 0) lo = 0;
+    if (hi > (long)H - 1) hi = (long)H - 1;
+    size_t G0 = n0 * H + (size_t)lo, G1 = n1 * H + (size_t)hi;   // input rows (n*H + h), inclusive
+    if (G1 < G0) return;
+    col2im_t c = {dx, dpatch, s, rsc, t0, t1, G0};
+    bnl_parallel_for(G1 - G0 + 1, T, col2im_rows, &c);
 }
 
 // The GEMM operands of a convolution.
@@ -257,12 +272,8 @@ static bnl_status dx_col2im(float *dx, const float *dy, const float *w, const bn
     bnl_gemm_src b = src_strided(w, rsc, 1);   // B (K, rsc) = w, packed once for every tile
     bnl_gemm_pack_b(wp, kt, &b, rsc, K, NULL);
     bnl_gemm_src bp = {BNL_SRC_PACKED, wp, K, 0, NULL, kt};
-    int Tz = threads_for(nin * C / 65536 + 1);
-    (void)Tz;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(Tz) if (Tz > 1)
-#endif
-    for (long long i = 0; i < (long long)nin; i++) memset(dx + (size_t)i * C, 0, C * sizeof(float));
+    dx_zero_t z = {dx, C};
+    bnl_parallel_for(nin, threads_for(nin * C / 65536 + 1), dx_zero_rows, &z);
     int T = threads_for(tp);
     bnl_status st = BNL_OK;
     for (size_t t0 = 0; t0 < npix && st == BNL_OK; t0 += tp) {
@@ -278,18 +289,25 @@ static bnl_status dx_col2im(float *dx, const float *dy, const float *w, const bn
     return st;
 }
 
+typedef struct {
+    float *dx;
+    const float *res, *gate;
+} dx_epi_t;
+
+static void dx_epilogue_range(void *vc, size_t i0, size_t i1, int tid) {
+    const dx_epi_t *e = vc;
+    float *dx = e->dx;
+    for (size_t i = i0; i < i1; i++) {
+        float v = e->res ? dx[i] + e->res[i] : dx[i];
+        dx[i] = !e->gate || e->gate[i] > 0.0f ? v : 0.0f;
+    }
+}
+
 // dx = gate > 0 ? dx + res : 0 after col2im (the GEMM epilogue does it on the other paths).
 static void dx_epilogue(float *dx, const float *res, const float *gate, size_t n) {
     if (!res && !gate) return;
-    int T = threads_for(n / 65536 + 1);
-    (void)T;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
-#endif
-    for (long long i = 0; i < (long long)n; i++) {
-        float v = res ? dx[i] + res[i] : dx[i];
-        dx[i] = !gate || gate[i] > 0.0f ? v : 0.0f;
-    }
+    dx_epi_t e = {dx, res, gate};
+    bnl_parallel_for(n, threads_for(n / 65536 + 1), dx_epilogue_range, &e);
 }
 
 bnl_status bnl_conv2d_backward(float *dx, float *dw, const float *dy, const float *x,

@@ -10,13 +10,11 @@
 //
 // Sizes: C (M,N) with row stride ldc; a K-deep reduction.
 #include "core/common.h"
+#include "core/parallel.h"
 #include "ops/gemm_kernels.h"
 #include "ops/ops.h"
 
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
 // ---------------------------------------------------------------------------------------------
 // The scalar reference micro-kernel: 4 x 16 in plain C (no intrinsics; the compiler may vectorize
@@ -258,33 +256,29 @@ size_t bnl_gemm_packed_floats(const bnl_gemm_kernels *kt, size_t N, size_t K) {
     return round_up(N, (size_t)kt->nr) * K;
 }
 
-static int in_parallel(void) {
-#ifdef _OPENMP
-    return omp_in_parallel();
-#else
-    return 1;
-#endif
-}
+// threads only for work worth a fork (about 0.25 MFLOP), never inside another parallel loop
+static int threads_for_work(size_t items, double flops) { return bnl_threads_for(items, flops, 131072.0); }
 
-static int threads_for_work(double flops) {
-    // threads only for work worth a fork (about 0.25 MFLOP), never inside another parallel region
-    if (flops < 131072.0 || in_parallel()) return 1;
-    return bnl_threads_effective();
+typedef struct {
+    float *dst;
+    const bnl_gemm_src *src;
+    size_t N, K, koff, nr;
+    const float *col_scale;
+} pack_b_ctx;
+
+static void pack_b_range(void *vc, size_t p0, size_t p1, int tid) {
+    const pack_b_ctx *c = vc;
+    for (size_t p = p0; p < p1; p++) {
+        size_t j = p * c->nr, nb = c->N - j < c->nr ? c->N - j : c->nr;
+        pack_b_panel(c->dst + p * c->K * c->nr, c->nr, c->src, c->koff, c->K, j, nb, c->col_scale);
+    }
 }
 
 static void pack_b_full(float *dst, const bnl_gemm_kernels *kt, const bnl_gemm_src *src, size_t N, size_t K,
                         size_t koff, const float *col_scale) {
     size_t nr = (size_t)kt->nr, np = cdiv(N, nr);
-    int T = threads_for_work((double)N * (double)K);
-    if ((size_t)T > np) T = (int)np;
-    (void)T;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
-#endif
-    for (long long p = 0; p < (long long)np; p++) {
-        size_t j = (size_t)p * nr, nb = N - j < nr ? N - j : nr;
-        pack_b_panel(dst + (size_t)p * K * nr, nr, src, koff, K, j, nb, col_scale);
-    }
+    pack_b_ctx c = {dst, src, N, K, koff, nr, col_scale};
+    bnl_parallel_for(np, threads_for_work(np, (double)N * (double)K), pack_b_range, &c);
 }
 
 void bnl_gemm_pack_b(float *dst, const bnl_gemm_kernels *kt, const bnl_gemm_src *src, size_t N, size_t K,
@@ -433,70 +427,85 @@ static void run_task_index(const engine_t *e, float *scratch, size_t t) {
     run_task(e, scratch, i0, i0 + e->mc < g->M ? i0 + e->mc : g->M, j0, j0 + e->nc < g->N ? j0 + e->nc : g->N);
 }
 
+static void run_task_range(void *ve, size_t t0, size_t t1, int tid) {
+    const engine_t *e = ve;
+    for (size_t t = t0; t < t1; t++) run_task_index(e, e->scratch + (size_t)tid * e->per_thread, t);
+}
+
 // K outer, for reductions much longer than C is wide or tall (weight gradients: K = pixels): per
 // round of S passes of KC, all of A and all of B are packed once (threads share the work), then
 // every tile adds its S passes into C, in order. The tiles compute exactly what a task would (same
 // passes, same order), so the choice between the two schedules never changes a bit. S passes per
-// round: two barriers per round, not per pass, as many passes as keep the packed operands in L2.
+// round: two parallel loops per round, not per pass, as many passes as keep the packed operands in L2.
+typedef struct {
+    const engine_t *e;
+    size_t r0, ns, mp, np, asz, bsz, nb_items;
+    int packed, by_row;
+    float *abuf, *bbuf, *edges;
+} kouter_t;
+
+// Item it of a round's packing: A panels and B rows/panels of every pass, dealt round-robin
+// (transposes and copies cost differently: every thread gets its share of both).
+static void kouter_pack(void *vc, size_t i0, size_t i1, int tid) {
+    const kouter_t *o = vc;
+    const bnl_gemm_call *g = o->e->g;
+    const bnl_gemm_kernels *kt = o->e->kt;
+    size_t mr = (size_t)kt->mr, nr = (size_t)kt->nr, kc = (size_t)kt->kc, per = o->mp + o->nb_items;
+    for (size_t it = i0; it < i1; it++) {
+        size_t si = it / per, w = it % per;
+        size_t k0 = o->r0 + si * kc, kb = g->K - k0 < kc ? g->K - k0 : kc;
+        float *ab = o->abuf + si * o->asz, *bb = o->bbuf + si * o->bsz;
+        if (w < o->mp) {
+            size_t i0a = w * mr;
+            pack_a(ab + i0a * kc, kt, &g->a, i0a, g->M - i0a < mr ? g->M - i0a : mr, g->koff + k0, kb);
+        } else if (o->by_row) {
+            size_t k = w - o->mp;
+            if (k >= kb) continue;
+            size_t kk = g->koff + k0 + k;
+            if (g->b.kind == BNL_SRC_PATCHES) patch_row_panels(bb, kc * nr, nr, g->b.conv, g->b.p, kk, k, g->N);
+            else row_panels(bb, kc * nr, nr, g->b.p + kk * g->b.s0, k, g->N);
+        } else {
+            size_t j = (w - o->mp) * nr;
+            pack_b_panel(bb + (w - o->mp) * kc * nr, nr, &g->b, g->koff + k0, kb, j, g->N - j < nr ? g->N - j : nr,
+                         NULL);
+        }
+    }
+}
+
+// Tiles [t0, t1) of a round: each adds its ns passes into C, in order.
+static void kouter_tiles(void *vc, size_t t0, size_t t1, int tid) {
+    const kouter_t *o = vc;
+    const bnl_gemm_call *g = o->e->g;
+    const bnl_gemm_kernels *kt = o->e->kt;
+    size_t mr = (size_t)kt->mr, nr = (size_t)kt->nr, kc = (size_t)kt->kc;
+    float *edge = o->edges + (size_t)tid * mr * nr;
+    for (size_t t = t0; t < t1; t++) {
+        size_t q = t / o->mp, p = t % o->mp, j = q * nr, i0 = p * mr;
+        for (size_t si = 0; si < o->ns; si++) {
+            size_t k0 = o->r0 + si * kc, kb = g->K - k0 < kc ? g->K - k0 : kc;
+            const float *b = o->packed ? g->b.p + q * g->b.s0 * nr + (g->koff + k0) * nr : o->bbuf + si * o->bsz + q * kc * nr;
+            do_tile(g, kt, o->abuf + si * o->asz + i0 * kc, 0, b, edge, i0, g->M - i0 < mr ? g->M - i0 : mr, j,
+                    g->N - j < nr ? g->N - j : nr, kb, g->accumulate || k0 > 0, k0 + kb == g->K);
+        }
+    }
+}
+
 static void run_kouter(const engine_t *e, int T, size_t S, float *abuf, float *bbuf, float *edges) {
     const bnl_gemm_call *g = e->g;
     const bnl_gemm_kernels *kt = e->kt;
     size_t mr = (size_t)kt->mr, nr = (size_t)kt->nr, kc = (size_t)kt->kc;
-    size_t mp = cdiv(g->M, mr), np = cdiv(g->N, nr), asz = mp * mr * kc, bsz = np * nr * kc;
-    int packed = g->b.kind == BNL_SRC_PACKED;
+    kouter_t o;
+    memset(&o, 0, sizeof o);
+    o.e = e, o.abuf = abuf, o.bbuf = bbuf, o.edges = edges;
+    o.mp = cdiv(g->M, mr), o.np = cdiv(g->N, nr), o.asz = o.mp * mr * kc, o.bsz = o.np * nr * kc;
+    o.packed = g->b.kind == BNL_SRC_PACKED;
     // B rows come from a contiguous row (1x1 conv: x) or a patch row: one item per row, all panels
-    int by_row = g->b.kind == BNL_SRC_PATCHES || (g->b.kind == BNL_SRC_STRIDED && g->b.s1 == 1);
-    (void)T;
-#ifdef _OPENMP
-#pragma omp parallel num_threads(T) if (T > 1)
-#endif
-    {
-#ifdef _OPENMP
-        float *edge = edges + (size_t)omp_get_thread_num() * mr * nr;
-#else
-        float *edge = edges;
-#endif
-        for (size_t r0 = 0; r0 < g->K; r0 += S * kc) {
-            size_t ns = cdiv(g->K - r0 < S * kc ? g->K - r0 : S * kc, kc);   // passes this round
-            size_t nb_items = packed ? 0 : by_row ? kc : np;
-            long long items = (long long)(ns * (mp + nb_items));
-            // round-robin: A panels (transposes) and B rows (copies) cost differently; dealt
-            // one by one, every thread gets its share of both
-#ifdef _OPENMP
-#pragma omp for schedule(static, 1)
-#endif
-            for (long long it = 0; it < items; it++) {
-                size_t si = (size_t)it / (mp + nb_items), w = (size_t)it % (mp + nb_items);
-                size_t k0 = r0 + si * kc, kb = g->K - k0 < kc ? g->K - k0 : kc;
-                float *ab = abuf + si * asz, *bb = bbuf + si * bsz;
-                if (w < mp) {
-                    size_t i0 = w * mr;
-                    pack_a(ab + i0 * kc, kt, &g->a, i0, g->M - i0 < mr ? g->M - i0 : mr, g->koff + k0, kb);
-                } else if (by_row) {
-                    size_t k = w - mp;
-                    if (k >= kb) continue;
-                    size_t kk = g->koff + k0 + k;
-                    if (g->b.kind == BNL_SRC_PATCHES) patch_row_panels(bb, kc * nr, nr, g->b.conv, g->b.p, kk, k, g->N);
-                    else row_panels(bb, kc * nr, nr, g->b.p + kk * g->b.s0, k, g->N);
-                } else {
-                    size_t j = (w - mp) * nr;
-                    pack_b_panel(bb + (w - mp) * kc * nr, nr, &g->b, g->koff + k0, kb, j, g->N - j < nr ? g->N - j : nr,
-                                 NULL);
-                }
-            }
-#ifdef _OPENMP
-#pragma omp for schedule(static)
-#endif
-            for (long long t = 0; t < (long long)(mp * np); t++) {
-                size_t q = (size_t)t / mp, p = (size_t)t % mp, j = q * nr, i0 = p * mr;
-                for (size_t si = 0; si < ns; si++) {
-                    size_t k0 = r0 + si * kc, kb = g->K - k0 < kc ? g->K - k0 : kc;
-                    const float *b = packed ? g->b.p + q * g->b.s0 * nr + (g->koff + k0) * nr : bbuf + si * bsz + q * kc * nr;
-                    do_tile(g, kt, abuf + si * asz + i0 * kc, 0, b, edge, i0, g->M - i0 < mr ? g->M - i0 : mr, j,
-                            g->N - j < nr ? g->N - j : nr, kb, g->accumulate || k0 > 0, k0 + kb == g->K);
-                }
-            }
-        }
+    o.by_row = g->b.kind == BNL_SRC_PATCHES || (g->b.kind == BNL_SRC_STRIDED && g->b.s1 == 1);
+    o.nb_items = o.packed ? 0 : o.by_row ? kc : o.np;
+    for (o.r0 = 0; o.r0 < g->K; o.r0 += S * kc) {
+        o.ns = cdiv(g->K - o.r0 < S * kc ? g->K - o.r0 : S * kc, kc);   // passes this round
+        bnl_parallel_for_dynamic(o.ns * (o.mp + o.nb_items), T, kouter_pack, &o);
+        bnl_parallel_for(o.mp * o.np, T, kouter_tiles, &o);
     }
 }
 
@@ -511,46 +520,58 @@ static size_t split_chunks(const bnl_gemm_call *g, const bnl_gemm_kernels *kt) {
     return n * g->M * g->N <= ((size_t)1 << 22) ? n : 1;
 }
 
+typedef struct {
+    const bnl_gemm_call *g;
+    float *P;                  // nch partial sums (M, N)
+    size_t per, MN, nch;
+    int bad;
+} split_t;
+
+// Chunk c of the reduction, whole, into P[c] (one thread: nested GEMMs run inline).
+static void split_chunk(void *vc, size_t c0, size_t c1, int tid) {
+    split_t *sp = vc;
+    const bnl_gemm_call *g = sp->g;
+    for (size_t c = c0; c < c1; c++) {
+        bnl_gemm_call sub = *g;
+        size_t k0 = c * sp->per;
+        sub.C = sp->P + c * sp->MN, sub.ldc = g->N;
+        sub.koff = g->koff + k0, sub.K = g->K - k0 < sp->per ? g->K - k0 : sp->per;
+        sub.accumulate = 0, sub.bias = NULL, sub.res = NULL, sub.gate = NULL, sub.relu = 0, sub.no_split = 1;
+        if (bnl_gemm_run(&sub) != BNL_OK) __atomic_store_n(&sp->bad, 1, __ATOMIC_RELAXED);
+    }
+}
+
+// Rows [i0, i1) of C = epilogue((C +) ((P0 + P1) + P2) + P3).
+static void split_sum(void *vc, size_t i0, size_t i1, int tid) {
+    const split_t *sp = vc;
+    const bnl_gemm_call *g = sp->g;
+    int has_epi = g->bias || g->res || g->relu || g->gate;
+    for (size_t i = i0; i < i1; i++) {
+        float *c = g->C + i * g->ldc;
+        const float *p0 = sp->P + i * g->N;
+        bnl_gemm_epi epi = {g->bias, g->res ? g->res + i * g->ldr : NULL, g->ldr, g->relu,
+                            g->gate ? g->gate + i * g->ldr : NULL};
+        for (size_t j = 0; j < g->N; j++) {
+            float v = p0[j];
+            for (size_t q = 1; q < sp->nch; q++) v += p0[q * sp->MN + j];
+            if (g->accumulate) v = c[j] + v;
+            c[j] = has_epi ? epi_one(v, &epi, 0, j) : v;
+        }
+    }
+}
+
 static bnl_status run_split(const bnl_gemm_call *g, const bnl_gemm_kernels *kt, size_t nch, int T) {
     size_t kc = (size_t)kt->kc, per = cdiv(cdiv(g->K, kc), nch) * kc, MN = g->M * g->N;
     nch = cdiv(g->K, per);
     float *P = scratch_get(nch * MN);
     if (!P) return bnl_fail(BNL_ERR_NOMEM, "gemm: out of memory for %zu partial sums", nch * MN);
-    int Tc = T < (int)nch ? T : (int)nch, bad = 0;
-    (void)Tc;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static, 1) num_threads(Tc) if (Tc > 1) reduction(| : bad)
-#endif
-    for (long long c = 0; c < (long long)nch; c++) {
-        bnl_gemm_call sub = *g;
-        size_t k0 = (size_t)c * per;
-        sub.C = P + (size_t)c * MN, sub.ldc = g->N;
-        sub.koff = g->koff + k0, sub.K = g->K - k0 < per ? g->K - k0 : per;
-        sub.accumulate = 0, sub.bias = NULL, sub.res = NULL, sub.gate = NULL, sub.relu = 0, sub.no_split = 1;
-        bad |= bnl_gemm_run(&sub) != BNL_OK;
-    }
-    if (bad) {
+    split_t sp = {g, P, per, MN, nch, 0};
+    bnl_parallel_for_dynamic(nch, T, split_chunk, &sp);
+    if (sp.bad) {
         scratch_put(P);
         return bnl_fail(BNL_ERR_NOMEM, "gemm: out of memory in a split reduction");
     }
-    int has_epi = g->bias || g->res || g->relu || g->gate;
-    int Tr = MN >= ((size_t)1 << 15) ? T : 1;
-    (void)Tr;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(Tr) if (Tr > 1)
-#endif
-    for (long long i = 0; i < (long long)g->M; i++) {
-        float *c = g->C + (size_t)i * g->ldc;
-        const float *p0 = P + (size_t)i * g->N;
-        bnl_gemm_epi epi = {g->bias, g->res ? g->res + (size_t)i * g->ldr : NULL, g->ldr, g->relu,
-                            g->gate ? g->gate + (size_t)i * g->ldr : NULL};
-        for (size_t j = 0; j < g->N; j++) {
-            float v = p0[j];
-            for (size_t q = 1; q < nch; q++) v += p0[q * MN + j];
-            if (g->accumulate) v = c[j] + v;
-            c[j] = has_epi ? epi_one(v, &epi, 0, j) : v;
-        }
-    }
+    bnl_parallel_for(g->M, MN >= ((size_t)1 << 15) ? T : 1, split_sum, &sp);
     scratch_put(P);
     return BNL_OK;
 }
@@ -571,7 +592,7 @@ bnl_status bnl_gemm_run(const bnl_gemm_call *g) {
         return BNL_OK;
     }
     size_t mr = (size_t)kt->mr, nr = (size_t)kt->nr, kc = (size_t)kt->kc;
-    int T = threads_for_work(2.0 * (double)g->M * (double)g->N * (double)g->K);
+    int T = threads_for_work((size_t)-1, 2.0 * (double)g->M * (double)g->N * (double)g->K);
     size_t nch = split_chunks(g, kt);
     if (nch > 1) return run_split(g, kt, nch, T);
     engine_t e;
@@ -624,16 +645,8 @@ bnl_status bnl_gemm_run(const bnl_gemm_call *g) {
         if (bfull) pack_b_full(bfull, kt, &g->b, g->N, g->K, g->koff, NULL);
         e.bpacked = bfull, e.bstride = g->K * nr, e.boff = 0;
     }
-    if (T <= 1) {
-        for (size_t t = 0; t < ntasks; t++) run_task_index(&e, e.scratch, t);
-    } else {
-#ifdef _OPENMP
-        // dynamic: tasks may differ in size at the edges; any task order gives the same bits
-#pragma omp parallel for schedule(dynamic, 1) num_threads(T)
-        for (long long t = 0; t < (long long)ntasks; t++)
-            run_task_index(&e, e.scratch + (size_t)omp_get_thread_num() * e.per_thread, (size_t)t);
-#endif
-    }
+    // dynamic: tasks may differ in size at the edges; any task order gives the same bits
+    bnl_parallel_for_dynamic(ntasks, T, run_task_range, &e);
     scratch_put(bfull);
     scratch_put(e.scratch);
     return BNL_OK;

@@ -3,23 +3,28 @@
 //
 // Sizes: N batch, H/W input, C channels, P/Q output, k window, HW = H*W.
 #include "core/common.h"
+#include "core/parallel.h"
 #include "ops/ops.h"
 
 #include <math.h>
 #include <string.h>
-#ifdef _OPENMP
-#include <omp.h>
-#endif
 
-static int threads_for(size_t items, size_t work) {
-    int T = bnl_threads_effective();
-#ifdef _OPENMP
-    if (omp_in_parallel()) T = 1;
-#endif
-    if (work < 65536) T = 1;
-    if ((size_t)T > items) T = (int)items;
-    return T < 1 ? 1 : T;
-}
+static int threads_for(size_t items, size_t work) { return bnl_threads_for(items, (double)work, 65536.0); }
+
+// The arguments of a pooling call, for the loop bodies.
+typedef struct {
+    float *y;
+    int32_t *argmax;
+    const float *x;
+    const int32_t *amax;
+    int N, H, W, C, k, stride, pad, P, Q;
+} pool_args;
+
+#define POOL_CB 16   // channels per item of the max pool's backward
+static void maxpool_rows(void *vc, size_t g0, size_t g1, int tid);
+static void maxpool_bwd_items(void *vc, size_t i0, size_t i1, int tid);
+static void avgpool_images(void *vc, size_t n0, size_t n1, int tid);
+static void avgpool_bwd_images(void *vc, size_t n0, size_t n1, int tid);
 
 // *out = N*H*W*C elements, 0 if that many floats would not fit size_t.
 static int sizes_ok(size_t *out, int N, int H, int W, int C) {
@@ -57,14 +62,22 @@ bnl_status bnl_maxpool_forward(float *y, int32_t *argmax, const float *x, int N,
     size_t nx, ny;
     if (!sizes_ok(&nx, N, H, W, C) || !sizes_ok(&ny, N, P, Q, C))
         return bnl_fail(BNL_ERR_ARG, "maxpool_forward: tensor sizes overflow");
-    size_t rows = (size_t)N * (size_t)P, Cs = (size_t)C;
-    int T = threads_for(rows, ny);
-    (void)T;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
-#endif
-    for (long long g = 0; g < (long long)rows; g++) {   // one output row (n, p) per iteration
-        size_t n = (size_t)g / (size_t)P, p = (size_t)g % (size_t)P;
+    size_t rows = (size_t)N * (size_t)P;
+    pool_args pa = {y, argmax, x, NULL, N, H, W, C, k, stride, pad, P, Q};
+    bnl_parallel_for(rows, threads_for(rows, ny), maxpool_rows, &pa);
+    return BNL_OK;
+}
+
+// Output rows (n, p) [g0, g1).
+static void maxpool_rows(void *vc, size_t g0, size_t g1, int tid) {
+    const pool_args *pa = vc;
+    float *y = pa->y;
+    int32_t *argmax = pa->argmax;
+    const float *x = pa->x;
+    int H = pa->H, W = pa->W, k = pa->k, stride = pa->stride, pad = pa->pad, P = pa->P, Q = pa->Q;
+    size_t Cs = (size_t)pa->C;
+    for (size_t g = g0; g < g1; g++) {
+        size_t n = g / (size_t)P, p = g % (size_t)P;
         const float *xn = x + n * (size_t)H * (size_t)W * Cs;
         int h0 = (int)p * stride - pad, h1 = h0 + k;
         if (h0 < 0) h0 = 0;
@@ -95,7 +108,6 @@ bnl_status bnl_maxpool_forward(float *y, int32_t *argmax, const float *x, int N,
                 }
         }
     }
-    return BNL_OK;
 }
 
 bnl_status bnl_maxpool_backward(float *dx, const float *dy, const int32_t *argmax, int N, int H, int W,
@@ -107,21 +119,28 @@ bnl_status bnl_maxpool_backward(float *dx, const float *dy, const int32_t *argma
     size_t nx, ny;
     if (!sizes_ok(&nx, N, H, W, C) || !sizes_ok(&ny, N, P, Q, C) || (int64_t)H * W > INT32_MAX)
         return bnl_fail(BNL_ERR_ARG, "maxpool_backward: tensor sizes overflow");
-    size_t Cs = (size_t)C, PQ = (size_t)P * (size_t)Q, HW = (size_t)H * (size_t)W;
+    size_t Cs = (size_t)C, HW = (size_t)H * (size_t)W;
     for (size_t i = 0; i < ny; i++)
         if (argmax[i] < 0 || (size_t)argmax[i] >= HW)
             return bnl_fail(BNL_ERR_ARG, "maxpool_backward: argmax[%zu] = %d outside the %dx%d input", i, (int)argmax[i], H, W);
     // Parallel over (image, block of channels): each dx value belongs to one block, and gets its
     // terms in output order.
-    const size_t CB = 16;
-    size_t ncb = (Cs + CB - 1) / CB, items = (size_t)N * ncb;
-    int T = threads_for(items, nx + ny);
-    (void)T;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
-#endif
-    for (long long it = 0; it < (long long)items; it++) {
-        size_t n = (size_t)it / ncb, c0 = ((size_t)it % ncb) * CB, c1 = c0 + CB < Cs ? c0 + CB : Cs;
+    size_t ncb = (Cs + POOL_CB - 1) / POOL_CB, items = (size_t)N * ncb;
+    pool_args pa = {dx, NULL, dy, argmax, N, H, W, C, 0, 0, 0, P, Q};
+    bnl_parallel_for(items, threads_for(items, nx + ny), maxpool_bwd_items, &pa);
+    return BNL_OK;
+}
+
+// Items (image, block of POOL_CB channels) [i0, i1): y = dx, x = dy, amax = argmax.
+static void maxpool_bwd_items(void *vc, size_t i0, size_t i1, int tid) {
+    const pool_args *pa = vc;
+    float *dx = pa->y;
+    const float *dy = pa->x;
+    const int32_t *argmax = pa->amax;
+    size_t Cs = (size_t)pa->C, PQ = (size_t)pa->P * (size_t)pa->Q, HW = (size_t)pa->H * (size_t)pa->W;
+    size_t ncb = (Cs + POOL_CB - 1) / POOL_CB;
+    for (size_t it = i0; it < i1; it++) {
+        size_t n = it / ncb, c0 = (it % ncb) * POOL_CB, c1 = c0 + POOL_CB < Cs ? c0 + POOL_CB : Cs;
         float *dxn = dx + n * HW * Cs;
         for (size_t i = 0; i < HW; i++) memset(dxn + i * Cs + c0, 0, (c1 - c0) * sizeof(float));
         const float *dyn = dy + n * PQ * Cs;
@@ -129,7 +148,6 @@ bnl_status bnl_maxpool_backward(float *dx, const float *dy, const int32_t *argma
         for (size_t o = 0; o < PQ; o++)
             for (size_t c = c0; c < c1; c++) dxn[(size_t)an[o * Cs + c] * Cs + c] += dyn[o * Cs + c];
     }
-    return BNL_OK;
 }
 
 // ---- global average pool ---------------------------------------------------------------------
@@ -140,14 +158,19 @@ bnl_status bnl_avgpool_forward(float *y, const float *x, int N, int HW, int C) {
         return bnl_fail(BNL_ERR_ARG, "avgpool_forward: sizes must be positive (N=%d HW=%d C=%d)", N, HW, C);
     size_t nx;
     if (!sizes_ok(&nx, N, HW, 1, C)) return bnl_fail(BNL_ERR_ARG, "avgpool_forward: tensor size overflows");
-    size_t Cs = (size_t)C, HWs = (size_t)HW;
-    float fhw = (float)HW;
-    int T = threads_for((size_t)N, nx);
-    (void)T;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
-#endif
-    for (long long n = 0; n < (long long)N; n++) {
+    pool_args pa = {y, NULL, x, NULL, N, HW, 1, C, 0, 0, 0, 0, 0};
+    bnl_parallel_for((size_t)N, threads_for((size_t)N, nx), avgpool_images, &pa);
+    return BNL_OK;
+}
+
+// Images [n0, n1) (H holds HW).
+static void avgpool_images(void *vc, size_t n0, size_t n1, int tid) {
+    const pool_args *pa = vc;
+    float *y = pa->y;
+    const float *x = pa->x;
+    size_t Cs = (size_t)pa->C, HWs = (size_t)pa->H;
+    float fhw = (float)pa->H;
+    for (size_t n = n0; n < n1; n++) {
         float *yn = y + (size_t)n * Cs;
         const float *xn = x + (size_t)n * HWs * Cs;
         memcpy(yn, xn, Cs * sizeof(float));
@@ -155,7 +178,6 @@ bnl_status bnl_avgpool_forward(float *y, const float *x, int N, int HW, int C) {
             for (size_t c = 0; c < Cs; c++) yn[c] += xn[i * Cs + c];
         for (size_t c = 0; c < Cs; c++) yn[c] /= fhw;   // divide, as torch's mean does
     }
-    return BNL_OK;
 }
 
 // dx[n,i,c] = dy[n,c] / HW for every position i: each input contributed 1/HW of the mean.
@@ -165,18 +187,22 @@ bnl_status bnl_avgpool_backward(float *dx, const float *dy, int N, int HW, int C
         return bnl_fail(BNL_ERR_ARG, "avgpool_backward: sizes must be positive (N=%d HW=%d C=%d)", N, HW, C);
     size_t nx;
     if (!sizes_ok(&nx, N, HW, 1, C)) return bnl_fail(BNL_ERR_ARG, "avgpool_backward: tensor size overflows");
-    size_t Cs = (size_t)C, HWs = (size_t)HW;
-    float fhw = (float)HW;
-    int T = threads_for((size_t)N, nx);
-    (void)T;
-#ifdef _OPENMP
-#pragma omp parallel for schedule(static) num_threads(T) if (T > 1)
-#endif
-    for (long long n = 0; n < (long long)N; n++) {
+    pool_args pa = {dx, NULL, dy, NULL, N, HW, 1, C, 0, 0, 0, 0, 0};
+    bnl_parallel_for((size_t)N, threads_for((size_t)N, nx), avgpool_bwd_images, &pa);
+    return BNL_OK;
+}
+
+// Images [n0, n1): y = dx, x = dy (H holds HW).
+static void avgpool_bwd_images(void *vc, size_t n0, size_t n1, int tid) {
+    const pool_args *pa = vc;
+    float *dx = pa->y;
+    const float *dy = pa->x;
+    size_t Cs = (size_t)pa->C, HWs = (size_t)pa->H;
+    float fhw = (float)pa->H;
+    for (size_t n = n0; n < n1; n++) {
         const float *dyn = dy + (size_t)n * Cs;
         float *dxn = dx + (size_t)n * HWs * Cs;
         for (size_t i = 0; i < HWs; i++)
             for (size_t c = 0; c < Cs; c++) dxn[i * Cs + c] = dyn[c] / fhw;
     }
-    return BNL_OK;
 }

@@ -2,6 +2,7 @@
 // bnl_status (0 = ok); bnl_wasm_last_error() gives the message. Pointers are wasm memory offsets.
 #include "bnlab.h"
 #include "core/common.h"
+#include "core/parallel.h"
 
 #include <emscripten.h>
 #include <stdlib.h>
@@ -13,6 +14,26 @@ EMSCRIPTEN_KEEPALIVE const char *bnl_wasm_status_str(int s) { return bnl_status_
 EMSCRIPTEN_KEEPALIVE const char *bnl_wasm_isa(void) { return bnl_isa_name(bnl_isa_active()); }
 EMSCRIPTEN_KEEPALIVE int bnl_wasm_isa_force(int isa) { return bnl_isa_force((bnl_isa)isa); }
 EMSCRIPTEN_KEEPALIVE void bnl_wasm_isa_reset(void) { bnl_isa_reset(); }
+
+// Threads for the parallel loops: the threaded build's pool size (the single-thread build has
+// none: it stays 1). Returns the count in effect.
+EMSCRIPTEN_KEEPALIVE int bnl_wasm_set_threads(int n) {
+    bnl_set_threads(n < 1 ? 1 : n);
+    return bnl_threads_effective();
+}
+EMSCRIPTEN_KEEPALIVE int bnl_wasm_threads(void) { return bnl_threads_effective(); }
+
+// Tests only: a parallel loop whose thread `tid` traps (a crashed worker must be reported, not
+// waited for forever).
+static void trap_on(void *ctx, size_t i0, size_t i1, int tid) {
+    if (tid == *(const int *)ctx) __builtin_trap();
+    for (volatile size_t i = i0; i < i1; i++) {
+    }
+}
+EMSCRIPTEN_KEEPALIVE void bnl_wasm_test_trap_thread(int tid) {
+    int T = bnl_threads_effective();
+    bnl_parallel_for((size_t)T * 1000, T, trap_on, &tid);
+}
 
 // BatchNorm config packed as flags: bit0 cumulative, bit1 unbiased, bit2 no scale, bit3 no bias, bit4 relu.
 static bnl_bn_config cfg_from(float eps, float momentum, int flags) {
@@ -95,6 +116,14 @@ EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_forward(bnl_resnet *m, float *logits, co
         return bnl_fail(BNL_ERR_SHAPE, "forward: input has %d channels, the model expects %d (NHWC [N,H,W,%d])", C,
                         in->in_channels, in->in_channels);
     return bnl_resnet_forward(m, logits, x, N, H, W);
+}
+
+EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_forward_to(bnl_resnet *m, const float *x, int N, int H, int W, int C, int stop) {
+    const bnl_resnet_info *in = bnl_resnet_get_info(m);
+    if (C != in->in_channels)
+        return bnl_fail(BNL_ERR_SHAPE, "forwardTo: input has %d channels, the model expects %d (NHWC [N,H,W,%d])", C,
+                        in->in_channels, in->in_channels);
+    return bnl_resnet_forward_to(m, x, N, H, W, stop);
 }
 
 // out: [channels, has_batch, tracked_lo, tracked_hi], ptrs: batch_mean, batch_var, running_mean, running_var

@@ -1,0 +1,94 @@
+// The threaded wasm build in a browser: a module Web Worker of the cross-origin-isolated demo
+// page (web/serve.mjs sends COOP/COEP) loads web/bnlab.mjs, which starts web/threads/'s pthread
+// workers; its logits on the demo model must be bitwise those of the single-thread build.
+// node:test + playwright-core + Debian's chromium; skipped without /usr/bin/chromium.
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const CHROMIUM = '/usr/bin/chromium';
+const SKIP = existsSync(CHROMIUM) ? false : `${CHROMIUM} is missing (tests/build.sh installs it)`;
+const WAIT = 120_000;
+let server, url, browser, page;
+
+function startServer() {
+  return new Promise((resolve, reject) => {
+    const p = spawn(process.execPath, [path.join(ROOT, 'web', 'serve.mjs'), '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
+    let out = '';
+    const timer = setTimeout(() => reject(new Error(`serve.mjs printed no URL: ${out}`)), 15_000);
+    p.stdout.on('data', (d) => {
+      out += d;
+      const m = /bnlab demo: (http:\/\/127\.0\.0\.1:\d+\/)/.exec(out);
+      if (m) { clearTimeout(timer); resolve({ proc: p, url: m[1] }); }
+    });
+    p.stderr.on('data', (d) => { out += d; });
+    p.on('exit', (code) => { clearTimeout(timer); reject(new Error(`serve.mjs exited with ${code}: ${out}`)); });
+  });
+}
+
+before(async () => {
+  if (SKIP) return;
+  ({ proc: server, url } = await startServer());
+  const { chromium } = await import('playwright-core');
+  browser = await chromium.launch({ executablePath: CHROMIUM,
+    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--no-first-run'] });
+  page = await browser.newPage();
+  await page.goto(url);
+});
+
+after(async () => {
+  if (browser) await browser.close();
+  if (server) server.kill();
+});
+
+// In a module worker: the demo model, eval and train forward of a fixed batch on `threads`.
+const WORKER = `
+import { createBnLab } from 'ORIGIN/bnlab.mjs';
+onmessage = async ({ data: { threads } }) => {
+  try {
+    const lab = await createBnLab(threads ? { threads } : {});
+    const bytes = new Uint8Array(await (await fetch('ORIGIN/models/resnet50-procedural.safetensors')).arrayBuffer());
+    const m = lab.loadModel(bytes);
+    const shape = [8, 64, 64, 3], x = new Float32Array(8 * 64 * 64 * 3);
+    for (let i = 0; i < x.length; i++) x[i] = Math.sin(i * 0.37);
+    m.train();
+    const logits = m.forward(x, shape);
+    const mean = m.bnStats('bn1').batchMean;
+    postMessage({ threads: lab.threads, build: lab.build, logits: Array.from(logits), mean: Array.from(mean),
+      isolated: self.crossOriginIsolated, hw: navigator.hardwareConcurrency });
+  } catch (e) {
+    postMessage({ error: String(e && e.stack || e) });
+  }
+};`;
+
+async function inWorker(threads) {
+  return page.evaluate(async ({ src, threads }) => {
+    const w = new Worker(URL.createObjectURL(new Blob([src.replaceAll('ORIGIN', location.origin)], { type: 'text/javascript' })), { type: 'module' });
+    const r = await new Promise((resolve) => { w.onmessage = (e) => resolve(e.data); w.onerror = (e) => resolve({ error: `worker error: ${e.message}` }); w.postMessage({ threads }); });
+    w.terminate();
+    return r;
+  }, { src: WORKER, threads });
+}
+
+test('threaded build in a page worker: threads in use, bitwise the single-thread logits', { skip: SKIP, timeout: WAIT }, async () => {
+  assert.equal(await page.evaluate(() => self.crossOriginIsolated), true, 'the demo server makes the page cross-origin isolated');
+  const one = await inWorker(1);
+  assert.ifError(one.error);
+  assert.equal(one.build, 'simd');
+  const def = await inWorker(0);   // the default: every core
+  assert.ifError(def.error);
+  assert.equal(def.threads, def.hw, 'default threads: navigator.hardwareConcurrency');
+  const three = await inWorker(3);
+  assert.ifError(three.error);
+  for (const r of [def, three]) {
+    if (r.threads > 1) assert.equal(r.build, 'simd-threads');
+    assert.deepEqual(new Float32Array(r.logits), new Float32Array(one.logits), `logits on ${r.threads} threads`);
+    assert.deepEqual(new Float32Array(r.mean), new Float32Array(one.mean), `bn1 batch mean on ${r.threads} threads`);
+  }
+  assert.equal(three.threads, 3);
+  console.log(`# page worker: default ${def.threads} thread(s) (${def.build}), hardwareConcurrency ${def.hw}`);
+});
