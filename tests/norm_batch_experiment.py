@@ -16,8 +16,8 @@ of epochs (so small batches take more steps), --seeds seeds per cell. Variants (
 
 Resumable: finished runs (metrics of the last epoch and a model) are not trained again; an interrupted run starts
 again. Runs live in --runs-dir (build/experiments/norm_batch/<variant>-b<B>-s<seed>, ignored by git). Writes
-results.csv, results.md and error_vs_batch.svg to --out (demo-models/experiments/norm_batch/), and copies one small
-model per variant (the first seed at --ship-batch) to demo-models/norms/<variant>.safetensors.
+results.csv, results.md and error_vs_batch.svg to --out (demo-models/experiments/norm_batch/). The small demo models
+of each kind are made by tests/make_norm_demo_models.sh.
 
   nice -n 10 python3 tests/norm_batch_experiment.py &      # the committed experiment (one run at a time, 1 thread)
   python3 tests/norm_batch_experiment.py --report-only     # tables and plot from whatever has finished
@@ -179,15 +179,6 @@ def report(a, argv):
     print("\n".join(md))
 
 
-def ship(a):
-    dst = os.path.join(ROOT, "demo-models", "norms")
-    os.makedirs(dst, exist_ok=True)
-    for v in a.variants:
-        d = run_dir(a, v, a.ship_batch, a.seeds[0])
-        if state(a, d) == "done":
-            shutil.copyfile(os.path.join(d, "model.safetensors"), os.path.join(dst, f"{v}.safetensors"))
-
-
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--bnlab", default=os.path.join("build", "native", "bnlab"))
@@ -208,7 +199,6 @@ def main():
     ap.add_argument("--data-seed", type=int, default=1)
     ap.add_argument("--epochs", type=int, default=6)
     ap.add_argument("--warmup-epochs", type=float, default=1)
-    ap.add_argument("--ship-batch", type=int, default=8, help="batch size of the models copied to demo-models/norms")
     ap.add_argument("--report-only", action="store_true")
     argv = sys.argv[1:]
     a = ap.parse_args()
@@ -222,7 +212,6 @@ def main():
             for B in a.batches:
                 for v in a.variants:
                     run_one(a, v, B, s)
-        ship(a)
     report(a, argv)
 
 
