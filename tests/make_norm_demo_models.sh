@@ -4,14 +4,16 @@
 # frozen: the BatchNorm model with "bnlab.norm" set to "frozen", fine-tuned 2 epochs at batch 2 with its
 # running statistics fixed (--init keeps the file's kind) -- what frozen BatchNorm is for.
 #   bash tests/make_norm_demo_models.sh [path/to/bnlab]       (about 5 minutes of one core)
+#   ONLY=frozen bash tests/make_norm_demo_models.sh            (one kind; frozen needs batch.safetensors)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BIN=${1:-build/native/bnlab}
 RUNS=build/demo_norms
 OUT=demo-models/norms
 mkdir -p "$RUNS" "$OUT"
-COMMON=(--data procedural --classes 4 --image-size 32 --train-size 4000 --val-size 1000 --data-seed 1 --arch resnet18
-    --width-mult 0.125 --schedule cosine --warmup-epochs 1 --seed 0 --threads 1 --quiet)
+COMMON=(--data procedural --classes 4 --image-size 32 --train-size 4000 --val-size 1000 --data-seed 1
+    --schedule cosine --warmup-epochs 1 --seed 0 --threads 1 --quiet)
+ARCH=(--arch resnet18 --width-mult 0.125)   # --init takes it from the file
 train() {   # name, then bnlab train options
     local name=$1
     shift
@@ -22,7 +24,8 @@ train() {   # name, then bnlab train options
     echo "$name: eval top-1 $(tail -1 "$OUT/$name.metrics.csv" | cut -d, -f7)"
 }
 for k in batch group:4 renorm ghost:4 none; do
-    train "${k%%:*}" --norm "$k" --epochs 8 --batch-size 8 --lr 0.0125
+    [ -n "${ONLY:-}" ] && [ "$ONLY" != "${k%%:*}" ] && continue
+    train "${k%%:*}" "${ARCH[@]}" --norm "$k" --epochs 8 --batch-size 8 --lr 0.0125
 done
 python3 - "$OUT/batch.safetensors" "$RUNS/frozen-init.safetensors" <<'PY'
 # the same tensors, "bnlab.norm": "frozen" in the header (standard library only)

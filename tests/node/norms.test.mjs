@@ -97,3 +97,21 @@ test('bad "bnlab.norm" strings and renorm bounds are clear Errors naming the key
     assert.equal(g.train().forward(inp.input.data, [n, h, w, c]).length, n * 7);
   } finally { g.dispose(); }
 });
+
+test('demo-models/norms: every small model loads, its kind matches its name, eval and train forwards run', () => {
+  const DEMO = fileURLToPath(new URL('../../demo-models/norms/', import.meta.url));
+  const want = { batch: 'batch', group: 'group:4', renorm: 'renorm', ghost: 'ghost:4', none: 'none', frozen: 'frozen' };
+  const x = new Float32Array(8 * 32 * 32 * 3).map((_, i) => Math.sin(i * 0.37));
+  for (const [file, norm] of Object.entries(want)) {
+    const m = lab.loadModel(new Uint8Array(readFileSync(join(DEMO, `${file}.safetensors`))));
+    try {
+      assert.equal(m.info.norm, norm, file);
+      assert.equal(m.info.numClasses, 4);
+      const e = m.eval().forward(x, [8, 32, 32, 3]), t = m.train().forward(x, [8, 32, 32, 3]);
+      assert.ok(e.every(Number.isFinite) && t.every(Number.isFinite), file);
+      // GroupNorm, frozen BatchNorm and no normalization compute the same function in both modes; the others do not
+      const same = e.every((v, i) => Math.abs(v - t[i]) <= 1e-5 * (1 + Math.abs(v)));
+      assert.equal(same, ['none', 'frozen', 'group:4'].includes(norm), `${file}: eval == train`);
+    } finally { m.dispose(); }
+  }
+});
