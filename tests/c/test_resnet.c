@@ -479,6 +479,25 @@ static void run_norms(const char *kind, const char *name) {
     free(f.wbuf);
 }
 
+// The "bnlab.norm" strings: parse -> format round trip; malformed ones refused naming the string.
+static void test_norm_strings(void) {
+    static const char *good[] = {"batch", "none", "group:1", "group:32", "renorm", "ghost:4", "frozen"};
+    static const char *bad[] = {"", "Batch", "group", "group:", "group:0", "group:01", "group:4x", "ghost:-1",
+                                "ghost:99999999999", "renorm:3", "frozen "};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        bnl_norm_spec sp;
+        char back[48];
+        CHECK(bnl_norm_parse(&sp, good[i]) == BNL_OK, "norm '%s' refused: %s", good[i], bnl_last_error());
+        bnl_norm_format(&sp, back, sizeof back);
+        CHECK(!strcmp(back, good[i]), "norm '%s' formats back as '%s'", good[i], back);
+    }
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        bnl_norm_spec sp;
+        CHECK(bnl_norm_parse(&sp, bad[i]) == BNL_ERR_ARG && strstr(bnl_last_error(), "is not a normalization"),
+              "norm '%s' accepted or unclear: '%s'", bad[i], bnl_last_error());
+    }
+}
+
 int main(void) {
     for (int isa = 0; isa < BNL_ISA_COUNT; isa++) {
         if (!bnl_isa_available((bnl_isa)isa)) continue;
@@ -493,5 +512,6 @@ int main(void) {
         printf("isa %s: %s\n", bnl_isa_name((bnl_isa)isa), g_failures == before ? "ok" : "FAILED");
     }
     bnl_isa_reset();
+    test_norm_strings();
     return test_summary("test_resnet");
 }
