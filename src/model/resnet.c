@@ -475,12 +475,6 @@ static bnl_status copy_meta(bnl_resnet *m, const bnl_st_file *f) {
     return BNL_OK;
 }
 
-static const char *file_meta(const bnl_st_file *f, const char *key) {
-    for (size_t i = 0; i < f->meta_count; i++)
-        if (!strcmp(f->meta_keys[i], key)) return f->meta_values[i];
-    return NULL;
-}
-
 // A positive integer after "prefix:" (group:G, ghost:V); 0 if malformed.
 static int parse_count(const char *s, const char *prefix) {
     size_t n = strlen(prefix);
@@ -516,20 +510,20 @@ void bnl_norm_format(const bnl_norm_spec *sp, char *buf, size_t cap) {
 
 // A renorm bound from the metadata (absent: the default); lo is its smallest legal value.
 static bnl_status meta_bound(const bnl_st_file *f, const char *key, float lo, float dflt, float *out) {
-    const char *v = file_meta(f, key);
+    const char *v = bnl_st_meta(f, key);
     *out = dflt;
     if (!v) return BNL_OK;
     char *end;
     double d = strtod(v, &end);
-    if (end == v || *end || !isfinite(d) || d < lo)
-        return bnl_fail(BNL_ERR_FORMAT, "metadata '%s' is '%.40s' (expected a number >= %g)", key, v, (double)lo);
+    if (end == v || *end || !(d >= lo && d <= 1e6))
+        return bnl_fail(BNL_ERR_FORMAT, "metadata '%s' is '%.40s' (expected a number in [%g, 1e6])", key, v, (double)lo);
     *out = (float)d;
     return BNL_OK;
 }
 
 // "bnlab.norm" (and the renorm bounds) in the file's __metadata__: absent or "batch" is BatchNorm.
 static bnl_status norm_from_file(bnl_resnet *m, const bnl_st_file *f) {
-    const char *v = file_meta(f, NORM_META_KEY);
+    const char *v = bnl_st_meta(f, NORM_META_KEY);
     bnl_status s = bnl_norm_parse(&m->ns, v ? v : "batch");
     if (s != BNL_OK)
         return bnl_fail(BNL_ERR_FORMAT, "metadata '%s' is '%.60s' (expected batch, none, group:G, renorm, ghost:V or "
