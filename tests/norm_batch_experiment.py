@@ -11,6 +11,7 @@ of epochs (so small batches take more steps), --seeds seeds per cell. Variants (
   group    GroupNorm, --groups groups (group:G)
   renorm   Batch Renormalization, r_max 3, d_max 5 fixed from the first step
   ghost    Ghost BatchNorm, virtual batches of min(--ghost-v, B) images (at B <= V it is BatchNorm)
+  KIND@M   any of them with the learning rate multiplied by M (e.g. group@0.25)
   none     no normalization (per-channel scale and shift), torchvision init (no zero-init: SkipInit trained worst
            in tests/norm_experiment.py on this data)
 
@@ -42,7 +43,19 @@ LABELS = {"batch": "BatchNorm", "group": "GroupNorm", "renorm": "Batch Renorm", 
 COLORS = {"batch": "#1f77b4", "group": "#2ca02c", "renorm": "#9467bd", "ghost": "#ff7f0e", "none": "#d62728"}
 
 
+def split_variant(variant):
+    """'group@0.25' -> ('group', 0.25): the kind and its learning-rate multiplier."""
+    base, _, mult = variant.partition("@")
+    return base, float(mult) if mult else 1.0
+
+
+def label(variant):
+    base, mult = split_variant(variant)
+    return LABELS[base] + (f", lr x{mult:g}" if mult != 1.0 else "")
+
+
 def norm_args(a, variant, B):
+    variant = split_variant(variant)[0]
     if variant == "group":
         return ["--norm", f"group:{a.groups}"]
     if variant == "ghost":
@@ -50,8 +63,8 @@ def norm_args(a, variant, B):
     return ["--norm", variant]
 
 
-def lr_of(a, B):
-    return a.lr_per_64 * B / 64.0
+def lr_of(a, B, variant=""):
+    return a.lr_per_64 * B / 64.0 * split_variant(variant)[1]
 
 
 def run_dir(a, variant, B, seed):
@@ -77,7 +90,7 @@ def train_cmd(a, variant, B, seed, d):
     return [a.bnlab, "train", "--out", d, "--data", "procedural", "--classes", str(a.classes),
             "--image-size", str(a.image_size), "--train-size", str(a.train_size), "--val-size", str(a.val_size),
             "--data-seed", str(a.data_seed), "--arch", a.arch, "--width-mult", str(a.width_mult),
-            "--epochs", str(a.epochs), "--batch-size", str(B), "--lr", f"{lr_of(a, B):g}",
+            "--epochs", str(a.epochs), "--batch-size", str(B), "--lr", f"{lr_of(a, B, variant):g}",
             "--warmup-epochs", str(a.warmup_epochs), "--schedule", "cosine", "--seed", str(seed),
             "--threads", "1", "--quiet"] + norm_args(a, variant, B)
 
@@ -131,7 +144,7 @@ def report(a, argv):
                 st = state(a, d)
                 m = metrics(d)
                 wall = open(os.path.join(d, "wall_s")).read().strip() if os.path.exists(os.path.join(d, "wall_s")) else ""
-                rows.append({"variant": v, "norm": norm_args(a, v, B)[1], "batch": B, "lr": f"{lr_of(a, B):g}",
+                rows.append({"variant": v, "norm": norm_args(a, v, B)[1], "batch": B, "lr": f"{lr_of(a, B, v):g}",
                              "seed": s, "status": st, "val_top1": m[-1]["val_top1"] if st == "done" else "",
                              "train_loss_last_epoch": m[-1]["train_loss"] if st == "done" else "", "wall_s": wall})
     with open(os.path.join(a.out, "results.csv"), "w", newline="") as f:
@@ -158,7 +171,7 @@ def report(a, argv):
                 continue
             per = "/".join("div." if e is None else f"{100 * e:.1f}" for e in errs)
             cells.append(f"**{100 * mean:.1f}** ({per})" if mean is not None and done == len(a.seeds) else per)
-        md.append(f"| {LABELS[v]} (`{norm_args(a, v, max(a.batches))[1]}`) | " + " | ".join(cells) + " |")
+        md.append(f"| {label(v)} (`{norm_args(a, v, max(a.batches))[1]}`) | " + " | ".join(cells) + " |")
     md += ["", f"Chance: {100 - 100 / a.classes:.0f} % error. Ghost uses virtual batches of min({a.ghost_v}, B) "
            f"images, so at B <= {a.ghost_v} it is BatchNorm. The lr column of results.csv gives each run's lr.", "",
            "![eval error against batch size](error_vs_batch.svg)", "",
@@ -171,7 +184,8 @@ def report(a, argv):
         pts = [(B, cell(a, v, B)[0]) for B in a.batches]
         pts = [(B, e) for B, e in pts if e is not None]
         if pts:
-            series.append({"label": LABELS[v], "color": COLORS[v], "dash": v == "none", "points": pts})
+            base, mult = split_variant(v)
+            series.append({"label": label(v), "color": COLORS[base], "dash": mult != 1.0, "points": pts})
     if series:
         plot_svg.line_plot(series, os.path.join(a.out, "error_vs_batch.svg"),
                            title=f"eval error after {a.epochs} epochs, mean of {len(a.seeds)} seeds",
