@@ -126,6 +126,59 @@ bnl_status bnl_channel_affine_backward(float *dx, float *dgamma, float *dbeta, c
                                        const bnl_bn_config *cfg);
 
 // ---------------------------------------------------------------------------------------------
+// Other normalizations of the same layer (src/ops/norms.c). cfg as for BatchNorm: eps, momentum,
+// unbiased, cumulative (running statistics), use_scale/use_bias, fused relu. They run on the same
+// per-ISA row kernels as BatchNorm; the scalar ISA is the double-precision reference.
+//
+// GroupNorm (Wu & He 2018): x viewed as (N, HW, C); statistics per sample and per group of C/G
+// consecutive channels over HW*(C/G) values; gamma/beta per channel; no running statistics; the
+// same in train and eval mode. mean, invstd: (N, G) written (saved for backward); var_out (N, G)
+// biased variance, may be NULL. G must divide C (BNL_ERR_ARG otherwise). y may alias x.
+bnl_status bnl_groupnorm_forward(float *y, float *mean, float *invstd, float *var_out, const float *x,
+                                 const float *gamma, const float *beta, size_t N, size_t HW, size_t C, size_t G,
+                                 const bnl_bn_config *cfg);
+// Per group (Mg = HW*C/G values, xhat = (x-mean)*invstd, gh = gamma*g):
+//   dx = invstd*(gh - sum(gh)/Mg - xhat*sum(gh*xhat)/Mg), dgamma += sum(g*xhat), dbeta += sum(g).
+bnl_status bnl_groupnorm_backward(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x,
+                                  const float *mean, const float *invstd, const float *gamma, const float *beta,
+                                  size_t N, size_t HW, size_t C, size_t G, const bnl_bn_config *cfg);
+
+// Batch Renormalization (Ioffe 2017), train mode: xhat from the batch statistics, then
+//   y = gamma*(xhat*r + d) + beta, r = clip(sigma_B/sigma_run, 1/r_max, r_max),
+//   d = clip((mean_B - running_mean)/sigma_run, -d_max, d_max), sigma = sqrt(var + eps),
+// r and d computed from the running statistics BEFORE this batch updates them (as BatchNorm's
+// rule), written to r_out/d_out (C each, may be NULL) and held constant in backward. Eval mode is
+// BatchNorm's eval (bnl_batchnorm_forward_eval). r_max >= 1, d_max >= 0. M == 1: BNL_ERR_BATCH.
+bnl_status bnl_batchrenorm_forward_train(float *y, float *mean, float *invstd, float *var_out, float *r_out,
+                                         float *d_out, float *running_mean, float *running_var,
+                                         int64_t *num_batches_tracked, const float *x, const float *gamma,
+                                         const float *beta, size_t M, size_t C, float r_max, float d_max,
+                                         const bnl_bn_config *cfg);
+// BatchNorm's train backward with gamma*r in place of gamma, plus dgamma += sum(g*(xhat*r + d)).
+bnl_status bnl_batchrenorm_backward_train(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x,
+                                          const float *mean, const float *invstd, const float *r, const float *d,
+                                          const float *gamma, const float *beta, size_t M, size_t C,
+                                          const bnl_bn_config *cfg);
+
+// Ghost BatchNorm (Hoffer et al. 2017), train mode: x viewed as (N, HW, C), split into N/V virtual
+// batches of V images, each normalized with its own statistics. mean, invstd, var_out: (N/V, C)
+// (var_out may be NULL). The running statistics move once per call by the average over the virtual
+// batches of their means and (biased) variances (Keras virtual_batch_size; with cfg->unbiased each
+// variance gets V*HW/(V*HW-1)). V must divide N, V*HW > 1 (BNL_ERR_BATCH otherwise). Eval mode is
+// BatchNorm's eval. y may alias x.
+bnl_status bnl_ghostbn_forward_train(float *y, float *mean, float *invstd, float *var_out, float *running_mean,
+                                     float *running_var, int64_t *num_batches_tracked, const float *x,
+                                     const float *gamma, const float *beta, size_t N, size_t HW, size_t C, size_t V,
+                                     const bnl_bn_config *cfg);
+// BatchNorm's train backward per virtual batch (dgamma/dbeta summed over them).
+bnl_status bnl_ghostbn_backward_train(float *dx, float *dgamma, float *dbeta, const float *dy, const float *x,
+                                      const float *mean, const float *invstd, const float *gamma, const float *beta,
+                                      size_t N, size_t HW, size_t C, size_t V, const bnl_bn_config *cfg);
+// Frozen BatchNorm (detectron2's FrozenBatchNorm2d) needs no kernel of its own: in training too it is
+// bnl_batchnorm_forward_eval / bnl_batchnorm_backward_eval (running statistics as constants, never
+// updated).
+
+// ---------------------------------------------------------------------------------------------
 // The train-mode passes one by one, for synchronized BatchNorm across replicas (each replica has
 // M_local rows; sums are combined by the caller, e.g. MPI_Allreduce, before the next pass):
 //   stats (local mean, m2) -> combine -> apply (+ update_running with M_total)

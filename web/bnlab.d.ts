@@ -144,9 +144,22 @@ export interface ModelInfo {
    * 'batch': BatchNorm. 'none': a network trained without normalization (`bnlab train --norm none`,
    * `__metadata__` "bnlab.norm": "none"): every BatchNorm layer is a per-channel scale and shift, train and eval
    * mode compute the same function, running statistics are neither used nor updated, bnStats has no batch.
+   * 'group:G': GroupNorm (statistics per image and group; train and eval the same; no running statistics, bnStats
+   * has no batch; normStats gives the per-image group statistics). 'renorm': Batch Renormalization (normStats: r, d).
+   * 'ghost:V': Ghost BatchNorm (bnStats' batch = the virtual batches' average; normStats: each virtual batch's).
+   * 'frozen': BatchNorm with the running statistics in training too (never updated; bnStats has no batch).
    */
-  readonly norm: 'batch' | 'none';
+  readonly norm: 'batch' | 'none' | 'renorm' | 'frozen' | `group:${number}` | `ghost:${number}`;
+  /** Renorm's clipping bounds (`bnlab.renorm_rmax`, `bnlab.renorm_dmax`; defaults 3 and 5). Only when norm is 'renorm'. */
+  readonly renorm?: { readonly rmax: number; readonly dmax: number };
 }
+
+/** A GroupNorm, Renorm or Ghost layer's own statistics of the last forward (see Model.normStats). */
+export type NormStats =
+  | { layer: string; kind: 'group'; images: number; groups: number; groupMean: Float32Array; groupVar: Float32Array }
+  | { layer: string; kind: 'renorm'; channels: number; r: Float32Array; d: Float32Array }
+  | { layer: string; kind: 'ghost'; virtualBatches: number; channels: number; virtualMean: Float32Array;
+      virtualVar: Float32Array };
 
 /** What a BatchNorm layer used and holds. */
 export interface BnStats {
@@ -201,6 +214,11 @@ export interface Model {
   forwardTo(x: FloatInput, shape: Shape4, layer: string | number): BnStats;
   /** Statistics of one BatchNorm layer, by name (see info.bnLayers) or index. */
   bnStats(layer: string | number): BnStats;
+  /**
+   * GroupNorm's per-image group statistics (from the last forward, either mode), Renorm's r and d or Ghost's per-virtual-
+   * batch statistics (from the last train-mode forward); null for other kinds or before such a forward.
+   */
+  normStats(layer: string | number): NormStats | null;
   /** One SGD step in train mode (softmax cross-entropy, mean over the batch); returns the loss. Labels in [0, numClasses). */
   step(x: FloatInput, shape: Shape4, labels: ArrayLike<number | bigint>, options?: StepOptions): number;
   /** The whole state as safetensors bytes, in the loaded file's names and layouts. */

@@ -414,9 +414,13 @@ class Model {
       const info = {
         blocks: v.slice(7, 7 + stages), widths: v.slice(15, 15 + stages), block: v[1] ? 'bottleneck' : 'basic',
         stemWidth: v[2], inChannels: v[3], numClasses: v[4], numFeatures: v[5], numParams, bnLayers,
-        // the C loader already refused any other value of this key
-        norm: this._meta('bnlab.norm', alloc) === 'none' ? 'none' : 'batch',
+        // the bnlab.norm string ('batch' when absent); the C loader already refused any other value
+        norm: this._meta('bnlab.norm', alloc) ?? 'batch',
       };
+      if (info.norm === 'renorm') {   // the loader checked the bounds; absent keys mean the defaults
+        const rmax = this._meta('bnlab.renorm_rmax', alloc), dmax = this._meta('bnlab.renorm_dmax', alloc);
+        info.renorm = { rmax: rmax == null ? 3 : Number(rmax), dmax: dmax == null ? 5 : Number(dmax) };
+      }
       for (const key of ['labels', 'mean', 'std', 'input_size']) {
         const raw = this._meta(key, alloc);
         if (raw == null) continue;
@@ -500,6 +504,31 @@ class Model {
         runningMean: L._getF32(ptrs[2], C), runningVar: L._getF32(ptrs[3], C),
         numBatchesTracked: hi * 4294967296 + (lo >>> 0),
       };
+    });
+  }
+
+  // What a GroupNorm, Renorm or Ghost layer computed in the last forward beyond BatchNorm's statistics,
+  // or null (another kind, or no forward yet: train mode for renorm/ghost, either mode for group):
+  //   group:  { kind, images, groups, groupMean, groupVar }   (Float32Array images*groups, row-major)
+  //   renorm: { kind, channels, r, d }                        (Float32Array channels; r, d as used in training)
+  //   ghost:  { kind, virtualBatches, channels, virtualMean, virtualVar }   (virtualBatches*channels)
+  normStats(name) {
+    const h = this._live(), L = this._lab;
+    const i = typeof name === 'number' ? name : this.info.bnLayers.indexOf(name);
+    if (i < 0 || i >= this.info.bnLayers.length)
+      throw new Error(`bnlab: no normalization layer named ${JSON.stringify(name)} (see model.info.bnLayers)`);
+    const kind = this.info.norm.split(':')[0];
+    if (kind !== 'group' && kind !== 'renorm' && kind !== 'ghost') return null;
+    return L._scoped((alloc) => {
+      const po = alloc(8), pp = alloc(8);
+      if (L._ex.bnl_wasm_model_norm_stats(h, i, po, pp) !== 0) return null;   // nothing has run yet
+      const [rows, cols] = I32(L, po, 2);
+      const ptrs = new Uint32Array(L._ex.memory.buffer, pp, 2).slice();
+      const a = L._getF32(ptrs[0], rows * cols), b = L._getF32(ptrs[1], rows * cols);
+      const layer = this.info.bnLayers[i];
+      if (kind === 'group') return { layer, kind, images: rows, groups: cols, groupMean: a, groupVar: b };
+      if (kind === 'renorm') return { layer, kind, channels: cols, r: a, d: b };
+      return { layer, kind, virtualBatches: rows, channels: cols, virtualMean: a, virtualVar: b };
     });
   }
 

@@ -109,9 +109,22 @@ int cmd_info(int argc, char **argv) {
     printf("\ninput channels: %d\nclasses: %d\nfeatures: %d\n", in->in_channels, in->num_classes, in->num_features);
     printf("batchnorm layers: %d\nparameters: %zu\nrunning statistics: %zu\n", in->num_bn, in->num_params,
            in->num_stats);
-    printf("normalization: %s\n", in->norm == BNL_NORM_NONE
-                                       ? "none (BatchNorm layers are per-channel scale and shift; running statistics unused)"
-                                       : "batchnorm");
+    {   // the bnlab.norm string first (what --norm takes), then what it means
+        bnl_norm_spec ns = bnl_resnet_norm_spec(m);
+        char kind[48];
+        bnl_norm_format(&ns, kind, sizeof kind);
+        static const char *what[] = {
+            "BatchNorm", "none (BatchNorm layers are per-channel scale and shift; running statistics unused)",
+            "GroupNorm (statistics per image and group of channels; the same in train and eval mode; no running statistics)",
+            "Batch Renormalization", "Ghost BatchNorm (training statistics per virtual batch)",
+            "frozen BatchNorm (running statistics in training too, never updated)"};
+        if (ns.kind == BNL_NORM_BATCH) printf("normalization: batchnorm\n");
+        else if (ns.kind == BNL_NORM_RENORM)
+            printf("normalization: renorm: %s, r_max %g, d_max %g\n", what[ns.kind], (double)ns.renorm_rmax,
+                   (double)ns.renorm_dmax);
+        else if (ns.kind == BNL_NORM_NONE) printf("normalization: %s\n", what[ns.kind]);
+        else printf("normalization: %s: %s\n", kind, what[ns.kind]);
+    }
     const char *labels = bnl_resnet_meta(m, "labels");
     printf("labels: %s\n", labels ? "yes (in __metadata__)" : "no");
     bnl_resnet_free(m);

@@ -207,7 +207,9 @@ int cmd_train(int argc, char **argv) {
         {"init", "W.safetensors", "start from these weights (architecture from the file; another class count gets a new fc)",
          NULL, 0},
         {"norm", "KIND", "batch: BatchNorm; none: no normalization, every BatchNorm layer becomes a learnable per-channel "
-                         "scale and shift (the BN-free baseline) [default: batch]", NULL, 0},
+                         "scale and shift (the BN-free baseline); group:G: GroupNorm with G groups; renorm: Batch "
+                         "Renormalization (r_max 3, d_max 5); ghost:V: Ghost BatchNorm over virtual batches of V images; "
+                         "frozen: BatchNorm with its running statistics fixed, in training too [default: batch]", NULL, 0},
         {"zero-init-residual", NULL, "start the last BatchNorm gamma (scale) of every block at 0 (torchvision's "
                                      "zero_init_residual; with --norm none: SkipInit)", NULL, 0},
         {"epochs", "E", "epochs", "10", 0},
@@ -303,9 +305,7 @@ int cmd_train(int argc, char **argv) {
         bad = cli_error("--init: the file decides the normalization and holds its weights: drop --norm and --zero-init-residual");
     if (!bad && cli_get(opts, nopts, "norm")) {
         const char *nm = cli_get(opts, nopts, "norm");
-        if (!strcmp(nm, "batch")) cfg.norm = BNL_NORM_BATCH;
-        else if (!strcmp(nm, "none")) cfg.norm = BNL_NORM_NONE;
-        else bad = cli_error("--norm: expected 'batch' or 'none', got '%s'", nm);
+        if (bnl_norm_parse(&cfg.norm, nm) != BNL_OK) bad = cli_error("--norm: %s", bnl_last_error());
     }
     cfg.zero_init_residual = cli_get(opts, nopts, "zero-init-residual") != NULL;
     if (!bad && cli_get(opts, nopts, "arch")) bad = parse_arch(cli_get(opts, nopts, "arch"), &cfg.depth) != 0;
@@ -347,8 +347,9 @@ int cmd_train(int argc, char **argv) {
     cfg.sync_bn = cli_get(opts, nopts, "sync-bn") != NULL;
     cfg.nudge_input = cli_get(opts, nopts, "nudge-input") != NULL;
     cfg.dump_batches = cli_get(opts, nopts, "dump-batches");
-    if (!bad && cfg.sync_bn && cfg.norm == BNL_NORM_NONE)
-        bad = cli_error("--sync-bn has nothing to synchronize with --norm none (no batch statistics)");
+    if (!bad && cfg.sync_bn && cfg.norm.kind != BNL_NORM_BATCH)
+        bad = cli_error("--sync-bn has nothing to synchronize with --norm %s (it synchronizes BatchNorm's batch statistics only)",
+                        cli_get(opts, nopts, "norm"));
     if (!bad && cli_get(opts, nopts, "augment") && cli_get(opts, nopts, "no-augment"))
         bad = cli_error("--augment and --no-augment contradict each other");
     cfg.augment = cli_get(opts, nopts, "no-augment") == NULL;

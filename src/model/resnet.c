@@ -28,6 +28,8 @@
 
 #define NAME_LEN 64
 #define NORM_META_KEY "bnlab.norm"
+#define RMAX_META_KEY "bnlab.renorm_rmax"
+#define DMAX_META_KEY "bnlab.renorm_dmax"
 
 typedef struct {
     char name[NAME_LEN];   // "layer1.0.conv1" (".weight" appended in the file)
@@ -43,6 +45,7 @@ typedef struct {
     size_t rm, rv;         // stats offsets (running mean, running var)
     size_t bm, bv, bis;    // batch offsets (batch mean, batch var, invstd saved for backward)
     int64_t tracked;
+    size_t xo;             // offset in nbuf of this layer's kind-specific statistics (norm_plan)
     // plan: input (the conv output) and output of this layer for the current batch shape
     float *pre, *post;
     int H, W;              // spatial size of its input
@@ -74,6 +77,12 @@ struct bnl_resnet {
     float *batch;
     int has_batch, has_tracked, training;
     bnl_bn_config bn;
+    // normalization kind and, per layer, what group/renorm/ghost keep beyond BatchNorm's batch
+    // statistics (group: mean, var, invstd (N,G); renorm: r, d (C); ghost: mean, var, invstd (N/V,C))
+    bnl_norm_spec ns;
+    float *nbuf;
+    size_t nbuf_cap;
+    int nbuf_N, has_norm_stats;
     char **meta_k, **meta_v;
     size_t nmeta;
     bnl_allgather_fn sync_fn;
@@ -228,12 +237,14 @@ static bnl_status check_conv(const bnl_st_file *f, const char *layer, int cin, i
     return expect_shape(f, name, 4, dims, hint);
 }
 
-static bnl_status check_bn(const bnl_st_file *f, const char *layer, int C) {
+// GroupNorm files may lack the running statistics (nn.GroupNorm has none): need_stats 0.
+static bnl_status check_bn(const bnl_st_file *f, const char *layer, int C, int need_stats) {
     static const char *parts[] = {"weight", "bias", "running_mean", "running_var"};
     char name[NAME_LEN + 32];
     int64_t dims[1] = {C};
     for (int i = 0; i < 4; i++) {
         snprintf(name, sizeof name, "%s.%s", layer, parts[i]);
+        if (i >= 2 && !need_stats && !bnl_st_find(f, name)) continue;
         bnl_status s = expect_shape(f, name, 1, dims, NULL);
         if (s != BNL_OK) return s;
     }
@@ -250,7 +261,7 @@ static bnl_status add_conv_bn(builder *b, const bnl_st_file *f, const char *pre,
     if ((s = check_conv(f, lname, cin, cout, k, hint)) != BNL_OK) return s;
     if ((*ci = add_conv(b, lname, cin, cout, k, stride)) < 0) return bnl_fail(BNL_ERR_NOMEM, "out of memory building the ResNet layout");
     snprintf(lname, sizeof lname, "%s.%s", pre, bn);
-    if ((s = check_bn(f, lname, cout)) != BNL_OK) return s;
+    if ((s = check_bn(f, lname, cout, b->m->ns.kind != BNL_NORM_GROUP)) != BNL_OK) return s;
     if ((*bi = add_bn(b, lname, cout, relu)) < 0) return bnl_fail(BNL_ERR_NOMEM, "out of memory building the ResNet layout");
     return BNL_OK;
 }
@@ -273,7 +284,7 @@ static bnl_status build_layout(bnl_resnet *m, const bnl_st_file *f) {
                         (long long)d[2], (long long)d[3]);
     info->stem_width = (int)d[0], info->in_channels = (int)d[1];
     if (add_conv(&b, "conv1", info->in_channels, info->stem_width, 7, 2) < 0) goto oom;
-    if ((s = check_bn(f, "bn1", info->stem_width)) != BNL_OK) return s;
+    if ((s = check_bn(f, "bn1", info->stem_width, m->ns.kind != BNL_NORM_GROUP)) != BNL_OK) return s;
     if (add_bn(&b, "bn1", info->stem_width, 1) < 0) goto oom;
 
     info->bottleneck = bnl_st_find(f, "layer1.0.conv3.weight") != NULL;
@@ -428,7 +439,12 @@ static bnl_status load_values(bnl_resnet *m, const bnl_st_file *f) {
             {"running_mean", m->stats + x->rm}, {"running_var", m->stats + x->rv}};
         for (int p = 0; p < 4; p++) {
             snprintf(name, sizeof name, "%s.%s", x->name, parts[p].part);
-            if ((s = bnl_st_to_f32(parts[p].dst, bnl_st_find(f, name))) != BNL_OK) return s;
+            const bnl_st_tensor *t = bnl_st_find(f, name);
+            if (!t) {   // a GroupNorm file without running statistics (check_bn allowed it): BatchNorm's init
+                for (int c = 0; c < x->C; c++) parts[p].dst[c] = p == 3 ? 1.0f : 0.0f;
+                continue;
+            }
+            if ((s = bnl_st_to_f32(parts[p].dst, t)) != BNL_OK) return s;
         }
         for (int c = 0; c < x->C; c++)
             if (!(m->stats[x->rv + c] >= 0.0f) || !isfinite(m->stats[x->rv + c]))
@@ -463,12 +479,74 @@ static bnl_status copy_meta(bnl_resnet *m, const bnl_st_file *f) {
     return BNL_OK;
 }
 
-// "bnlab.norm" in __metadata__: absent or "batch" is BatchNorm, "none" the affine-only network.
-static bnl_status norm_from_meta(bnl_resnet *m) {
-    const char *v = bnl_resnet_meta(m, NORM_META_KEY);
-    if (!v || !strcmp(v, "batch")) m->info.norm = BNL_NORM_BATCH;
-    else if (!strcmp(v, "none")) m->info.norm = BNL_NORM_NONE;
-    else return bnl_fail(BNL_ERR_FORMAT, "metadata '%s' is '%.60s' (expected 'batch' or 'none')", NORM_META_KEY, v);
+// A positive integer after "prefix:" (group:G, ghost:V); 0 if malformed.
+static int parse_count(const char *s, const char *prefix) {
+    size_t n = strlen(prefix);
+    if (strncmp(s, prefix, n) || s[n] != ':' || s[n + 1] < '1' || s[n + 1] > '9') return 0;
+    char *end;
+    long v = strtol(s + n + 1, &end, 10);
+    return *end || v < 1 || v > 65536 ? 0 : (int)v;
+}
+
+bnl_status bnl_norm_parse(bnl_norm_spec *out, const char *s) {
+    if (!out || !s) return bnl_fail(BNL_ERR_ARG, "norm: NULL argument");
+    memset(out, 0, sizeof *out);
+    out->renorm_rmax = BNL_RENORM_RMAX_DEFAULT, out->renorm_dmax = BNL_RENORM_DMAX_DEFAULT;
+    if (!strcmp(s, "batch")) out->kind = BNL_NORM_BATCH;
+    else if (!strcmp(s, "none")) out->kind = BNL_NORM_NONE;
+    else if (!strcmp(s, "renorm")) out->kind = BNL_NORM_RENORM;
+    else if (!strcmp(s, "frozen")) out->kind = BNL_NORM_FROZEN;
+    else if ((out->groups = parse_count(s, "group")) > 0) out->kind = BNL_NORM_GROUP;
+    else if ((out->virtual_batch = parse_count(s, "ghost")) > 0) out->kind = BNL_NORM_GHOST;
+    else
+        return bnl_fail(BNL_ERR_ARG, "'%.60s' is not a normalization (expected batch, none, group:G, renorm, ghost:V or "
+                        "frozen; G, V positive integers)", s);
+    return BNL_OK;
+}
+
+void bnl_norm_format(const bnl_norm_spec *sp, char *buf, size_t cap) {
+    static const char *names[] = {"batch", "none", "group", "renorm", "ghost", "frozen"};
+    int k = sp && sp->kind >= BNL_NORM_BATCH && sp->kind <= BNL_NORM_FROZEN ? (int)sp->kind : 0;
+    if (k == BNL_NORM_GROUP) snprintf(buf, cap, "group:%d", sp->groups);
+    else if (k == BNL_NORM_GHOST) snprintf(buf, cap, "ghost:%d", sp->virtual_batch);
+    else snprintf(buf, cap, "%s", names[k]);
+}
+
+// A renorm bound from the metadata (absent: the default); lo is its smallest legal value.
+static bnl_status meta_bound(const bnl_st_file *f, const char *key, float lo, float dflt, float *out) {
+    const char *v = bnl_st_meta(f, key);
+    *out = dflt;
+    if (!v) return BNL_OK;
+    char *end;
+    double d = strtod(v, &end);
+    if (end == v || *end || !(d >= lo && d <= 1e6))
+        return bnl_fail(BNL_ERR_FORMAT, "metadata '%s' is '%.40s' (expected a number in [%g, 1e6])", key, v, (double)lo);
+    *out = (float)d;
+    return BNL_OK;
+}
+
+// "bnlab.norm" (and the renorm bounds) in the file's __metadata__: absent or "batch" is BatchNorm.
+static bnl_status norm_from_file(bnl_resnet *m, const bnl_st_file *f) {
+    const char *v = bnl_st_meta(f, NORM_META_KEY);
+    bnl_status s = bnl_norm_parse(&m->ns, v ? v : "batch");
+    if (s != BNL_OK)
+        return bnl_fail(BNL_ERR_FORMAT, "metadata '%s' is '%.60s' (expected batch, none, group:G, renorm, ghost:V or "
+                        "frozen)", NORM_META_KEY, v);
+    if (m->ns.kind == BNL_NORM_RENORM) {
+        TRY_RET(meta_bound(f, RMAX_META_KEY, 1.0f, BNL_RENORM_RMAX_DEFAULT, &m->ns.renorm_rmax));
+        TRY_RET(meta_bound(f, DMAX_META_KEY, 0.0f, BNL_RENORM_DMAX_DEFAULT, &m->ns.renorm_dmax));
+    }
+    m->info.norm = m->ns.kind;
+    return BNL_OK;
+}
+
+// GroupNorm's G must divide every layer's channels: names the first layer where it does not.
+static bnl_status check_groups(const bnl_resnet *m, int G, int from_file) {
+    for (int i = 0; i < m->nbn; i++)
+        if (m->bns[i].C % G != 0)
+            return bnl_fail(from_file ? BNL_ERR_FORMAT : BNL_ERR_ARG,
+                            "%s'group:%d': %d groups do not divide the %d channels of layer '%s'",
+                            from_file ? "metadata '" NORM_META_KEY "' is " : "norm ", G, G, m->bns[i].C, m->bns[i].name);
     return BNL_OK;
 }
 
@@ -477,11 +555,12 @@ static bnl_status load_from(bnl_resnet **out, const bnl_st_file *f, int allow_ex
     if (!m) return bnl_fail(BNL_ERR_NOMEM, "out of memory allocating the model");
     m->bn = bnl_bn_config_default();
     m->training = 0;
-    bnl_status s = build_layout(m, f);
+    bnl_status s = norm_from_file(m, f);   // first: a GroupNorm file may lack running statistics
+    if (s == BNL_OK) s = build_layout(m, f);
+    if (s == BNL_OK && m->ns.kind == BNL_NORM_GROUP) s = check_groups(m, m->ns.groups, 1);
     if (s == BNL_OK && !allow_extra) s = check_unexpected(m, f);
     if (s == BNL_OK) s = load_values(m, f);
     if (s == BNL_OK) s = copy_meta(m, f);
-    if (s == BNL_OK) s = norm_from_meta(m);
     if (s != BNL_OK) {
         bnl_resnet_free(m);
         return s;
@@ -549,6 +628,7 @@ void bnl_resnet_free(bnl_resnet *m) {
     free(m->convs), free(m->bns), free(m->blocks), free(m->segs);
     bnl_free(m->params), bnl_free(m->grads), bnl_free(m->mom), bnl_free(m->stats), bnl_free(m->batch);
     bnl_free(m->sync_buf);
+    bnl_free(m->nbuf);
     for (size_t i = 0; i < m->nmeta; i++) free(m->meta_k[i]), free(m->meta_v[i]);
     free(m->meta_k), free(m->meta_v);
     free(m);
@@ -594,17 +674,51 @@ static bnl_status meta_set(bnl_resnet *m, const char *key, const char *value) {
     return BNL_OK;
 }
 
-bnl_status bnl_resnet_set_norm(bnl_resnet *m, bnl_norm norm) {
-    if (!m) return bnl_fail(BNL_ERR_ARG, "set_norm: NULL model");
-    if (norm != BNL_NORM_BATCH && norm != BNL_NORM_NONE)
-        return bnl_fail(BNL_ERR_ARG, "set_norm: unknown normalization %d", (int)norm);
-    TRY_RET(meta_set(m, NORM_META_KEY, norm == BNL_NORM_NONE ? "none" : NULL));
-    m->info.norm = norm;
-    m->has_batch = 0;
+bnl_status bnl_resnet_set_norm_spec(bnl_resnet *m, const bnl_norm_spec *sp) {
+    if (!m || !sp) return bnl_fail(BNL_ERR_ARG, "set_norm: NULL argument");
+    bnl_norm_spec ns = *sp;
+    switch (ns.kind) {
+    case BNL_NORM_GROUP:
+        if (ns.groups < 1) return bnl_fail(BNL_ERR_ARG, "norm group:G needs G >= 1 (got %d)", ns.groups);
+        TRY_RET(check_groups(m, ns.groups, 0));
+        break;
+    case BNL_NORM_GHOST:
+        if (ns.virtual_batch < 1)
+            return bnl_fail(BNL_ERR_ARG, "norm ghost:V needs V >= 1 images per virtual batch (got %d)", ns.virtual_batch);
+        break;
+    case BNL_NORM_RENORM:
+        if (!(ns.renorm_rmax >= 1.0f) || !isfinite(ns.renorm_rmax) || !(ns.renorm_dmax >= 0.0f) ||
+            !isfinite(ns.renorm_dmax))
+            return bnl_fail(BNL_ERR_ARG, "norm renorm: rmax must be >= 1 and dmax >= 0 (got %g, %g)",
+                            (double)ns.renorm_rmax, (double)ns.renorm_dmax);
+        break;
+    case BNL_NORM_BATCH: case BNL_NORM_NONE: case BNL_NORM_FROZEN: break;
+    default: return bnl_fail(BNL_ERR_ARG, "set_norm: unknown normalization %d", (int)ns.kind);
+    }
+    char v[48], r[32], d[32];
+    bnl_norm_format(&ns, v, sizeof v);
+    snprintf(r, sizeof r, "%.9g", (double)ns.renorm_rmax), snprintf(d, sizeof d, "%.9g", (double)ns.renorm_dmax);
+    int rn = ns.kind == BNL_NORM_RENORM;
+    TRY_RET(meta_set(m, NORM_META_KEY, ns.kind == BNL_NORM_BATCH ? NULL : v));
+    TRY_RET(meta_set(m, RMAX_META_KEY, rn ? r : NULL));
+    TRY_RET(meta_set(m, DMAX_META_KEY, rn ? d : NULL));
+    m->ns = ns;
+    m->info.norm = ns.kind;
+    m->has_batch = 0, m->has_norm_stats = 0, m->nbuf_N = 0;
     m->pk_valid = 0;
     return BNL_OK;
 }
+
+bnl_status bnl_resnet_set_norm(bnl_resnet *m, bnl_norm norm) {
+    if (!m) return bnl_fail(BNL_ERR_ARG, "set_norm: NULL model");
+    if (norm == BNL_NORM_GROUP || norm == BNL_NORM_GHOST)
+        return bnl_fail(BNL_ERR_ARG, "set_norm: %s needs a parameter: use bnl_resnet_set_norm_spec",
+                        norm == BNL_NORM_GROUP ? "group:G" : "ghost:V");
+    bnl_norm_spec sp = {norm, 0, 0, BNL_RENORM_RMAX_DEFAULT, BNL_RENORM_DMAX_DEFAULT};
+    return bnl_resnet_set_norm_spec(m, &sp);
+}
 bnl_norm bnl_resnet_norm(const bnl_resnet *m) { return (bnl_norm)m->info.norm; }
+bnl_norm_spec bnl_resnet_norm_spec(const bnl_resnet *m) { return m->ns; }
 
 void bnl_resnet_zero_init_residual(bnl_resnet *m) {
     for (int b = 0; b < m->nblocks; b++) {
@@ -642,6 +756,23 @@ int bnl_resnet_bn_find(const bnl_resnet *m, const char *name) {
     for (int i = 0; i < m->nbn; i++)
         if (!strcmp(m->bns[i].name, name)) return i;
     return -1;
+}
+
+bnl_status bnl_resnet_norm_stats(const bnl_resnet *m, int i, bnl_norm_view *out) {
+    if (!m || !out) return bnl_fail(BNL_ERR_ARG, "norm_stats: NULL argument");
+    if (i < 0 || i >= m->nbn) return bnl_fail(BNL_ERR_ARG, "no normalization layer #%d (the model has %d)", i, m->nbn);
+    int k = m->ns.kind;
+    if (k != BNL_NORM_GROUP && k != BNL_NORM_RENORM && k != BNL_NORM_GHOST)
+        return bnl_fail(BNL_ERR_ARG, "norm_stats: only group, renorm and ghost layers keep statistics of their own");
+    if (!m->has_norm_stats || !m->nbuf)
+        return bnl_fail(BNL_ERR_ARG, "norm_stats: no %sforward has run yet", k == BNL_NORM_GROUP ? "" : "train-mode ");
+    const bn_t *x = &m->bns[i];
+    const float *e = m->nbuf + x->xo;
+    if (k == BNL_NORM_GROUP) out->rows = m->nbuf_N, out->cols = m->ns.groups;
+    else if (k == BNL_NORM_RENORM) out->rows = 1, out->cols = x->C;
+    else out->rows = m->nbuf_N / m->ns.virtual_batch, out->cols = x->C;
+    out->a = e, out->b = e + (size_t)out->rows * out->cols;
+    return BNL_OK;
 }
 
 bnl_status bnl_resnet_bn_stats(const bnl_resnet *m, int i, bnl_bn_view *out) {
@@ -837,12 +968,95 @@ static bnl_status bn_fwd_sync(bnl_resnet *m, bn_t *x, size_t M, const bnl_bn_con
     return bnl_batchnorm_apply(x->post, x->pre, bm, bis, m->params + x->gamma, m->params + x->beta, M, C, cfg);
 }
 
+// Room for the kind-specific statistics of every layer at batch size N (see bnl_resnet's nbuf).
+static bnl_status norm_plan(bnl_resnet *m, int N) {
+    if (m->nbuf_N == N && m->nbuf) return BNL_OK;
+    size_t total = 0;
+    for (int i = 0; i < m->nbn; i++) {
+        bn_t *x = &m->bns[i];
+        size_t C = (size_t)x->C, n = 0;
+        if (m->ns.kind == BNL_NORM_GROUP) n = 3 * (size_t)N * (size_t)m->ns.groups;
+        else if (m->ns.kind == BNL_NORM_RENORM) n = 2 * C;
+        else if (m->ns.kind == BNL_NORM_GHOST) n = 3 * (size_t)(N / m->ns.virtual_batch) * C;
+        x->xo = total;
+        total += n;
+    }
+    if (total > m->nbuf_cap) {
+        float *p = bnl_calloc(total, sizeof(float));
+        if (!p) return bnl_fail(BNL_ERR_NOMEM, "out of memory for the normalization statistics (batch %d)", N);
+        bnl_free(m->nbuf);
+        m->nbuf = p, m->nbuf_cap = total;
+    }
+    m->nbuf_N = N, m->has_norm_stats = 0;
+    return BNL_OK;
+}
+
+// GroupNorm, Renorm, Ghost and frozen BatchNorm (train: 1 for the train-mode forward).
+static bnl_status bn_fwd_other(bnl_resnet *m, bn_t *x, int N, int train, const bnl_bn_config *cfg) {
+    size_t C = (size_t)x->C, HW = (size_t)x->H * x->W, M = (size_t)N * HW;
+    const float *g = m->params + x->gamma, *b = m->params + x->beta;
+    float *rm = m->stats + x->rm, *rv = m->stats + x->rv, *e = m->nbuf + x->xo;
+    switch (m->ns.kind) {
+    case BNL_NORM_GROUP: {   // the same in both modes
+        size_t NG = (size_t)N * m->ns.groups;
+        return bnl_groupnorm_forward(x->post, e, e + 2 * NG, e + NG, x->pre, g, b, (size_t)N, HW, C,
+                                     (size_t)m->ns.groups, cfg);
+    }
+    case BNL_NORM_RENORM:
+        if (!train) break;
+        return bnl_batchrenorm_forward_train(x->post, m->batch + x->bm, m->batch + x->bis, m->batch + x->bv, e, e + C,
+                                             rm, rv, &x->tracked, x->pre, g, b, M, C, m->ns.renorm_rmax,
+                                             m->ns.renorm_dmax, cfg);
+    case BNL_NORM_GHOST: {
+        if (!train) break;
+        size_t V = (size_t)m->ns.virtual_batch, nvC = (size_t)N / V * C;
+        TRY_RET(bnl_ghostbn_forward_train(x->post, e, e + 2 * nvC, e + nvC, rm, rv, &x->tracked, x->pre, g, b,
+                                          (size_t)N, HW, C, V, cfg));
+        // the view's batch statistics: the virtual batches' average (what moved the running ones)
+        float *bm = m->batch + x->bm, *bv = m->batch + x->bv;
+        size_t nv = (size_t)N / V;
+        for (size_t c = 0; c < C; c++) {
+            double sm = 0.0, sv = 0.0;
+            for (size_t v = 0; v < nv; v++) sm += e[v * C + c], sv += e[nvC + v * C + c];
+            bm[c] = (float)(sm / (double)nv), bv[c] = (float)(sv / (double)nv);
+        }
+        return BNL_OK;
+    }
+    default: break;   // frozen: eval in both modes
+    }
+    return bnl_batchnorm_forward_eval(x->post, x->pre, g, b, rm, rv, M, C, cfg);
+}
+
+static bnl_status bn_bwd_other(bnl_resnet *m, bn_t *x, float *dx, const float *dy, int N, const bnl_bn_config *cfg) {
+    size_t C = (size_t)x->C, HW = (size_t)x->H * x->W, M = (size_t)N * HW;
+    const float *g = m->params + x->gamma, *b = m->params + x->beta, *e = m->nbuf + x->xo;
+    float *dg = m->grads + x->gamma, *db = m->grads + x->beta;
+    switch (m->ns.kind) {
+    case BNL_NORM_GROUP: {
+        size_t NG = (size_t)N * m->ns.groups;
+        return bnl_groupnorm_backward(dx, dg, db, dy, x->pre, e, e + 2 * NG, g, b, (size_t)N, HW, C,
+                                      (size_t)m->ns.groups, cfg);
+    }
+    case BNL_NORM_RENORM:
+        return bnl_batchrenorm_backward_train(dx, dg, db, dy, x->pre, m->batch + x->bm, m->batch + x->bis, e, e + C, g,
+                                              b, M, C, cfg);
+    case BNL_NORM_GHOST: {
+        size_t V = (size_t)m->ns.virtual_batch, nvC = (size_t)N / V * C;
+        return bnl_ghostbn_backward_train(dx, dg, db, dy, x->pre, e, e + 2 * nvC, g, b, (size_t)N, HW, C, V, cfg);
+    }
+    default:   // frozen: the running statistics are constants
+        return bnl_batchnorm_backward_eval(dx, dg, db, dy, x->pre, g, b, m->stats + x->rm, m->stats + x->rv, M, C, cfg);
+    }
+}
+
 static bnl_status bn_fwd(bnl_resnet *m, bn_t *x, int N, int train) {
     bnl_bn_config cfg = m->bn;
     cfg.relu = x->relu;
     size_t M = (size_t)N * x->H * x->W;
     bnl_status s;
-    if (m->info.norm == BNL_NORM_NONE) {   // no statistics at all: the same in train and eval mode
+    if (m->info.norm != BNL_NORM_BATCH && m->info.norm != BNL_NORM_NONE) {
+        s = bn_fwd_other(m, x, N, train, &cfg);
+    } else if (m->info.norm == BNL_NORM_NONE) {   // no statistics at all: the same in train and eval mode
         return bnl_channel_affine_forward(x->post, x->pre, m->params + x->gamma, m->params + x->beta, M,
                                           (size_t)x->C, &cfg);
     } else if (train && m->sync_fn) {
@@ -867,6 +1081,7 @@ static bnl_status bn_bwd(bnl_resnet *m, bn_t *x, float *dx, const float *dy, int
     bnl_bn_config cfg = m->bn;
     cfg.relu = x->relu;
     size_t M = (size_t)N * x->H * x->W;
+    if (m->info.norm != BNL_NORM_BATCH && m->info.norm != BNL_NORM_NONE) return bn_bwd_other(m, x, dx, dy, N, &cfg);
     if (m->info.norm == BNL_NORM_NONE)
         return bnl_channel_affine_backward(dx, m->grads + x->gamma, m->grads + x->beta, dy, x->pre,
                                            m->params + x->gamma, m->params + x->beta, M, (size_t)x->C, &cfg);
@@ -1050,13 +1265,18 @@ static void zero_range(void *p, size_t i0, size_t i1, int tid) {
 // they run in), logits not computed.
 static bnl_status forward_impl(bnl_resnet *m, float *logits, const float *x, int N, int H, int W, int train,
                                int stop) {
-    if (!train) return forward_eval(m, logits, x, N, H, W);
+    // GroupNorm's statistics come from the batch in eval mode too: no folding into the convolutions
+    if (!train && m->ns.kind != BNL_NORM_GROUP) return forward_eval(m, logits, x, N, H, W);
+    if (train && m->ns.kind == BNL_NORM_GHOST && N % m->ns.virtual_batch != 0)
+        return bnl_fail(BNL_ERR_BATCH, "ghost:%d: virtual batches of %d images do not divide the batch of %d images",
+                        m->ns.virtual_batch, m->ns.virtual_batch, N);
 #define BN_FWD(b)                                                                                                      \
     do {                                                                                                               \
         TRY(bn_fwd(m, (b), N, train));                                                                                 \
         if ((b) - m->bns == stop) goto done;                                                                           \
     } while (0)
-    m->pk_valid = 0;   // running statistics move
+    TRY(norm_plan(m, N));
+    if (train) m->pk_valid = 0;   // running statistics move
     bn_t *stem = &m->bns[0];
     TRY(conv_fwd(m, &m->convs[0], stem->pre, x, N, H, W));
     BN_FWD(stem);
@@ -1092,7 +1312,10 @@ static bnl_status forward_impl(bnl_resnet *m, float *logits, const float *x, int
                            m->info.num_classes));
 done:
 #undef BN_FWD
-    if (train && m->info.norm == BNL_NORM_BATCH) m->has_batch = 1;
+    if (train && (m->info.norm == BNL_NORM_BATCH || m->info.norm == BNL_NORM_RENORM || m->info.norm == BNL_NORM_GHOST))
+        m->has_batch = 1;
+    if (m->info.norm == BNL_NORM_GROUP || (train && (m->info.norm == BNL_NORM_RENORM || m->info.norm == BNL_NORM_GHOST)))
+        m->has_norm_stats = 1;
     return BNL_OK;
 }
 
@@ -1301,11 +1524,13 @@ static bnl_status add_tensors(const bnl_resnet *m, bnl_st_writer *w, float **con
         struct { const char *part; const float *src; } parts[] = {
             {"weight", m->params + x->gamma}, {"bias", m->params + x->beta},
             {"running_mean", m->stats + x->rm}, {"running_var", m->stats + x->rv}};
-        for (int p = 0; p < 4 && s == BNL_OK; p++) {
+        // GroupNorm: weight and bias only, as nn.GroupNorm's state dict
+        int nparts = m->ns.kind == BNL_NORM_GROUP ? 2 : 4;
+        for (int p = 0; p < nparts && s == BNL_OK; p++) {
             snprintf(name, sizeof name, "%s.%s", x->name, parts[p].part);
             s = bnl_st_writer_add(w, name, BNL_DT_F32, 1, cs, parts[p].src);
         }
-        if (s == BNL_OK && m->has_tracked) {
+        if (s == BNL_OK && m->has_tracked && nparts == 4) {
             snprintf(name, sizeof name, "%s.num_batches_tracked", x->name);
             s = bnl_st_writer_add(w, name, BNL_DT_I64, 0, NULL, &x->tracked);
         }

@@ -35,7 +35,7 @@ typedef struct bnl_resnet_info {
     int num_bn;                       // BatchNorm layers, stem to last block
     size_t num_params;                // learnable parameters (conv, BN affine, fc)
     size_t num_stats;                 // running statistics values (means and variances)
-    int norm;                         // bnl_norm: BNL_NORM_BATCH, or BNL_NORM_NONE (see bnl_resnet_set_norm)
+    int norm;                         // bnl_norm kind (see bnl_resnet_set_norm; parameters: bnl_resnet_norm_spec)
 } bnl_resnet_info;
 
 typedef struct bnl_sgd {
@@ -77,11 +77,52 @@ const char *bnl_resnet_meta(const bnl_resnet *m, const char *key);   // __metada
 // What the "bn" layers do. BNL_NORM_BATCH (every loaded or created model): BatchNorm. BNL_NORM_NONE:
 // the network without normalization, for comparison: each "bn" layer is a learnable per-channel
 // affine y = gamma*x + beta (+ReLU), identical in train and eval mode; running statistics are
-// neither used nor updated (they keep their values and are still saved). Saves record it as
-// __metadata__ "bnlab.norm": "none" and loads honour that key ("batch" or absent: BatchNorm).
-typedef enum { BNL_NORM_BATCH = 0, BNL_NORM_NONE = 1 } bnl_norm;
+// neither used nor updated (they keep their values and are still saved). The others (kernels in
+// bnlab.h): BNL_NORM_GROUP, GroupNorm with `groups` groups per layer (the same in train and eval;
+// no running statistics: a file holds bnK.weight/bias only, torchvision's
+// resnet50(norm_layer=lambda c: nn.GroupNorm(G, c)) names); BNL_NORM_RENORM, Batch Renormalization
+// with fixed renorm_rmax/renorm_dmax; BNL_NORM_GHOST, Ghost BatchNorm over virtual batches of
+// `virtual_batch` images; BNL_NORM_FROZEN, BatchNorm whose running statistics are used in training
+// too and never updated. Saves record the kind as __metadata__ "bnlab.norm" ("none", "group:G",
+// "renorm" with "bnlab.renorm_rmax"/"bnlab.renorm_dmax", "ghost:V", "frozen"; BatchNorm: no key),
+// and loads honour those keys ("batch" or absent: BatchNorm).
+typedef enum {
+    BNL_NORM_BATCH = 0,
+    BNL_NORM_NONE = 1,
+    BNL_NORM_GROUP = 2,
+    BNL_NORM_RENORM = 3,
+    BNL_NORM_GHOST = 4,
+    BNL_NORM_FROZEN = 5,
+} bnl_norm;
+typedef struct bnl_norm_spec {
+    bnl_norm kind;
+    int groups;          // BNL_NORM_GROUP: G (must divide every layer's channels)
+    int virtual_batch;   // BNL_NORM_GHOST: V images per virtual batch (must divide the training batch)
+    float renorm_rmax, renorm_dmax;   // BNL_NORM_RENORM: r clipped to [1/rmax, rmax], d to [-dmax, dmax]
+} bnl_norm_spec;
+#define BNL_RENORM_RMAX_DEFAULT 3.0f   // the paper's final values (Ioffe 2017, section 4.1)
+#define BNL_RENORM_DMAX_DEFAULT 5.0f
+// Parses the "bnlab.norm" strings: batch, none, group:G, renorm, ghost:V, frozen (renorm gets the
+// default rmax/dmax). BNL_ERR_ARG with a message naming the string otherwise.
+bnl_status bnl_norm_parse(bnl_norm_spec *out, const char *s);
+// The "bnlab.norm" string of a spec ("batch" for BatchNorm) into buf (always terminated).
+void bnl_norm_format(const bnl_norm_spec *spec, char *buf, size_t cap);
+// Kinds that need no parameter (batch, none, renorm with the defaults, frozen); group and ghost
+// need bnl_resnet_set_norm_spec. BNL_ERR_ARG if the groups do not divide a layer's channels.
 bnl_status bnl_resnet_set_norm(bnl_resnet *m, bnl_norm norm);
+bnl_status bnl_resnet_set_norm_spec(bnl_resnet *m, const bnl_norm_spec *spec);
 bnl_norm bnl_resnet_norm(const bnl_resnet *m);
+bnl_norm_spec bnl_resnet_norm_spec(const bnl_resnet *m);
+// Per-layer values of the last train-mode forward beyond BatchNorm's (pointers valid until the
+// next forward or free; BNL_ERR_ARG if the kind has none or no forward has run): GroupNorm's
+// per-sample group statistics mean/var (n_images x groups, row-major; from the last forward in
+// either mode, as GroupNorm has no other), Renorm's r and d (C each), Ghost's per-virtual-batch
+// mean/var ((N/V) x C). rows x cols is what the arrays hold.
+typedef struct bnl_norm_view {
+    int rows, cols;
+    const float *a, *b;   // group: mean, var; renorm: r, d; ghost: mean, var
+} bnl_norm_view;
+bnl_status bnl_resnet_norm_stats(const bnl_resnet *m, int i, bnl_norm_view *out);
 // torchvision's zero_init_residual: gamma of the last "bn" of every block set to 0, so each residual
 // branch starts at zero and every block at the identity. With BNL_NORM_NONE this is SkipInit (De &
 // Smith 2020), the usual way to make a deep ResNet trainable without normalization.

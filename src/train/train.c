@@ -139,6 +139,9 @@ static bnl_status check_config(const bnl_train_config *c) {
     if (c->schedule == BNL_SCHED_STEP && c->step_every <= 0 && c->n_milestones <= 0)
         return bnl_fail(BNL_ERR_ARG, "train: the step schedule needs step epochs");
     if (c->eval_every < 0 || c->max_steps < 0) return bnl_fail(BNL_ERR_ARG, "train: eval_every and max_steps must be >= 0");
+    if (!c->init && c->norm.kind == BNL_NORM_GHOST && c->batch_size % c->norm.virtual_batch != 0)
+        return bnl_fail(BNL_ERR_ARG, "train: norm ghost:%d: %d images per virtual batch do not divide the batch size %d",
+                        c->norm.virtual_batch, c->norm.virtual_batch, c->batch_size);
     return BNL_OK;
 }
 
@@ -359,8 +362,10 @@ static void set_config_meta(run_t *r) {
     kv_set(r, "train.sync-bn", "%d", c->sync_bn && r->K > 1);
     kv_set(r, "train.seed", "%llu", (unsigned long long)c->seed);
     // a fresh model (and a resume, which must match) follows --norm; an --init model its file
-    int norm = c->init ? (int)bnl_resnet_norm(r->m) : c->norm;
-    kv_set(r, "train.norm", "%s", norm == BNL_NORM_NONE ? "none" : "batch");
+    bnl_norm_spec ns = c->init ? bnl_resnet_norm_spec(r->m) : c->norm;
+    char nstr[48];
+    bnl_norm_format(&ns, nstr, sizeof nstr);
+    kv_set(r, "train.norm", "%s", nstr);
     kv_set(r, "train.zero-init-residual", "%d", c->zero_init_residual);
     // informational
     kv_set(r, "train.epochs", "%d", c->epochs);
@@ -622,7 +627,7 @@ static bnl_status build_model(run_t *r, int64_t *start_step) {
         if ((s = bnl_resnet_spec_named(&sp, c->depth, c->width_mult, r->C)) != BNL_OK) return s;
         if ((s = bnl_resnet_create(&r->m, &sp, c->seed)) != BNL_OK) return s;
         if (c->zero_init_residual) bnl_resnet_zero_init_residual(r->m);
-        if ((s = bnl_resnet_set_norm(r->m, (bnl_norm)c->norm)) != BNL_OK) return s;
+        if ((s = bnl_resnet_set_norm_spec(r->m, &c->norm)) != BNL_OK) return s;
     }
     const bnl_resnet_info *in = bnl_resnet_get_info(r->m);
     if (in->num_classes != r->C)

@@ -130,7 +130,7 @@ typedef struct bnl_train_config {
     int depth;                 // 18, 34, 50, 101, 152
     float width_mult;          // 1 = torchvision
     const char *init;          // start from these weights instead (NULL: fresh, from seed)
-    int norm;                  // bnl_norm of a fresh model: BNL_NORM_BATCH, or BNL_NORM_NONE (no normalization)
+    bnl_norm_spec norm;        // normalization of a fresh model (bnl_norm_parse: batch, none, group:G, renorm, ghost:V, frozen)
     int zero_init_residual;    // fresh model: the last gamma of every block starts at 0
     // optimization
     int epochs;

@@ -137,6 +137,16 @@ EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_bn_stats(const bnl_resnet *m, int i, int
     return BNL_OK;
 }
 
+// out: [rows, cols], ptrs: a, b (see bnl_norm_view: group mean/var (N,G), renorm r/d (C), ghost mean/var (N/V,C))
+EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_norm_stats(const bnl_resnet *m, int i, int32_t *out, const float **ptrs) {
+    bnl_norm_view v;
+    bnl_status s = bnl_resnet_norm_stats(m, i, &v);
+    if (s != BNL_OK) return s;
+    out[0] = v.rows, out[1] = v.cols;
+    ptrs[0] = v.a, ptrs[1] = v.b;
+    return BNL_OK;
+}
+
 EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_step(bnl_resnet *m, float *loss, const float *x, int N, int H, int W, int C,
                                              const int64_t *labels, float lr, float momentum, float wd, int nesterov) {
     const bnl_resnet_info *in = bnl_resnet_get_info(m);

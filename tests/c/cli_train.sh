@@ -176,6 +176,30 @@ else
     bad "--norm none run failed: $(cat "$T/err")"
 fi
 
+# --- the other normalizations (--norm group:G|renorm|ghost:V|frozen): recorded, printed, statistics as each kind does
+expect_error "bad group" "--norm: 'group:x'" --norm group:x --out "$T/x"
+expect_error "group not dividing" "3 groups do not divide the 8 channels of layer 'bn1'" "${TINY[@]}" --norm group:3 --out "$T/x"
+expect_error "ghost not dividing" "ghost:3: 3 images per virtual batch do not divide the batch size 8" "${TINY[@]}" --norm ghost:3 \
+    --out "$T/x"
+expect_error "sync-bn with group" "nothing to synchronize with --norm group:2" --norm group:2 --sync-bn --out "$T/x"
+for k in group:2 renorm ghost:2 frozen; do
+    d="$T/norm-${k%%:*}"
+    if "$BIN" train "${TINY[@]}" "${CONST[@]}" --epochs 1 --norm "$k" --out "$d" 2>"$T/err"; then
+        [ "$(st meta "$d/model.safetensors" bnlab.norm)" = "$k" ] && ok || bad "--norm $k: model lacks bnlab.norm"
+        [ "$(st meta "$d/last.safetensors" train.norm)" = "$k" ] && ok || bad "--norm $k: train.norm not recorded"
+        "$BIN" info "$d/model.safetensors" | grep -q "^normalization: $k" && ok || bad "info: no 'normalization: $k'"
+        case $k in
+        group:2)   # nn.GroupNorm's names: weight and bias only
+            st shape "$d/model.safetensors" bn1.weight >/dev/null 2>&1 && ok || bad "group: no bn1.weight"
+            st shape "$d/model.safetensors" bn1.running_mean >/dev/null 2>&1 && bad "group: running_mean saved" || ok ;;
+        frozen) st untouched "$d/model.safetensors" 2>"$T/e2" && ok || bad "frozen: $(cat "$T/e2")" ;;
+        *) st untouched "$d/model.safetensors" 2>/dev/null && bad "--norm $k: running statistics never moved" || ok ;;
+        esac
+    else
+        bad "--norm $k run failed: $(cat "$T/err")"
+    fi
+done
+
 # --- --init with another class count: a new fc
 if "$BIN" train --classes 3 --image-size 16 --train-size 24 --val-size 8 --batch-size 8 --threads 1 --epochs 1 \
     --init "$T/straight/model.safetensors" --out "$T/init" >"$T/out" 2>"$T/err"; then

@@ -2,7 +2,8 @@
 // eval and train logits, running statistics after a train-mode forward (both variance rules),
 // batch statistics, the state after one SGD step (two optimizer configs), F16/BF16 weights, and
 // load -> save bit-exactness. Runs once per available ISA. Also the network without normalization
-// (tests/fixtures/nonorm, tests/gen_fixtures_nonorm.py): every BatchNorm a per-channel affine.
+// (tests/fixtures/nonorm, tests/gen_fixtures_nonorm.py): every BatchNorm a per-channel affine; and
+// GroupNorm, Batch Renorm, Ghost and frozen BatchNorm (tests/fixtures/norms, tests/gen_fixtures_norms.py).
 #include "bnlab.h"
 #include "io/safetensors.h"
 #include "model/resnet.h"
@@ -341,6 +342,162 @@ static void run_nonorm(const char *name) {
     free(f.wbuf);
 }
 
+// GroupNorm, Batch Renorm, Ghost BatchNorm, frozen BatchNorm (tests/fixtures/norms, made by
+// tests/gen_fixtures_norms.py): the kind from the file's metadata, eval and train logits, running
+// statistics after a train forward, each layer's own statistics (bnl_resnet_norm_stats), one SGD step.
+static void run_norms(const char *kind, const char *name) {
+    static const char *DIRN = "tests/fixtures/norms";
+    char what[320], p[512];
+    fixture f;
+    memset(&f, 0, sizeof f);
+    snprintf(p, sizeof p, "%s/%s-%s.weights.safetensors", DIRN, kind, name);
+    if (bnl_read_file(p, &f.wbuf, &f.wlen) != BNL_OK || bnl_st_parse(&f.weights, f.wbuf, f.wlen) != BNL_OK) {
+        CHECK(0, "cannot read %s: %s", p, bnl_last_error());
+        return;
+    }
+    snprintf(p, sizeof p, "%s/%s.input.safetensors", DIRN, name);
+    CHECK(bnl_st_read_file(&f.input, p) == BNL_OK, "%s: %s", p, bnl_last_error());
+    snprintf(p, sizeof p, "%s/%s-%s.expected.safetensors", DIRN, kind, name);
+    CHECK(bnl_st_read_file(&f.expected, p) == BNL_OK, "%s: %s", p, bnl_last_error());
+    const bnl_st_file *in = &f.input, *ex = &f.expected;
+    const bnl_st_tensor *xt = bnl_st_find(in, "input");
+    int N = (int)xt->shape[0], H = (int)xt->shape[1], W = (int)xt->shape[2];
+    float *x = tensor_f32(in, "input", NULL);
+    int64_t labels[64];
+    bnl_st_to_i64(labels, bnl_st_find(in, "labels"));
+    bnl_norm_spec want;
+    CHECK(bnl_norm_parse(&want, bnl_st_meta(&f.weights, "bnlab.norm")) == BNL_OK, "%s", bnl_last_error());
+    int group = want.kind == BNL_NORM_GROUP;
+
+    bnl_resnet *m = NULL;
+    CHECK(bnl_resnet_load(&m, f.wbuf, f.wlen) == BNL_OK, "norms %s-%s: %s", kind, name, bnl_last_error());
+    if (!m) return;
+    bnl_norm_spec got = bnl_resnet_norm_spec(m);
+    CHECK(got.kind == want.kind && got.groups == want.groups && got.virtual_batch == want.virtual_batch &&
+              bnl_resnet_get_info(m)->norm == (int)want.kind,
+          "norms %s-%s: the file's bnlab.norm was not honoured (kind %d)", kind, name, (int)got.kind);
+    if (want.kind == BNL_NORM_RENORM)
+        CHECK(got.renorm_rmax == 1.5f && got.renorm_dmax == 0.5f, "norms %s-%s: renorm bounds %g %g not read", kind,
+              name, (double)got.renorm_rmax, (double)got.renorm_dmax);
+    int K = bnl_resnet_get_info(m)->num_classes;
+    float *logits = calloc((size_t)N * K, sizeof(float)), *first = calloc((size_t)N * K, sizeof(float));
+    size_t nstats;
+    float *stats = bnl_resnet_stats(m, &nstats), *before = malloc(nstats * sizeof(float));
+    memcpy(before, stats, nstats * sizeof(float));
+    bnl_resnet_set_training(m, 0);
+    CHECK(bnl_resnet_forward(m, first, x, N, H, W) == BNL_OK, "%s eval: %s", name, bnl_last_error());
+    snprintf(what, sizeof what, "norms %s-%s logits (eval)", kind, name);
+    check_logits(what, first, ex, "logits_eval");
+    CHECK(!memcmp(before, stats, nstats * sizeof(float)), "norms %s-%s: eval changed running statistics", kind, name);
+    bnl_resnet_set_training(m, 1);
+    CHECK(bnl_resnet_forward(m, logits, x, N, H, W) == BNL_OK, "%s train: %s", name, bnl_last_error());
+    snprintf(what, sizeof what, "norms %s-%s logits (train)", kind, name);
+    check_logits(what, logits, ex, "logits_train");
+    if (group) {   // GroupNorm: the same function in both modes, no running statistics touched
+        CHECK(!memcmp(before, stats, nstats * sizeof(float)), "norms %s-%s: train changed statistics", kind, name);
+    } else {
+        snprintf(what, sizeof what, "norms %s-%s after_train_forward", kind, name);
+        check_state(what, m, ex, "after_train_forward", 1, 1e-5, 1e-4);
+    }
+    // each layer's own statistics of that forward
+    static const char *keys[][2] = {{"", ""}, {"", ""}, {"group_mean", "group_var"}, {"renorm_r", "renorm_d"},
+                                    {"ghost_mean", "ghost_var"}, {"", ""}};
+    int compared = 0;
+    for (int i = 0; i < bnl_resnet_bn_count(m); i++) {
+        bnl_norm_view v;
+        bnl_status s = bnl_resnet_norm_stats(m, i, &v);
+        if (!keys[want.kind][0][0]) {
+            CHECK(s == BNL_ERR_ARG, "norms %s-%s: norm_stats answered for a kind without statistics", kind, name);
+            break;
+        }
+        CHECK(s == BNL_OK, "norms %s-%s norm_stats(%d): %s", kind, name, i, bnl_last_error());
+        if (s != BNL_OK) break;
+        for (int j = 0; j < 2; j++) {
+            char key[160];
+            size_t n;
+            snprintf(key, sizeof key, "%s.%s", keys[want.kind][j], bnl_resnet_bn_name(m, i));
+            float *e = tensor_f32(ex, key, &n);
+            if (!e) continue;
+            CHECK(n == (size_t)v.rows * v.cols, "%s: %zu values, the view has %dx%d", key, n, v.rows, v.cols);
+            snprintf(what, sizeof what, "norms %s-%s %s", kind, name, key);
+            if (n == (size_t)v.rows * v.cols) check_close(what, j ? v.b : v.a, e, n, 1e-5, 1e-4), compared++;
+            free(e);
+        }
+    }
+    CHECK(!keys[want.kind][0][0] || compared == 2 * bnl_resnet_bn_count(m), "norms %s-%s: %d views compared", kind,
+          name, compared);
+    bnl_resnet_free(m);
+
+    // one SGD step from the file's state
+    m = NULL;
+    CHECK(bnl_resnet_load(&m, f.wbuf, f.wlen) == BNL_OK, "%s", bnl_last_error());
+    float loss = 0;
+    bnl_sgd sgd = {0.1f, 0.9f, 1e-4f, 0, 0};
+    CHECK(bnl_resnet_step(m, &loss, x, N, H, W, labels, &sgd) == BNL_OK, "%s step: %s", name, bnl_last_error());
+    float *el = tensor_f32(ex, "step_loss", NULL);
+    snprintf(what, sizeof what, "norms %s-%s step_loss", kind, name);
+    if (el) check_close(what, &loss, el, 1, 1e-6, 1e-5), free(el);
+    // every saved tensor against torch's state dict (a GroupNorm save holding running statistics would fail)
+    snprintf(what, sizeof what, "norms %s-%s after_step", kind, name);
+    check_state(what, m, ex, "after_step", 0, 1e-5, 1e-4);
+    if (want.kind == BNL_NORM_GHOST) {   // a batch the virtual batches do not divide
+        bnl_status s = bnl_resnet_step(m, &loss, x, N - 1, H, W, labels, &sgd);
+        CHECK(s == BNL_ERR_BATCH && strstr(bnl_last_error(), "ghost:2") && strstr(bnl_last_error(), "batch of 3"),
+              "ghost with N=3: status %d '%s'", s, bnl_last_error());
+    }
+    bnl_resnet_free(m);
+
+    // bad metadata: groups that do not divide a layer, a bad renorm bound, a group file read as BatchNorm
+    static const char *bad[][3] = {{"bnlab.norm", "group:3", "do not divide"},
+                                   {"bnlab.norm", "ghost:0", "bnlab.norm"},
+                                   {"bnlab.renorm_rmax", "0.5", "bnlab.renorm_rmax"},
+                                   {"bnlab.norm", "batch", "running_mean"}};
+    for (int b = 0; b < 4; b++) {
+        if (b == 2 && want.kind != BNL_NORM_RENORM) continue;
+        if (b == 3 && !group) continue;
+        bnl_st_writer *w;
+        bnl_st_writer_create(&w);
+        for (size_t i = 0; i < f.weights.count; i++) {
+            const bnl_st_tensor *t = &f.weights.tensors[i];
+            bnl_st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, t->data);
+        }
+        for (size_t i = 0; i < f.weights.meta_count; i++)
+            if (strcmp(f.weights.meta_keys[i], bad[b][0]))
+                bnl_st_writer_meta(w, f.weights.meta_keys[i], f.weights.meta_values[i]);
+        bnl_st_writer_meta(w, bad[b][0], bad[b][1]);
+        uint8_t *buf;
+        size_t len;
+        CHECK(bnl_st_writer_to_buffer(w, &buf, &len) == BNL_OK, "%s", bnl_last_error());
+        bnl_status s = bnl_resnet_load(&m, buf, len);
+        CHECK(s != BNL_OK && strstr(bnl_last_error(), bad[b][2]), "norms %s-%s with %s=%s: status %d '%s'", kind, name,
+              bad[b][0], bad[b][1], s, bnl_last_error());
+        free(buf);
+        bnl_st_writer_free(w);
+    }
+    free(x), free(logits), free(first), free(before);
+    bnl_st_free(&f.weights), bnl_st_free(&f.input), bnl_st_free(&f.expected);
+    free(f.wbuf);
+}
+
+// The "bnlab.norm" strings: parse -> format round trip; malformed ones refused naming the string.
+static void test_norm_strings(void) {
+    static const char *good[] = {"batch", "none", "group:1", "group:32", "renorm", "ghost:4", "frozen"};
+    static const char *bad[] = {"", "Batch", "group", "group:", "group:0", "group:01", "group:4x", "ghost:-1",
+                                "ghost:99999999999", "renorm:3", "frozen "};
+    for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+        bnl_norm_spec sp;
+        char back[48];
+        CHECK(bnl_norm_parse(&sp, good[i]) == BNL_OK, "norm '%s' refused: %s", good[i], bnl_last_error());
+        bnl_norm_format(&sp, back, sizeof back);
+        CHECK(!strcmp(back, good[i]), "norm '%s' formats back as '%s'", good[i], back);
+    }
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        bnl_norm_spec sp;
+        CHECK(bnl_norm_parse(&sp, bad[i]) == BNL_ERR_ARG && strstr(bnl_last_error(), "is not a normalization"),
+              "norm '%s' accepted or unclear: '%s'", bad[i], bnl_last_error());
+    }
+}
+
 int main(void) {
     for (int isa = 0; isa < BNL_ISA_COUNT; isa++) {
         if (!bnl_isa_available((bnl_isa)isa)) continue;
@@ -350,8 +507,11 @@ int main(void) {
         run_model("resnet18", 1);
         run_nonorm("basic");
         run_nonorm("bottleneck");
+        static const char *kinds[] = {"group", "renorm", "ghost", "frozen"};
+        for (int k = 0; k < 4; k++) run_norms(kinds[k], "basic"), run_norms(kinds[k], "bottleneck");
         printf("isa %s: %s\n", bnl_isa_name((bnl_isa)isa), g_failures == before ? "ok" : "FAILED");
     }
     bnl_isa_reset();
+    test_norm_strings();
     return test_summary("test_resnet");
 }
