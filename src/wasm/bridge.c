@@ -5,6 +5,7 @@
 #include "core/parallel.h"
 
 #include <emscripten.h>
+#include <malloc.h>
 #include <stdlib.h>
 
 EMSCRIPTEN_KEEPALIVE void *bnl_wasm_malloc(size_t n) { return malloc(n ? n : 1); }
@@ -22,6 +23,9 @@ EMSCRIPTEN_KEEPALIVE int bnl_wasm_set_threads(int n) {
     return bnl_threads_effective();
 }
 EMSCRIPTEN_KEEPALIVE int bnl_wasm_threads(void) { return bnl_threads_effective(); }
+
+// Bytes malloc has handed out and not had back (tests: memory given back).
+EMSCRIPTEN_KEEPALIVE size_t bnl_wasm_heap_in_use(void) { return (size_t)mallinfo().uordblks; }
 
 // Tests only: a parallel loop whose thread `tid` traps (a crashed worker must be reported, not
 // waited for forever).
