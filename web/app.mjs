@@ -6,8 +6,6 @@
 
 const $ = (id) => document.getElementById(id);
 const SVG_NS = 'http://www.w3.org/2000/svg';
-const IMAGENET = { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
-const MAX_USER_IMAGES = 16;
 // web/serve.mjs lists this one last in models.json, after the trained demo model when it exists
 const FALLBACK = { url: '/fixtures/resnet/resnet50.weights.safetensors', name: 'ResNet-50 topology, narrow test fixture (untrained)' };
 
@@ -225,7 +223,7 @@ const ui = {
   update: $('update-running'), run: $('run'),
 };
 let model = null;          // the worker's describe(): name, info, inputSize, mean, std, dataset
-let userBitmaps = [];      // ImageBitmaps the user gave, kept to re-rasterize at a new input size
+let lab = { threads: 1, build: 'single-thread' };   // what the worker's bnlab reports at init
 let lastRun = null;
 let longJob = null;        // 'spread' | 'train' | 'precise' while one runs
 const times = { train: new Map(), eval: new Map() };
@@ -243,26 +241,28 @@ function settings() {
 
 function setControlsEnabled(on) {
   for (const id of ['run', 'spread-run', 'precise-run', 'train-start', 'reset-model', 'save-model', 'new-batch'])
-    if ($(id) && !(longJob && $(id).dataset.stopper === longJob)) $(id).disabled = !on;
+    if ($(id) && !(longJob && $(id).dataset.stopper === longJob)) $(id).disabled = !on || !!$(id).dataset.na;
 }
 
 // ---- model ------------------------------------------------------------------------------------
 function showModel(d) {
   model = d;
-  debug.model = { name: d.name, info: d.info, inputSize: d.inputSize, modified: d.modified };
   const i = d.info;
+  debug.model = { name: d.name, info: d.info, inputSize: `${d.inputH}x${d.inputW}`, modified: d.modified, source: d.source };
   $('model-name').textContent = d.name;
-  $('model-arch').textContent = `${i.block === 'bottleneck' ? 'bottleneck' : 'basic'} blocks [${i.blocks.join(', ')}], widths [${i.widths.join(', ')}], ` +
-    `${i.numClasses} classes, ${(i.numParams / 1e6).toFixed(i.numParams < 1e6 ? 3 : 1)} M parameters, ${i.bnLayers.length} BatchNorm layers, input ${d.inputSize}×${d.inputSize}`;
+  renderCard(d);
   const notes = [];
   if (d.modified) notes.push('modified in this tab (reset restores the file)');
-  if (!d.normFromModel) notes.push('your images: ImageNet mean/std (the file has none)');
   if (d.info.norm === 'none') notes.push('this model has no normalization (bnlab train --norm none): its BatchNorm layers are plain per-channel scale and shift, so train and eval mode are the same function and there are no batch statistics to plot');
   if (d.name === FALLBACK.name) notes.push('the fallback fixture is untrained: its class names mean nothing (demo-models/resnet50-procedural.safetensors is not there yet)');
   $('model-note').textContent = notes.join(' · ');
   $('model-note').className = d.modified ? 'note warn' : 'note';
-  const ds = d.dataset;
-  $('data-desc').textContent = `${ds.classes} classes at ${ds.size}×${ds.size}`;
+  showSource(d);
+  // "train here" needs labels of the model's own classes: only the procedural shapes have them
+  const canTrain = d.source.kind === 'procedural';
+  $('train-start').dataset.na = canTrain ? '' : 'photos have no labels';
+  $('train-na').textContent = canTrain ? '' : 'Train here needs labelled images of this model\'s classes; its batches are photos, which have none, so it is off for this model.';
+  setControlsEnabled(outstanding === 0 && !longJob);
   // layer picker, grouped stem / layer1 / ... / layer4
   const prev = ui.layer.value;
   ui.layer.replaceChildren();
@@ -278,9 +278,74 @@ function showModel(d) {
   ui.layer.value = i.bnLayers.includes(prev) ? prev : i.bnLayers[0];
 }
 
-async function loadModelBytes(bytes, name) {
+// The model card (data-testid="model-card"): what the model is, the input size it runs at, where
+// its mean/std and class names came from, what it was trained on, and the threads in use.
+function renderCard(d) {
+  const i = d.info, p = i.provenance;
+  const depth = i.blocks.reduce((a, b) => a + b, 0) * (i.block === 'bottleneck' ? 3 : 2) + 2;
+  const src = (f) => {
+    const s = document.createElement('span');
+    s.className = `src ${f.from}`;
+    s.textContent = f.from === 'file' ? ' · from the file' : ` · assumed: ${f.why}`;
+    return s;
+  };
+  const names = i.labels ? (p.labels.from === 'file' ? `${i.labels.length} names (${i.labels.slice(0, 3).join(', ')}, …)`
+    : `the ${i.labels.length} ImageNet class names`) : 'none (numbered)';
+  const threads = `${lab.threads} ${lab.threads === 1 ? 'thread' : 'threads'} (${lab.build} build)`;
+  const rows = [
+    ['architecture', `ResNet-${depth}: ${i.block} blocks [${i.blocks.join(', ')}], widths [${i.widths.join(', ')}], ` +
+      `${(i.numParams / 1e6).toFixed(i.numParams < 1e6 ? 3 : 1)} M parameters, ${i.bnLayers.length} BatchNorm layers`],
+    ['input', `${d.inputH}×${d.inputW}`, [p.inputSize]],
+    ['classes', String(i.numClasses)],
+    ['class names', names, [p.labels]],
+    ['mean / std', `[${i.mean.map(fmt).join(', ')}] / [${i.std.map(fmt).join(', ')}]`, p.mean.from === p.std.from ? [p.mean] : [p.mean, p.std]],
+    ['trained on', i.trainData || 'unknown', [p.trainData]],
+    ['batches', d.source.kind === 'procedural' ? 'procedural shapes' : 'photos (random-resized crops)'],
+    ['threads', threads],
+  ];
+  const dl = $('model-card');
+  dl.replaceChildren();
+  for (const [k, v, fields] of rows) {
+    const dt = document.createElement('dt'), dd = document.createElement('dd');
+    dt.textContent = k;
+    const b = document.createElement('b');
+    b.textContent = v;
+    dd.appendChild(b);
+    for (const f of fields || []) dd.appendChild(src(f));
+    dl.append(dt, dd);
+  }
+  const problems = Object.values(p).filter((f) => f.problem).map((f) => f.problem);
+  for (const pr of problems) {
+    const dt = document.createElement('dt'), dd = document.createElement('dd');
+    dt.textContent = 'ignored';
+    dd.className = 'problem';
+    dd.textContent = `${pr}: the assumption above is used instead`;
+    dl.append(dt, dd);
+  }
+  Object.assign(dl.dataset, {
+    inputSize: `${d.inputH}x${d.inputW}`, classes: String(i.numClasses), source: d.source.kind, trainData: i.trainData || '',
+    assumed: JSON.stringify(Object.keys(p).filter((k) => p[k].from === 'assumed')), problems: String(problems.length),
+    threads: String(lab.threads), build: lab.build,
+  });
+  $('time-threads').textContent = threads;
+}
+
+// What the batches are, and why, beside the image controls.
+function showSource(d) {
+  const n = d.photos.shipped + d.photos.user;
+  $('data-desc').textContent = d.source.kind === 'procedural'
+    ? `Procedural shapes drawn by the wasm build (what this model was trained on), ${d.dataset.classes} classes at ${d.inputH}×${d.inputW}. Your photos go first in the batch (resized and centre-cropped).`
+    : `Photos: each batch is random-resized crops with flips (torchvision's RandomResizedCrop recipe) of ${n} photos ` +
+      `(${d.photos.shipped} shipped, public domain / CC0${d.photos.user ? `, ${d.photos.user} yours` : ''}), at ${d.inputH}×${d.inputW}. ` +
+      `The first image is ${d.photos.probe ? `“${d.photos.probe}”` : 'the probe photo'} resized and centre-cropped. Add your own to the pool:`;
+  $('source-note').textContent = d.source.note || '';
+  $('source-note').hidden = !d.source.note;
+  $('clear-images').disabled = d.photos.user === 0;
+}
+
+async function loadModelBytes(bytes, name, file) {
   try {
-    const d = await call('load', { bytes, name }, { label: `loading ${name}…`, transfer: [bytes.buffer] });
+    const d = await call('load', { bytes, name, file: file || name }, { label: `loading ${name}…`, transfer: [bytes.buffer] });
     showModel(d);
     // keep a run near a few seconds on big models (a full ResNet-50 at 224 takes ~0.6 s per image)
     const B = settings().batchSize;
@@ -298,7 +363,6 @@ async function loadModelBytes(bytes, name) {
       $('model-note').textContent = `${$('model-note').textContent ? $('model-note').textContent + ' · ' : ''}` +
         `batch size lowered to ${fit}: ${d.msPerImage.toFixed(0)} ms per image here`;
     }
-    await sendImages();
     times.train.clear(); times.eval.clear();
     trainLog.length = 0;
     drawTrain();
@@ -330,7 +394,7 @@ async function loadDefaultModel() {
       const res = await fetch(m.url.replace(/^\//, ''));
       if (!res.ok) throw new Error(`HTTP ${res.status}`);
       const bytes = new Uint8Array(await res.arrayBuffer());
-      if (await loadModelBytes(bytes, m.name)) return true;
+      if (await loadModelBytes(bytes, m.name, m.url.replace(/^.*\//, ''))) return true;
     } catch (e) {
       fail(`could not fetch ${m.url}`, e);
     }
@@ -349,45 +413,20 @@ async function loadWeightsFile(file) {
 }
 
 // ---- images -----------------------------------------------------------------------------------
-// Resize so the shorter side is `size`, centre-crop size x size, normalize with the model's mean/std.
-function rasterize(bitmap, size, mean, std) {
-  const canvas = document.createElement('canvas');
-  canvas.width = canvas.height = size;
-  const ctx = canvas.getContext('2d', { willReadFrequently: true });
-  ctx.imageSmoothingEnabled = true;
-  ctx.imageSmoothingQuality = 'high';
-  const s = Math.min(bitmap.width, bitmap.height);
-  ctx.drawImage(bitmap, (bitmap.width - s) / 2, (bitmap.height - s) / 2, s, s, 0, 0, size, size);
-  const px = ctx.getImageData(0, 0, size, size).data;
-  const out = new Float32Array(size * size * 3);
-  for (let p = 0; p < size * size; p++) for (let c = 0; c < 3; c++) out[p * 3 + c] = (px[p * 4 + c] / 255 - mean[c]) / std[c];
-  return out;
-}
-
-async function sendImages() {
-  if (!model) return;
-  const images = userBitmaps.map((b) => rasterize(b, model.inputSize, model.mean || IMAGENET.mean, model.std || IMAGENET.std));
-  await call('setImages', { images: images.map((a) => a.buffer), size: model.inputSize }, { transfer: images.map((a) => a.buffer) });
-  $('clear-images').disabled = userBitmaps.length === 0;
-}
-
+// Photos go to the worker as Files: it decodes them, keeps them at most 512 px, and crops batches.
 async function addImageFiles(files) {
-  const bad = [];
-  for (const f of files) {
-    if (userBitmaps.length >= MAX_USER_IMAGES) { bad.push(`${f.name} (at most ${MAX_USER_IMAGES} images)`); continue; }
-    try {
-      userBitmaps.push(await createImageBitmap(f));
-    } catch {
-      bad.push(`${f.name} (not an image this browser can decode)`);
-    }
-  }
+  const images = files.filter((f) => !f.type || f.type.startsWith('image/') || /\.(jpe?g|png|webp|gif|bmp|avif)$/i.test(f.name));
+  const ignored = files.length - images.length;
+  let r;
   try {
-    await sendImages();
+    r = await call('addPhotos', { files: images }, { label: `busy: decoding ${images.length} photos…` });
+    showSource(r);
     await doRun();
   } catch (e) {
     return fail('images', e);
   }
-  if (bad.length) setStatus('error', `error: skipped ${bad.join(', ')}`);
+  const skipped = [...r.skipped, ...(ignored ? [`${ignored} files that are not images`] : [])];
+  if (skipped.length) setStatus('error', `error: skipped ${skipped.join(', ')}`);
 }
 
 function drawThumbs(r) {
@@ -395,15 +434,17 @@ function drawThumbs(r) {
   box.replaceChildren();
   r.thumbs.forEach((rgba, i) => {
     const c = document.createElement('canvas');
-    c.width = c.height = r.size;
-    c.getContext('2d').putImageData(new ImageData(new Uint8ClampedArray(rgba), r.size, r.size), 0, 0);
-    if (i < r.nUser) c.className = 'user';
-    c.title = i < r.nUser ? 'your image' : `procedural image ${i}`;
+    c.width = r.W;
+    c.height = r.H;
+    c.getContext('2d').putImageData(new ImageData(new Uint8ClampedArray(rgba), r.W, r.H), 0, 0);
+    if (r.thumbUser[i]) c.className = 'user';
+    c.title = r.thumbUser[i] ? 'your photo' : r.source === 'photos' ? (i === 0 ? 'the probe photo, centre crop' : `random crop ${i}`) : `procedural image ${i}`;
     box.appendChild(c);
   });
   const pc = $('probe-canvas');
-  pc.width = pc.height = r.size;
-  if (r.thumbs[0]) pc.getContext('2d').putImageData(new ImageData(new Uint8ClampedArray(r.thumbs[0]), r.size, r.size), 0, 0);
+  pc.width = r.W;
+  pc.height = r.H;
+  if (r.thumbs[0]) pc.getContext('2d').putImageData(new ImageData(new Uint8ClampedArray(r.thumbs[0]), r.W, r.H), 0, 0);
 }
 
 // ---- one batch --------------------------------------------------------------------------------
@@ -431,7 +472,6 @@ async function doRun() {
   try {
     const r = await call('run', s, { label: `busy: ${s.mode}-mode batch of ${s.batchSize}…` });
     r.roundTripMs = performance.now() - t0;
-    r.size = model.inputSize;
     lastRun = r;
     debug.runs++;
     debug.last = {
@@ -536,12 +576,12 @@ function drawOverview(r) {
 // (4) one image, eval vs train mode
 function drawProbe(r) {
   const labels = model.info.labels;
-  const dsNames = model.dataset.names || [];
+  const dsNames = (model.dataset && model.dataset.names) || [];
   // the true class is marked only when the model's classes are the dataset's (trained on it)
   const sameClasses = !!labels && labels.every((l, k) => l === dsNames[k]);
   const nameOf = (k) => (labels && labels[k] != null ? labels[k] : `class ${k}`);
   const truth = r.probe.label != null && sameClasses ? r.probe.label : null;
-  $('probe-label').textContent = r.probe.fromUser ? 'your image' : `procedural: ${dsNames[r.probe.label] ?? r.probe.label}`;
+  $('probe-label').textContent = r.probe.name ? `${r.probe.fromUser ? 'your photo' : 'photo'}: ${r.probe.name}` : `procedural: ${dsNames[r.probe.label] ?? r.probe.label}`;
   const cols = [
     ['eval', 'eval, alone', r.probe.eval],
     ['train', 'train, alone (B = 1)', r.probe.trainAlone],
@@ -575,6 +615,8 @@ function drawProbe(r) {
   const panel = $('probe-panel');
   panel.dataset.evalTop1 = String(r.probe.eval[0].k);
   panel.dataset.trainTop1 = String(r.probe.trainBatch[0].k);
+  box.dataset.names = JSON.stringify(r.probe.eval.map(({ k }) => nameOf(k)));
+  box.dataset.p = JSON.stringify(r.probe.eval.map(({ p }) => +p.toFixed(6)));
 }
 
 // (5) time per forward
@@ -760,8 +802,10 @@ async function preciseBN() {
     const after = run ? run.overview.reduce((a, o) => a + o.dMean, 0) / run.overview.length : null;
     if (run && beforeLayers) drawPrecise(beforeLayers, run.overview);
     const pct = (v) => (v == null ? '—' : `${(100 * v).toFixed(1)}%`);
+    const accText = r.heldOut ? `Eval accuracy on ${r.heldOut} held-out procedural images: ${pct(r.before)} → <b>${pct(r.after)}</b>. `
+      : 'No accuracy: photos have no labels of this model\'s classes. ';
     $('precise-readout').innerHTML = `Running statistics of ${model.info.bnLayers.length} layers replaced by averages over ${K} batches of ${B}. ` +
-      `Eval accuracy on ${r.heldOut} held-out procedural images: ${pct(r.before)} → <b>${pct(r.after)}</b>. Mean |Δmean|/σ over layers: ${before == null ? '—' : before.toFixed(3)} → <b>${after == null ? '—' : after.toFixed(3)}</b>.`;
+      `${accText}Mean |Δmean|/σ over layers: ${before == null ? '—' : before.toFixed(3)} → <b>${after == null ? '—' : after.toFixed(3)}</b>.`;
     debug.precise = { K, B, accBefore: r.before, accAfter: r.after, distBefore: before, distAfter: after };
     $('precise-panel').dataset.distBefore = String(before);
     $('precise-panel').dataset.distAfter = String(after);
@@ -826,7 +870,6 @@ $('precise-run').addEventListener('click', () => preciseBN());
 $('reset-model').addEventListener('click', async () => {
   try {
     showModel(await call('reset', {}, { label: 'busy: reloading the original file…' }));
-    await sendImages();
     $('precise-readout').textContent = '';
     await doRun();
   } catch (e) {
@@ -857,9 +900,12 @@ $('image-files').addEventListener('change', async (ev) => {
   if (files.length) await addImageFiles(files);
 });
 $('clear-images').addEventListener('click', async () => {
-  userBitmaps.forEach((b) => b.close && b.close());
-  userBitmaps = [];
-  try { await sendImages(); await doRun(); } catch (e) { fail('images', e); }
+  try { showSource(await call('clearPhotos', {}, { label: 'busy: clearing your photos…' })); await doRun(); } catch (e) { fail('images', e); }
+});
+$('image-folder').addEventListener('change', async (ev) => {
+  const files = [...ev.target.files];
+  ev.target.value = '';
+  if (files.length) await addImageFiles(files);
 });
 
 // drag and drop anywhere: .safetensors loads weights, images join the batch
@@ -893,12 +939,14 @@ async function start() {
   try {
     const r = await call('init', {}, { label: 'starting WebAssembly…' });
     debug.isa = r.isa;
+    lab = { threads: r.threads, build: r.build };
+    debug.lab = { ...r };
+    if (r.photosError) debug.errors.push(`photos: ${r.photosError}`);
   } catch (e) {
     return fail('could not start bnlab.wasm', e);
   }
   setControlsEnabled(true);
   const ok = await loadDefaultModel();
   debug.ready = ok;
-  $('clear-images').disabled = true;
 }
 start();

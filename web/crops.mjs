@@ -71,9 +71,9 @@ export function batchPlan(seed, B, photos) {
   return out;
 }
 
-// RGBA bytes of n images of size x size into normalized NHWC floats: (v / 255 - mean[c]) / std[c].
-export function normalizeRGBA(rgba, n, size, mean, std, out = new Float32Array(n * size * size * 3)) {
-  const P = n * size * size;
-  for (let p = 0; p < P; p++) for (let c = 0; c < 3; c++) out[p * 3 + c] = (rgba[p * 4 + c] / 255 - mean[c]) / std[c];
+// RGBA bytes of `pixels` pixels (n images of H x W: pixels = n*H*W) into normalized NHWC floats:
+// (v / 255 - mean[c]) / std[c]; alpha is ignored.
+export function normalizeRGBA(rgba, pixels, mean, std, out = new Float32Array(pixels * 3)) {
+  for (let p = 0; p < pixels; p++) for (let c = 0; c < 3; c++) out[p * 3 + c] = (rgba[p * 4 + c] / 255 - mean[c]) / std[c];
   return out;
 }
