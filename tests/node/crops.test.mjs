@@ -72,9 +72,9 @@ test('evaluation crop: shorter side to size*256/224, centre size x size', () => 
 
 test('normalizeRGBA: (v/255 - mean) / std per channel, alpha ignored', () => {
   const rgba = new Uint8Array([255, 0, 51, 7, 0, 255, 102, 200]);
-  const x = normalizeRGBA(rgba, 1, 1, [0.5, 0.5, 0.5], [0.25, 0.5, 1], new Float32Array(3));
+  const x = normalizeRGBA(rgba, 1, [0.5, 0.5, 0.5], [0.25, 0.5, 1], new Float32Array(3));
   assert.deepEqual(Array.from(x), [2, -1, 0.2 - 0.5].map(Math.fround));
-  const y = normalizeRGBA(rgba, 2, 1, [0, 0, 0], [1, 1, 1]);
+  const y = normalizeRGBA(rgba, 2, [0, 0, 0], [1, 1, 1]);
   assert.equal(y.length, 6);
   assert.ok(Math.abs(y[5] - 0.4) < 1e-6);
 });

@@ -1,0 +1,148 @@
+// Browser tests of the page with models that are not the procedural demo model: a 1000-class ResNet
+// without metadata (tests/fixtures/imagenet, made by tests/gen_fixture_imagenet.py) runs at its own
+// 224x224 on photo crops, with ImageNet names in the top-5 and a model card that says what it
+// assumed; a model's own metadata (size, names, training data) is followed; malformed metadata is
+// shown as ignored; the procedural demo model still gets shapes.
+//
+//   node --test tests/browser/photos.test.mjs        (headless Debian chromium; skipped without it)
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { IMAGENET_CLASSES } from '../../web/imagenet_classes.mjs';
+import { parseSafetensors, writeSafetensors } from '../node/safetensors.mjs';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const ARTIFACTS = path.join(ROOT, 'tests', 'artifacts');
+const CHROMIUM = '/usr/bin/chromium';
+const SKIP = existsSync(CHROMIUM) ? false : `${CHROMIUM} is missing (tests/build.sh installs it)`;
+const WAIT = 120_000;
+const IN1K = path.join(ROOT, 'tests', 'fixtures', 'imagenet', 'resnet50-narrow-1000.safetensors');
+const R50 = path.join(ROOT, 'tests', 'fixtures', 'resnet', 'resnet50.weights.safetensors');
+
+let server, browser, page;
+const consoleErrors = [];
+
+before(async () => {
+  if (SKIP) return;
+  mkdirSync(ARTIFACTS, { recursive: true });
+  server = spawn(process.execPath, [path.join(ROOT, 'web', 'serve.mjs'), '--port', '0'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const url = await new Promise((resolve, reject) => {
+    let out = '';
+    server.stdout.on('data', (d) => { out += d; const m = /bnlab demo: (http:\/\/127\.0\.0\.1:\d+\/)/.exec(out); if (m) resolve(m[1]); });
+    server.on('exit', (code) => reject(new Error(`serve.mjs exited with ${code}: ${out}`)));
+  });
+  const { chromium } = await import('playwright-core');
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run'] });
+  page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(`console: ${m.text()}`); });
+  page.on('pageerror', (e) => consoleErrors.push(`pageerror: ${e.message}`));
+  await page.goto(url);
+  await page.waitForFunction(() => window.__bnlab && window.__bnlab.ready, null, { timeout: WAIT });
+  await waitReady();
+});
+
+after(async () => {
+  if (browser) await browser.close();
+  if (server) server.kill();
+});
+
+const tid = (id) => `[data-testid="${id}"]`;
+const waitReady = () => page.waitForFunction(() => document.querySelector('[data-testid="status"]').dataset.state === 'ready', null, { timeout: WAIT });
+const card = () => page.evaluate(() => ({ ...document.querySelector('[data-testid="model-card"]').dataset, text: document.querySelector('[data-testid="model-card"]').innerText }));
+const top5 = () => page.evaluate(() => {
+  const el = document.querySelector('[data-testid="top5"]');
+  return { names: JSON.parse(el.dataset.names), p: JSON.parse(el.dataset.p), text: el.innerText };
+});
+const last = () => page.evaluate(() => window.__bnlab.last);
+
+// Loads weights through the file input and waits for the first run on them.
+async function loadWeights(name, buffer) {
+  const n = await page.evaluate(() => window.__bnlab.runs);
+  await page.setInputFiles(tid('weights-file'), { name, mimeType: 'application/octet-stream', buffer });
+  await page.waitForFunction((k) => window.__bnlab.runs > k, n, { timeout: WAIT });
+  await waitReady();
+}
+async function runBatch(B) {
+  const n = await page.evaluate(() => window.__bnlab.runs);
+  await page.fill(tid('batch-size'), String(B));
+  await page.dispatchEvent(tid('batch-size'), 'change');
+  await page.waitForFunction(([k, b]) => window.__bnlab.runs > k && window.__bnlab.last.B === b, [n, B], { timeout: WAIT });
+  await waitReady();
+}
+const thumbSizes = () => page.$$eval('#thumbs canvas', (cs) => cs.map((c) => `${c.width}x${c.height}:${c.title}`));
+
+test('the procedural demo model gets procedural shapes at its own 64x64', { skip: SKIP, timeout: WAIT }, async () => {
+  const c = await card();
+  assert.equal(c.source, 'procedural');
+  assert.equal(c.trainData, 'procedural');
+  assert.equal(c.inputSize, '64x64');
+  assert.deepEqual(JSON.parse(c.assumed), [], 'the demo model says everything itself');
+  assert.match(c.text, /input\s+64×64 · from the file/);
+  const th = await thumbSizes();
+  assert.ok(th.length > 0 && th.every((t) => /^64x64:procedural image/.test(t)), th.join(', '));
+  assert.match(await page.textContent('#probe-label'), /^procedural: /);
+});
+
+test('a 1000-class ResNet without metadata runs at 224x224 on photo crops, with ImageNet names and its assumptions on the card', { skip: SKIP, timeout: WAIT }, async () => {
+  await loadWeights('resnet50-narrow-1000.safetensors', readFileSync(IN1K));
+  const c = await card();
+  assert.equal(c.inputSize, '224x224');
+  assert.equal(c.classes, '1000');
+  assert.equal(c.source, 'photos');
+  assert.equal(c.trainData, 'imagenet');
+  assert.deepEqual(JSON.parse(c.assumed).sort(), ['inputSize', 'labels', 'mean', 'std', 'trainData']);
+  assert.match(c.text, /input\s+224×224 · assumed: .*1000 classes: an ImageNet model/);
+  assert.match(c.text, /class names\s+the 1000 ImageNet class names · assumed/);
+  assert.match(c.text, /threads\s+\d+ threads? \(/);
+  // the batch really ran at 224x224 on photos, the probe is the cat's centre crop
+  const th = await thumbSizes();
+  assert.ok(th.length > 1 && th.every((t) => t.startsWith('224x224:')), th.join(', '));
+  assert.match(th[0], /probe photo/);
+  assert.match(th[1], /random crop/);
+  assert.equal(await page.textContent('#probe-label'), 'photo: chelsea.jpg');
+  const t = await top5();
+  assert.equal(t.names.length, 5);
+  for (const n of t.names) assert.ok(IMAGENET_CLASSES.includes(n), `${n} is an ImageNet class name`);
+  assert.ok(t.p.every((p) => p > 0 && p < 1) && t.p[0] >= t.p[4]);
+  assert.doesNotMatch(t.text, /class \d/);
+  // "train here" is off (photos have no labels), with the reason on the page
+  assert.equal(await page.isDisabled('#train-start'), true);
+  assert.match(await page.textContent('#train-na'), /photos, which have none/);
+  // more crops than photos: 48 from 12
+  await runBatch(48);
+  assert.equal((await last()).B, 48);
+  assert.ok((await page.$$eval('#thumbs canvas', (cs) => new Set(cs.map((c) => c.toDataURL())).size)) >= 11, 'the crops differ');
+  await page.screenshot({ path: path.join(ARTIFACTS, 'photos-imagenet-1000.png'), fullPage: true });
+});
+
+test('a model\'s own metadata is followed: input size, names, data; malformed keys are shown as ignored', { skip: SKIP, timeout: WAIT }, async () => {
+  const f = parseSafetensors(new Uint8Array(readFileSync(R50)));
+  const names = ['ant', 'bee', 'cat', 'dog', 'eel', 'fox', 'gnu', 'hen', 'ibis', 'jay'];
+  await loadWeights('r50-96.safetensors', Buffer.from(writeSafetensors(f.tensors, {
+    input_size: '[3,96,96]', labels: JSON.stringify(names), 'train.data': 'fashion-mnist', mean: '[0.5,0.5', std: '[0.25,0.25,0.25]',
+  })));
+  const c = await card();
+  assert.equal(c.inputSize, '96x96');
+  assert.deepEqual(JSON.parse(c.assumed), ['mean']);
+  assert.equal(c.problems, '1');
+  assert.match(c.text, /ignored\s+mean '\[0.5,0.5' is not a JSON array of 3 numbers/);
+  assert.ok((await thumbSizes()).every((t) => t.startsWith('96x96:')));
+  for (const n of (await top5()).names) assert.ok(names.includes(n), n);
+  // Fashion-MNIST is not wired yet: photos, and the page says so
+  assert.equal(c.source, 'photos');
+  assert.match(await page.textContent('#source-note'), /Fashion-MNIST/);
+  assert.equal(await page.isVisible('#source-note'), true);
+  await page.screenshot({ path: path.join(ARTIFACTS, 'photos-own-metadata.png') });
+});
+
+test('back to the demo model: shapes again; no console errors all along', { skip: SKIP, timeout: WAIT }, async () => {
+  await loadWeights('resnet50-procedural.safetensors', readFileSync(path.join(ROOT, 'demo-models', 'resnet50-procedural.safetensors')));
+  assert.equal((await card()).source, 'procedural');
+  assert.equal(await page.isHidden('#source-note'), true);
+  assert.equal(await page.isDisabled('#train-start'), false);
+  assert.ok((await thumbSizes()).every((t) => /^64x64:procedural image/.test(t)));
+  assert.deepEqual(consoleErrors, []);
+});
