@@ -103,6 +103,19 @@ test('a 1000-class ResNet without metadata runs at 224x224 on photo crops, with 
   assert.match(th[0], /probe photo/);
   assert.match(th[1], /random crop/);
   assert.equal(await page.textContent('#probe-label'), 'photo: chelsea.jpg');
+  // the probe is the evaluation crop: chelsea (451x300) resized to 256 on the short side, centre 224
+  const diff = await page.evaluate(async () => {
+    const bm = await createImageBitmap(await (await fetch('photos/chelsea.jpg')).blob());
+    const side = (300 * 224) / 256, c = new OffscreenCanvas(224, 224), ctx = c.getContext('2d');
+    ctx.imageSmoothingQuality = 'high';
+    ctx.drawImage(bm, (451 - side) / 2, (300 - side) / 2, side, side, 0, 0, 224, 224);
+    const want = ctx.getImageData(0, 0, 224, 224).data;
+    const got = document.getElementById('probe-canvas').getContext('2d').getImageData(0, 0, 224, 224).data;
+    let sum = 0;
+    for (let i = 0; i < want.length; i++) sum += Math.abs(want[i] - got[i]);
+    return sum / want.length;
+  });
+  assert.ok(diff < 2, `probe thumbnail differs from the 256/224 centre crop by ${diff} per byte`);
   const t = await top5();
   assert.equal(t.names.length, 5);
   for (const n of t.names) assert.ok(IMAGENET_CLASSES.includes(n), `${n} is an ImageNet class name`);
