@@ -12,40 +12,144 @@ const FALLBACK = { url: '/fixtures/resnet/resnet50.weights.safetensors', name: '
 const debug = (window.__bnlab = { ready: false, runs: 0, last: null, spread: null, model: null, train: [], precise: null, times: {}, errors: [] });
 
 // ---- worker client ----------------------------------------------------------------------------
-const worker = new Worker(new URL('./worker.mjs', import.meta.url), { type: 'module' });
+// One worker at a time. "cancel" asks a long job (spread, PreciseBN, train) to stop after its current
+// batch; one that does not within a second and a half, and any other job (one forward cannot be
+// interrupted), is ended by terminating the worker, and a new one is started with the same model file
+// and photos. Jobs queued behind it wait for that restart.
+let worker = null;
 const pending = new Map();
 let nextId = 1;
 let queue = Promise.resolve();
 let outstanding = 0;
+let workerReady = Promise.resolve();
+let generation = 0;        // bumped by every cancel
+let current = null;        // the job the worker is running: { id, label, t0, est, phase }
+let loaded = null;         // { bytes, name, file } of the loaded model, to restart a worker with it
+let userFiles = [];        // the photos the user added, for the same reason
 
-worker.onmessage = (ev) => {
-  const { id, ok, result, error, progress } = ev.data;
-  const p = pending.get(id);
-  if (!p) return;
-  if (progress !== undefined) return p.onProgress && p.onProgress(progress);
-  pending.delete(id);
-  if (ok) p.resolve(result);
-  else p.reject(Object.assign(new Error(error), { stopped: !!ev.data.stopped }));
-};
-worker.onerror = (ev) => {
-  ev.preventDefault();
-  setStatus('error', `error: the worker failed: ${ev.message || 'could not start (is bnlab.wasm built?)'}`);
-};
+function startWorker() {
+  worker = new Worker(new URL('./worker.mjs', import.meta.url), { type: 'module' });
+  worker.onmessage = (ev) => {
+    const { id, ok, result, error, progress } = ev.data;
+    const p = pending.get(id);
+    if (!p) return;
+    if (progress !== undefined) return p.onProgress && p.onProgress(progress);
+    pending.delete(id);
+    if (ok) p.resolve(result);
+    else p.reject(Object.assign(new Error(error), { stopped: !!ev.data.stopped }));
+  };
+  worker.onerror = (ev) => {
+    ev.preventDefault();
+    setStatus('error', `error: the worker failed: ${ev.message || 'could not start (is bnlab.wasm built?)'}`);
+  };
+}
+startWorker();
 
-// Sends one command after the previous ones have finished. `label` is shown in the status line.
-function call(cmd, args, { label, onProgress, transfer } = {}) {
-  outstanding++;
-  const job = queue.then(() => new Promise((resolve, reject) => {
+// Posts straight to the worker (no queue): used by the queue and by a restart.
+function post(cmd, args, { onProgress, transfer } = {}) {
+  return new Promise((resolve, reject) => {
     const id = nextId++;
-    if (label) setStatus('busy', label);
     pending.set(id, { resolve, reject, onProgress });
     worker.postMessage({ id, cmd, args }, transfer || []);
-  }));
+  });
+}
+
+// Sends one command after the previous ones have finished. `label` is shown in the status line,
+// with the time it has taken (and the estimate, when the job gives one) while it runs.
+function call(cmd, args, { label, onProgress, transfer } = {}) {
+  outstanding++;
+  const gen = generation;
+  const job = queue.then(async () => {
+    await workerReady;
+    // a cancel drops what was queued before it, not only the running job
+    if (gen !== generation) throw Object.assign(new Error('cancelled'), { cancelled: true });
+    const me = { label: label || `busy: ${cmd}…`, t0: performance.now(), est: 0, phase: null, cmd };
+    current = me;
+    if (label) setStatus('busy', label);
+    showBusy();
+    try {
+      return await post(cmd, args, {
+        transfer,
+        onProgress: (p) => {
+          if (p && p.phase) { me.phase = p.phase; me.est = p.est || 0; me.phaseT0 = performance.now(); showBusy(); }
+          if (onProgress) onProgress(p);
+        },
+      });
+    } finally {
+      if (current === me) current = null;
+      showBusy();
+    }
+  });
   const settle = () => { outstanding--; };
   queue = job.then(settle, settle);
   return job;
 }
 const stopWorker = () => worker.postMessage({ cmd: 'stop' });
+
+// The busy line: what runs, for how long, against its estimate; the cancel button while it runs.
+let busyTimer = 0;
+function showBusy() {
+  const btn = $('cancel'), bar = $('busy-bar');
+  if (!current) {
+    clearInterval(busyTimer);
+    busyTimer = 0;
+    btn.hidden = true;
+    bar.hidden = true;
+    return;
+  }
+  btn.hidden = false;
+  btn.disabled = false;
+  if (!busyTimer) busyTimer = setInterval(showBusy, 250);
+  const t = (performance.now() - current.t0) / 1000;
+  if (current.phase) {
+    const pt = (performance.now() - (current.phaseT0 || current.t0)) / 1000;
+    setStatus('busy', `busy: ${current.phase} · ${pt.toFixed(1)} s${current.est ? ` of ~${(current.est / 1000).toFixed(1)} s` : ''}`);
+    bar.hidden = !current.est;
+    if (current.est) bar.value = Math.min(0.99, (pt * 1000) / current.est);
+  } else if (t > 1 && statusEl.dataset.state === 'busy') {
+    statusEl.textContent = `${current.label.replace(/ · [\d.]+ s$/, '')} · ${t.toFixed(1)} s`;
+  }
+}
+
+// Jobs that check for `stop` between their batches; the others are one uninterruptible computation.
+const STOPPABLE = new Set(['spread', 'precise', 'train']);
+async function cancelJob() {
+  const job = current;
+  if (!job) return;
+  $('cancel').disabled = true;
+  generation++;
+  runQueued = false;   // and the batch requested while this one ran
+  clearTimeout(debounce);
+  if (STOPPABLE.has(job.cmd)) {
+    stopWorker();
+    await new Promise((r) => setTimeout(r, 1500));
+    if (current !== job) return;   // it stopped by itself
+  }
+  worker.terminate();
+  for (const p of pending.values()) p.reject(Object.assign(new Error('cancelled'), { cancelled: true }));
+  pending.clear();
+  current = null;
+  showBusy();
+  const lost = model && model.modified;
+  startWorker();
+  workerReady = (async () => {
+    setStatus('busy', 'cancelled: restarting WebAssembly…');
+    await post('init', {});
+    if (loaded) {
+      const d = await post('load', { bytes: loaded.bytes.slice(), name: loaded.name, file: loaded.file });
+      if (userFiles.length) await post('addPhotos', { files: userFiles });
+      showModel(await post('describe', {}));
+      void d;
+    }
+  })();
+  try {
+    await workerReady;
+    setStatus('ready', `ready · cancelled ${job.cmd === 'run' ? 'the batch' : job.cmd}${lost ? ' (the model was reloaded from its file: changes made in this tab are gone)' : ''}`);
+    debug.cancelled = (debug.cancelled || 0) + 1;
+  } catch (e) {
+    fail('restart after cancel', e);
+  }
+}
 
 // ---- status -----------------------------------------------------------------------------------
 const statusEl = $('status') || document.querySelector('[data-testid="status"]');
@@ -58,6 +162,7 @@ function ready() {
   if (outstanding === 0) setStatus('ready', `ready · ${model ? model.info.bnLayers.length + ' BatchNorm layers' : 'no model'}`);
 }
 function fail(what, e) {
+  if (e && e.cancelled) return;   // cancelJob says what happened
   const msg = e && e.message ? e.message : String(e);
   debug.errors.push(`${what}: ${msg}`);
   setStatus('error', `error: ${what}: ${msg}`);
@@ -345,7 +450,9 @@ function showSource(d) {
 
 async function loadModelBytes(bytes, name, file) {
   try {
+    const copy = bytes.slice();
     const d = await call('load', { bytes, name, file: file || name }, { label: `loading ${name}…`, transfer: [bytes.buffer] });
+    loaded = { bytes: copy, name, file: file || name };
     showModel(d);
     // keep a run near a few seconds on big models (a full ResNet-50 at 224 takes ~0.6 s per image)
     const B = settings().batchSize;
@@ -420,6 +527,7 @@ async function addImageFiles(files) {
   let r;
   try {
     r = await call('addPhotos', { files: images }, { label: `busy: decoding ${images.length} photos…` });
+    userFiles = userFiles.concat(images).slice(0, r.count);
     showSource(r);
     await doRun();
   } catch (e) {
@@ -862,6 +970,7 @@ ui.seed.addEventListener('change', () => changed());
 $('new-batch').addEventListener('click', () => { ui.seed.value = String((settings().seed + 1) % 65536); changed(); });
 ui.run.addEventListener('click', () => requestRun());
 
+$('cancel').addEventListener('click', () => cancelJob());
 $('spread-run').addEventListener('click', () => (longJob === 'spread' ? stopWorker() : measureSpread()));
 $('spread-max').addEventListener('change', () => drawSpread());
 $('train-start').addEventListener('click', () => trainHere());
@@ -900,7 +1009,7 @@ $('image-files').addEventListener('change', async (ev) => {
   if (files.length) await addImageFiles(files);
 });
 $('clear-images').addEventListener('click', async () => {
-  try { showSource(await call('clearPhotos', {}, { label: 'busy: clearing your photos…' })); await doRun(); } catch (e) { fail('images', e); }
+  try { showSource(await call('clearPhotos', {}, { label: 'busy: clearing your photos…' })); userFiles = []; await doRun(); } catch (e) { fail('images', e); }
 });
 $('image-folder').addEventListener('change', async (ev) => {
   const files = [...ev.target.files];

@@ -317,11 +317,14 @@ function argmaxAcc(logits, labels, K) {
 // ---- commands ---------------------------------------------------------------------------------
 // One batch: a train-mode forward (scratch, or main when updateRunning), an eval-mode forward
 // (main), the probe image alone in both modes, and the statistics of every BatchNorm layer.
-function run({ mode, batchSize, layer, seed, updateRunning }) {
+function run({ mode, batchSize, layer, seed, updateRunning }, progress = () => {}) {
   const B = batchSize, K = S.main.info.numClasses;
+  const ms1 = S.msPerImage, what = `${B} images at ${S.H}×${S.W}`;
+  if (S.source.kind === 'photos') progress({ phase: `cropping ${what}`, est: 2 * B });
   const { x, labels, shape, thumbs, thumbUser, probeName } = makeBatch(seed, B);
   const T = updateRunning && mode === 'train' ? S.main : S.scratch;
   T.train();
+  progress({ phase: `train-mode forward of ${what}`, est: 1.2 * ms1 * B });
   const [logitsTrain, msTrain] = timed(() => T.forward(x, shape));
   if (T === S.main) S.modified = true;
   T.eval();
@@ -336,7 +339,11 @@ function run({ mode, batchSize, layer, seed, updateRunning }) {
   // the eval forward of the whole batch is only needed in eval mode; in train mode it is done for
   // the timing plot when it is cheap
   let logitsEval = null, msEval = null;
-  if (mode === 'eval' || msTrain < 500) [logitsEval, msEval] = timed(() => S.main.eval().forward(x, shape));
+  if (mode === 'eval' || msTrain < 500) {
+    progress({ phase: `eval-mode forward of ${what}`, est: (msTrain * 0.8) });
+    [logitsEval, msEval] = timed(() => S.main.eval().forward(x, shape));
+  }
+  progress({ phase: 'the probe image alone, eval and train mode', est: 2.5 * ms1 });
   const D = S.H * S.W * 3, probe = x.subarray(0, D), pshape = [1, S.H, S.W, 3];
   const aloneEval = S.main.forward(probe, pshape);
   const aloneTrain = S.scratch.train().forward(probe, pshape);
@@ -572,7 +579,7 @@ const COMMANDS = {
     S.userPhotos = [];
     return describe();
   },
-  async run(args) { return run(args); },
+  async run(args, progress) { return run(args, progress); },
   async spread(args, progress) { return spread(args, progress); },
   async precise(args, progress) { return precise(args, progress); },
   async train(args, progress) { return train(args, progress); },

@@ -131,6 +131,29 @@ test('a 1000-class ResNet without metadata runs at 224x224 on photo crops, with 
   await page.screenshot({ path: path.join(ARTIFACTS, 'photos-imagenet-1000.png'), fullPage: true });
 });
 
+test('a long batch shows its progress and can be cancelled; the page keeps its model and runs again', { skip: SKIP, timeout: WAIT }, async () => {
+  const name = await page.textContent('#model-name');
+  const runs = await page.evaluate(() => window.__bnlab.runs);
+  await page.fill(tid('batch-size'), '256');
+  await page.dispatchEvent(tid('batch-size'), 'change');
+  await page.waitForFunction(() => /train-mode forward of 256 images at 224×224 · [\d.]+ s of ~[\d.]+ s/.test(document.querySelector('[data-testid="status"]').textContent), null, { timeout: WAIT });
+  const seen = await page.evaluate(() => ({ cancel: !document.getElementById('cancel').hidden, bar: !document.getElementById('busy-bar').hidden,
+    layer: !document.querySelector('[data-testid="layer"]').disabled }));
+  assert.deepEqual(seen, { cancel: true, bar: true, layer: true }, 'cancel and progress bar shown; the controls still answer');
+  const t0 = Date.now();
+  await page.click('#cancel');
+  await page.waitForFunction(() => /cancelled the batch/.test(document.querySelector('[data-testid="status"]').textContent), null, { timeout: WAIT });
+  const waited = Date.now() - t0;
+  assert.ok(waited < 15_000, `cancel took ${waited} ms`);
+  assert.equal(await page.getAttribute(tid('status'), 'data-state'), 'ready');
+  assert.equal(await page.isHidden('#cancel'), true);
+  assert.equal(await page.evaluate(() => window.__bnlab.runs), runs, 'the cancelled batch was not drawn');
+  assert.equal(await page.textContent('#model-name'), name, 'the same model, reloaded');
+  assert.equal((await card()).inputSize, '224x224');
+  await runBatch(8);
+  assert.equal((await last()).B, 8);
+});
+
 test('a model\'s own metadata is followed: input size, names, data; malformed keys are shown as ignored', { skip: SKIP, timeout: WAIT }, async () => {
   const f = parseSafetensors(new Uint8Array(readFileSync(R50)));
   const names = ['ant', 'bee', 'cat', 'dog', 'eel', 'fox', 'gnu', 'hen', 'ibis', 'jay'];
