@@ -265,8 +265,12 @@ function renderPlot(container, spec) {
   el('rect', { x: m.l, y: m.t - 2, width: W - m.l - m.r, height: H - m.t - m.b + 4 }, el('clipPath', { id: clipId }, svg));
   const body = el('g', { 'clip-path': `url(#${clipId})` }, svg);
   const cy = (v) => Math.max(-1e4, Math.min(1e4, Y.f(v)));
+  const hoverPts = [];   // [px, py, text]: what a pointer near (px, py) is told
   for (const s of spec.series || []) {
     const pts = s.points.filter((p) => Number.isFinite(p[0]) && Number.isFinite(p[1]) && (spec.y.type !== 'log' || p[1] > 0));
+    if (s.hover) s.points.forEach((p, i) => {
+      if (Number.isFinite(p[0]) && Number.isFinite(p[1]) && (spec.y.type !== 'log' || p[1] > 0)) hoverPts.push([X.f(p[0]), cy(p[1]), s.hover(p, i)]);
+    });
     if (s.kind === 'line') {
       if (pts.length < 2) continue;
       el('polyline', {
@@ -311,7 +315,49 @@ function renderPlot(container, spec) {
   }
   if (spec.empty) el('text', { x: (m.l + W - m.r) / 2, y: (m.t + H - m.b) / 2, 'text-anchor': 'middle', class: 'empty' }, svg).textContent = spec.empty;
   container.replaceChildren(svg);
+  container._hover = hoverPts;
+  container.dataset.hoverPoints = String(hoverPts.length);
+  if (!container._hoverWired) {
+    container._hoverWired = true;
+    container.addEventListener('pointermove', (ev) => plotHover(container, ev));
+    container.addEventListener('pointerleave', () => hideTip(container));
+  }
   return svg;
+}
+
+// Hover: the point nearest the pointer (within 24 px) is marked and its values shown in a tooltip.
+const tip = document.createElement('div');
+tip.className = 'plot-tip';
+tip.id = 'plot-tip';
+tip.setAttribute('role', 'tooltip');
+tip.hidden = true;
+document.body.appendChild(tip);
+function plotHover(container, ev) {
+  const svg = container.querySelector('svg'), pts = container._hover || [];
+  if (!svg || !pts.length) return hideTip(container);
+  const r = svg.getBoundingClientRect(), vb = svg.viewBox.baseVal, k = r.width / vb.width;
+  const mx = (ev.clientX - r.left) / k, my = (ev.clientY - r.top) / k;
+  let best = null, bd = (24 / k) ** 2;
+  for (const p of pts) {
+    const d = (p[0] - mx) ** 2 + (p[1] - my) ** 2;
+    if (d < bd) { bd = d; best = p; }
+  }
+  if (!best) return hideTip(container);
+  let mark = svg.querySelector('.hover-mark');
+  if (!mark) mark = el('circle', { class: 'hover-mark', r: 5 }, svg);
+  mark.setAttribute('cx', best[0]);
+  mark.setAttribute('cy', best[1]);
+  tip.textContent = best[2];
+  tip.hidden = false;
+  tip.dataset.plot = container.id;
+  const tx = r.left + best[0] * k, ty = r.top + best[1] * k;
+  tip.style.left = `${Math.min(window.innerWidth - tip.offsetWidth - 4, Math.max(4, tx + 10))}px`;
+  tip.style.top = `${Math.max(4, ty - tip.offsetHeight - 8)}px`;
+}
+function hideTip(container) {
+  const mark = container.querySelector('.hover-mark');
+  if (mark) mark.remove();
+  if (tip.dataset.plot === container.id) tip.hidden = true;
 }
 
 function extent(arrays, { positive = false } = {}) {
@@ -320,7 +366,13 @@ function extent(arrays, { positive = false } = {}) {
   return lo <= hi ? [lo, hi] : [positive ? 0.1 : 0, 1];
 }
 const css = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
-const COLORS = { batch: css('--batch') || '#2563eb', running: css('--running') || '#d97706', eval: css('--eval') || '#0f9d76', faint: '#98a0ae' };
+// One palette, one meaning per colour on every plot: batch statistics (and train mode) blue, running
+// statistics orange, eval mode green, the distance |Δmean|/σ indigo, the variance ratio purple, loss
+// dark grey, a "before" state and reference lines grey.
+const COLORS = {
+  batch: css('--batch') || '#2563eb', running: css('--running') || '#d97706', eval: css('--eval') || '#0f9d76',
+  dMean: '#4338ca', dMeanLight: '#a5b4fc', dVar: '#a21caf', loss: '#374151', before: '#c3c9d4', faint: '#98a0ae',
+};
 
 // ---- page state -------------------------------------------------------------------------------
 const ui = {
@@ -626,7 +678,8 @@ function drawStats(r) {
       y: { type: log ? 'log' : 'lin', min: lo, max: hi, label: log ? 'variance' : 'mean' },
       series: [
         { kind: 'line', points: runPts, color: COLORS.running, width: strong('running') ? 2.4 : 1.3, dash: strong('running') ? null : '4 3', opacity: strong('running') ? 1 : 0.8 },
-        { kind: 'dots', points: batPts, color: COLORS.batch, r: r0, hollow: !strong('batch'), opacity: strong('batch') ? 0.9 : 0.55 },
+        { kind: 'dots', points: batPts, color: COLORS.batch, r: r0, hollow: !strong('batch'), opacity: strong('batch') ? 0.9 : 0.55,
+          hover: (p, k) => `${r.layer} channel ${o[k]}: batch ${log ? 'variance' : 'mean'} ${fmt(batch[o[k]])}, running ${fmt(running[o[k]])}` },
       ],
       legend: [
         { label: `batch of ${r.B}${strong('batch') ? ' (used)' : ' (not used in eval)'}`, color: COLORS.batch, hollow: !strong('batch') },
@@ -666,14 +719,16 @@ function drawOverview(r) {
     x: { type: 'lin', min: -0.5, max: L - 0.5, exact: true, label: `${L} BatchNorm layers in module order`, hideTicks: true },
     y: { type: 'lin', min: 0, max: hi, label: 'distance' },
     series: [
-      { kind: 'bars', points: dm.map((v, i) => [i, v]), color: '#9db5ec', highlight: li, highlightColor: COLORS.batch, barWidth: 0.72,
+      { kind: 'bars', points: dm.map((v, i) => [i, v]), color: COLORS.dMeanLight, highlight: li, highlightColor: COLORS.dMean, barWidth: 0.72,
+        hover: (p, i) => `${r.overview[i].name}: |Δmean|/σ ${r.overview[i].dMean.toFixed(3)}, |ln var ratio| ${r.overview[i].dVar.toFixed(3)}`,
         titles: r.overview.map((o) => `${o.name}: |Δmean|/σ ${o.dMean.toFixed(3)}, |ln var ratio| ${o.dVar.toFixed(3)}`),
         onClick: (i) => { ui.layer.value = r.overview[i].name; requestRun(); } },
-      { kind: 'dots', points: dv.map((v, i) => [i, v]), color: COLORS.running, r: 2.2, opacity: 0.9 },
+      { kind: 'dots', points: dv.map((v, i) => [i, v]), color: COLORS.dVar, r: 2.2, opacity: 0.9,
+        hover: (p, i) => `${r.overview[i].name}: |Δmean|/σ ${r.overview[i].dMean.toFixed(3)}, |ln var ratio| ${r.overview[i].dVar.toFixed(3)}` },
     ],
     legend: [
-      { label: '|Δmean| / running σ', color: '#9db5ec' },
-      { label: '|ln(batch var / running var)|', color: COLORS.running },
+      { label: '|Δmean| / running σ', color: COLORS.dMean },
+      { label: '|ln(batch var / running var)|', color: COLORS.dVar },
     ],
   });
   const panel = $('overview-panel');
@@ -740,9 +795,9 @@ function drawTimes() {
     y: { type: 'log', min: lo, max: hi, label: 'ms per forward' },
     series: [
       { kind: 'line', points: tr, color: COLORS.batch, width: 1.2, opacity: 0.6 },
-      { kind: 'dots', points: tr, color: COLORS.batch, r: 3 },
+      { kind: 'dots', points: tr, color: COLORS.batch, r: 3, hover: (p) => `B = ${p[0]}: train mode ${p[1].toFixed(1)} ms per forward` },
       { kind: 'line', points: ev, color: COLORS.eval, width: 1.2, opacity: 0.6 },
-      { kind: 'dots', points: ev, color: COLORS.eval, r: 3 },
+      { kind: 'dots', points: ev, color: COLORS.eval, r: 3, hover: (p) => `B = ${p[0]}: eval mode ${p[1].toFixed(1)} ms per forward` },
     ],
     legend: [{ label: 'train mode', color: COLORS.batch }, { label: 'eval mode', color: COLORS.eval }],
     empty: tr.length ? null : 'run a batch',
@@ -771,7 +826,8 @@ function drawSpread(progressPoints) {
     for (let B = 1; B <= maxB * 1.0001; B *= Math.SQRT2) ref.push([B, c / Math.sqrt(B)]);
     series.push({ kind: 'line', points: ref, color: COLORS.faint, dash: '5 4', width: 1.5 });
     series.push({ kind: 'line', points: xy, color: COLORS.batch, width: 1.5 });
-    series.push({ kind: 'dots', points: xy, color: COLORS.batch, r: 3.2 });
+    series.push({ kind: 'dots', points: xy, color: COLORS.batch, r: 3.2,
+      hover: (p) => `B = ${p[0]}: std of the batch mean ${fmt(p[1])} σ (c/√B: ${fmt(c / Math.sqrt(p[0]))})` });
     legend = [{ label: 'measured', color: COLORS.batch }, { label: `${fmt(c)}/√B`, color: COLORS.faint, kind: 'line', dash: '5 4' }];
   }
   const ys = xy.map((p) => p[1]);
@@ -836,14 +892,14 @@ function drawTrain() {
     height: 170,
     x: { type: 'lin', min: 0, max: xmax, label: 'SGD step' },
     y: { type: 'lin', min: 0, max: n ? Math.max(...loss.map((p) => p[1])) : 2.5, label: 'loss' },
-    series: [{ kind: 'line', points: loss, color: COLORS.batch, width: 1.4 }],
+    series: [{ kind: 'line', points: loss, color: COLORS.loss, width: 1.4, hover: (p) => `step ${p[0]}: loss ${p[1].toFixed(4)}` }],
     empty: n ? null : 'press train',
   });
   renderPlot($('plot-converge'), {
     height: 170,
     x: { type: 'lin', min: 0, max: xmax, label: 'SGD step' },
     y: { type: 'lin', min: 0, max: n ? Math.max(...conv.map((p) => p[1])) : 1, label: '|Δmean| / σ' },
-    series: [{ kind: 'line', points: conv, color: COLORS.running, width: 1.4 }],
+    series: [{ kind: 'line', points: conv, color: COLORS.dMean, width: 1.4, hover: (p) => `step ${p[0]}: |Δmean|/σ ${p[1].toFixed(4)}` }],
     empty: n ? null : (lastRun ? `layer ${lastRun.layer}` : ''),
   });
   debug.train = trainLog;
@@ -935,10 +991,10 @@ function drawPrecise(before, after) {
     x: { type: 'lin', min: -0.5, max: L - 0.5, exact: true, label: 'BatchNorm layer, stem → last block', hideTicks: true },
     y: { type: 'lin', min: 0, max: hi, label: '|Δmean| / σ' },
     series: [
-      { kind: 'bars', points: b, color: '#c3c9d4', barWidth: 0.4 },
-      { kind: 'bars', points: a, color: COLORS.batch, barWidth: 0.4 },
+      { kind: 'bars', points: b, color: COLORS.before, barWidth: 0.4, hover: (p, i) => `${after[i].name}: |Δmean|/σ before ${before[i].dMean.toFixed(3)}, after ${after[i].dMean.toFixed(3)}` },
+      { kind: 'bars', points: a, color: COLORS.dMean, barWidth: 0.4, hover: (p, i) => `${after[i].name}: |Δmean|/σ after ${after[i].dMean.toFixed(3)}, before ${before[i].dMean.toFixed(3)}` },
     ],
-    legend: [{ label: 'before', color: '#c3c9d4' }, { label: 'after', color: COLORS.batch }],
+    legend: [{ label: 'before', color: COLORS.before }, { label: 'after', color: COLORS.dMean }],
   });
 }
 

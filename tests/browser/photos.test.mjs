@@ -182,3 +182,53 @@ test('back to the demo model: shapes again; no console errors all along', { skip
   assert.ok((await thumbSizes()).every((t) => /^64x64:procedural image/.test(t)));
   assert.deepEqual(consoleErrors, []);
 });
+
+// Moves the pointer onto hover point k of a plot and returns the tooltip's text ('' when none shows).
+async function hoverText(id, k = 0) {
+  const at = await page.evaluate(([id, k]) => {
+    const c = document.getElementById(id), svg = c.querySelector('svg'), pts = c._hover || [];
+    if (!pts.length) return null;
+    c.scrollIntoView({ block: 'center' });
+    const r = svg.getBoundingClientRect(), s = r.width / svg.viewBox.baseVal.width, p = pts[Math.min(k, pts.length - 1)];
+    return [r.left + p[0] * s, r.top + p[1] * s];
+  }, [id, k]);
+  if (!at) return '';
+  await page.mouse.move(at[0] + 2, at[1] + 1);
+  return page.evaluate(() => { const t = document.getElementById('plot-tip'); return t.hidden ? '' : t.textContent; });
+}
+
+test('every plot answers a hover with its values', { skip: SKIP, timeout: 4 * WAIT }, async () => {
+  // fill every plot on the (fast) demo model: a batch, the 1/sqrt(B) sweep, 3 SGD steps, PreciseBN
+  await runBatch(16);
+  await page.selectOption('#spread-k', '4');
+  await page.selectOption('#spread-max', '32');
+  await page.click('#spread-run');
+  await page.waitForFunction(() => window.__bnlab.spread && window.__bnlab.spread.points.length === 6, null, { timeout: WAIT });
+  await waitReady();
+  await page.fill('#train-steps', '3');
+  await page.click('#train-start');
+  await page.waitForFunction(() => window.__bnlab.train.length === 3, null, { timeout: WAIT });
+  await waitReady();
+  await page.fill('#precise-k', '2');
+  await page.fill('#precise-b', '8');
+  await page.click('#precise-run');
+  await page.waitForFunction(() => window.__bnlab.precise, null, { timeout: WAIT });
+  await waitReady();
+  const want = {
+    'plot-mean': /^(bn1|layer\S+) channel \d+: batch mean -?[\d.e-]+, running -?[\d.e-]+$/,
+    'plot-var': /channel \d+: batch variance [\d.e-]+, running [\d.e-]+$/,
+    'plot-overview': /^bn1: \|Δmean\|\/σ [\d.]+, \|ln var ratio\| [\d.]+$/,
+    'plot-time': /^B = \d+: (train|eval) mode [\d.]+ ms per forward$/,
+    'plot-spread': /^B = 1: std of the batch mean [\d.e-]+ σ \(c\/√B: [\d.e-]+\)$/,
+    'plot-loss': /^step 1: loss [\d.]+$/,
+    'plot-converge': /^step 1: \|Δmean\|\/σ [\d.]+$/,
+    'plot-precise': /^bn1: \|Δmean\|\/σ before [\d.]+, after [\d.]+$/,
+  };
+  const got = {};
+  for (const id of Object.keys(want)) got[id] = await hoverText(id);
+  for (const [id, re] of Object.entries(want)) assert.match(got[id], re, `${id}: ${JSON.stringify(got[id])}`);
+  await page.screenshot({ path: path.join(ARTIFACTS, 'photos-hover.png') });
+  // away from the points: no tooltip
+  await page.mouse.move(2, 2);
+  assert.equal(await page.isHidden('#plot-tip'), true);
+});
