@@ -161,11 +161,31 @@ function setStatus(state, text) {
 function ready() {
   if (outstanding === 0) setStatus('ready', `ready · ${model ? model.info.bnLayers.length + ' BatchNorm layers' : 'no model'}`);
 }
-function fail(what, e) {
+// An error shows in the status line and, until dismissed, beside the control that caused it
+// (where: 'model', 'batch', 'images', 'spread', 'train', 'precise'): a later job's "ready" does not
+// hide it, and it is in view where the user acted.
+function fail(what, e, where = 'model') {
   if (e && e.cancelled) return;   // cancelJob says what happened
   const msg = e && e.message ? e.message : String(e);
   debug.errors.push(`${what}: ${msg}`);
   setStatus('error', `error: ${what}: ${msg}`);
+  showError(where, `${what}: ${msg}`);
+}
+function showError(where, text) {
+  const box = $(`err-${where}`) || $('err-model');
+  const line = document.createElement('div');
+  line.className = 'error-line';
+  const t = document.createElement('span');
+  t.textContent = text;
+  const x = document.createElement('button');
+  x.type = 'button';
+  x.className = 'dismiss';
+  x.textContent = '×';
+  x.title = x.ariaLabel = 'dismiss this error';
+  x.addEventListener('click', () => { line.remove(); box.hidden = !box.children.length; });
+  line.append(t, x);
+  box.append(line);
+  box.hidden = false;
 }
 
 // ---- small SVG plotting -----------------------------------------------------------------------
@@ -386,10 +406,11 @@ let longJob = null;        // 'spread' | 'train' | 'precise' while one runs
 const times = { train: new Map(), eval: new Map() };
 const trainLog = [];
 
+let lastValidB = 32;   // an empty or invalid batch field keeps the last valid size (and says so)
 function settings() {
-  let B = Math.round(Number(ui.batch.value));
-  if (!Number.isFinite(B)) B = 32;
-  B = Math.min(256, Math.max(1, B));
+  const raw = ui.batch.value.trim();
+  let B = Math.round(Number(raw));
+  if (raw === '' || !Number.isFinite(B) || B < 1 || B > 256) B = lastValidB;
   return {
     mode: ui.mode.value === 'eval' ? 'eval' : 'train', batchSize: B, layer: ui.layer.value || 'bn1',
     seed: Math.max(0, Math.floor(Number(ui.seed.value) || 0)), updateRunning: ui.update.checked,
@@ -399,6 +420,30 @@ function settings() {
 function setControlsEnabled(on) {
   for (const id of ['run', 'spread-run', 'precise-run', 'train-start', 'reset-model', 'save-model', 'new-batch'])
     if ($(id) && !(longJob && $(id).dataset.stopper === longJob)) $(id).disabled = !on || !!$(id).dataset.na;
+  // loading weights or photos waits for a long job: not offered while one runs
+  for (const id of ['weights-file', 'image-files', 'image-folder']) {
+    $(id).disabled = !on;
+    $(id).closest('label').classList.toggle('disabled', !on);
+  }
+}
+
+// Panels whose content no longer matches the controls are dimmed until a run redraws them.
+function markStale() {
+  const s = settings(), r = lastRun;
+  const stale = !r || r.B !== s.batchSize || r.mode !== s.mode || r.seed !== s.seed || r.layer !== s.layer;
+  for (const id of ['stats-panel', 'overview-panel', 'probe-panel']) {
+    $(id).classList.toggle('stale', stale);
+    $(id).dataset.stale = String(stale);
+  }
+  $('thumbs').closest('.card').classList.toggle('stale', stale);
+  updateSpreadStale();
+}
+function updateSpreadStale() {
+  const sp = lastSpread, cur = ui.layer.value;
+  const msg = sp && sp.layer !== cur ? `measured for ${sp.layer}: press measure for ${cur}` : '';
+  $('spread-stale').textContent = msg;
+  $('spread-panel').classList.toggle('stale', !!msg);
+  $('spread-panel').dataset.stale = String(!!msg);
 }
 
 // ---- model ------------------------------------------------------------------------------------
@@ -522,6 +567,8 @@ async function loadModelBytes(bytes, name, file) {
       $('model-note').textContent = `${$('model-note').textContent ? $('model-note').textContent + ' · ' : ''}` +
         `batch size lowered to ${fit}: ${d.msPerImage.toFixed(0)} ms per image here`;
     }
+    lastRun = null;
+    markStale();
     times.train.clear(); times.eval.clear();
     trainLog.length = 0;
     drawTrain();
@@ -583,10 +630,13 @@ async function addImageFiles(files) {
     showSource(r);
     await doRun();
   } catch (e) {
-    return fail('images', e);
+    return fail('images', e, 'images');
   }
   const skipped = [...r.skipped, ...(ignored ? [`${ignored} files that are not images`] : [])];
-  if (skipped.length) setStatus('error', `error: skipped ${skipped.join(', ')}`);
+  if (skipped.length) {
+    setStatus('error', `error: skipped ${skipped.join(', ')}`);
+    showError('images', `skipped ${skipped.join(', ')}`);
+  }
 }
 
 function drawThumbs(r) {
@@ -647,10 +697,11 @@ async function doRun() {
     drawProbe(r);
     drawTimes();
     drawThumbs(r);
+    markStale();
     ready();
     return r;
   } catch (e) {
-    fail('run', e);
+    fail('run', e, 'batch');
     throw e;
   }
 }
@@ -693,9 +744,6 @@ function drawStats(r) {
   $('stats-readout').innerHTML = `${r.mode === 'train' ? 'normalizes with the <b>batch</b> statistics' : 'normalizes with the <b>running</b> statistics (batch ones: what a train-mode forward of this batch computes)'} · ` +
     `|Δmean|/σ <b>${r.layerDist.dMean.toFixed(3)}</b> · |ln var ratio| <b>${r.layerDist.dVar.toFixed(3)}</b> · running stats from ${r.numBatchesTracked} batches` +
     `${r.updateRunning ? ' · <b>updated by this forward</b>' : ''}`;
-  if (lastSpread) {
-    $('spread-stale').textContent = lastSpread.layer === r.layer ? '' : `measured for ${lastSpread.layer}: press measure for ${r.layer}`;
-  }
   Object.assign(panel.dataset, {
     run: String(debug.runs), mode: r.mode, layer: r.layer, batchSize: String(r.B), used: uses,
     dMean: String(r.layerDist.dMean), dVar: String(r.layerDist.dVar), channels: String(C),
@@ -811,6 +859,8 @@ function drawTimes() {
   debug.times = { train: Object.fromEntries(times.train), eval: Object.fromEntries(times.eval) };
 }
 
+const SPREAD_CAPTION = document.getElementById('spread-caption').textContent;
+
 // ---- (2) spread of the batch mean against 1/sqrt(B) -------------------------------------------
 let lastSpread = null;
 function drawSpread(progressPoints) {
@@ -845,8 +895,11 @@ function drawSpread(progressPoints) {
     panel.dataset.layer = sp.layer;
     panel.dataset.spread = JSON.stringify(Object.fromEntries(sp.points.map((p) => [p.B, p.spread])));
     panel.dataset.c = String(sp.c);
-    $('spread-stale').textContent = '';
+  } else if (!sp && !progressPoints) {
+    $('spread-caption').textContent = SPREAD_CAPTION;
+    delete $('spread-panel').dataset.layer;
   }
+  updateSpreadStale();
 }
 
 async function measureSpread() {
@@ -861,10 +914,14 @@ async function measureSpread() {
   setControlsEnabled(false);
   btn.disabled = false;
   drawSpread([]);
+  const got = [];
   try {
     lastSpread = await call('spread', { layer: s.layer, sizes, K, seed: s.seed }, {
       label: `busy: ${K} batches at each of ${sizes.length} batch sizes…`,
-      onProgress: (p) => setStatus('busy', `busy: spread at B = ${p.B} (${Math.round((100 * p.done) / p.total)}%)`),
+      onProgress: (p) => {
+        setStatus('busy', `busy: spread at B = ${p.B} (${Math.round((100 * p.done) / p.total)}%)`);
+        if (p.point) { got.push(p.point); drawSpread(got); }
+      },
     });
     debug.spread = lastSpread;
     for (const p of lastSpread.points) times.train.set(p.B, p.msPerForward);
@@ -872,7 +929,7 @@ async function measureSpread() {
     ready();
   } catch (e) {
     if (e.stopped || /stopped/.test(e.message)) setStatus('ready', 'ready · measurement stopped');
-    else fail('spread', e);
+    else fail('spread', e, 'spread');
   } finally {
     longJob = null;
     delete btn.dataset.stopper;
@@ -936,7 +993,7 @@ async function trainHere() {
       `eval accuracy <b>${(100 * r.acc).toFixed(1)}%</b> on ${r.heldOut} held-out ${model.dataset.classes}-class procedural images`;
     ready();
   } catch (e) {
-    fail('train', e);
+    fail('train', e, 'train');
   } finally {
     longJob = null;
     $('train-stop').disabled = true;
@@ -974,7 +1031,7 @@ async function preciseBN() {
     $('precise-panel').dataset.distBefore = String(before);
     $('precise-panel').dataset.distAfter = String(after);
   } catch (e) {
-    fail('PreciseBN', e);
+    fail('PreciseBN', e, 'precise');
   } finally {
     longJob = null;
     setControlsEnabled(true);
@@ -1010,8 +1067,8 @@ function syncSlider() {
   ui.slider.value = String(Math.round(Math.log2(B)));
 }
 
-ui.mode.addEventListener('change', () => changed());
-ui.layer.addEventListener('change', () => changed());
+ui.mode.addEventListener('change', () => { markStale(); changed(); });
+ui.layer.addEventListener('change', () => { markStale(); changed(); });
 ui.update.addEventListener('change', () => {
   $('running-note').textContent = ui.update.checked
     ? 'Train-mode forwards now update the loaded model\'s running statistics (momentum 0.9), as a forgotten .eval() would. Reset restores them.'
@@ -1019,11 +1076,34 @@ ui.update.addEventListener('change', () => {
   $('running-note').className = ui.update.checked ? 'note warn' : 'note';
   changed();
 });
-ui.batch.addEventListener('change', () => { ui.batch.value = String(settings().batchSize); syncSlider(); changed(); });
-ui.batch.addEventListener('input', () => { if (ui.batch.value !== '') { syncSlider(); changed(400); } });
-ui.slider.addEventListener('input', () => { ui.batch.value = String(2 ** Number(ui.slider.value)); changed(150); });
-ui.seed.addEventListener('change', () => changed());
-$('new-batch').addEventListener('click', () => { ui.seed.value = String((settings().seed + 1) % 65536); changed(); });
+ui.batch.addEventListener('change', () => {
+  const raw = ui.batch.value.trim(), B = Number(raw);
+  const ok = raw !== '' && Number.isInteger(B) && B >= 1 && B <= 256;
+  $('batch-note').textContent = ok ? '' : `batch size: a whole number from 1 to 256 (kept ${lastValidB})`;
+  if (ok) lastValidB = B;
+  ui.batch.value = String(settings().batchSize);
+  syncSlider();
+  markStale();
+  if (ok) changed();
+});
+ui.batch.addEventListener('input', () => {
+  const B = Number(ui.batch.value);
+  if (ui.batch.value.trim() === '' || !Number.isInteger(B) || B < 1 || B > 256) return;
+  lastValidB = B;
+  $('batch-note').textContent = '';
+  syncSlider();
+  markStale();
+  changed(400);
+});
+ui.slider.addEventListener('input', () => {
+  lastValidB = 2 ** Number(ui.slider.value);
+  ui.batch.value = String(lastValidB);
+  $('batch-note').textContent = '';
+  markStale();
+  changed(150);
+});
+ui.seed.addEventListener('change', () => { markStale(); changed(); });
+$('new-batch').addEventListener('click', () => { ui.seed.value = String((settings().seed + 1) % 65536); markStale(); changed(); });
 ui.run.addEventListener('click', () => requestRun());
 
 $('cancel').addEventListener('click', () => cancelJob());
@@ -1065,7 +1145,7 @@ $('image-files').addEventListener('change', async (ev) => {
   if (files.length) await addImageFiles(files);
 });
 $('clear-images').addEventListener('click', async () => {
-  try { showSource(await call('clearPhotos', {}, { label: 'busy: clearing your photos…' })); userFiles = []; await doRun(); } catch (e) { fail('images', e); }
+  try { showSource(await call('clearPhotos', {}, { label: 'busy: clearing your photos…' })); userFiles = []; await doRun(); } catch (e) { fail('images', e, 'images'); }
 });
 $('image-folder').addEventListener('change', async (ev) => {
   const files = [...ev.target.files];
@@ -1088,6 +1168,10 @@ window.addEventListener('drop', async (ev) => {
   const files = [...ev.dataTransfer.files];
   const weights = files.filter((f) => /\.safetensors$/i.test(f.name));
   const images = files.filter((f) => !/\.safetensors$/i.test(f.name));
+  if ((weights.length || images.length) && longJob) {
+    fail('drop', new Error(`wait for ${longJob} to finish (or stop it) before loading ${weights.length ? 'weights' : 'photos'}`), weights.length ? 'model' : 'images');
+    return;
+  }
   if (weights.length) await loadWeightsFile(weights[0]);
   if (images.length) await addImageFiles(images);
 });

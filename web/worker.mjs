@@ -407,6 +407,7 @@ async function spread({ layer, sizes, K, seed }, progress) {
         rawAcc += varMeans;
       }
       points.push({ B, spread: Math.sqrt(acc / C), rawStd: Math.sqrt(rawAcc / C), msPerForward: ms / K });
+      progress({ done, total, B, k: K, point: points[points.length - 1] });   // the page draws it now
     }
   } finally {
     S.scratch.eval();
