@@ -648,7 +648,9 @@ function drawThumbs(r) {
     c.height = r.H;
     c.getContext('2d').putImageData(new ImageData(new Uint8ClampedArray(rgba), r.W, r.H), 0, 0);
     if (r.thumbUser[i]) c.className = 'user';
-    c.title = r.thumbUser[i] ? 'your photo' : r.source === 'photos' ? (i === 0 ? 'the probe photo, centre crop' : `random crop ${i}`) : `procedural image ${i}`;
+    const cr = r.crops && r.crops[i];
+    const where = cr ? ` of ${cr.photo}: ${Math.round(cr.w)}×${Math.round(cr.h)} at (${Math.round(cr.x)}, ${Math.round(cr.y)})${cr.flip ? ', flipped' : ''}` : '';
+    c.title = (r.thumbUser[i] ? 'your photo' : r.source === 'photos' ? (i === 0 ? 'the probe photo, centre crop' : `random crop ${i}`) : `procedural image ${i}`) + where;
     box.appendChild(c);
   });
   const pc = $('probe-canvas');
@@ -689,6 +691,7 @@ async function doRun() {
       layerDist: r.layerDist, overview: r.overview.map((o) => ({ ...o })), probe: r.probe, accEval: r.accEval, accTrain: r.accTrain,
     };
     debug.lastBatchMean = Array.from(r.batchMean);
+    debug.crops = r.crops;
     times.train.set(r.B, r.msTrain);
     if (r.msEval != null) times.eval.set(r.B, r.msEval);
     if (r.modified && !model.modified) { model.modified = true; showModelNote(); }

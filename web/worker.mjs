@@ -225,6 +225,8 @@ function makeBatch(seed, B) {
       x: normalizeRGBA(rgba, B * H * W, S.main.info.mean, S.main.info.std), labels: new Int32Array(B).fill(-1), shape,
       thumbs: thumbsOf(rgba, Math.min(B, THUMBS)), thumbUser: items.slice(0, THUMBS).map((it) => user.has(it.photo)),
       probeName: items[0].photo.name,
+      // where the shown crops came from (for the page's tooltips and the tests)
+      crops: items.slice(0, THUMBS).map((it) => ({ photo: it.photo.name, x: it.x, y: it.y, w: it.w, h: it.h, flip: !!it.flip })),
     };
   }
   const user = S.userPhotos.slice(0, B);
@@ -321,7 +323,7 @@ function run({ mode, batchSize, layer, seed, updateRunning }, progress = () => {
   const B = batchSize, K = S.main.info.numClasses;
   const ms1 = S.msPerImage, what = `${B} images at ${S.H}×${S.W}`;
   if (S.source.kind === 'photos') progress({ phase: `cropping ${what}`, est: 2 * B });
-  const { x, labels, shape, thumbs, thumbUser, probeName } = makeBatch(seed, B);
+  const { x, labels, shape, thumbs, thumbUser, probeName, crops } = makeBatch(seed, B);
   const T = updateRunning && mode === 'train' ? S.main : S.scratch;
   T.train();
   progress({ phase: `train-mode forward of ${what}`, est: 1.2 * ms1 * B });
@@ -365,7 +367,7 @@ function run({ mode, batchSize, layer, seed, updateRunning }, progress = () => {
     },
     accEval: logitsEval ? argmaxAcc(logitsEval, labels, K) : null,
     accTrain: argmaxAcc(logitsTrain, labels, K),
-    thumbs, thumbUser, H: S.H, W: S.W, source: S.source.kind,
+    thumbs, thumbUser, crops: crops || null, H: S.H, W: S.W, source: S.source.kind,
   };
 }
 

@@ -124,6 +124,29 @@ test('a 1000-class ResNet without metadata runs at 224x224 on photo crops, with 
   // "train here" is off (photos have no labels), with the reason on the page
   assert.equal(await page.isDisabled('#train-start'), true);
   assert.match(await page.textContent('#train-na'), /photos, which have none/);
+  // a random crop as drawn: the recorded rectangle of its photo, mirrored when flipped (and not otherwise)
+  const crops = await page.evaluate(() => window.__bnlab.crops);
+  assert.equal(crops.length, th.length);
+  const k = crops.findIndex((c, i) => i > 0 && c.flip);
+  assert.ok(k > 0, `a flipped crop among the first ${crops.length}: ${JSON.stringify(crops)}`);
+  const diffs = await page.evaluate(async (k) => {
+    const c = window.__bnlab.crops[k];
+    const bm = await createImageBitmap(await (await fetch(`photos/${c.photo}`)).blob());
+    const got = document.querySelectorAll('#thumbs canvas')[k].getContext('2d').getImageData(0, 0, 224, 224).data;
+    const out = [];
+    for (const flip of [true, false]) {
+      const cv = new OffscreenCanvas(224, 224), ctx = cv.getContext('2d');
+      ctx.imageSmoothingQuality = 'high';
+      if (flip) ctx.setTransform(-1, 0, 0, 1, 224, 0);
+      ctx.drawImage(bm, c.x, c.y, c.w, c.h, 0, 0, 224, 224);
+      const want = ctx.getImageData(0, 0, 224, 224).data;
+      let sum = 0;
+      for (let i = 0; i < want.length; i++) sum += Math.abs(want[i] - got[i]);
+      out.push(sum / want.length);
+    }
+    return out;
+  }, k);
+  assert.ok(diffs[0] < 2 && diffs[1] > 3 * diffs[0] + 1, `flipped crop ${k}: ${diffs[0]} per byte from the mirrored rectangle, ${diffs[1]} from the unmirrored one`);
   // more crops than photos: 48 from 12
   await runBatch(48);
   assert.equal((await last()).B, 48);
