@@ -217,6 +217,8 @@ function makeScale(spec, r0, r1) {
     max = Math.max(max, min * 1.0001);
     let l0 = Math.log10(min), l1 = Math.log10(max);
     if (!spec.exact) { const pad = Math.max((l1 - l0) * 0.06, 0.05); l0 -= pad; l1 += pad; }
+    // at least 0.6 decades, so that the 1-2-5 ticks give two labels even for a single point
+    if (!spec.ticks && l1 - l0 < 0.6) { const c = (l0 + l1) / 2; l0 = c - 0.3; l1 = c + 0.3; }
     const f = (v) => r0 + ((Math.log10(Math.max(v, 1e-30)) - l0) / (l1 - l0)) * (r1 - r0);
     let ticks = spec.ticks;
     if (!ticks) {
@@ -379,6 +381,8 @@ function hideTip(container) {
   if (mark) mark.remove();
   if (tip.dataset.plot === container.id) tip.hidden = true;
 }
+
+debug.renderPlot = (el, spec) => renderPlot(el, spec);   // for tests of the plotting rules
 
 function extent(arrays, { positive = false } = {}) {
   let lo = Infinity, hi = -Infinity;
@@ -867,6 +871,7 @@ const SPREAD_CAPTION = document.getElementById('spread-caption').textContent;
 // ---- (2) spread of the batch mean against 1/sqrt(B) -------------------------------------------
 let lastSpread = null;
 function drawSpread(progressPoints) {
+  if (progressPoints && progressPoints.length) debug.spreadDraws = (debug.spreadDraws || 0) + 1;   // points drawn as they arrive
   const sp = lastSpread;
   const pts = progressPoints || (sp ? sp.points : []);
   const xy = pts.map((p) => [p.B, p.spread]);

@@ -84,10 +84,12 @@ test('panels that no longer match the controls are dimmed until redrawn', { skip
   // the 1/sqrt(B) panel: measured for bn1; another layer makes it stale, and a stopped measurement keeps saying so
   await page.selectOption('#spread-k', '4');
   await page.selectOption('#spread-max', '32');
+  await page.evaluate(() => { window.__bnlab.spreadDraws = 0; });
   await page.click('#spread-run');
   await page.waitForFunction(() => window.__bnlab.spread && window.__bnlab.spread.K === 4, null, { timeout: WAIT });
   await waitReady();
   assert.equal(await page.textContent('#spread-stale'), '');
+  assert.equal(await page.evaluate(() => window.__bnlab.spreadDraws), 6, 'each batch size drawn as it arrived (B = 1..32)');
   await runAfter(() => page.selectOption(tid('layer'), 'layer1.0.bn1'));
   assert.match(await page.textContent('#spread-stale'), /measured for bn1: press measure for layer1\.0\.bn1/);
   assert.equal(await stale('spread-panel'), true);
@@ -100,6 +102,9 @@ test('panels that no longer match the controls are dimmed until redrawn', { skip
   await page.waitForFunction(() => /ResNet-18/.test(document.querySelector('[data-testid="model-card"]').textContent) &&
     document.querySelector('[data-testid="status"]').dataset.state === 'ready', null, { timeout: WAIT });
   assert.doesNotMatch(await page.textContent('#spread-caption'), /K = 4/);
+  // a tiny model sweeps by itself after loading: wait for the page to offer loading again
+  await page.waitForFunction(() => !document.getElementById('weights-file').disabled &&
+    document.querySelector('[data-testid="status"]').dataset.state === 'ready', null, { timeout: WAIT });
   await runAfter(() => page.setInputFiles(tid('weights-file'), path.join(ROOT, 'demo-models', 'resnet50-procedural.safetensors')));
 });
 
@@ -163,4 +168,18 @@ test('one palette: a colour means the same thing in every plot\'s legend', { ski
   }
   assert.ok(items.length >= 6, JSON.stringify(items));
   for (const [color, ms] of byColor) assert.equal(ms.size, 1, `${color} means ${[...ms].join(' and ')}`);
+});
+
+test('a plot with one point still gets two labelled y ticks (the time plot after a load)', { skip: SKIP, timeout: WAIT }, async () => {
+  const ticks = await page.evaluate(() => {
+    const div = document.createElement('div');
+    div.style.width = '480px';
+    document.body.appendChild(div);
+    window.__bnlab.renderPlot(div, { height: 180, x: { type: 'log', min: 1, max: 32, ticks: [1, 2, 4, 8, 16, 32] },
+      y: { type: 'log', min: 183, max: 183 }, series: [{ kind: 'dots', points: [[32, 183]], color: '#000' }] });
+    const n = div.querySelectorAll('text.tick[text-anchor="end"]').length;
+    div.remove();
+    return n;
+  });
+  assert.ok(ticks >= 2, `${ticks} y tick labels`);
 });
