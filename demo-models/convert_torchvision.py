@@ -6,7 +6,9 @@
     /usr/bin/python3 demo-models/convert_torchvision.py resnet50 --random --num-classes 10 -o r50-random.safetensors
 
 Names and layouts are torchvision's own (conv1.weight [O,I,kh,kw], bn1.running_mean, layer1.0.conv1.weight, ...,
-fc.weight [classes, features]); __metadata__ carries labels (JSON list), mean, std (JSON lists) and input_size.
+fc.weight [classes, features]); __metadata__ carries labels (JSON list), mean, std (JSON lists), input_size
+(JSON [3, H, W], timm's convention) and train.data (the dataset: "imagenet" for 1000 classes unless --train-data says
+otherwise), so bnlab info and the page read them instead of assuming.
 
 Weights: --weights FILE (a state dict saved with torch.save, or a whole pickled model; "state_dict"/"model" wrappers
 and "module." prefixes are unwrapped), --pretrained (torchvision's default weights, only if they are already in the
@@ -134,6 +136,8 @@ def main():
     ap.add_argument("--input-size", type=int, default=224, help="image side the model expects (metadata input_size, default 224)")
     ap.add_argument("--mean", type=float, nargs=3, default=IMAGENET_MEAN, metavar=("R", "G", "B"))
     ap.add_argument("--std", type=float, nargs=3, default=IMAGENET_STD, metavar=("R", "G", "B"))
+    ap.add_argument("--train-data", default=None, metavar="NAME",
+                    help="the dataset the weights were trained on (metadata train.data; default imagenet for 1000 classes)")
     ap.add_argument("--dtype", choices=list(DTYPES), default="F32", help="float type of the stored weights (default F32)")
     ap.add_argument("--seed", type=int, default=0, help="seed for --random")
     ap.add_argument("-o", "--output", required=True, help="the .safetensors file to write")
@@ -175,13 +179,16 @@ def main():
     metadata = {
         "format": "pt",
         "arch": a.arch,
-        "input_size": str(a.input_size),
+        "input_size": json.dumps([3, a.input_size, a.input_size]),
         "mean": json.dumps(a.mean),
         "std": json.dumps(a.std),
         "source": "torchvision pretrained" if a.pretrained else ("random init" if a.random else os.path.basename(a.weights)),
     }
     if labels is not None:
         metadata["labels"] = json.dumps(labels)
+    train_data = a.train_data or ("imagenet" if num_classes == 1000 else None)
+    if train_data:
+        metadata["train.data"] = train_data
     tensors = dict(model.state_dict())
     write_safetensors(a.output, tensors, metadata, a.dtype)
     n = sum(t.numel() for k, t in tensors.items() if not k.endswith("num_batches_tracked"))

@@ -6,48 +6,150 @@
 
 const $ = (id) => document.getElementById(id);
 const SVG_NS = 'http://www.w3.org/2000/svg';
-const IMAGENET = { mean: [0.485, 0.456, 0.406], std: [0.229, 0.224, 0.225] };
-const MAX_USER_IMAGES = 16;
 // web/serve.mjs lists this one last in models.json, after the trained demo model when it exists
 const FALLBACK = { url: '/fixtures/resnet/resnet50.weights.safetensors', name: 'ResNet-50 topology, narrow test fixture (untrained)' };
 
 const debug = (window.__bnlab = { ready: false, runs: 0, last: null, spread: null, model: null, train: [], precise: null, times: {}, errors: [] });
 
 // ---- worker client ----------------------------------------------------------------------------
-const worker = new Worker(new URL('./worker.mjs', import.meta.url), { type: 'module' });
+// One worker at a time. "cancel" asks a long job (spread, PreciseBN, train) to stop after its current
+// batch; one that does not within a second and a half, and any other job (one forward cannot be
+// interrupted), is ended by terminating the worker, and a new one is started with the same model file
+// and photos. Jobs queued behind it wait for that restart.
+let worker = null;
 const pending = new Map();
 let nextId = 1;
 let queue = Promise.resolve();
 let outstanding = 0;
+let workerReady = Promise.resolve();
+let generation = 0;        // bumped by every cancel
+let current = null;        // the job the worker is running: { id, label, t0, est, phase }
+let loaded = null;         // { bytes, name, file } of the loaded model, to restart a worker with it
+let userFiles = [];        // the photos the user added, for the same reason
 
-worker.onmessage = (ev) => {
-  const { id, ok, result, error, progress } = ev.data;
-  const p = pending.get(id);
-  if (!p) return;
-  if (progress !== undefined) return p.onProgress && p.onProgress(progress);
-  pending.delete(id);
-  if (ok) p.resolve(result);
-  else p.reject(Object.assign(new Error(error), { stopped: !!ev.data.stopped }));
-};
-worker.onerror = (ev) => {
-  ev.preventDefault();
-  setStatus('error', `error: the worker failed: ${ev.message || 'could not start (is bnlab.wasm built?)'}`);
-};
+function startWorker() {
+  worker = new Worker(new URL('./worker.mjs', import.meta.url), { type: 'module' });
+  worker.onmessage = (ev) => {
+    const { id, ok, result, error, progress } = ev.data;
+    const p = pending.get(id);
+    if (!p) return;
+    if (progress !== undefined) return p.onProgress && p.onProgress(progress);
+    pending.delete(id);
+    if (ok) p.resolve(result);
+    else p.reject(Object.assign(new Error(error), { stopped: !!ev.data.stopped }));
+  };
+  worker.onerror = (ev) => {
+    ev.preventDefault();
+    setStatus('error', `error: the worker failed: ${ev.message || 'could not start (is bnlab.wasm built?)'}`);
+  };
+}
+startWorker();
 
-// Sends one command after the previous ones have finished. `label` is shown in the status line.
-function call(cmd, args, { label, onProgress, transfer } = {}) {
-  outstanding++;
-  const job = queue.then(() => new Promise((resolve, reject) => {
+// Posts straight to the worker (no queue): used by the queue and by a restart.
+function post(cmd, args, { onProgress, transfer } = {}) {
+  return new Promise((resolve, reject) => {
     const id = nextId++;
-    if (label) setStatus('busy', label);
     pending.set(id, { resolve, reject, onProgress });
     worker.postMessage({ id, cmd, args }, transfer || []);
-  }));
+  });
+}
+
+// Sends one command after the previous ones have finished. `label` is shown in the status line,
+// with the time it has taken (and the estimate, when the job gives one) while it runs.
+function call(cmd, args, { label, onProgress, transfer } = {}) {
+  outstanding++;
+  const gen = generation;
+  const job = queue.then(async () => {
+    await workerReady;
+    // a cancel drops what was queued before it, not only the running job
+    if (gen !== generation) throw Object.assign(new Error('cancelled'), { cancelled: true });
+    const me = { label: label || `busy: ${cmd}…`, t0: performance.now(), est: 0, phase: null, cmd };
+    current = me;
+    if (label) setStatus('busy', label);
+    showBusy();
+    try {
+      return await post(cmd, args, {
+        transfer,
+        onProgress: (p) => {
+          if (p && p.phase) { me.phase = p.phase; me.est = p.est || 0; me.phaseT0 = performance.now(); showBusy(); }
+          if (onProgress) onProgress(p);
+        },
+      });
+    } finally {
+      if (current === me) current = null;
+      showBusy();
+    }
+  });
   const settle = () => { outstanding--; };
   queue = job.then(settle, settle);
   return job;
 }
 const stopWorker = () => worker.postMessage({ cmd: 'stop' });
+
+// The busy line: what runs, for how long, against its estimate; the cancel button while it runs.
+let busyTimer = 0;
+function showBusy() {
+  const btn = $('cancel'), bar = $('busy-bar');
+  if (!current) {
+    clearInterval(busyTimer);
+    busyTimer = 0;
+    btn.hidden = true;
+    bar.hidden = true;
+    return;
+  }
+  btn.hidden = false;
+  btn.disabled = false;
+  if (!busyTimer) busyTimer = setInterval(showBusy, 250);
+  const t = (performance.now() - current.t0) / 1000;
+  if (current.phase) {
+    const pt = (performance.now() - (current.phaseT0 || current.t0)) / 1000;
+    setStatus('busy', `busy: ${current.phase} · ${pt.toFixed(1)} s${current.est ? ` of ~${(current.est / 1000).toFixed(1)} s` : ''}`);
+    bar.hidden = !current.est;
+    if (current.est) bar.value = Math.min(0.99, (pt * 1000) / current.est);
+  } else if (t > 1 && statusEl.dataset.state === 'busy') {
+    statusEl.textContent = `${current.label.replace(/ · [\d.]+ s$/, '')} · ${t.toFixed(1)} s`;
+  }
+}
+
+// Jobs that check for `stop` between their batches; the others are one uninterruptible computation.
+const STOPPABLE = new Set(['spread', 'precise', 'train']);
+async function cancelJob() {
+  const job = current;
+  if (!job) return;
+  $('cancel').disabled = true;
+  generation++;
+  runQueued = false;   // and the batch requested while this one ran
+  clearTimeout(debounce);
+  if (STOPPABLE.has(job.cmd)) {
+    stopWorker();
+    await new Promise((r) => setTimeout(r, 1500));
+    if (current !== job) return;   // it stopped by itself
+  }
+  worker.terminate();
+  for (const p of pending.values()) p.reject(Object.assign(new Error('cancelled'), { cancelled: true }));
+  pending.clear();
+  current = null;
+  showBusy();
+  const lost = model && model.modified;
+  startWorker();
+  workerReady = (async () => {
+    setStatus('busy', 'cancelled: restarting WebAssembly…');
+    await post('init', {});
+    if (loaded) {
+      const d = await post('load', { bytes: loaded.bytes.slice(), name: loaded.name, file: loaded.file });
+      if (userFiles.length) await post('addPhotos', { files: userFiles });
+      showModel(await post('describe', {}));
+      void d;
+    }
+  })();
+  try {
+    await workerReady;
+    setStatus('ready', `ready · cancelled ${job.cmd === 'run' ? 'the batch' : job.cmd}${lost ? ' (the model was reloaded from its file: changes made in this tab are gone)' : ''}`);
+    debug.cancelled = (debug.cancelled || 0) + 1;
+  } catch (e) {
+    fail('restart after cancel', e);
+  }
+}
 
 // ---- status -----------------------------------------------------------------------------------
 const statusEl = $('status') || document.querySelector('[data-testid="status"]');
@@ -59,10 +161,31 @@ function setStatus(state, text) {
 function ready() {
   if (outstanding === 0) setStatus('ready', `ready · ${model ? model.info.bnLayers.length + ' BatchNorm layers' : 'no model'}`);
 }
-function fail(what, e) {
+// An error shows in the status line and, until dismissed, beside the control that caused it
+// (where: 'model', 'batch', 'images', 'spread', 'train', 'precise'): a later job's "ready" does not
+// hide it, and it is in view where the user acted.
+function fail(what, e, where = 'model') {
+  if (e && e.cancelled) return;   // cancelJob says what happened
   const msg = e && e.message ? e.message : String(e);
   debug.errors.push(`${what}: ${msg}`);
   setStatus('error', `error: ${what}: ${msg}`);
+  showError(where, `${what}: ${msg}`);
+}
+function showError(where, text) {
+  const box = $(`err-${where}`) || $('err-model');
+  const line = document.createElement('div');
+  line.className = 'error-line';
+  const t = document.createElement('span');
+  t.textContent = text;
+  const x = document.createElement('button');
+  x.type = 'button';
+  x.className = 'dismiss';
+  x.textContent = '×';
+  x.title = x.ariaLabel = 'dismiss this error';
+  x.addEventListener('click', () => { line.remove(); box.hidden = !box.children.length; });
+  line.append(t, x);
+  box.append(line);
+  box.hidden = false;
 }
 
 // ---- small SVG plotting -----------------------------------------------------------------------
@@ -94,6 +217,8 @@ function makeScale(spec, r0, r1) {
     max = Math.max(max, min * 1.0001);
     let l0 = Math.log10(min), l1 = Math.log10(max);
     if (!spec.exact) { const pad = Math.max((l1 - l0) * 0.06, 0.05); l0 -= pad; l1 += pad; }
+    // at least 0.6 decades, so that the 1-2-5 ticks give two labels even for a single point
+    if (!spec.ticks && l1 - l0 < 0.6) { const c = (l0 + l1) / 2; l0 = c - 0.3; l1 = c + 0.3; }
     const f = (v) => r0 + ((Math.log10(Math.max(v, 1e-30)) - l0) / (l1 - l0)) * (r1 - r0);
     let ticks = spec.ticks;
     if (!ticks) {
@@ -162,8 +287,12 @@ function renderPlot(container, spec) {
   el('rect', { x: m.l, y: m.t - 2, width: W - m.l - m.r, height: H - m.t - m.b + 4 }, el('clipPath', { id: clipId }, svg));
   const body = el('g', { 'clip-path': `url(#${clipId})` }, svg);
   const cy = (v) => Math.max(-1e4, Math.min(1e4, Y.f(v)));
+  const hoverPts = [];   // [px, py, text]: what a pointer near (px, py) is told
   for (const s of spec.series || []) {
     const pts = s.points.filter((p) => Number.isFinite(p[0]) && Number.isFinite(p[1]) && (spec.y.type !== 'log' || p[1] > 0));
+    if (s.hover) s.points.forEach((p, i) => {
+      if (Number.isFinite(p[0]) && Number.isFinite(p[1]) && (spec.y.type !== 'log' || p[1] > 0)) hoverPts.push([X.f(p[0]), cy(p[1]), s.hover(p, i)]);
+    });
     if (s.kind === 'line') {
       if (pts.length < 2) continue;
       el('polyline', {
@@ -208,8 +337,52 @@ function renderPlot(container, spec) {
   }
   if (spec.empty) el('text', { x: (m.l + W - m.r) / 2, y: (m.t + H - m.b) / 2, 'text-anchor': 'middle', class: 'empty' }, svg).textContent = spec.empty;
   container.replaceChildren(svg);
+  container._hover = hoverPts;
+  container.dataset.hoverPoints = String(hoverPts.length);
+  if (!container._hoverWired) {
+    container._hoverWired = true;
+    container.addEventListener('pointermove', (ev) => plotHover(container, ev));
+    container.addEventListener('pointerleave', () => hideTip(container));
+  }
   return svg;
 }
+
+// Hover: the point nearest the pointer (within 24 px) is marked and its values shown in a tooltip.
+const tip = document.createElement('div');
+tip.className = 'plot-tip';
+tip.id = 'plot-tip';
+tip.setAttribute('role', 'tooltip');
+tip.hidden = true;
+document.body.appendChild(tip);
+function plotHover(container, ev) {
+  const svg = container.querySelector('svg'), pts = container._hover || [];
+  if (!svg || !pts.length) return hideTip(container);
+  const r = svg.getBoundingClientRect(), vb = svg.viewBox.baseVal, k = r.width / vb.width;
+  const mx = (ev.clientX - r.left) / k, my = (ev.clientY - r.top) / k;
+  let best = null, bd = (24 / k) ** 2;
+  for (const p of pts) {
+    const d = (p[0] - mx) ** 2 + (p[1] - my) ** 2;
+    if (d < bd) { bd = d; best = p; }
+  }
+  if (!best) return hideTip(container);
+  let mark = svg.querySelector('.hover-mark');
+  if (!mark) mark = el('circle', { class: 'hover-mark', r: 5 }, svg);
+  mark.setAttribute('cx', best[0]);
+  mark.setAttribute('cy', best[1]);
+  tip.textContent = best[2];
+  tip.hidden = false;
+  tip.dataset.plot = container.id;
+  const tx = r.left + best[0] * k, ty = r.top + best[1] * k;
+  tip.style.left = `${Math.min(window.innerWidth - tip.offsetWidth - 4, Math.max(4, tx + 10))}px`;
+  tip.style.top = `${Math.max(4, ty - tip.offsetHeight - 8)}px`;
+}
+function hideTip(container) {
+  const mark = container.querySelector('.hover-mark');
+  if (mark) mark.remove();
+  if (tip.dataset.plot === container.id) tip.hidden = true;
+}
+
+debug.renderPlot = (el, spec) => renderPlot(el, spec);   // for tests of the plotting rules
 
 function extent(arrays, { positive = false } = {}) {
   let lo = Infinity, hi = -Infinity;
@@ -217,7 +390,13 @@ function extent(arrays, { positive = false } = {}) {
   return lo <= hi ? [lo, hi] : [positive ? 0.1 : 0, 1];
 }
 const css = (name) => getComputedStyle(document.documentElement).getPropertyValue(name).trim();
-const COLORS = { batch: css('--batch') || '#2563eb', running: css('--running') || '#d97706', eval: css('--eval') || '#0f9d76', faint: '#98a0ae' };
+// One palette, one meaning per colour on every plot: batch statistics (and train mode) blue, running
+// statistics orange, eval mode green, the distance |Δmean|/σ indigo, the variance ratio purple, loss
+// dark grey, a "before" state and reference lines grey.
+const COLORS = {
+  batch: css('--batch') || '#2563eb', running: css('--running') || '#d97706', eval: css('--eval') || '#0f9d76',
+  dMean: '#4338ca', dMeanLight: '#a5b4fc', dVar: '#a21caf', loss: '#374151', before: '#c3c9d4', faint: '#98a0ae',
+};
 
 // ---- page state -------------------------------------------------------------------------------
 const ui = {
@@ -225,16 +404,17 @@ const ui = {
   update: $('update-running'), run: $('run'),
 };
 let model = null;          // the worker's describe(): name, info, inputSize, mean, std, dataset
-let userBitmaps = [];      // ImageBitmaps the user gave, kept to re-rasterize at a new input size
+let lab = { threads: 1, build: 'single-thread' };   // what the worker's bnlab reports at init
 let lastRun = null;
 let longJob = null;        // 'spread' | 'train' | 'precise' while one runs
 const times = { train: new Map(), eval: new Map() };
 const trainLog = [];
 
+let lastValidB = 32;   // an empty or invalid batch field keeps the last valid size (and says so)
 function settings() {
-  let B = Math.round(Number(ui.batch.value));
-  if (!Number.isFinite(B)) B = 32;
-  B = Math.min(256, Math.max(1, B));
+  const raw = ui.batch.value.trim();
+  let B = Math.round(Number(raw));
+  if (raw === '' || !Number.isFinite(B) || B < 1 || B > 256) B = lastValidB;
   return {
     mode: ui.mode.value === 'eval' ? 'eval' : 'train', batchSize: B, layer: ui.layer.value || 'bn1',
     seed: Math.max(0, Math.floor(Number(ui.seed.value) || 0)), updateRunning: ui.update.checked,
@@ -243,26 +423,52 @@ function settings() {
 
 function setControlsEnabled(on) {
   for (const id of ['run', 'spread-run', 'precise-run', 'train-start', 'reset-model', 'save-model', 'new-batch'])
-    if ($(id) && !(longJob && $(id).dataset.stopper === longJob)) $(id).disabled = !on;
+    if ($(id) && !(longJob && $(id).dataset.stopper === longJob)) $(id).disabled = !on || !!$(id).dataset.na;
+  // loading weights or photos waits for a long job: not offered while one runs
+  for (const id of ['weights-file', 'image-files', 'image-folder']) {
+    $(id).disabled = !on;
+    $(id).closest('label').classList.toggle('disabled', !on);
+  }
+}
+
+// Panels whose content no longer matches the controls are dimmed until a run redraws them.
+function markStale() {
+  const s = settings(), r = lastRun;
+  const stale = !r || r.B !== s.batchSize || r.mode !== s.mode || r.seed !== s.seed || r.layer !== s.layer;
+  for (const id of ['stats-panel', 'overview-panel', 'probe-panel']) {
+    $(id).classList.toggle('stale', stale);
+    $(id).dataset.stale = String(stale);
+  }
+  $('thumbs').closest('.card').classList.toggle('stale', stale);
+  updateSpreadStale();
+}
+function updateSpreadStale() {
+  const sp = lastSpread, cur = ui.layer.value;
+  const msg = sp && sp.layer !== cur ? `measured for ${sp.layer}: press measure for ${cur}` : '';
+  $('spread-stale').textContent = msg;
+  $('spread-panel').classList.toggle('stale', !!msg);
+  $('spread-panel').dataset.stale = String(!!msg);
 }
 
 // ---- model ------------------------------------------------------------------------------------
 function showModel(d) {
   model = d;
-  debug.model = { name: d.name, info: d.info, inputSize: d.inputSize, modified: d.modified };
   const i = d.info;
+  debug.model = { name: d.name, info: d.info, inputSize: `${d.inputH}x${d.inputW}`, modified: d.modified, source: d.source };
   $('model-name').textContent = d.name;
-  $('model-arch').textContent = `${i.block === 'bottleneck' ? 'bottleneck' : 'basic'} blocks [${i.blocks.join(', ')}], widths [${i.widths.join(', ')}], ` +
-    `${i.numClasses} classes, ${(i.numParams / 1e6).toFixed(i.numParams < 1e6 ? 3 : 1)} M parameters, ${i.bnLayers.length} BatchNorm layers, input ${d.inputSize}×${d.inputSize}`;
+  renderCard(d);
   const notes = [];
   if (d.modified) notes.push('modified in this tab (reset restores the file)');
-  if (!d.normFromModel) notes.push('your images: ImageNet mean/std (the file has none)');
   if (d.info.norm === 'none') notes.push('this model has no normalization (bnlab train --norm none): its BatchNorm layers are plain per-channel scale and shift, so train and eval mode are the same function and there are no batch statistics to plot');
   if (d.name === FALLBACK.name) notes.push('the fallback fixture is untrained: its class names mean nothing (demo-models/resnet50-procedural.safetensors is not there yet)');
   $('model-note').textContent = notes.join(' · ');
   $('model-note').className = d.modified ? 'note warn' : 'note';
-  const ds = d.dataset;
-  $('data-desc').textContent = `${ds.classes} classes at ${ds.size}×${ds.size}`;
+  showSource(d);
+  // "train here" needs labels of the model's own classes: only the procedural shapes have them
+  const canTrain = d.source.kind === 'procedural';
+  $('train-start').dataset.na = canTrain ? '' : 'photos have no labels';
+  $('train-na').textContent = canTrain ? '' : 'Train here needs labelled images of this model\'s classes; its batches are photos, which have none, so it is off for this model.';
+  setControlsEnabled(outstanding === 0 && !longJob);
   // layer picker, grouped stem / layer1 / ... / layer4
   const prev = ui.layer.value;
   ui.layer.replaceChildren();
@@ -278,9 +484,76 @@ function showModel(d) {
   ui.layer.value = i.bnLayers.includes(prev) ? prev : i.bnLayers[0];
 }
 
-async function loadModelBytes(bytes, name) {
+// The model card (data-testid="model-card"): what the model is, the input size it runs at, where
+// its mean/std and class names came from, what it was trained on, and the threads in use.
+function renderCard(d) {
+  const i = d.info, p = i.provenance;
+  const depth = i.blocks.reduce((a, b) => a + b, 0) * (i.block === 'bottleneck' ? 3 : 2) + 2;
+  const src = (f) => {
+    const s = document.createElement('span');
+    s.className = `src ${f.from}`;
+    s.textContent = f.from === 'file' ? ' · from the file' : ` · assumed: ${f.why}`;
+    return s;
+  };
+  const names = i.labels ? (p.labels.from === 'file' ? `${i.labels.length} names (${i.labels.slice(0, 3).join(', ')}, …)`
+    : `the ${i.labels.length} ImageNet class names`) : 'none (numbered)';
+  const threads = `${lab.threads} ${lab.threads === 1 ? 'thread' : 'threads'} (${lab.build} build)`;
+  const rows = [
+    ['architecture', `ResNet-${depth}: ${i.block} blocks [${i.blocks.join(', ')}], widths [${i.widths.join(', ')}], ` +
+      `${(i.numParams / 1e6).toFixed(i.numParams < 1e6 ? 3 : 1)} M parameters, ${i.bnLayers.length} BatchNorm layers`],
+    ['input', `${d.inputH}×${d.inputW}`, [p.inputSize]],
+    ['classes', String(i.numClasses)],
+    ['class names', names, [p.labels]],
+    ['mean / std', `[${i.mean.map(fmt).join(', ')}] / [${i.std.map(fmt).join(', ')}]`, p.mean.from === p.std.from ? [p.mean] : [p.mean, p.std]],
+    ['trained on', i.trainData || 'unknown', [p.trainData]],
+    ['batches', d.source.kind === 'procedural' ? 'procedural shapes' : 'photos (random-resized crops)'],
+    ['threads', threads],
+  ];
+  const dl = $('model-card');
+  dl.replaceChildren();
+  for (const [k, v, fields] of rows) {
+    const dt = document.createElement('dt'), dd = document.createElement('dd');
+    dt.textContent = k;
+    const b = document.createElement('b');
+    b.textContent = v;
+    dd.appendChild(b);
+    for (const f of fields || []) dd.appendChild(src(f));
+    dl.append(dt, dd);
+  }
+  const problems = Object.values(p).filter((f) => f.problem).map((f) => f.problem);
+  for (const pr of problems) {
+    const dt = document.createElement('dt'), dd = document.createElement('dd');
+    dt.textContent = 'ignored';
+    dd.className = 'problem';
+    dd.textContent = `${pr}: the assumption above is used instead`;
+    dl.append(dt, dd);
+  }
+  Object.assign(dl.dataset, {
+    inputSize: `${d.inputH}x${d.inputW}`, classes: String(i.numClasses), source: d.source.kind, trainData: i.trainData || '',
+    assumed: JSON.stringify(Object.keys(p).filter((k) => p[k].from === 'assumed')), problems: String(problems.length),
+    threads: String(lab.threads), build: lab.build,
+  });
+  $('time-threads').textContent = threads;
+}
+
+// What the batches are, and why, beside the image controls.
+function showSource(d) {
+  const n = d.photos.shipped + d.photos.user;
+  $('data-desc').textContent = d.source.kind === 'procedural'
+    ? `Procedural shapes drawn by the wasm build (what this model was trained on), ${d.dataset.classes} classes at ${d.inputH}×${d.inputW}. Your photos go first in the batch (resized and centre-cropped).`
+    : `Photos: each batch is random-resized crops with flips (torchvision's RandomResizedCrop recipe) of ${n} photos ` +
+      `(${d.photos.shipped} shipped, public domain / CC0${d.photos.user ? `, ${d.photos.user} yours` : ''}), at ${d.inputH}×${d.inputW}. ` +
+      `The first image is ${d.photos.probe ? `“${d.photos.probe}”` : 'the probe photo'} resized and centre-cropped. Add your own to the pool:`;
+  $('source-note').textContent = d.source.note || '';
+  $('source-note').hidden = !d.source.note;
+  $('clear-images').disabled = d.photos.user === 0;
+}
+
+async function loadModelBytes(bytes, name, file) {
   try {
-    const d = await call('load', { bytes, name }, { label: `loading ${name}…`, transfer: [bytes.buffer] });
+    const copy = bytes.slice();
+    const d = await call('load', { bytes, name, file: file || name }, { label: `loading ${name}…`, transfer: [bytes.buffer] });
+    loaded = { bytes: copy, name, file: file || name };
     showModel(d);
     // keep a run near a few seconds on big models (a full ResNet-50 at 224 takes ~0.6 s per image)
     const B = settings().batchSize;
@@ -298,7 +571,8 @@ async function loadModelBytes(bytes, name) {
       $('model-note').textContent = `${$('model-note').textContent ? $('model-note').textContent + ' · ' : ''}` +
         `batch size lowered to ${fit}: ${d.msPerImage.toFixed(0)} ms per image here`;
     }
-    await sendImages();
+    lastRun = null;
+    markStale();
     times.train.clear(); times.eval.clear();
     trainLog.length = 0;
     drawTrain();
@@ -330,7 +604,7 @@ async function loadDefaultModel() {
       const res = await fetch(m.url.replace(/^\//, ''));
       if (!res.ok) throw new Error(`HTTP ${res.status}`);
       const bytes = new Uint8Array(await res.arrayBuffer());
-      if (await loadModelBytes(bytes, m.name)) return true;
+      if (await loadModelBytes(bytes, m.name, m.url.replace(/^.*\//, ''))) return true;
     } catch (e) {
       fail(`could not fetch ${m.url}`, e);
     }
@@ -349,45 +623,24 @@ async function loadWeightsFile(file) {
 }
 
 // ---- images -----------------------------------------------------------------------------------
-// Resize so the shorter side is `size`, centre-crop size x size, normalize with the model's mean/std.
-function rasterize(bitmap, size, mean, std) {
-  const canvas = document.createElement('canvas');
-  canvas.width = canvas.height = size;
-  const ctx = canvas.getContext('2d', { willReadFrequently: true });
-  ctx.imageSmoothingEnabled = true;
-  ctx.imageSmoothingQuality = 'high';
-  const s = Math.min(bitmap.width, bitmap.height);
-  ctx.drawImage(bitmap, (bitmap.width - s) / 2, (bitmap.height - s) / 2, s, s, 0, 0, size, size);
-  const px = ctx.getImageData(0, 0, size, size).data;
-  const out = new Float32Array(size * size * 3);
-  for (let p = 0; p < size * size; p++) for (let c = 0; c < 3; c++) out[p * 3 + c] = (px[p * 4 + c] / 255 - mean[c]) / std[c];
-  return out;
-}
-
-async function sendImages() {
-  if (!model) return;
-  const images = userBitmaps.map((b) => rasterize(b, model.inputSize, model.mean || IMAGENET.mean, model.std || IMAGENET.std));
-  await call('setImages', { images: images.map((a) => a.buffer), size: model.inputSize }, { transfer: images.map((a) => a.buffer) });
-  $('clear-images').disabled = userBitmaps.length === 0;
-}
-
+// Photos go to the worker as Files: it decodes them, keeps them at most 512 px, and crops batches.
 async function addImageFiles(files) {
-  const bad = [];
-  for (const f of files) {
-    if (userBitmaps.length >= MAX_USER_IMAGES) { bad.push(`${f.name} (at most ${MAX_USER_IMAGES} images)`); continue; }
-    try {
-      userBitmaps.push(await createImageBitmap(f));
-    } catch {
-      bad.push(`${f.name} (not an image this browser can decode)`);
-    }
-  }
+  const images = files.filter((f) => !f.type || f.type.startsWith('image/') || /\.(jpe?g|png|webp|gif|bmp|avif)$/i.test(f.name));
+  const ignored = files.length - images.length;
+  let r;
   try {
-    await sendImages();
+    r = await call('addPhotos', { files: images }, { label: `busy: decoding ${images.length} photos…` });
+    userFiles = userFiles.concat(images).slice(0, r.count);
+    showSource(r);
     await doRun();
   } catch (e) {
-    return fail('images', e);
+    return fail('images', e, 'images');
   }
-  if (bad.length) setStatus('error', `error: skipped ${bad.join(', ')}`);
+  const skipped = [...r.skipped, ...(ignored ? [`${ignored} files that are not images`] : [])];
+  if (skipped.length) {
+    setStatus('error', `error: skipped ${skipped.join(', ')}`);
+    showError('images', `skipped ${skipped.join(', ')}`);
+  }
 }
 
 function drawThumbs(r) {
@@ -395,15 +648,19 @@ function drawThumbs(r) {
   box.replaceChildren();
   r.thumbs.forEach((rgba, i) => {
     const c = document.createElement('canvas');
-    c.width = c.height = r.size;
-    c.getContext('2d').putImageData(new ImageData(new Uint8ClampedArray(rgba), r.size, r.size), 0, 0);
-    if (i < r.nUser) c.className = 'user';
-    c.title = i < r.nUser ? 'your image' : `procedural image ${i}`;
+    c.width = r.W;
+    c.height = r.H;
+    c.getContext('2d').putImageData(new ImageData(new Uint8ClampedArray(rgba), r.W, r.H), 0, 0);
+    if (r.thumbUser[i]) c.className = 'user';
+    const cr = r.crops && r.crops[i];
+    const where = cr ? ` of ${cr.photo}: ${Math.round(cr.w)}×${Math.round(cr.h)} at (${Math.round(cr.x)}, ${Math.round(cr.y)})${cr.flip ? ', flipped' : ''}` : '';
+    c.title = (r.thumbUser[i] ? 'your photo' : r.source === 'photos' ? (i === 0 ? 'the probe photo, centre crop' : `random crop ${i}`) : `procedural image ${i}`) + where;
     box.appendChild(c);
   });
   const pc = $('probe-canvas');
-  pc.width = pc.height = r.size;
-  if (r.thumbs[0]) pc.getContext('2d').putImageData(new ImageData(new Uint8ClampedArray(r.thumbs[0]), r.size, r.size), 0, 0);
+  pc.width = r.W;
+  pc.height = r.H;
+  if (r.thumbs[0]) pc.getContext('2d').putImageData(new ImageData(new Uint8ClampedArray(r.thumbs[0]), r.W, r.H), 0, 0);
 }
 
 // ---- one batch --------------------------------------------------------------------------------
@@ -431,7 +688,6 @@ async function doRun() {
   try {
     const r = await call('run', s, { label: `busy: ${s.mode}-mode batch of ${s.batchSize}…` });
     r.roundTripMs = performance.now() - t0;
-    r.size = model.inputSize;
     lastRun = r;
     debug.runs++;
     debug.last = {
@@ -439,6 +695,7 @@ async function doRun() {
       layerDist: r.layerDist, overview: r.overview.map((o) => ({ ...o })), probe: r.probe, accEval: r.accEval, accTrain: r.accTrain,
     };
     debug.lastBatchMean = Array.from(r.batchMean);
+    debug.crops = r.crops;
     times.train.set(r.B, r.msTrain);
     if (r.msEval != null) times.eval.set(r.B, r.msEval);
     if (r.modified && !model.modified) { model.modified = true; showModelNote(); }
@@ -447,10 +704,11 @@ async function doRun() {
     drawProbe(r);
     drawTimes();
     drawThumbs(r);
+    markStale();
     ready();
     return r;
   } catch (e) {
-    fail('run', e);
+    fail('run', e, 'batch');
     throw e;
   }
 }
@@ -478,7 +736,8 @@ function drawStats(r) {
       y: { type: log ? 'log' : 'lin', min: lo, max: hi, label: log ? 'variance' : 'mean' },
       series: [
         { kind: 'line', points: runPts, color: COLORS.running, width: strong('running') ? 2.4 : 1.3, dash: strong('running') ? null : '4 3', opacity: strong('running') ? 1 : 0.8 },
-        { kind: 'dots', points: batPts, color: COLORS.batch, r: r0, hollow: !strong('batch'), opacity: strong('batch') ? 0.9 : 0.55 },
+        { kind: 'dots', points: batPts, color: COLORS.batch, r: r0, hollow: !strong('batch'), opacity: strong('batch') ? 0.9 : 0.55,
+          hover: (p, k) => `${r.layer} channel ${o[k]}: batch ${log ? 'variance' : 'mean'} ${fmt(batch[o[k]])}, running ${fmt(running[o[k]])}` },
       ],
       legend: [
         { label: `batch of ${r.B}${strong('batch') ? ' (used)' : ' (not used in eval)'}`, color: COLORS.batch, hollow: !strong('batch') },
@@ -492,9 +751,6 @@ function drawStats(r) {
   $('stats-readout').innerHTML = `${r.mode === 'train' ? 'normalizes with the <b>batch</b> statistics' : 'normalizes with the <b>running</b> statistics (batch ones: what a train-mode forward of this batch computes)'} · ` +
     `|Δmean|/σ <b>${r.layerDist.dMean.toFixed(3)}</b> · |ln var ratio| <b>${r.layerDist.dVar.toFixed(3)}</b> · running stats from ${r.numBatchesTracked} batches` +
     `${r.updateRunning ? ' · <b>updated by this forward</b>' : ''}`;
-  if (lastSpread) {
-    $('spread-stale').textContent = lastSpread.layer === r.layer ? '' : `measured for ${lastSpread.layer}: press measure for ${r.layer}`;
-  }
   Object.assign(panel.dataset, {
     run: String(debug.runs), mode: r.mode, layer: r.layer, batchSize: String(r.B), used: uses,
     dMean: String(r.layerDist.dMean), dVar: String(r.layerDist.dVar), channels: String(C),
@@ -518,14 +774,16 @@ function drawOverview(r) {
     x: { type: 'lin', min: -0.5, max: L - 0.5, exact: true, label: `${L} BatchNorm layers in module order`, hideTicks: true },
     y: { type: 'lin', min: 0, max: hi, label: 'distance' },
     series: [
-      { kind: 'bars', points: dm.map((v, i) => [i, v]), color: '#9db5ec', highlight: li, highlightColor: COLORS.batch, barWidth: 0.72,
+      { kind: 'bars', points: dm.map((v, i) => [i, v]), color: COLORS.dMeanLight, highlight: li, highlightColor: COLORS.dMean, barWidth: 0.72,
+        hover: (p, i) => `${r.overview[i].name}: |Δmean|/σ ${r.overview[i].dMean.toFixed(3)}, |ln var ratio| ${r.overview[i].dVar.toFixed(3)}`,
         titles: r.overview.map((o) => `${o.name}: |Δmean|/σ ${o.dMean.toFixed(3)}, |ln var ratio| ${o.dVar.toFixed(3)}`),
         onClick: (i) => { ui.layer.value = r.overview[i].name; requestRun(); } },
-      { kind: 'dots', points: dv.map((v, i) => [i, v]), color: COLORS.running, r: 2.2, opacity: 0.9 },
+      { kind: 'dots', points: dv.map((v, i) => [i, v]), color: COLORS.dVar, r: 2.2, opacity: 0.9,
+        hover: (p, i) => `${r.overview[i].name}: |Δmean|/σ ${r.overview[i].dMean.toFixed(3)}, |ln var ratio| ${r.overview[i].dVar.toFixed(3)}` },
     ],
     legend: [
-      { label: '|Δmean| / running σ', color: '#9db5ec' },
-      { label: '|ln(batch var / running var)|', color: COLORS.running },
+      { label: '|Δmean| / running σ', color: COLORS.dMean },
+      { label: '|ln(batch var / running var)|', color: COLORS.dVar },
     ],
   });
   const panel = $('overview-panel');
@@ -536,12 +794,12 @@ function drawOverview(r) {
 // (4) one image, eval vs train mode
 function drawProbe(r) {
   const labels = model.info.labels;
-  const dsNames = model.dataset.names || [];
+  const dsNames = (model.dataset && model.dataset.names) || [];
   // the true class is marked only when the model's classes are the dataset's (trained on it)
   const sameClasses = !!labels && labels.every((l, k) => l === dsNames[k]);
   const nameOf = (k) => (labels && labels[k] != null ? labels[k] : `class ${k}`);
   const truth = r.probe.label != null && sameClasses ? r.probe.label : null;
-  $('probe-label').textContent = r.probe.fromUser ? 'your image' : `procedural: ${dsNames[r.probe.label] ?? r.probe.label}`;
+  $('probe-label').textContent = r.probe.name ? `${r.probe.fromUser ? 'your photo' : 'photo'}: ${r.probe.name}` : `procedural: ${dsNames[r.probe.label] ?? r.probe.label}`;
   const cols = [
     ['eval', 'eval, alone', r.probe.eval],
     ['train', 'train, alone (B = 1)', r.probe.trainAlone],
@@ -575,6 +833,8 @@ function drawProbe(r) {
   const panel = $('probe-panel');
   panel.dataset.evalTop1 = String(r.probe.eval[0].k);
   panel.dataset.trainTop1 = String(r.probe.trainBatch[0].k);
+  box.dataset.names = JSON.stringify(r.probe.eval.map(({ k }) => nameOf(k)));
+  box.dataset.p = JSON.stringify(r.probe.eval.map(({ p }) => +p.toFixed(6)));
 }
 
 // (5) time per forward
@@ -590,9 +850,9 @@ function drawTimes() {
     y: { type: 'log', min: lo, max: hi, label: 'ms per forward' },
     series: [
       { kind: 'line', points: tr, color: COLORS.batch, width: 1.2, opacity: 0.6 },
-      { kind: 'dots', points: tr, color: COLORS.batch, r: 3 },
+      { kind: 'dots', points: tr, color: COLORS.batch, r: 3, hover: (p) => `B = ${p[0]}: train mode ${p[1].toFixed(1)} ms per forward` },
       { kind: 'line', points: ev, color: COLORS.eval, width: 1.2, opacity: 0.6 },
-      { kind: 'dots', points: ev, color: COLORS.eval, r: 3 },
+      { kind: 'dots', points: ev, color: COLORS.eval, r: 3, hover: (p) => `B = ${p[0]}: eval mode ${p[1].toFixed(1)} ms per forward` },
     ],
     legend: [{ label: 'train mode', color: COLORS.batch }, { label: 'eval mode', color: COLORS.eval }],
     empty: tr.length ? null : 'run a batch',
@@ -606,9 +866,12 @@ function drawTimes() {
   debug.times = { train: Object.fromEntries(times.train), eval: Object.fromEntries(times.eval) };
 }
 
+const SPREAD_CAPTION = document.getElementById('spread-caption').textContent;
+
 // ---- (2) spread of the batch mean against 1/sqrt(B) -------------------------------------------
 let lastSpread = null;
 function drawSpread(progressPoints) {
+  if (progressPoints && progressPoints.length) debug.spreadDraws = (debug.spreadDraws || 0) + 1;   // points drawn as they arrive
   const sp = lastSpread;
   const pts = progressPoints || (sp ? sp.points : []);
   const xy = pts.map((p) => [p.B, p.spread]);
@@ -621,7 +884,8 @@ function drawSpread(progressPoints) {
     for (let B = 1; B <= maxB * 1.0001; B *= Math.SQRT2) ref.push([B, c / Math.sqrt(B)]);
     series.push({ kind: 'line', points: ref, color: COLORS.faint, dash: '5 4', width: 1.5 });
     series.push({ kind: 'line', points: xy, color: COLORS.batch, width: 1.5 });
-    series.push({ kind: 'dots', points: xy, color: COLORS.batch, r: 3.2 });
+    series.push({ kind: 'dots', points: xy, color: COLORS.batch, r: 3.2,
+      hover: (p) => `B = ${p[0]}: std of the batch mean ${fmt(p[1])} σ (c/√B: ${fmt(c / Math.sqrt(p[0]))})` });
     legend = [{ label: 'measured', color: COLORS.batch }, { label: `${fmt(c)}/√B`, color: COLORS.faint, kind: 'line', dash: '5 4' }];
   }
   const ys = xy.map((p) => p[1]);
@@ -639,8 +903,11 @@ function drawSpread(progressPoints) {
     panel.dataset.layer = sp.layer;
     panel.dataset.spread = JSON.stringify(Object.fromEntries(sp.points.map((p) => [p.B, p.spread])));
     panel.dataset.c = String(sp.c);
-    $('spread-stale').textContent = '';
+  } else if (!sp && !progressPoints) {
+    $('spread-caption').textContent = SPREAD_CAPTION;
+    delete $('spread-panel').dataset.layer;
   }
+  updateSpreadStale();
 }
 
 async function measureSpread() {
@@ -655,10 +922,14 @@ async function measureSpread() {
   setControlsEnabled(false);
   btn.disabled = false;
   drawSpread([]);
+  const got = [];
   try {
     lastSpread = await call('spread', { layer: s.layer, sizes, K, seed: s.seed }, {
       label: `busy: ${K} batches at each of ${sizes.length} batch sizes…`,
-      onProgress: (p) => setStatus('busy', `busy: spread at B = ${p.B} (${Math.round((100 * p.done) / p.total)}%)`),
+      onProgress: (p) => {
+        setStatus('busy', `busy: spread at B = ${p.B} (${Math.round((100 * p.done) / p.total)}%)`);
+        if (p.point) { got.push(p.point); drawSpread(got); }
+      },
     });
     debug.spread = lastSpread;
     for (const p of lastSpread.points) times.train.set(p.B, p.msPerForward);
@@ -666,7 +937,7 @@ async function measureSpread() {
     ready();
   } catch (e) {
     if (e.stopped || /stopped/.test(e.message)) setStatus('ready', 'ready · measurement stopped');
-    else fail('spread', e);
+    else fail('spread', e, 'spread');
   } finally {
     longJob = null;
     delete btn.dataset.stopper;
@@ -686,14 +957,14 @@ function drawTrain() {
     height: 170,
     x: { type: 'lin', min: 0, max: xmax, label: 'SGD step' },
     y: { type: 'lin', min: 0, max: n ? Math.max(...loss.map((p) => p[1])) : 2.5, label: 'loss' },
-    series: [{ kind: 'line', points: loss, color: COLORS.batch, width: 1.4 }],
+    series: [{ kind: 'line', points: loss, color: COLORS.loss, width: 1.4, hover: (p) => `step ${p[0]}: loss ${p[1].toFixed(4)}` }],
     empty: n ? null : 'press train',
   });
   renderPlot($('plot-converge'), {
     height: 170,
     x: { type: 'lin', min: 0, max: xmax, label: 'SGD step' },
     y: { type: 'lin', min: 0, max: n ? Math.max(...conv.map((p) => p[1])) : 1, label: '|Δmean| / σ' },
-    series: [{ kind: 'line', points: conv, color: COLORS.running, width: 1.4 }],
+    series: [{ kind: 'line', points: conv, color: COLORS.dMean, width: 1.4, hover: (p) => `step ${p[0]}: |Δmean|/σ ${p[1].toFixed(4)}` }],
     empty: n ? null : (lastRun ? `layer ${lastRun.layer}` : ''),
   });
   debug.train = trainLog;
@@ -730,7 +1001,7 @@ async function trainHere() {
       `eval accuracy <b>${(100 * r.acc).toFixed(1)}%</b> on ${r.heldOut} held-out ${model.dataset.classes}-class procedural images`;
     ready();
   } catch (e) {
-    fail('train', e);
+    fail('train', e, 'train');
   } finally {
     longJob = null;
     $('train-stop').disabled = true;
@@ -760,13 +1031,15 @@ async function preciseBN() {
     const after = run ? run.overview.reduce((a, o) => a + o.dMean, 0) / run.overview.length : null;
     if (run && beforeLayers) drawPrecise(beforeLayers, run.overview);
     const pct = (v) => (v == null ? '—' : `${(100 * v).toFixed(1)}%`);
+    const accText = r.heldOut ? `Eval accuracy on ${r.heldOut} held-out procedural images: ${pct(r.before)} → <b>${pct(r.after)}</b>. `
+      : 'No accuracy: photos have no labels of this model\'s classes. ';
     $('precise-readout').innerHTML = `Running statistics of ${model.info.bnLayers.length} layers replaced by averages over ${K} batches of ${B}. ` +
-      `Eval accuracy on ${r.heldOut} held-out procedural images: ${pct(r.before)} → <b>${pct(r.after)}</b>. Mean |Δmean|/σ over layers: ${before == null ? '—' : before.toFixed(3)} → <b>${after == null ? '—' : after.toFixed(3)}</b>.`;
+      `${accText}Mean |Δmean|/σ over layers: ${before == null ? '—' : before.toFixed(3)} → <b>${after == null ? '—' : after.toFixed(3)}</b>.`;
     debug.precise = { K, B, accBefore: r.before, accAfter: r.after, distBefore: before, distAfter: after };
     $('precise-panel').dataset.distBefore = String(before);
     $('precise-panel').dataset.distAfter = String(after);
   } catch (e) {
-    fail('PreciseBN', e);
+    fail('PreciseBN', e, 'precise');
   } finally {
     longJob = null;
     setControlsEnabled(true);
@@ -783,10 +1056,10 @@ function drawPrecise(before, after) {
     x: { type: 'lin', min: -0.5, max: L - 0.5, exact: true, label: 'BatchNorm layer, stem → last block', hideTicks: true },
     y: { type: 'lin', min: 0, max: hi, label: '|Δmean| / σ' },
     series: [
-      { kind: 'bars', points: b, color: '#c3c9d4', barWidth: 0.4 },
-      { kind: 'bars', points: a, color: COLORS.batch, barWidth: 0.4 },
+      { kind: 'bars', points: b, color: COLORS.before, barWidth: 0.4, hover: (p, i) => `${after[i].name}: |Δmean|/σ before ${before[i].dMean.toFixed(3)}, after ${after[i].dMean.toFixed(3)}` },
+      { kind: 'bars', points: a, color: COLORS.dMean, barWidth: 0.4, hover: (p, i) => `${after[i].name}: |Δmean|/σ after ${after[i].dMean.toFixed(3)}, before ${before[i].dMean.toFixed(3)}` },
     ],
-    legend: [{ label: 'before', color: '#c3c9d4' }, { label: 'after', color: COLORS.batch }],
+    legend: [{ label: 'before', color: COLORS.before }, { label: 'after', color: COLORS.dMean }],
   });
 }
 
@@ -802,8 +1075,8 @@ function syncSlider() {
   ui.slider.value = String(Math.round(Math.log2(B)));
 }
 
-ui.mode.addEventListener('change', () => changed());
-ui.layer.addEventListener('change', () => changed());
+ui.mode.addEventListener('change', () => { markStale(); changed(); });
+ui.layer.addEventListener('change', () => { markStale(); changed(); });
 ui.update.addEventListener('change', () => {
   $('running-note').textContent = ui.update.checked
     ? 'Train-mode forwards now update the loaded model\'s running statistics (momentum 0.9), as a forgotten .eval() would. Reset restores them.'
@@ -811,13 +1084,37 @@ ui.update.addEventListener('change', () => {
   $('running-note').className = ui.update.checked ? 'note warn' : 'note';
   changed();
 });
-ui.batch.addEventListener('change', () => { ui.batch.value = String(settings().batchSize); syncSlider(); changed(); });
-ui.batch.addEventListener('input', () => { if (ui.batch.value !== '') { syncSlider(); changed(400); } });
-ui.slider.addEventListener('input', () => { ui.batch.value = String(2 ** Number(ui.slider.value)); changed(150); });
-ui.seed.addEventListener('change', () => changed());
-$('new-batch').addEventListener('click', () => { ui.seed.value = String((settings().seed + 1) % 65536); changed(); });
+ui.batch.addEventListener('change', () => {
+  const raw = ui.batch.value.trim(), B = Number(raw);
+  const ok = raw !== '' && Number.isInteger(B) && B >= 1 && B <= 256;
+  $('batch-note').textContent = ok ? '' : `batch size: a whole number from 1 to 256 (kept ${lastValidB})`;
+  if (ok) lastValidB = B;
+  ui.batch.value = String(settings().batchSize);
+  syncSlider();
+  markStale();
+  if (ok) changed();
+});
+ui.batch.addEventListener('input', () => {
+  const B = Number(ui.batch.value);
+  if (ui.batch.value.trim() === '' || !Number.isInteger(B) || B < 1 || B > 256) return;
+  lastValidB = B;
+  $('batch-note').textContent = '';
+  syncSlider();
+  markStale();
+  changed(400);
+});
+ui.slider.addEventListener('input', () => {
+  lastValidB = 2 ** Number(ui.slider.value);
+  ui.batch.value = String(lastValidB);
+  $('batch-note').textContent = '';
+  markStale();
+  changed(150);
+});
+ui.seed.addEventListener('change', () => { markStale(); changed(); });
+$('new-batch').addEventListener('click', () => { ui.seed.value = String((settings().seed + 1) % 65536); markStale(); changed(); });
 ui.run.addEventListener('click', () => requestRun());
 
+$('cancel').addEventListener('click', () => cancelJob());
 $('spread-run').addEventListener('click', () => (longJob === 'spread' ? stopWorker() : measureSpread()));
 $('spread-max').addEventListener('change', () => drawSpread());
 $('train-start').addEventListener('click', () => trainHere());
@@ -826,7 +1123,6 @@ $('precise-run').addEventListener('click', () => preciseBN());
 $('reset-model').addEventListener('click', async () => {
   try {
     showModel(await call('reset', {}, { label: 'busy: reloading the original file…' }));
-    await sendImages();
     $('precise-readout').textContent = '';
     await doRun();
   } catch (e) {
@@ -857,9 +1153,12 @@ $('image-files').addEventListener('change', async (ev) => {
   if (files.length) await addImageFiles(files);
 });
 $('clear-images').addEventListener('click', async () => {
-  userBitmaps.forEach((b) => b.close && b.close());
-  userBitmaps = [];
-  try { await sendImages(); await doRun(); } catch (e) { fail('images', e); }
+  try { showSource(await call('clearPhotos', {}, { label: 'busy: clearing your photos…' })); userFiles = []; await doRun(); } catch (e) { fail('images', e, 'images'); }
+});
+$('image-folder').addEventListener('change', async (ev) => {
+  const files = [...ev.target.files];
+  ev.target.value = '';
+  if (files.length) await addImageFiles(files);
 });
 
 // drag and drop anywhere: .safetensors loads weights, images join the batch
@@ -877,6 +1176,10 @@ window.addEventListener('drop', async (ev) => {
   const files = [...ev.dataTransfer.files];
   const weights = files.filter((f) => /\.safetensors$/i.test(f.name));
   const images = files.filter((f) => !/\.safetensors$/i.test(f.name));
+  if ((weights.length || images.length) && longJob) {
+    fail('drop', new Error(`wait for ${longJob} to finish (or stop it) before loading ${weights.length ? 'weights' : 'photos'}`), weights.length ? 'model' : 'images');
+    return;
+  }
   if (weights.length) await loadWeightsFile(weights[0]);
   if (images.length) await addImageFiles(images);
 });
@@ -893,12 +1196,14 @@ async function start() {
   try {
     const r = await call('init', {}, { label: 'starting WebAssembly…' });
     debug.isa = r.isa;
+    lab = { threads: r.threads, build: r.build };
+    debug.lab = { ...r };
+    if (r.photosError) debug.errors.push(`photos: ${r.photosError}`);
   } catch (e) {
     return fail('could not start bnlab.wasm', e);
   }
   setControlsEnabled(true);
   const ok = await loadDefaultModel();
   debug.ready = ok;
-  $('clear-images').disabled = true;
 }
 start();

@@ -132,14 +132,27 @@ export interface ModelInfo {
   readonly numParams: number;
   /** Every BatchNorm layer, torchvision names in module order: "bn1", "layer1.0.bn1", ..., "layer1.0.downsample.1", ... */
   readonly bnLayers: string[];
-  /** `__metadata__.labels` (JSON array of class names). */
-  readonly labels?: string[];
-  /** `__metadata__.mean` (parsed as JSON when it is JSON, else the string). */
-  readonly mean?: unknown;
-  /** `__metadata__.std`. */
-  readonly std?: unknown;
-  /** `__metadata__.input_size`. */
-  readonly inputSize?: unknown;
+  /**
+   * Class names: `__metadata__.labels` (a JSON array of one name per class), else the 1000 ImageNet names for a
+   * 1000-class model, else undefined (classes are numbered).
+   */
+  readonly labels?: readonly string[];
+  /** Per-channel RGB mean the inputs were normalized with: `__metadata__.mean`, else ImageNet's. */
+  readonly mean: [number, number, number];
+  /** Per-channel RGB std: `__metadata__.std`, else ImageNet's. */
+  readonly std: [number, number, number];
+  /**
+   * [3, H, W] the model expects: `__metadata__.input_size` (timm's convention; a bare N means N x N), else
+   * [3, 224, 224] for a 1000-class (ImageNet) model, else `train.image-size`, else [3, 64, 64].
+   */
+  readonly inputSize: [number, number, number];
+  /** The data it was trained on: `__metadata__["train.data"]` ('procedural', 'fashion-mnist', ...), 'imagenet' assumed for 1000 classes, else null. */
+  readonly trainData: string | null;
+  /**
+   * For each of inputSize, mean, std, labels, trainData: read from the file or assumed, why, and `problem` when the
+   * file's value was malformed (then ignored, as if absent; the model still loads).
+   */
+  readonly provenance: Record<'inputSize' | 'mean' | 'std' | 'labels' | 'trainData', CardSource>;
   /**
    * 'batch': BatchNorm. 'none': a network trained without normalization (`bnlab train --norm none`,
    * `__metadata__` "bnlab.norm": "none"): every BatchNorm layer is a per-channel scale and shift, train and eval
@@ -160,6 +173,13 @@ export type NormStats =
   | { layer: string; kind: 'renorm'; channels: number; r: Float32Array; d: Float32Array }
   | { layer: string; kind: 'ghost'; virtualBatches: number; channels: number; virtualMean: Float32Array;
       virtualVar: Float32Array };
+
+/** Where a model card value came from. */
+export interface CardSource {
+  readonly from: 'file' | 'assumed';
+  readonly why: string;
+  readonly problem?: string;
+}
 
 /** What a BatchNorm layer used and holds. */
 export interface BnStats {

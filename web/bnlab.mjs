@@ -11,6 +11,8 @@
 //
 // Errors are thrown as Error with the C core's message; the instance stays usable afterwards.
 
+import { IMAGENET_CLASSES } from './imagenet_classes.mjs';
+
 const IS_NODE = typeof process !== 'undefined' && !!(process.versions && process.versions.node);
 
 async function loadWasmBytes() {
@@ -421,15 +423,25 @@ class Model {
         const rmax = this._meta('bnlab.renorm_rmax', alloc), dmax = this._meta('bnlab.renorm_dmax', alloc);
         info.renorm = { rmax: rmax == null ? 3 : Number(rmax), dmax: dmax == null ? 5 : Number(dmax) };
       }
-      for (const key of ['labels', 'mean', 'std', 'input_size']) {
-        const raw = this._meta(key, alloc);
-        if (raw == null) continue;
-        let val = raw;
-        try { val = JSON.parse(raw); } catch { /* plain string */ }
-        info[key === 'input_size' ? 'inputSize' : key] = val;
-      }
+      Object.assign(info, this._card(alloc));
       return Object.freeze(info);
     });
+  }
+
+  // The model card (src/model/card.h): inputSize [3, H, W], mean, std, labels (names, or undefined
+  // when none are known), trainData, and provenance: for each of those { from: 'file' | 'assumed',
+  // why, problem? } (problem: the file's value was malformed and was ignored).
+  _card(alloc) {
+    const L = this._lab, p = L._ex.bnl_wasm_model_card(this._h);
+    if (!p) L._check(1);
+    let card;
+    try { card = JSON.parse(L._cstr(p)); } finally { L._free(p); }
+    const labels = card.labels === 'file' ? JSON.parse(this._meta('labels', alloc))
+      : card.labels === 'imagenet' ? IMAGENET_CLASSES : undefined;
+    return {
+      inputSize: card.inputSize, mean: card.mean, std: card.std, labels, trainData: card.trainData,
+      provenance: card.provenance,
+    };
   }
 
   _meta(key, alloc) {

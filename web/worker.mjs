@@ -10,9 +10,14 @@
 // same batch statistics and logits while the loaded model's running statistics stay as they were.
 // Only "update running stats" (the forgotten .eval() on purpose) and "train here" touch `main`.
 import { createBnLab } from './bnlab.mjs';
+import { batchPlan, centreCrop, normalizeRGBA } from './crops.mjs';
+import { batchSourceFor } from './batch_source.mjs';
 
 const EPS = 1e-5;
 const DATASET_COUNT = 1 << 24;   // procedural images are drawn on demand: the count costs nothing
+const MAX_USER_PHOTOS = 200;
+const MAX_PHOTO_SIDE = 512;      // photos are kept at most this large (crops of 224 need no more)
+const PROBE_PHOTO = 'chelsea.jpg';
 
 const S = {
   lab: null,
@@ -21,9 +26,11 @@ const S = {
   original: null,      // bytes of the loaded file, for "reset"
   name: '',
   modified: false,     // true after train-here, PreciseBN or updating running stats
-  size: 64,            // input size (model metadata input_size, default 64)
-  data: null,          // procedural dataset of the model's input size
-  userImages: [],      // Float32Array(size*size*3) each, normalized by the page
+  H: 64, W: 64,        // the model's input size (its model card)
+  source: null,        // batchSourceFor(model.info): { kind: 'procedural' | 'photos', data, note }
+  data: null,          // procedural dataset of the model's input size (procedural source only)
+  photos: [],          // the shipped photo pool: { bitmap, width, height, name }
+  userPhotos: [],      // photos the user added, the same shape, first in the pool and the probe
   msPerImage: 0,       // one eval-mode image, measured at load
   stopRequested: false,
   busy: null,          // name of the running long job
@@ -34,34 +41,17 @@ const yieldToEvents = () => new Promise((r) => setTimeout(r, 0));
 const timed = (fn) => { const t = performance.now(); const r = fn(); return [r, performance.now() - t]; };
 
 // ---- model handling ---------------------------------------------------------------------------
-function inputSizeOf(info) {
-  let s = info.inputSize;
-  if (Array.isArray(s)) s = s[s.length - 1] === 3 ? s[s.length - 2] : s[s.length - 1];
-  s = Number(s);
-  return Number.isInteger(s) && s >= 16 && s <= 1024 ? s : 64;
-}
-
-function triple(v, dflt) {
-  if (Array.isArray(v) && v.length === 3 && v.every((x) => Number.isFinite(Number(x)))) return v.map(Number);
-  return dflt;
-}
-
-// How the page normalizes the user's images: the model's mean/std metadata, else ImageNet's.
-function imageNorm() {
-  const info = S.main.info;
-  return { mean: triple(info.mean, [0.485, 0.456, 0.406]), std: triple(info.std, [0.229, 0.224, 0.225]) };
-}
-
 function describe() {
   const info = S.main.info;
   return {
     name: S.name,
     modified: S.modified,
-    info: { ...info, bnLayers: [...info.bnLayers] },
-    inputSize: S.size,
-    ...imageNorm(),
-    normFromModel: triple(info.mean, null) !== null && triple(info.std, null) !== null,
-    dataset: S.data.describe(),
+    info: { ...info, bnLayers: [...info.bnLayers], labels: info.labels ? [...info.labels] : undefined },
+    inputH: S.H, inputW: S.W,
+    mean: info.mean, std: info.std,
+    source: S.source,
+    dataset: S.data ? S.data.describe() : null,
+    photos: { shipped: S.photos.length, user: S.userPhotos.length, probe: probePhoto() ? probePhoto().name : null },
     msPerImage: S.msPerImage,
     bnChannels: info.bnLayers.map((_, i) => S.main.bnStats(i).channels),
   };
@@ -71,14 +61,18 @@ function describe() {
 // the previous model is let go, so a failure leaves the page with the model it had.
 function setModel(main, bytes, name, { keepOriginal = false } = {}) {
   if (main.info.inChannels !== 3) throw new Error(`bnlab: this model takes ${main.info.inChannels} input channels; the page feeds RGB images (3)`);
-  const size = inputSizeOf(main.info);
+  const [, H, W] = main.info.inputSize;
+  const source = batchSourceFor(main.info);
   const classes = Math.min(Math.max(main.info.numClasses, 2), 16);
-  let scratch = null, data = S.data, newData = null, ms;
+  let scratch = null, data = null, newData = null, ms;
   try {
     scratch = S.lab.loadModel(bytes);
-    if (!data || data.size !== size || data.classes !== classes) data = newData = makeDataset(size, classes);
+    if (source.kind === 'procedural') {
+      data = S.data;
+      if (!data || data.size !== H || data.classes !== classes) data = newData = makeDataset(H, classes);
+    }
     // what one image costs (eval forward; the first call also sizes the activation memory)
-    const one = new Float32Array(size * size * 3), shape1 = [1, size, size, 3];
+    const one = new Float32Array(H * W * 3), shape1 = [1, H, W, 3];
     [, ms] = timed(() => main.eval().forward(one, shape1));
     if (ms < 200) [, ms] = timed(() => main.forward(one, shape1));
   } catch (e) {
@@ -88,13 +82,12 @@ function setModel(main, bytes, name, { keepOriginal = false } = {}) {
   }
   if (S.main) S.main.dispose();
   if (S.scratch) S.scratch.dispose();
-  if (newData && S.data) S.data.dispose();
-  Object.assign(S, { main, scratch, data, size, msPerImage: ms });
+  if (S.data && S.data !== data) S.data.dispose();
+  Object.assign(S, { main, scratch, data, H, W, source, msPerImage: ms });
   if (!keepOriginal) {
     S.original = bytes;
     S.name = name;
     S.modified = false;
-    S.userImages = [];   // the page re-sends them at the new size
   }
 }
 
@@ -117,7 +110,67 @@ function replaceState(bytes) {
   S.modified = true;
 }
 
-// ---- procedural data --------------------------------------------------------------------------
+// ---- photos -----------------------------------------------------------------------------------
+// A decoded photo, scaled down to MAX_PHOTO_SIDE on its longer side.
+async function decodePhoto(blob, name) {
+  let bm = await createImageBitmap(blob);
+  const s = Math.min(1, MAX_PHOTO_SIDE / Math.max(bm.width, bm.height));
+  if (s < 1) {
+    const small = await createImageBitmap(bm, { resizeWidth: Math.max(1, Math.round(bm.width * s)),
+      resizeHeight: Math.max(1, Math.round(bm.height * s)), resizeQuality: 'high' });
+    bm.close();
+    bm = small;
+  }
+  return { bitmap: bm, width: bm.width, height: bm.height, name };
+}
+
+// The shipped pool (web/photos/index.json). Without it the photo source reports a clear error.
+async function loadShippedPhotos() {
+  const base = new URL('./photos/', import.meta.url);
+  const res = await fetch(new URL('index.json', base));
+  if (!res.ok) throw new Error(`photos/index.json: HTTP ${res.status}`);
+  const list = await res.json();
+  const out = await Promise.all(list.map(async (e) => {
+    const r = await fetch(new URL(e.file, base));
+    if (!r.ok) throw new Error(`photos/${e.file}: HTTP ${r.status}`);
+    return decodePhoto(await r.blob(), e.file);
+  }));
+  S.photos = out;
+}
+
+const pool = () => [...S.userPhotos, ...S.photos];
+// The probe (image 0 of every photo batch): the user's first photo, else the cat.
+const probePhoto = () => S.userPhotos[0] || S.photos.find((p) => p.name === PROBE_PHOTO) || S.photos[0] || null;
+
+let canvas = null, ctx = null;
+// Draws crops { photo, x, y, w, h, flip } at the model's size: RGBA bytes, one image after another.
+function rasterize(items) {
+  const H = S.H, W = S.W, n = items.length;
+  if (!canvas || canvas.width !== W || canvas.height !== H) {
+    canvas = new OffscreenCanvas(W, H);
+    ctx = canvas.getContext('2d', { willReadFrequently: true });
+  }
+  const rgba = new Uint8ClampedArray(n * H * W * 4);
+  items.forEach((it, i) => {
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.fillStyle = '#000';
+    ctx.fillRect(0, 0, W, H);
+    ctx.setTransform(it.flip ? -1 : 1, 0, 0, 1, it.flip ? W : 0, 0);
+    ctx.imageSmoothingEnabled = true;
+    ctx.imageSmoothingQuality = 'high';
+    ctx.drawImage(it.photo.bitmap, it.x, it.y, it.w, it.h, 0, 0, W, H);
+    rgba.set(ctx.getImageData(0, 0, W, H).data, i * H * W * 4);
+  });
+  return rgba;
+}
+
+function probeCrop(photo) {
+  // the evaluation recipe on a square model; a non-square one gets the centre crop stretched to H x W
+  const c = centreCrop(photo.width, photo.height, Math.min(S.H, S.W));
+  return { photo, ...c };
+}
+
+// ---- batch sources ----------------------------------------------------------------------------
 // The procedural dataset of the wasm build (src/io/dataset.h): image i depends only on (seed, i).
 // Its labels cycle through the classes, so batches take random indices (drawn from a seed and a
 // stream), as a shuffled loader would: consecutive images would make every batch the same mix.
@@ -137,40 +190,94 @@ function makeDataset(size, classes) {
 // what was drawn before it, and a longer batch of the same (seed, stream) starts with the shorter one.
 function indices(seed, stream, n) {
   const out = new Int32Array(n);
-  for (let k = 0; k < n; k++) {
-    let h = Math.imul((seed >>> 0) ^ 0x9e3779b9, 0x85ebca6b) ^ Math.imul((stream >>> 0) + 0x632be5ab, 0xc2b2ae35);
-    h = Math.imul(h ^ (h >>> 16) ^ Math.imul(k + 1, 0x27d4eb2f), 0x7feb352d);
-    h = Math.imul(h ^ (h >>> 15), 0x846ca68b);
-    h ^= h >>> 16;
-    out[k] = (h >>> 0) % DATASET_COUNT;
-  }
+  for (let k = 0; k < n; k++) out[k] = (mix(seed, stream, k) >>> 0) % DATASET_COUNT;
   return out;
+}
+function mix(seed, stream, k) {
+  let h = Math.imul((seed >>> 0) ^ 0x9e3779b9, 0x85ebca6b) ^ Math.imul((stream >>> 0) + 0x632be5ab, 0xc2b2ae35);
+  h = Math.imul(h ^ (h >>> 16) ^ Math.imul(k + 1, 0x27d4eb2f), 0x7feb352d);
+  h = Math.imul(h ^ (h >>> 15), 0x846ca68b);
+  return (h ^ (h >>> 16)) >>> 0;
 }
 const STREAM = { run: 1, spread: 2, precise: 3, train: 4, heldOut: 5 };
 
-// Batch `seed` of size B: the user's images first (up to B), then procedural images.
+function photoItems(plan) {
+  const p = pool();
+  return plan.map((c) => ({ ...c, photo: p[c.photo] }));
+}
+function needPhotos() {
+  if (!pool().length) throw new Error('bnlab: no photos to draw batches from (web/photos/ did not load; add your own)');
+}
+const THUMBS = 12;
+
+// Batch `seed` of size B for the page's run. Photos: image 0 is the probe photo's evaluation crop,
+// the rest random-resized crops of the pool. Procedural: the user's photos first (evaluation crops),
+// then shapes. { x, labels, shape, thumbs: RGBA of the first few, thumbUser, probeName }
 function makeBatch(seed, B) {
-  const D = S.size * S.size * 3;
-  const user = S.userImages.slice(0, B);
+  const H = S.H, W = S.W, D = H * W * 3;
+  const shape = [B, H, W, 3];
+  if (S.source.kind === 'photos') {
+    needPhotos();
+    const items = [probeCrop(probePhoto()), ...photoItems(batchPlan(mix(seed, STREAM.run, 0), B - 1, pool()))];
+    const rgba = rasterize(items);
+    const user = new Set(S.userPhotos);
+    return {
+      x: normalizeRGBA(rgba, B * H * W, S.main.info.mean, S.main.info.std), labels: new Int32Array(B).fill(-1), shape,
+      thumbs: thumbsOf(rgba, Math.min(B, THUMBS)), thumbUser: items.slice(0, THUMBS).map((it) => user.has(it.photo)),
+      probeName: items[0].photo.name,
+      // where the shown crops came from (for the page's tooltips and the tests)
+      crops: items.slice(0, THUMBS).map((it) => ({ photo: it.photo.name, x: it.x, y: it.y, w: it.w, h: it.h, flip: !!it.flip })),
+    };
+  }
+  const user = S.userPhotos.slice(0, B);
   const nProc = B - user.length;
   const x = new Float32Array(B * D);
   const labels = new Int32Array(B).fill(-1);
-  let idx = new Int32Array(0);
-  user.forEach((img, i) => x.set(img, i * D));
+  let userRgba = new Uint8ClampedArray(0), idx = new Int32Array(0);
+  if (user.length) {
+    userRgba = rasterize(user.map(probeCrop));
+    normalizeRGBA(userRgba, user.length * H * W, S.main.info.mean, S.main.info.std, x.subarray(0, user.length * D));
+  }
   if (nProc > 0) {
     const b = S.data.batch(indices(seed, STREAM.run, nProc));
     x.set(b.x, user.length * D);
     labels.set(b.labels, user.length);
     idx = b.indices;
   }
-  return { x, labels, shape: [B, S.size, S.size, 3], nUser: user.length, indices: idx };
+  const thumbs = [];
+  for (let i = 0; i < Math.min(B, THUMBS); i++) {
+    if (i < user.length) { thumbs.push(userRgba.slice(i * H * W * 4, (i + 1) * H * W * 4)); continue; }
+    const rgb = S.data.image(idx[i - user.length]), rgba = new Uint8ClampedArray(H * W * 4);
+    for (let q = 0; q < H * W; q++) { rgba[q * 4] = rgb[q * 3]; rgba[q * 4 + 1] = rgb[q * 3 + 1]; rgba[q * 4 + 2] = rgb[q * 3 + 2]; rgba[q * 4 + 3] = 255; }
+    thumbs.push(rgba);
+  }
+  return {
+    x, labels, shape, thumbs, thumbUser: thumbs.map((_, i) => i < user.length),
+    probeName: user.length ? user[0].name : null,
+  };
+}
+
+function thumbsOf(rgba, n) {
+  const P = S.H * S.W * 4, out = [];
+  for (let i = 0; i < n; i++) out.push(rgba.slice(i * P, (i + 1) * P));
+  return out;
 }
 
 // Independent batches for repeated measurements: (seed, stream, batch size, k) pick the images.
 function freshBatch(seed, stream, B, k) {
+  const shape = [B, S.H, S.W, 3];
+  if (S.source.kind === 'photos') {
+    needPhotos();
+    const rgba = rasterize(photoItems(batchPlan(mix(seed, stream * 1000003 + B, k), B, pool())));
+    return { x: normalizeRGBA(rgba, B * S.H * S.W, S.main.info.mean, S.main.info.std), labels: new Int32Array(B).fill(-1), shape };
+  }
   const b = S.data.batch(indices(seed, stream * 1000003 + B * 7919 + k, B));
-  return { x: b.x, labels: b.labels, shape: [B, S.size, S.size, 3] };
+  return { x: b.x, labels: b.labels, shape };
 }
+
+// Whether the batches carry labels the model's classes mean: procedural images for a model trained
+// on them. Photos have none; accuracy and "train here" need them.
+const labelled = () => S.source.kind === 'procedural';
 
 // ---- numbers ----------------------------------------------------------------------------------
 function top5(logits, K, offset = 0) {
@@ -209,31 +316,17 @@ function argmaxAcc(logits, labels, K) {
   return n ? right / n : null;
 }
 
-// First few images of a batch as RGBA bytes for display: the user's images with their
-// normalization (the model's mean/std) undone, procedural ones as the dataset draws them.
-function thumbnails(x, n, nUser, procIndices) {
-  const s = S.size, D = s * s * 3, out = [];
-  const { mean, std } = imageNorm();
-  for (let i = 0; i < n; i++) {
-    const rgba = new Uint8ClampedArray(s * s * 4);
-    const rgb = i < nUser ? null : S.data.image(procIndices[i - nUser]);
-    for (let p = 0; p < s * s; p++) {
-      for (let c = 0; c < 3; c++) rgba[p * 4 + c] = rgb ? rgb[p * 3 + c] : (x[i * D + p * 3 + c] * std[c] + mean[c]) * 255;
-      rgba[p * 4 + 3] = 255;
-    }
-    out.push(rgba);
-  }
-  return out;
-}
-
 // ---- commands ---------------------------------------------------------------------------------
 // One batch: a train-mode forward (scratch, or main when updateRunning), an eval-mode forward
 // (main), the probe image alone in both modes, and the statistics of every BatchNorm layer.
-function run({ mode, batchSize, layer, seed, updateRunning }) {
+function run({ mode, batchSize, layer, seed, updateRunning }, progress = () => {}) {
   const B = batchSize, K = S.main.info.numClasses;
-  const { x, labels, shape, nUser, indices: procIndices } = makeBatch(seed, B);
+  const ms1 = S.msPerImage, what = `${B} images at ${S.H}×${S.W}`;
+  if (S.source.kind === 'photos') progress({ phase: `cropping ${what}`, est: 2 * B });
+  const { x, labels, shape, thumbs, thumbUser, probeName, crops } = makeBatch(seed, B);
   const T = updateRunning && mode === 'train' ? S.main : S.scratch;
   T.train();
+  progress({ phase: `train-mode forward of ${what}`, est: 1.2 * ms1 * B });
   const [logitsTrain, msTrain] = timed(() => T.forward(x, shape));
   if (T === S.main) S.modified = true;
   T.eval();
@@ -248,12 +341,15 @@ function run({ mode, batchSize, layer, seed, updateRunning }) {
   // the eval forward of the whole batch is only needed in eval mode; in train mode it is done for
   // the timing plot when it is cheap
   let logitsEval = null, msEval = null;
-  if (mode === 'eval' || msTrain < 500) [logitsEval, msEval] = timed(() => S.main.eval().forward(x, shape));
-  const D = S.size * S.size * 3, probe = x.subarray(0, D), pshape = [1, S.size, S.size, 3];
+  if (mode === 'eval' || msTrain < 500) {
+    progress({ phase: `eval-mode forward of ${what}`, est: (msTrain * 0.8) });
+    [logitsEval, msEval] = timed(() => S.main.eval().forward(x, shape));
+  }
+  progress({ phase: 'the probe image alone, eval and train mode', est: 2.5 * ms1 });
+  const D = S.H * S.W * 3, probe = x.subarray(0, D), pshape = [1, S.H, S.W, 3];
   const aloneEval = S.main.forward(probe, pshape);
   const aloneTrain = S.scratch.train().forward(probe, pshape);
   S.scratch.eval();
-  const thumbs = thumbnails(x, Math.min(B, 12), nUser, procIndices);
   return {
     mode, B, layer: layers[li], seed, updateRunning: T === S.main, modified: S.modified,
     channels: rs.channels,
@@ -263,7 +359,7 @@ function run({ mode, batchSize, layer, seed, updateRunning }) {
     overview,
     msTrain, msEval,
     probe: {
-      fromUser: nUser > 0,
+      fromUser: thumbUser[0] === true, name: probeName,
       label: labels[0] >= 0 ? labels[0] : null,
       eval: top5(aloneEval, K),
       trainBatch: top5(logitsTrain, K, 0),
@@ -271,7 +367,7 @@ function run({ mode, batchSize, layer, seed, updateRunning }) {
     },
     accEval: logitsEval ? argmaxAcc(logitsEval, labels, K) : null,
     accTrain: argmaxAcc(logitsTrain, labels, K),
-    thumbs, nUser,
+    thumbs, thumbUser, crops: crops || null, H: S.H, W: S.W, source: S.source.kind,
   };
 }
 
@@ -313,6 +409,7 @@ async function spread({ layer, sizes, K, seed }, progress) {
         rawAcc += varMeans;
       }
       points.push({ B, spread: Math.sqrt(acc / C), rawStd: Math.sqrt(rawAcc / C), msPerForward: ms / K });
+      progress({ done, total, B, k: K, point: points[points.length - 1] });   // the page draws it now
     }
   } finally {
     S.scratch.eval();
@@ -370,8 +467,8 @@ export function writeTensor(bytes, name, values) {
 async function precise({ K, B, seed }, progress) {
   const layers = S.main.info.bnLayers;
   const acc = layers.map(() => null);
-  const held = makeHeldOut();
-  const before = evalAccuracy(held);
+  const held = labelled() ? makeHeldOut() : null;   // photos have no labels to score
+  const before = held ? evalAccuracy(held) : null;
   S.scratch.train();
   try {
     for (let k = 0; k < K; k++) {
@@ -405,11 +502,11 @@ async function precise({ K, B, seed }, progress) {
     writeTensor(state, `${name}.running_var`, vr);
   });
   replaceState(state);
-  const after = evalAccuracy(held);
-  return { K, B, before, after, heldOut: held.shape[0], ...describe() };
+  const after = held ? evalAccuracy(held) : null;
+  return { K, B, before, after, heldOut: held ? held.shape[0] : 0, ...describe() };
 }
 
-// A fixed procedural batch (never used for statistics) for before/after accuracy in eval mode.
+// A fixed labelled batch (never used for statistics) for before/after accuracy in eval mode.
 function makeHeldOut() {
   const n = Math.min(128, Math.max(8, Math.round(2000 / Math.max(S.msPerImage, 1e-3))));   // about 2 s of eval
   return freshBatch(0, STREAM.heldOut, n, 0);
@@ -420,6 +517,7 @@ function evalAccuracy(h) {
 
 // "Train here": SGD steps of `main` on procedural batches until stopped or `steps` are done.
 async function train({ lr, momentum, B, steps, layer, seed }, progress) {
+  if (!labelled()) throw new Error(`bnlab: train here needs labelled images of this model's classes; its batches are photos, which have none`);
   const li = Math.max(0, S.main.info.bnLayers.indexOf(layer));
   const held = makeHeldOut();
   let step = 0;
@@ -450,27 +548,48 @@ const COMMANDS = {
   async init({ threads } = {}) {
     // threads: every core where the page is cross-origin isolated (the threaded build), else 1
     S.lab = await createBnLab(threads ? { threads } : {});
-    return { isa: S.lab.isa, crossOriginIsolated: self.crossOriginIsolated === true, threads: S.lab.threads,
-      build: S.lab.build };
+    let photosError = null;
+    try { await loadShippedPhotos(); } catch (e) { photosError = e.message; }
+    return {
+      isa: S.lab.isa, crossOriginIsolated: self.crossOriginIsolated === true,
+      threads: S.lab.threads, build: S.lab.build,
+      photos: S.photos.length, photosError,
+    };
   },
-  async load({ bytes, name }) { return loadBytes(bytes, name); },
+  async load({ bytes, name, file }) { const d = loadBytes(bytes, name); S.file = file || name; return d; },
   async reset() {
     loadBytes(S.original, S.name);
     return describe();
   },
   async describe() { return describe(); },
-  async setImages({ images, size }) {
-    if (size !== S.size) throw new Error(`bnlab: images are ${size}x${size}, the model takes ${S.size}x${S.size}`);
-    S.userImages = images.map((a) => new Float32Array(a));
-    return { count: S.userImages.length };
+  // Photos the user added (Blobs/Files): decoded here, scaled to at most 512 px, added to the pool.
+  async addPhotos({ files }) {
+    const skipped = [];
+    for (const f of files) {
+      const name = f.name || 'image';
+      if (S.userPhotos.length >= MAX_USER_PHOTOS) { skipped.push(`${name} (at most ${MAX_USER_PHOTOS} photos)`); continue; }
+      try {
+        S.userPhotos.push(await decodePhoto(f, name));
+      } catch {
+        skipped.push(`${name} (not an image this browser can decode)`);
+      }
+    }
+    return { count: S.userPhotos.length, skipped, ...describe() };
   },
-  async run(args) { return run(args); },
+  async clearPhotos() {
+    for (const p of S.userPhotos) p.bitmap.close();
+    S.userPhotos = [];
+    return describe();
+  },
+  async run(args, progress) { return run(args, progress); },
   async spread(args, progress) { return spread(args, progress); },
   async precise(args, progress) { return precise(args, progress); },
   async train(args, progress) { return train(args, progress); },
   async save() {
     const bytes = S.main.saveState();
-    return { bytes, name: S.name.replace(/\.safetensors$/i, '') + (S.modified ? '-modified' : '') + '.safetensors' };
+    // the loaded file's own name (not the page's description of the default model), no spaces
+    const base = (S.file || S.name).replace(/^.*[\\/]/, '').replace(/\.safetensors$/i, '').replace(/[^\w.+-]+/g, '_') || 'model';
+    return { bytes, name: base + (S.modified ? '-modified' : '') + '.safetensors' };
   },
 };
 

@@ -2,6 +2,7 @@
 #include "bnlab.h"
 #include "cli/cli.h"
 #include "io/safetensors.h"
+#include "model/card.h"
 #include "model/resnet.h"
 
 #include <stdio.h>
@@ -85,12 +86,37 @@ static int check_input_shape(const bnl_resnet *m, const char *path, const int64_
     return 0;
 }
 
+// What the model expects and what its outputs mean (src/model/card.h): each line says whether the
+// value was read from __metadata__ or assumed, and why; a malformed key adds a "warning:" line.
+static void print_field(const char *what, const bnl_card_field *f) {
+    printf(" (%s: %s)\n", f->from == BNL_FROM_FILE ? "from the file" : "assumed", f->why);
+    if (f->problem[0]) printf("warning: %s: %s\n", what, f->problem);
+}
+
+static void print_card(const bnl_resnet *m, int classes) {
+    bnl_model_card c;
+    bnl_model_card_get(&c, m);
+    printf("input size: %dx%d", c.input_h, c.input_w);
+    print_field("input size", &c.input_size);
+    printf("mean: %.6g %.6g %.6g", c.mean[0], c.mean[1], c.mean[2]);
+    print_field("mean", &c.mean_src);
+    printf("std: %.6g %.6g %.6g", c.std[0], c.std[1], c.std[2]);
+    print_field("std", &c.std_src);
+    if (c.labels_kind == BNL_LABELS_FILE) printf("labels: %d names", classes);
+    else if (c.labels_kind == BNL_LABELS_IMAGENET) printf("labels: the %d ImageNet class names", classes);
+    else printf("labels: none (class 0 .. class %d)", classes - 1);
+    print_field("labels", &c.labels);
+    printf("trained on: %s", c.train_data[0] ? c.train_data : "unknown");
+    print_field("trained on", &c.train);
+}
+
 int cmd_info(int argc, char **argv) {
     const char *pos[1];
     int np = 0;
     int rc = cli_parse(argc, argv, "bnlab info WEIGHTS",
                        "Prints the ResNet architecture read from a safetensors state dict: blocks per stage, block\n"
-                       "type, widths, classes, BatchNorm layer count and parameter count.",
+                       "type, widths, classes, BatchNorm layer count and parameter count; then the input size, mean/std,\n"
+                       "class names and training data, each read from __metadata__ or assumed (and why).",
                        NULL, 0, pos, 1, &np);
     if (rc) return rc > 0 ? 0 : 2;
     if (np != 1) return cli_error("info: expected one WEIGHTS file"), 2;
@@ -125,8 +151,7 @@ int cmd_info(int argc, char **argv) {
         else if (ns.kind == BNL_NORM_NONE) printf("normalization: %s\n", what[ns.kind]);
         else printf("normalization: %s: %s\n", kind, what[ns.kind]);
     }
-    const char *labels = bnl_resnet_meta(m, "labels");
-    printf("labels: %s\n", labels ? "yes (in __metadata__)" : "no");
+    print_card(m, in->num_classes);
     bnl_resnet_free(m);
     return 0;
 }

@@ -205,7 +205,7 @@ test('your own image joins the batch (file picker and drop)', { skip: SKIP, time
   const img = png(96, 64, (x, y) => [(x * 255) / 95, (y * 255) / 63, ((x + y) % 16) * 16]);
   const st = await runAfter(() => page.setInputFiles('#image-files', { name: 'gradient.png', mimeType: 'image/png', buffer: img }));
   assert.ok(st.run);
-  assert.equal(await page.textContent('#probe-label'), 'your image');
+  assert.equal(await page.textContent('#probe-label'), 'your photo: gradient.png');
   assert.equal(await page.locator('#thumbs canvas.user').count(), 1);
   // dropped on the page
   await runAfter(() => page.evaluate((b64) => {
