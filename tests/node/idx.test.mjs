@@ -163,3 +163,41 @@ test('the real Fashion-MNIST test files (Debian dataset-fashion-mnist)', async (
     d.dispose();
   }
 });
+
+test('the shipped Fashion-MNIST models classify the real test images in wasm as their .md files say', async (t) => {
+  const im = `${FASHION}/t10k-images-idx3-ubyte.gz`, lb = `${FASHION}/t10k-labels-idx1-ubyte.gz`;
+  if (!existsSync(im) || !existsSync(lb)) {
+    t.skip(`${im} not found (apt-get install dataset-fashion-mnist)`);
+    return;
+  }
+  const root = new URL('../../demo-models/', import.meta.url);
+  // [file, least top-1 on the first 1000 test images in eval mode]
+  const models = [['resnet18-fashion-mnist.safetensors', 0.9], ['experiments/fashion_batch_size/resnet18-fashion-B128.safetensors', 0.8],
+    ['experiments/fashion_batch_size/resnet18-fashion-B2.safetensors', 0]];
+  const imBytes = readFileSync(im), lbBytes = readFileSync(lb);
+  for (const [file, least] of models) {
+    const url = new URL(file, root);
+    assert.ok(existsSync(url), `${file} is missing`);
+    const m = lab.loadModel(new Uint8Array(readFileSync(url)));
+    assert.deepEqual(m.info.labels, FASHION_NAMES, file);
+    assert.equal(m.info.inputSize[0], 3, file);
+    const d = await lab.loadIdxDataset(imBytes, lbBytes, { model: m, fashionMnist: true });
+    assert.equal(d.height, m.info.inputSize[1], file);
+    assert.deepEqual(d.mean, m.info.mean.map(Math.fround), file);
+    m.eval();
+    let right = 0;
+    const B = 100, K = 10;
+    for (let s = 0; s < 1000; s += B) {
+      const { x, labels } = d.batch(s, B);
+      const z = m.forward(x, [B, d.height, d.width, 3]);
+      for (let i = 0; i < B; i++) {
+        let best = 0;
+        for (let k = 1; k < K; k++) if (z[i * K + k] > z[i * K + best]) best = k;
+        right += best === labels[i] ? 1 : 0;
+      }
+    }
+    assert.ok(right / 1000 >= least, `${file}: top-1 ${right / 1000} on the first 1000 test images, expected >= ${least}`);
+    d.dispose();
+    m.dispose();
+  }
+});
