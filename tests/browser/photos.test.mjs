@@ -39,7 +39,9 @@ before(async () => {
   page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
   page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(`console: ${m.text()}`); });
   page.on('pageerror', (e) => consoleErrors.push(`pageerror: ${e.message}`));
-  await page.goto(url);
+  // these tests were written for the procedural model (the page's default is the Fashion-MNIST one when
+  // demo-models/ has it: tests/browser/fashion.test.mjs); ?model= picks the first model to load
+  await page.goto(`${url}?model=resnet50-procedural`);
   await page.waitForFunction(() => window.__bnlab && window.__bnlab.ready, null, { timeout: WAIT });
   await waitReady();
 });
