@@ -135,6 +135,23 @@ test('the default page: the Fashion-MNIST model on real test images, right label
     console.log(`# stem (bn1) |batch mean - running mean|/sigma: B=32 ${d32.toFixed(4)}, B=256 ${d256.toFixed(4)}`);
     await page.screenshot({ path: path.join(ARTIFACTS, 'fashion-default.png'), fullPage: true });
 
+    // PreciseBN and train here score held-out Fashion-MNIST test images (the 2,000 never drawn for batches)
+    await page.fill('#precise-k', '4');
+    await page.fill('#precise-b', '32');
+    await runAfter(page, () => page.click('#precise-run'));
+    const pr = await page.evaluate(() => window.__bnlab.precise);
+    assert.ok(pr.accBefore > 0.8 && pr.accAfter > 0.8, JSON.stringify(pr));
+    assert.match(await page.textContent('#precise-readout'), /held-out Fashion-MNIST test images: \d/);
+    assert.equal(await page.isDisabled('#train-start'), false);
+    assert.match(await page.textContent('#train-na'), /2,000/);
+    await page.fill('#train-steps', '10');
+    await page.fill('#train-lr', '0.001');
+    await runAfter(page, () => page.click('#train-start'));
+    const tr = await page.textContent('#train-readout');
+    const acc = Number(/eval accuracy ([\d.]+)% on \d+ held-out 10-class Fashion-MNIST test images/.exec(tr)?.[1]);
+    assert.ok(acc > 80, tr);
+    await runAfter(page, () => page.click('#reset-model'));
+
     // the menu: the procedural model, with its shapes
     if (existsSync(PROCEDURAL)) {
       const k = menu.find((o) => /procedural/.test(o.text)).value;
