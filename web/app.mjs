@@ -432,6 +432,7 @@ function setControlsEnabled(on) {
     $(id).disabled = !on;
     $(id).closest('label').classList.toggle('disabled', !on);
   }
+  if ($('model-select')) $('model-select').disabled = !on;   // the model menu too
 }
 
 // Panels whose content no longer matches the controls are dimmed until a run redraws them.

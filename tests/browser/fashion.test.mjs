@@ -144,9 +144,14 @@ test('the default page: the Fashion-MNIST model on real test images, right label
     assert.match(await page.textContent('#precise-readout'), /held-out Fashion-MNIST test images: \d/);
     assert.equal(await page.isDisabled('#train-start'), false);
     assert.match(await page.textContent('#train-na'), /2,000/);
-    await page.fill('#train-steps', '10');
+    await page.fill('#train-steps', '20');
     await page.fill('#train-lr', '0.001');
-    await runAfter(page, () => page.click('#train-start'));
+    await runAfter(page, async () => {
+      await page.click('#train-start');
+      // no model switch while a long job runs
+      await page.waitForFunction(() => window.__bnlab.train.length > 0 || document.querySelector('#train-readout').textContent !== '', null, { timeout: WAIT });
+      assert.equal(await page.isDisabled(tid('model-select')), true);
+    });
     const tr = await page.textContent('#train-readout');
     const acc = Number(/eval accuracy ([\d.]+)% on \d+ held-out 10-class Fashion-MNIST test images/.exec(tr)?.[1]);
     assert.ok(acc > 80, tr);
