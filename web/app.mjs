@@ -936,7 +936,7 @@ function drawSpread(progressPoints) {
   const xy = pts.map((p) => [p.B, p.spread]);
   const maxB = Number($('spread-max').value);
   const series = [];
-  let legend = null;
+  let legend = null, yExtra = [];
   if (xy.length) {
     const c = sp && !progressPoints ? sp.c : Math.exp(xy.reduce((a, [B, s]) => a + Math.log(s) + 0.5 * Math.log(B), 0) / xy.length);
     const ref = [];
@@ -946,8 +946,18 @@ function drawSpread(progressPoints) {
     series.push({ kind: 'dots', points: xy, color: COLORS.batch, r: 3.2,
       hover: (p) => `B = ${p[0]}: std of the batch mean ${fmt(p[1])} σ (c/√B: ${fmt(c / Math.sqrt(p[0]))})` });
     legend = [{ label: 'measured', color: COLORS.batch }, { label: `${fmt(c)}/√B`, color: COLORS.faint, kind: 'line', dash: '5 4' }];
+    // the headline: the batch mean's distance to the running mean, which shrinks with B only while
+    // the running statistics describe the data drawn (a floor = a distribution shift)
+    const dr = pts.filter((p) => p.dRun != null).map((p) => [p.B, p.dRun]);
+    if (dr.length) {
+      series.push({ kind: 'line', points: dr, color: COLORS.dMean, width: 1.2, opacity: 0.7 });
+      series.push({ kind: 'dots', points: dr, color: COLORS.dMean, r: 3,
+        hover: (p) => `B = ${p[0]}: mean |batch mean − running mean| / running σ ${fmt(p[1])} (pure noise would give about 0.8 × ${fmt(c / Math.sqrt(p[0]))})` });
+      legend.push({ label: '|batch − running mean|/σ', color: COLORS.dMean });
+      yExtra = dr;   // in the y range
+    }
   }
-  const ys = xy.map((p) => p[1]);
+  const ys = [...xy, ...yExtra].map((p) => p[1]);
   renderPlot($('plot-spread'), {
     height: 196,
     x: { type: 'log', min: 1, max: maxB, label: 'batch size B', ticks: [1, 2, 4, 8, 16, 32, 64, 128, 256] },
@@ -957,11 +967,14 @@ function drawSpread(progressPoints) {
   });
   if (sp && !progressPoints) {
     $('spread-caption').textContent = `Layer ${sp.layer}: std over K = ${sp.K} train-mode batches of the batch mean, in units of the channel's spread (RMS over channels), against c/√B. ` +
-      'Exact for the stem; deeper layers also see the batch through earlier layers.';
+      'Exact for the stem; deeper layers also see the batch through earlier layers. ' +
+      'Indigo: the mean distance of the batch mean to the running mean; it follows 1/√B while batch noise dominates and levels off ' +
+      'where the running statistics describe other data than these batches (a distribution shift: for the Fashion-MNIST model, its augmented training images).';
     const panel = $('spread-panel');
     panel.dataset.layer = sp.layer;
     panel.dataset.spread = JSON.stringify(Object.fromEntries(sp.points.map((p) => [p.B, p.spread])));
     panel.dataset.c = String(sp.c);
+    panel.dataset.dRun = JSON.stringify(Object.fromEntries(sp.points.map((p) => [p.B, p.dRun])));
   } else if (!sp && !progressPoints) {
     $('spread-caption').textContent = SPREAD_CAPTION;
     delete $('spread-panel').dataset.layer;

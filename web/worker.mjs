@@ -461,19 +461,22 @@ function run({ mode, batchSize, layer, seed, updateRunning }, progress = () => {
 async function spread({ layer, sizes, K, seed }, progress) {
   if (!(K >= 2)) throw new Error(`bnlab: the spread needs K >= 2 batches per size (got ${K})`);
   const li = Math.max(0, S.main.info.bnLayers.indexOf(layer));
+  // the loaded model's running statistics (the copy's drift with its train-mode forwards)
+  const run = S.main.bnStats(li), runMean = Float32Array.from(run.runningMean), runVar = Float32Array.from(run.runningVar);
   const points = [];
   let done = 0;
   const total = sizes.reduce((a, b) => a + b, 0) * K;
   S.scratch.train();
   try {
     for (const B of sizes) {
-      let C = 0, sum = null, sumSq = null, sumVar = null, ms = 0;
+      let C = 0, sum = null, sumSq = null, sumVar = null, ms = 0, dRun = 0;
       for (let k = 0; k < K; k++) {
         if (S.stopRequested) throw new Error('stopped');
         const b = freshBatch(seed, STREAM.spread, B, k);
         const [, t] = timed(() => S.scratch.forward(b.x, b.shape));
         ms += t;
         const st = S.scratch.bnStats(li);
+        dRun += distances(st.batchMean, st.batchVar, runMean, runVar).dMean / K;   // |batch - running mean| / running σ
         if (!sum) { C = st.channels; sum = new Float64Array(C); sumSq = new Float64Array(C); sumVar = new Float64Array(C); }
         for (let c = 0; c < C; c++) {
           sum[c] += st.batchMean[c];
@@ -494,7 +497,7 @@ async function spread({ layer, sizes, K, seed }, progress) {
         acc += varMeans / (pooled + EPS);
         rawAcc += varMeans;
       }
-      points.push({ B, spread: Math.sqrt(acc / C), rawStd: Math.sqrt(rawAcc / C), msPerForward: ms / K });
+      points.push({ B, spread: Math.sqrt(acc / C), rawStd: Math.sqrt(rawAcc / C), msPerForward: ms / K, dRun });
       progress({ done, total, B, k: K, point: points[points.length - 1] });   // the page draws it now
     }
   } finally {

@@ -133,6 +133,19 @@ test('the default page: the Fashion-MNIST model on real test images, right label
     // 0.228 at B = 256 (issue 17); here ~0.03 and ~0.02, with a floor of ~0.024 (training augmentation).
     assert.ok(d32 < 0.1 && d256 < 0.06 && d256 < d32, `stem |dmean|/sigma: B=32 ${d32}, B=256 ${d256}`);
     console.log(`# stem (bn1) |batch mean - running mean|/sigma: B=32 ${d32.toFixed(4)}, B=256 ${d256.toFixed(4)}`);
+    // the sweep shows the distance to the running mean against B beside the 1/sqrt(B) spread: it shrinks
+    // (batch noise) towards a floor (the running statistics are of augmented training images)
+    await page.selectOption('#spread-k', '8');
+    await page.selectOption('#spread-max', '128');
+    await page.click('#spread-run');
+    await page.waitForFunction(() => window.__bnlab.spread && window.__bnlab.spread.points.length === 8 &&
+      document.querySelector('[data-testid="status"]').dataset.state === 'ready', null, { timeout: WAIT });
+    const dRun = JSON.parse(await page.getAttribute('#spread-panel', 'data-d-run'));
+    const spread = JSON.parse(await page.getAttribute('#spread-panel', 'data-spread'));
+    assert.ok(dRun[1] > 0.1 && dRun[128] < dRun[1] / 3 && dRun[128] < 0.06, JSON.stringify(dRun));
+    // while noise dominates (B <= 8) it is about 0.8 x the spread (mean |N(0, s)| = 0.8 s)
+    for (const B of [1, 2, 4, 8]) assert.ok(dRun[B] > 0.4 * spread[B] && dRun[B] < 1.6 * spread[B], `B=${B}: ${dRun[B]} vs spread ${spread[B]}`);
+    assert.match(await page.textContent('#spread-caption'), /distribution shift/);
     await page.screenshot({ path: path.join(ARTIFACTS, 'fashion-default.png'), fullPage: true });
 
     // PreciseBN and train here score held-out Fashion-MNIST test images (the 2,000 never drawn for batches)
