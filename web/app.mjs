@@ -953,7 +953,7 @@ function drawSpread(progressPoints) {
       series.push({ kind: 'line', points: dr, color: COLORS.dMean, width: 1.2, opacity: 0.7 });
       series.push({ kind: 'dots', points: dr, color: COLORS.dMean, r: 3,
         hover: (p) => `B = ${p[0]}: mean |batch mean − running mean| / running σ ${fmt(p[1])} (pure noise would give about 0.8 × ${fmt(c / Math.sqrt(p[0]))})` });
-      legend.push({ label: '|batch − running mean|/σ', color: COLORS.dMean });
+      legend.push({ label: '|Δmean| / running σ', color: COLORS.dMean });
       yExtra = dr;   // in the y range
     }
   }
