@@ -35,7 +35,8 @@ const S = {
   H: 64, W: 64,        // the model's input size (its model card)
   source: null,        // batchSourceFor(model.info): { kind: 'procedural' | 'fashion-mnist' | 'photos', data, note, error }
   data: null,          // dataset adapter of the model's input size (procedural and fashion-mnist sources)
-  fashion: null,       // the loaded Fashion-MNIST test split: { key, ds, perm } (kept across model switches)
+  fashion: null,       // the Fashion-MNIST test split for the model being loaded: { key, ds, perm }
+  fashionLoaded: [],   // every loaded split (the live model's and S.fashion); setModel frees the others
   fashionError: null,  // why it could not be loaded, for the model the page asked for
   photos: [],          // the shipped photo pool: { bitmap, width, height, name }
   userPhotos: [],      // photos the user added, the same shape, first in the pool and the probe
@@ -74,8 +75,10 @@ function setModel(main, bytes, name, { keepOriginal = false } = {}) {
   const classes = Math.min(Math.max(main.info.numClasses, 2), 16);
   let scratch = null, data = null, newData = null, ms;
   if (source.kind === 'fashion-mnist') {
-    data = fashionAdapter(main.info);
-    let why = data ? null : S.fashionError || 'the test split was not loaded';
+    // a load takes the split loadFashion just prepared; train-here/PreciseBN (keepOriginal) keep the model's own
+    const f = keepOriginal ? (S.data && S.data.fashion) || null : S.fashionError ? null : S.fashion;
+    data = f ? fashionAdapter(main.info, f) : null;
+    let why = data ? null : (!keepOriginal && S.fashionError) || 'the test split was not loaded for this model';
     if (data && main.info.numClasses !== data.classes) {
       why = `the model has ${main.info.numClasses} classes, Fashion-MNIST ${data.classes}`;
       data = null;
@@ -103,6 +106,10 @@ function setModel(main, bytes, name, { keepOriginal = false } = {}) {
   if (S.main) S.main.dispose();
   if (S.scratch) S.scratch.dispose();
   if (S.data && S.data !== data && !S.data.shared) S.data.dispose();
+  // keep the live model's split and the last one loaded (switching back needs no fetch); free the rest
+  const keep = (f) => f === S.fashion || (data && data.fashion === f);
+  for (const f of S.fashionLoaded) if (!keep(f)) f.ds.dispose();
+  S.fashionLoaded = S.fashionLoaded.filter(keep);
   Object.assign(S, { main, scratch, data, H, W, source, msPerImage: ms });
   if (!keepOriginal) {
     S.original = bytes;
@@ -215,7 +222,8 @@ async function loadFashion(model, urls) {
   const info = model.info;
   const key = JSON.stringify([u.images, u.labels, info.inputSize, info.mean, info.std]);
   S.fashionError = null;
-  if (S.fashion && S.fashion.key === key) return;
+  const have = S.fashionLoaded.find((f) => f.key === key);
+  if (have) { S.fashion = have; return; }
   const base = new URL('../', import.meta.url);   // URLs in models.json are server paths
   const get = async (what, url) => {
     let res;
@@ -235,8 +243,9 @@ async function loadFashion(model, urls) {
       ds.dispose();
       throw new Error(`${u.images}: ${ds.count} images, the page needs more than ${FASHION_HELD_OUT}`);
     }
-    if (S.fashion) S.fashion.ds.dispose();
+    // the previous split stays until a model switch succeeds (the live model may still draw from it)
     S.fashion = { key, ds, perm: S.lab.permutation(ds.count, { seed: 20261130, epoch: 0 }) };
+    S.fashionLoaded.push(S.fashion);
   } catch (e) {
     S.fashionError = e && e.message ? e.message.replace(/^bnlab: /, '') : String(e);
   }
@@ -244,15 +253,14 @@ async function loadFashion(model, urls) {
 
 // The page's view of the loaded split for a model (null when it is not loaded for this model's size):
 // indices k in 0..pool-1 map to the pool part of the permutation, heldOut(n) to its last part.
-function fashionAdapter(info) {
-  const f = S.fashion;
-  if (!f || S.fashionError) return null;
+function fashionAdapter(info, f) {
   const ds = f.ds, [, H] = info.inputSize;
   if (ds.height !== H || ds.width !== H) return null;
   const pool = ds.count - FASHION_HELD_OUT;
   const at = (ks) => Int32Array.from(ks, (k) => f.perm[k]);
   return {
-    shared: true,   // belongs to S.fashion: a model switch does not dispose it
+    shared: true,   // belongs to S.fashionLoaded: setModel frees it when no model uses it
+    fashion: f,
     size: H, classes: ds.classes, pool, count: ds.count,
     batch(ks) { const idx = at(ks); return { ...ds.batchIndices(idx), indices: idx }; },
     heldOut(n) {

@@ -9,9 +9,10 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { parseSafetensors, writeSafetensors } from '../node/safetensors.mjs';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const ARTIFACTS = path.join(ROOT, 'tests', 'artifacts');
@@ -23,6 +24,7 @@ const SKIP = !existsSync(CHROMIUM) ? `${CHROMIUM} is missing (tests/build.sh ins
   : !existsSync(path.join(DATA, 't10k-images-idx3-ubyte.gz')) ? `${DATA} is missing (apt-get install dataset-fashion-mnist)`
   : !existsSync(MODEL) ? `${MODEL} is missing (the page's Fashion-MNIST model)` : false;
 const WAIT = 120_000;
+const S56 = () => 56;   // demo-models/resnet18-fashion-mnist.safetensors runs at 56x56 (its input_size)
 const FASHION = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot'];
 
 let browser;
@@ -200,5 +202,35 @@ test('without the Fashion-MNIST files the page says so beside the model and fall
     assert.equal(await page.$eval('#err-model', (e) => e.hidden), false);
     assert.match(await page.textContent('#source-note'), /could not be loaded/);
     await page.screenshot({ path: path.join(ARTIFACTS, 'fashion-missing.png'), fullPage: true });
+    await page.close();
+  });
+
+test('another Fashion-MNIST model at its own size (40x40): its split, kept through PreciseBN; back to the default by the menu',
+  { skip: SKIP, timeout: 3 * WAIT }, async () => {
+    const { page, errors } = await openPage();
+    // the default model's weights with another input_size: Fashion-MNIST resized to 40x40
+    const f = parseSafetensors(new Uint8Array(readFileSync(MODEL)));
+    const file = Buffer.from(writeSafetensors(f.tensors, { ...f.metadata, input_size: '[3,40,40]' }));
+    await runAfter(page, () => page.setInputFiles(tid('weights-file'), { name: 'r18-fashion-40.safetensors', mimeType: 'application/octet-stream', buffer: file }));
+    const check = async (size) => {
+      const c = await card(page);
+      assert.equal(c.source, 'fashion-mnist');
+      assert.equal(c.inputSize, `${size}x${size}`);
+      const th = await page.$$eval('#thumbs canvas', (cs) => cs.map((cv) => `${cv.width}x${cv.height}:${cv.title}`));
+      assert.ok(th.every((t) => t.startsWith(`${size}x${size}:Fashion-MNIST test image `)), th.join(', '));
+    };
+    await check(40);
+    assert.equal(await page.$eval(tid('model-select'), (s) => s.value), 'user-file');
+    assert.match(await page.$eval(tid('model-select'), (s) => s.selectedOptions[0].textContent), /your file: r18-fashion-40/);
+    const acc40 = (await runAfter(page, () => page.selectOption(tid('mode'), 'eval'))).accEval;
+    assert.ok(acc40 > 0.3, `eval accuracy at 40x40 ${acc40}`);   // the 56x56 model on 40x40 images: worse, well above chance
+    await page.fill('#precise-k', '2');
+    await runAfter(page, () => page.click('#precise-run'));
+    await check(40);   // the state after PreciseBN keeps its split
+    await runAfter(page, () => page.selectOption(tid('model-select'), '0'));
+    await check(S56());
+    await runAfter(page, () => page.click('#new-batch'));   // the previous split was freed, the live one works
+    await check(S56());
+    assert.deepEqual(errors, []);
     await page.close();
   });
