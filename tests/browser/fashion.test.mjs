@@ -24,7 +24,8 @@ const SKIP = !existsSync(CHROMIUM) ? `${CHROMIUM} is missing (tests/build.sh ins
   : !existsSync(path.join(DATA, 't10k-images-idx3-ubyte.gz')) ? `${DATA} is missing (apt-get install dataset-fashion-mnist)`
   : !existsSync(MODEL) ? `${MODEL} is missing (the page's Fashion-MNIST model)` : false;
 const WAIT = 120_000;
-const S56 = () => 56;   // demo-models/resnet18-fashion-mnist.safetensors runs at 56x56 (its input_size)
+// the default model's input size (its input_size: 56 for the model trained with --image-size 56)
+const S56 = () => JSON.parse(parseSafetensors(new Uint8Array(readFileSync(MODEL))).metadata.input_size || '[3,28,28]')[1];
 const FASHION = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot'];
 
 let browser;
