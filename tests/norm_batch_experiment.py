@@ -187,9 +187,12 @@ def report(a, argv):
             base, mult = split_variant(v)
             series.append({"label": label(v), "color": COLORS[base], "dash": mult != 1.0, "points": pts})
     if series:
+        chance = 1.0 - 1.0 / a.classes
+        series.append({"label": f"chance ({100 * chance:.0f}%)", "color": "#999999", "dash": True,
+                       "points": [(min(a.batches), chance), (max(a.batches), chance)]})
         plot_svg.line_plot(series, os.path.join(a.out, "error_vs_batch.svg"),
                            title=f"eval error after {a.epochs} epochs, mean of {len(a.seeds)} seeds",
-                           xlabel="batch size (log2 axis)", ylabel="eval error", ymin=0.0, ymax=1.0)
+                           xlabel="batch size (log2 axis)", ylabel="eval error", ymin=0.2, ymax=0.8)
     print("\n".join(md))
 
 

@@ -436,7 +436,7 @@ class Model {
     if (!p) L._check(1);
     let card;
     try { card = JSON.parse(L._cstr(p)); } finally { L._free(p); }
-    const labels = card.labels === 'file' ? JSON.parse(this._meta('labels', alloc))
+    const labels = card.labels === 'file' ? Object.freeze(JSON.parse(this._meta('labels', alloc)))
       : card.labels === 'imagenet' ? IMAGENET_CLASSES : undefined;
     return {
       inputSize: card.inputSize, mean: card.mean, std: card.std, labels, trainData: card.trainData,

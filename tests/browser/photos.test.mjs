@@ -62,6 +62,9 @@ const last = () => page.evaluate(() => window.__bnlab.last);
 
 // Loads weights through the file input and waits for the first run on them.
 async function loadWeights(name, buffer) {
+  // loading is not offered while a long job runs (a small model sweeps 1/sqrt(B) by itself after loading)
+  await page.waitForFunction(() => !document.getElementById('weights-file').disabled, null, { timeout: WAIT });
+  await waitReady();
   const n = await page.evaluate(() => window.__bnlab.runs);
   await page.setInputFiles(tid('weights-file'), { name, mimeType: 'application/octet-stream', buffer });
   await page.waitForFunction((k) => window.__bnlab.runs > k, n, { timeout: WAIT });

@@ -433,7 +433,7 @@ static void expect(bnl_status got, bnl_status want, const char *needle, const ch
 }
 
 static void test_errors(void) {
-    float x[48], y[48], g[4] = {1, 1, 1, 1}, b[4] = {0}, m[16], is[16], rm[4] = {0}, rv[4] = {1, 1, 1, 1};
+    float x[48], y[48], g[4] = {1, 1, 1, 1}, b[4] = {0}, m[48], is[48], rm[4] = {0}, rv[4] = {1, 1, 1, 1};
     for (int i = 0; i < 48; i++) x[i] = (float)i;
     bnl_bn_config cfg = bnl_bn_config_default();
     snprintf(g_ctx, sizeof g_ctx, "[errors]");
