@@ -8,6 +8,9 @@ const $ = (id) => document.getElementById(id);
 const SVG_NS = 'http://www.w3.org/2000/svg';
 // web/serve.mjs lists this one last in models.json, after the trained demo model when it exists
 const FALLBACK = { url: '/fixtures/resnet/resnet50.weights.safetensors', name: 'ResNet-50 topology, narrow test fixture (untrained)' };
+// Fashion-MNIST models: the page has the test split only (web/worker.mjs cuts it in two)
+const FASHION_SPLIT = 'The page has only the 10,000 test images: batches, the spread, PreciseBN and "train here" use 8,000 of them; held-out accuracy is scored on the other 2,000.';
+const heldOutKind = () => (model && model.source.kind === 'fashion-mnist' ? 'Fashion-MNIST test' : 'procedural');
 
 const debug = (window.__bnlab = { ready: false, runs: 0, last: null, spread: null, model: null, train: [], precise: null, times: {}, errors: [] });
 
@@ -136,7 +139,7 @@ async function cancelJob() {
     setStatus('busy', 'cancelled: restarting WebAssembly…');
     await post('init', {});
     if (loaded) {
-      const d = await post('load', { bytes: loaded.bytes.slice(), name: loaded.name, file: loaded.file });
+      const d = await post('load', { bytes: loaded.bytes.slice(), name: loaded.name, file: loaded.file, dataset: loaded.dataset });
       if (userFiles.length) await post('addPhotos', { files: userFiles });
       showModel(await post('describe', {}));
       void d;
@@ -429,6 +432,7 @@ function setControlsEnabled(on) {
     $(id).disabled = !on;
     $(id).closest('label').classList.toggle('disabled', !on);
   }
+  if ($('model-select')) $('model-select').disabled = !on;   // the model menu too
 }
 
 // Panels whose content no longer matches the controls are dimmed until a run redraws them.
@@ -464,10 +468,11 @@ function showModel(d) {
   $('model-note').textContent = notes.join(' · ');
   $('model-note').className = d.modified ? 'note warn' : 'note';
   showSource(d);
-  // "train here" needs labels of the model's own classes: only the procedural shapes have them
-  const canTrain = d.source.kind === 'procedural';
+  // "train here" needs labels of the model's own classes: the procedural shapes and Fashion-MNIST have them
+  const canTrain = d.source.kind === 'procedural' || d.source.kind === 'fashion-mnist';
   $('train-start').dataset.na = canTrain ? '' : 'photos have no labels';
-  $('train-na').textContent = canTrain ? '' : 'Train here needs labelled images of this model\'s classes; its batches are photos, which have none, so it is off for this model.';
+  $('train-na').textContent = canTrain ? (d.source.kind === 'fashion-mnist' ? FASHION_SPLIT : '')
+    : 'Train here needs labelled images of this model\'s classes; its batches are photos, which have none, so it is off for this model.';
   setControlsEnabled(outstanding === 0 && !longJob);
   // layer picker, grouped stem / layer1 / ... / layer4
   const prev = ui.layer.value;
@@ -506,7 +511,7 @@ function renderCard(d) {
     ['class names', names, [p.labels]],
     ['mean / std', `[${i.mean.map(fmt).join(', ')}] / [${i.std.map(fmt).join(', ')}]`, p.mean.from === p.std.from ? [p.mean] : [p.mean, p.std]],
     ['trained on', i.trainData || 'unknown', [p.trainData]],
-    ['batches', d.source.kind === 'procedural' ? 'procedural shapes' : 'photos (random-resized crops)'],
+    ['batches', d.source.kind === 'procedural' ? 'procedural shapes' : d.source.kind === 'fashion-mnist' ? 'Fashion-MNIST test images' : 'photos (random-resized crops)'],
     ['threads', threads],
   ];
   const dl = $('model-card');
@@ -539,7 +544,10 @@ function renderCard(d) {
 // What the batches are, and why, beside the image controls.
 function showSource(d) {
   const n = d.photos.shipped + d.photos.user;
-  $('data-desc').textContent = d.source.kind === 'procedural'
+  $('data-desc').textContent = d.source.kind === 'fashion-mnist'
+    ? `Fashion-MNIST test images (what this model was trained on; ${d.dataset.count.toLocaleString('en')} served by this page's server), ` +
+      `${d.dataset.classes} classes at ${d.inputH}×${d.inputW}, with their labels. ${FASHION_SPLIT} Your photos go first in the batch (resized and centre-cropped).`
+    : d.source.kind === 'procedural'
     ? `Procedural shapes drawn by the wasm build (what this model was trained on), ${d.dataset.classes} classes at ${d.inputH}×${d.inputW}. Your photos go first in the batch (resized and centre-cropped).`
     : `Photos: each batch is random-resized crops with flips (torchvision's RandomResizedCrop recipe) of ${n} photos ` +
       `(${d.photos.shipped} shipped, public domain / CC0${d.photos.user ? `, ${d.photos.user} yours` : ''}), at ${d.inputH}×${d.inputW}. ` +
@@ -549,12 +557,17 @@ function showSource(d) {
   $('clear-images').disabled = d.photos.user === 0;
 }
 
-async function loadModelBytes(bytes, name, file) {
+async function loadModelBytes(bytes, name, file, dataset) {
   try {
     const copy = bytes.slice();
-    const d = await call('load', { bytes, name, file: file || name }, { label: `loading ${name}…`, transfer: [bytes.buffer] });
-    loaded = { bytes: copy, name, file: file || name };
+    const d = await call('load', { bytes, name, file: file || name, dataset }, { label: `loading ${name}…`, transfer: [bytes.buffer] });
+    loaded = { bytes: copy, name, file: file || name, dataset };
     showModel(d);
+    // the batch source the model asked for could not be had (Fashion-MNIST files missing): said beside the model
+    if (d.source.error) {
+      debug.errors.push(`model: ${d.source.error}`);
+      showError('model', `${d.source.error}: photos are used instead`);
+    }
     // keep a run near a few seconds on big models (a full ResNet-50 at 224 takes ~0.6 s per image)
     const B = settings().batchSize;
     let fit = B;
@@ -591,6 +604,46 @@ async function loadModelBytes(bytes, name, file) {
   }
 }
 
+// ---- the model menu (data-testid="model-select"): the entries of models.json, best first ------
+// The page loads the first that loads (or the one named by ?model=, a URL or a file name); choosing
+// another loads it. A file loaded with "load weights…" shows as an extra entry while it is loaded.
+let modelList = [];
+const USER_FILE = 'user-file';
+function fillModelMenu(value, userName) {
+  const sel = $('model-select');
+  sel.replaceChildren();
+  modelList.forEach((m, k) => {
+    const o = document.createElement('option');
+    o.value = String(k);
+    o.textContent = m.name;
+    o.title = m.url;
+    sel.appendChild(o);
+  });
+  if (userName) {
+    const o = document.createElement('option');
+    o.value = USER_FILE;
+    o.textContent = `your file: ${userName}`;
+    sel.appendChild(o);
+  }
+  sel.value = value;
+}
+async function loadListed(k) {
+  const m = modelList[k];
+  setStatus('busy', `fetching ${m.name}…`);
+  try {
+    const res = await fetch(m.url.replace(/^\//, ''));
+    if (!res.ok) throw new Error(`HTTP ${res.status}`);
+    const bytes = new Uint8Array(await res.arrayBuffer());
+    if (await loadModelBytes(bytes, m.name, m.url.replace(/^.*\//, ''), m.dataset || undefined)) {
+      fillModelMenu(String(k));
+      return true;
+    }
+  } catch (e) {
+    fail(`could not fetch ${m.url}`, e);
+  }
+  return false;
+}
+
 async function loadDefaultModel() {
   let list = [];
   try {
@@ -598,19 +651,22 @@ async function loadDefaultModel() {
     if (res.ok) list = await res.json();
   } catch { /* served without the manifest: try the fallback */ }
   if (!list.length) list = [FALLBACK];
-  for (const m of list) {
-    setStatus('busy', `fetching ${m.name}…`);
-    try {
-      const res = await fetch(m.url.replace(/^\//, ''));
-      if (!res.ok) throw new Error(`HTTP ${res.status}`);
-      const bytes = new Uint8Array(await res.arrayBuffer());
-      if (await loadModelBytes(bytes, m.name, m.url.replace(/^.*\//, ''))) return true;
-    } catch (e) {
-      fail(`could not fetch ${m.url}`, e);
-    }
-  }
+  modelList = list;
+  fillModelMenu('0');
+  const want = new URLSearchParams(location.search).get('model');
+  const first = want ? list.findIndex((m) => m.url === want || m.url.endsWith(`/${want}`) || m.url.endsWith(`/${want}.safetensors`)) : -1;
+  if (want && first < 0) showError('model', `?model=${want}: no such model in models.json; the default is loaded`);
+  const order = [...list.keys()];
+  if (first > 0) order.unshift(...order.splice(first, 1));
+  for (const k of order) if (await loadListed(k)) return true;
   return false;
 }
+$('model-select').addEventListener('change', async (ev) => {
+  const k = Number(ev.target.value);
+  if (!Number.isInteger(k) || !modelList[k]) return;
+  const prev = loaded;
+  if (!(await loadListed(k))) fillModelMenu(String(Math.max(0, modelList.findIndex((m) => prev && m.name === prev.name))));
+});
 
 async function loadWeightsFile(file) {
   let bytes;
@@ -619,7 +675,7 @@ async function loadWeightsFile(file) {
   } catch (e) {
     return fail(`could not read ${file.name}`, e);
   }
-  await loadModelBytes(bytes, file.name);
+  if (await loadModelBytes(bytes, file.name)) fillModelMenu(USER_FILE, file.name);
 }
 
 // ---- images -----------------------------------------------------------------------------------
@@ -654,7 +710,8 @@ function drawThumbs(r) {
     if (r.thumbUser[i]) c.className = 'user';
     const cr = r.crops && r.crops[i];
     const where = cr ? ` of ${cr.photo}: ${Math.round(cr.w)}×${Math.round(cr.h)} at (${Math.round(cr.x)}, ${Math.round(cr.y)})${cr.flip ? ', flipped' : ''}` : '';
-    c.title = (r.thumbUser[i] ? 'your photo' : r.source === 'photos' ? (i === 0 ? 'the probe photo, centre crop' : `random crop ${i}`) : `procedural image ${i}`) + where;
+    c.title = (r.thumbUser[i] ? 'your photo' : r.source === 'photos' ? (i === 0 ? 'the probe photo, centre crop' : `random crop ${i}`)
+      : r.source === 'fashion-mnist' ? `Fashion-MNIST test image ${r.thumbIndex[i]}: ${model.dataset.names[r.thumbLabel[i]]}` : `procedural image ${i}`) + where;
     box.appendChild(c);
   });
   const pc = $('probe-canvas');
@@ -696,6 +753,7 @@ async function doRun() {
     };
     debug.lastBatchMean = Array.from(r.batchMean);
     debug.crops = r.crops;
+    debug.thumbs = { source: r.source, index: r.thumbIndex, label: r.thumbLabel };
     times.train.set(r.B, r.msTrain);
     if (r.msEval != null) times.eval.set(r.B, r.msEval);
     if (r.modified && !model.modified) { model.modified = true; showModelNote(); }
@@ -799,7 +857,8 @@ function drawProbe(r) {
   const sameClasses = !!labels && labels.every((l, k) => l === dsNames[k]);
   const nameOf = (k) => (labels && labels[k] != null ? labels[k] : `class ${k}`);
   const truth = r.probe.label != null && sameClasses ? r.probe.label : null;
-  $('probe-label').textContent = r.probe.name ? `${r.probe.fromUser ? 'your photo' : 'photo'}: ${r.probe.name}` : `procedural: ${dsNames[r.probe.label] ?? r.probe.label}`;
+  $('probe-label').textContent = r.probe.name ? `${r.probe.fromUser ? 'your photo' : 'photo'}: ${r.probe.name}`
+    : `${r.source === 'fashion-mnist' ? 'Fashion-MNIST' : 'procedural'}: ${dsNames[r.probe.label] ?? r.probe.label}`;
   const cols = [
     ['eval', 'eval, alone', r.probe.eval],
     ['train', 'train, alone (B = 1)', r.probe.trainAlone],
@@ -877,7 +936,7 @@ function drawSpread(progressPoints) {
   const xy = pts.map((p) => [p.B, p.spread]);
   const maxB = Number($('spread-max').value);
   const series = [];
-  let legend = null;
+  let legend = null, yExtra = [];
   if (xy.length) {
     const c = sp && !progressPoints ? sp.c : Math.exp(xy.reduce((a, [B, s]) => a + Math.log(s) + 0.5 * Math.log(B), 0) / xy.length);
     const ref = [];
@@ -887,8 +946,18 @@ function drawSpread(progressPoints) {
     series.push({ kind: 'dots', points: xy, color: COLORS.batch, r: 3.2,
       hover: (p) => `B = ${p[0]}: std of the batch mean ${fmt(p[1])} σ (c/√B: ${fmt(c / Math.sqrt(p[0]))})` });
     legend = [{ label: 'measured', color: COLORS.batch }, { label: `${fmt(c)}/√B`, color: COLORS.faint, kind: 'line', dash: '5 4' }];
+    // the headline: the batch mean's distance to the running mean, which shrinks with B only while
+    // the running statistics describe the data drawn (a floor = a distribution shift)
+    const dr = pts.filter((p) => p.dRun != null).map((p) => [p.B, p.dRun]);
+    if (dr.length) {
+      series.push({ kind: 'line', points: dr, color: COLORS.dMean, width: 1.2, opacity: 0.7 });
+      series.push({ kind: 'dots', points: dr, color: COLORS.dMean, r: 3,
+        hover: (p) => `B = ${p[0]}: mean |batch mean − running mean| / running σ ${fmt(p[1])} (pure noise would give about 0.8 × ${fmt(c / Math.sqrt(p[0]))})` });
+      legend.push({ label: '|Δmean| / running σ', color: COLORS.dMean });
+      yExtra = dr;   // in the y range
+    }
   }
-  const ys = xy.map((p) => p[1]);
+  const ys = [...xy, ...yExtra].map((p) => p[1]);
   renderPlot($('plot-spread'), {
     height: 196,
     x: { type: 'log', min: 1, max: maxB, label: 'batch size B', ticks: [1, 2, 4, 8, 16, 32, 64, 128, 256] },
@@ -898,11 +967,14 @@ function drawSpread(progressPoints) {
   });
   if (sp && !progressPoints) {
     $('spread-caption').textContent = `Layer ${sp.layer}: std over K = ${sp.K} train-mode batches of the batch mean, in units of the channel's spread (RMS over channels), against c/√B. ` +
-      'Exact for the stem; deeper layers also see the batch through earlier layers.';
+      'Exact for the stem; deeper layers also see the batch through earlier layers. ' +
+      'Indigo: the mean distance of the batch mean to the running mean; it follows 1/√B while batch noise dominates and levels off ' +
+      'where the running statistics describe other data than these batches (a distribution shift: for the Fashion-MNIST model, its augmented training images).';
     const panel = $('spread-panel');
     panel.dataset.layer = sp.layer;
     panel.dataset.spread = JSON.stringify(Object.fromEntries(sp.points.map((p) => [p.B, p.spread])));
     panel.dataset.c = String(sp.c);
+    panel.dataset.dRun = JSON.stringify(Object.fromEntries(sp.points.map((p) => [p.B, p.dRun])));
   } else if (!sp && !progressPoints) {
     $('spread-caption').textContent = SPREAD_CAPTION;
     delete $('spread-panel').dataset.layer;
@@ -998,7 +1070,7 @@ async function trainHere() {
     showModel(r);
     drawTrain();
     $('train-readout').innerHTML = `${r.steps} SGD steps of batch ${args.B} (lr ${args.lr}, momentum ${args.momentum}) · ` +
-      `eval accuracy <b>${(100 * r.acc).toFixed(1)}%</b> on ${r.heldOut} held-out ${model.dataset.classes}-class procedural images`;
+      `eval accuracy <b>${(100 * r.acc).toFixed(1)}%</b> on ${r.heldOut} held-out ${model.dataset.classes}-class ${heldOutKind()} images`;
     ready();
   } catch (e) {
     fail('train', e, 'train');
@@ -1031,7 +1103,7 @@ async function preciseBN() {
     const after = run ? run.overview.reduce((a, o) => a + o.dMean, 0) / run.overview.length : null;
     if (run && beforeLayers) drawPrecise(beforeLayers, run.overview);
     const pct = (v) => (v == null ? '—' : `${(100 * v).toFixed(1)}%`);
-    const accText = r.heldOut ? `Eval accuracy on ${r.heldOut} held-out procedural images: ${pct(r.before)} → <b>${pct(r.after)}</b>. `
+    const accText = r.heldOut ? `Eval accuracy on ${r.heldOut} held-out ${heldOutKind()} images: ${pct(r.before)} → <b>${pct(r.after)}</b>. `
       : 'No accuracy: photos have no labels of this model\'s classes. ';
     $('precise-readout').innerHTML = `Running statistics of ${model.info.bnLayers.length} layers replaced by averages over ${K} batches of ${B}. ` +
       `${accText}Mean |Δmean|/σ over layers: ${before == null ? '—' : before.toFixed(3)} → <b>${after == null ? '—' : after.toFixed(3)}</b>.`;

@@ -27,12 +27,13 @@ const MOUNTS = [
   ['/', WEB],
 ];
 
-// The default model first; the narrow fixture (untrained, 10 classes) is always there as the fallback.
+// The default model first (the Fashion-MNIST ResNet-18: real images; the procedural ResNet-50 is the page's
+// second choice); the narrow fixture (untrained, 10 classes) is always there as the fallback.
 const MODEL_CANDIDATES = [
-  { url: '/models/resnet50-procedural.safetensors', file: path.join(ROOT, 'demo-models', 'resnet50-procedural.safetensors'),
-    name: 'ResNet-50 (reduced width), trained on the procedural shapes' },
   { url: '/models/resnet18-fashion-mnist.safetensors', file: path.join(ROOT, 'demo-models', 'resnet18-fashion-mnist.safetensors'),
     name: 'ResNet-18 (quarter width), trained on Fashion-MNIST', dataset: 'fashion-mnist' },
+  { url: '/models/resnet50-procedural.safetensors', file: path.join(ROOT, 'demo-models', 'resnet50-procedural.safetensors'),
+    name: 'ResNet-50 (reduced width), trained on the procedural shapes' },
   { url: '/models/experiments/fashion_batch_size/resnet18-fashion-B2.safetensors',
     file: path.join(ROOT, 'demo-models', 'experiments', 'fashion_batch_size', 'resnet18-fashion-B2.safetensors'),
     name: 'ResNet-18 (1/8 width), Fashion-MNIST subset, trained at batch size 2', dataset: 'fashion-mnist' },

@@ -18,6 +18,12 @@ const DATASET_COUNT = 1 << 24;   // procedural images are drawn on demand: the c
 const MAX_USER_PHOTOS = 200;
 const MAX_PHOTO_SIDE = 512;      // photos are kept at most this large (crops of 224 need no more)
 const PROBE_PHOTO = 'chelsea.jpg';
+// Fashion-MNIST's test split (10,000 images), as web/serve.mjs serves it; models.json's `dataset` entry
+// names the URLs. The page never sees the training split, so the test split is cut in two by a fixed
+// permutation: batches, the spread, PreciseBN and "train here" draw from the first 8,000; held-out
+// accuracy is scored on the last 2,000, which nothing in the page ever trains on or averages over.
+const FASHION_URLS = { images: '/data/fashion-mnist/t10k-images-idx3-ubyte.gz', labels: '/data/fashion-mnist/t10k-labels-idx1-ubyte.gz' };
+const FASHION_HELD_OUT = 2000;
 
 const S = {
   lab: null,
@@ -27,8 +33,11 @@ const S = {
   name: '',
   modified: false,     // true after train-here, PreciseBN or updating running stats
   H: 64, W: 64,        // the model's input size (its model card)
-  source: null,        // batchSourceFor(model.info): { kind: 'procedural' | 'photos', data, note }
-  data: null,          // procedural dataset of the model's input size (procedural source only)
+  source: null,        // batchSourceFor(model.info): { kind: 'procedural' | 'fashion-mnist' | 'photos', data, note, error }
+  data: null,          // dataset adapter of the model's input size (procedural and fashion-mnist sources)
+  fashion: null,       // the Fashion-MNIST test split for the model being loaded: { key, ds, perm }
+  fashionLoaded: [],   // every loaded split (the live model's and S.fashion); setModel frees the others
+  fashionError: null,  // why it could not be loaded, for the model the page asked for
   photos: [],          // the shipped photo pool: { bitmap, width, height, name }
   userPhotos: [],      // photos the user added, the same shape, first in the pool and the probe
   msPerImage: 0,       // one eval-mode image, measured at load
@@ -62,14 +71,28 @@ function describe() {
 function setModel(main, bytes, name, { keepOriginal = false } = {}) {
   if (main.info.inChannels !== 3) throw new Error(`bnlab: this model takes ${main.info.inChannels} input channels; the page feeds RGB images (3)`);
   const [, H, W] = main.info.inputSize;
-  const source = batchSourceFor(main.info);
+  let source = batchSourceFor(main.info);
   const classes = Math.min(Math.max(main.info.numClasses, 2), 16);
   let scratch = null, data = null, newData = null, ms;
+  if (source.kind === 'fashion-mnist') {
+    // a load takes the split loadFashion just prepared; train-here/PreciseBN (keepOriginal) keep the model's own
+    const f = keepOriginal ? (S.data && S.data.fashion) || null : S.fashionError ? null : S.fashion;
+    data = f ? fashionAdapter(main.info, f) : null;
+    let why = data ? null : (!keepOriginal && S.fashionError) || 'the test split was not loaded for this model';
+    if (data && main.info.numClasses !== data.classes) {
+      why = `the model has ${main.info.numClasses} classes, Fashion-MNIST ${data.classes}`;
+      data = null;
+    }
+    if (why) {
+      source = { kind: 'photos', data: source.data, error: `Fashion-MNIST test images: ${why}`,
+        note: `trained on Fashion-MNIST, but its test images could not be loaded (${why}): photos are used instead` };
+    }
+  }
   try {
     scratch = S.lab.loadModel(bytes);
     if (source.kind === 'procedural') {
       data = S.data;
-      if (!data || data.size !== H || data.classes !== classes) data = newData = makeDataset(H, classes);
+      if (!data || data.shared || data.size !== H || data.classes !== classes) data = newData = makeDataset(H, classes);
     }
     // what one image costs (eval forward; the first call also sizes the activation memory)
     const one = new Float32Array(H * W * 3), shape1 = [1, H, W, 3];
@@ -82,7 +105,11 @@ function setModel(main, bytes, name, { keepOriginal = false } = {}) {
   }
   if (S.main) S.main.dispose();
   if (S.scratch) S.scratch.dispose();
-  if (S.data && S.data !== data) S.data.dispose();
+  if (S.data && S.data !== data && !S.data.shared) S.data.dispose();
+  // keep the live model's split and the last one loaded (switching back needs no fetch); free the rest
+  const keep = (f) => f === S.fashion || (data && data.fashion === f);
+  for (const f of S.fashionLoaded) if (!keep(f)) f.ds.dispose();
+  S.fashionLoaded = S.fashionLoaded.filter(keep);
   Object.assign(S, { main, scratch, data, H, W, source, msPerImage: ms });
   if (!keepOriginal) {
     S.original = bytes;
@@ -91,10 +118,11 @@ function setModel(main, bytes, name, { keepOriginal = false } = {}) {
   }
 }
 
-function loadBytes(bytes, name) {
+async function loadBytes(bytes, name, dataset) {
   if (!(bytes instanceof Uint8Array)) bytes = new Uint8Array(bytes);
   const main = S.lab.loadModel(bytes);   // throws on a bad file; the previous model stays
   try {
+    if (batchSourceFor(main.info).kind === 'fashion-mnist') await loadFashion(main, dataset);
     setModel(main, bytes, name);
   } catch (e) {
     main.dispose();
@@ -186,11 +214,73 @@ function makeDataset(size, classes) {
   };
 }
 
+// Fashion-MNIST's test split at the model's input size, normalized with the model's mean/std: fetched
+// and loaded once per (URLs, size, mean, std). On failure S.fashionError says why (setModel then
+// falls back to photos and the page shows the error beside the model); the model still loads.
+async function loadFashion(model, urls) {
+  const u = { ...FASHION_URLS, ...(urls || {}) };
+  const info = model.info;
+  const key = JSON.stringify([u.images, u.labels, info.inputSize, info.mean, info.std]);
+  S.fashionError = null;
+  const have = S.fashionLoaded.find((f) => f.key === key);
+  if (have) { S.fashion = have; return; }
+  const base = new URL('../', import.meta.url);   // URLs in models.json are server paths
+  const get = async (what, url) => {
+    let res;
+    try {
+      res = await fetch(new URL(url.replace(/^\//, ''), base));
+    } catch (e) {
+      throw new Error(`${url}: ${e && e.message ? e.message : e}`);
+    }
+    if (!res.ok) throw new Error(`${url}: HTTP ${res.status}${res.status === 404 ? ' (install dataset-fashion-mnist, or set BNL_FASHION_MNIST for web/serve.mjs)' : ''}`);
+    return new Uint8Array(await res.arrayBuffer());
+  };
+  try {
+    const [images, labels] = await Promise.all([get('images', u.images), get('labels', u.labels)]);
+    const ds = await S.lab.loadIdxDataset(images, labels, { model, fashionMnist: true,
+      imagesName: u.images.replace(/^.*\//, ''), labelsName: u.labels.replace(/^.*\//, '') });
+    if (ds.count <= FASHION_HELD_OUT) {
+      ds.dispose();
+      throw new Error(`${u.images}: ${ds.count} images, the page needs more than ${FASHION_HELD_OUT}`);
+    }
+    // the previous split stays until a model switch succeeds (the live model may still draw from it)
+    S.fashion = { key, ds, perm: S.lab.permutation(ds.count, { seed: 20261130, epoch: 0 }) };
+    S.fashionLoaded.push(S.fashion);
+  } catch (e) {
+    S.fashionError = e && e.message ? e.message.replace(/^bnlab: /, '') : String(e);
+  }
+}
+
+// The page's view of the loaded split for a model (null when it is not loaded for this model's size):
+// indices k in 0..pool-1 map to the pool part of the permutation, heldOut(n) to its last part.
+function fashionAdapter(info, f) {
+  const ds = f.ds, [, H] = info.inputSize;
+  if (ds.height !== H || ds.width !== H) return null;
+  const pool = ds.count - FASHION_HELD_OUT;
+  const at = (ks) => Int32Array.from(ks, (k) => f.perm[k]);
+  return {
+    shared: true,   // belongs to S.fashionLoaded: setModel frees it when no model uses it
+    fashion: f,
+    size: H, classes: ds.classes, pool, count: ds.count,
+    batch(ks) { const idx = at(ks); return { ...ds.batchIndices(idx), indices: idx }; },
+    heldOut(n) {
+      const idx = f.perm.slice(ds.count - Math.min(n, FASHION_HELD_OUT));
+      return { ...ds.batchIndices(idx), indices: idx };
+    },
+    image(i) { return ds.image(i); },   // i: an index into the file (as batch() returns them)
+    describe() {
+      return { source: 'fashion-mnist', classes: ds.classes, size: H, names: ds.classNames, count: ds.count, pool, heldOut: FASHION_HELD_OUT };
+    },
+    dispose() {},
+  };
+}
+
 // n image indices drawn from (seed, stream): splitmix32-style hashing, so a batch never depends on
 // what was drawn before it, and a longer batch of the same (seed, stream) starts with the shorter one.
 function indices(seed, stream, n) {
+  const count = S.data && S.data.pool ? S.data.pool : DATASET_COUNT;   // Fashion-MNIST: its pool part
   const out = new Int32Array(n);
-  for (let k = 0; k < n; k++) out[k] = (mix(seed, stream, k) >>> 0) % DATASET_COUNT;
+  for (let k = 0; k < n; k++) out[k] = (mix(seed, stream, k) >>> 0) % count;
   return out;
 }
 function mix(seed, stream, k) {
@@ -254,6 +344,9 @@ function makeBatch(seed, B) {
   return {
     x, labels, shape, thumbs, thumbUser: thumbs.map((_, i) => i < user.length),
     probeName: user.length ? user[0].name : null,
+    // the shown images' indices in the dataset (-1: the user's photo) and labels, for tooltips and tests
+    thumbIndex: thumbs.map((_, i) => (i < user.length ? -1 : idx[i - user.length])),
+    thumbLabel: thumbs.map((_, i) => labels[i]),
   };
 }
 
@@ -275,9 +368,9 @@ function freshBatch(seed, stream, B, k) {
   return { x: b.x, labels: b.labels, shape };
 }
 
-// Whether the batches carry labels the model's classes mean: procedural images for a model trained
-// on them. Photos have none; accuracy and "train here" need them.
-const labelled = () => S.source.kind === 'procedural';
+// Whether the batches carry labels the model's classes mean: procedural images or Fashion-MNIST for a
+// model trained on them. Photos have none; accuracy and "train here" need them.
+const labelled = () => S.source.kind === 'procedural' || S.source.kind === 'fashion-mnist';
 
 // ---- numbers ----------------------------------------------------------------------------------
 function top5(logits, K, offset = 0) {
@@ -323,7 +416,7 @@ function run({ mode, batchSize, layer, seed, updateRunning }, progress = () => {
   const B = batchSize, K = S.main.info.numClasses;
   const ms1 = S.msPerImage, what = `${B} images at ${S.H}×${S.W}`;
   if (S.source.kind === 'photos') progress({ phase: `cropping ${what}`, est: 2 * B });
-  const { x, labels, shape, thumbs, thumbUser, probeName, crops } = makeBatch(seed, B);
+  const { x, labels, shape, thumbs, thumbUser, probeName, crops, thumbIndex, thumbLabel } = makeBatch(seed, B);
   const T = updateRunning && mode === 'train' ? S.main : S.scratch;
   T.train();
   progress({ phase: `train-mode forward of ${what}`, est: 1.2 * ms1 * B });
@@ -368,6 +461,7 @@ function run({ mode, batchSize, layer, seed, updateRunning }, progress = () => {
     accEval: logitsEval ? argmaxAcc(logitsEval, labels, K) : null,
     accTrain: argmaxAcc(logitsTrain, labels, K),
     thumbs, thumbUser, crops: crops || null, H: S.H, W: S.W, source: S.source.kind,
+    thumbIndex: thumbIndex || null, thumbLabel: thumbLabel || null,
   };
 }
 
@@ -375,19 +469,22 @@ function run({ mode, batchSize, layer, seed, updateRunning }, progress = () => {
 async function spread({ layer, sizes, K, seed }, progress) {
   if (!(K >= 2)) throw new Error(`bnlab: the spread needs K >= 2 batches per size (got ${K})`);
   const li = Math.max(0, S.main.info.bnLayers.indexOf(layer));
+  // the loaded model's running statistics (the copy's drift with its train-mode forwards)
+  const run = S.main.bnStats(li), runMean = Float32Array.from(run.runningMean), runVar = Float32Array.from(run.runningVar);
   const points = [];
   let done = 0;
   const total = sizes.reduce((a, b) => a + b, 0) * K;
   S.scratch.train();
   try {
     for (const B of sizes) {
-      let C = 0, sum = null, sumSq = null, sumVar = null, ms = 0;
+      let C = 0, sum = null, sumSq = null, sumVar = null, ms = 0, dRun = 0;
       for (let k = 0; k < K; k++) {
         if (S.stopRequested) throw new Error('stopped');
         const b = freshBatch(seed, STREAM.spread, B, k);
         const [, t] = timed(() => S.scratch.forward(b.x, b.shape));
         ms += t;
         const st = S.scratch.bnStats(li);
+        dRun += distances(st.batchMean, st.batchVar, runMean, runVar).dMean / K;   // |batch - running mean| / running σ
         if (!sum) { C = st.channels; sum = new Float64Array(C); sumSq = new Float64Array(C); sumVar = new Float64Array(C); }
         for (let c = 0; c < C; c++) {
           sum[c] += st.batchMean[c];
@@ -408,7 +505,7 @@ async function spread({ layer, sizes, K, seed }, progress) {
         acc += varMeans / (pooled + EPS);
         rawAcc += varMeans;
       }
-      points.push({ B, spread: Math.sqrt(acc / C), rawStd: Math.sqrt(rawAcc / C), msPerForward: ms / K });
+      points.push({ B, spread: Math.sqrt(acc / C), rawStd: Math.sqrt(rawAcc / C), msPerForward: ms / K, dRun });
       progress({ done, total, B, k: K, point: points[points.length - 1] });   // the page draws it now
     }
   } finally {
@@ -509,6 +606,10 @@ async function precise({ K, B, seed }, progress) {
 // A fixed labelled batch (never used for statistics) for before/after accuracy in eval mode.
 function makeHeldOut() {
   const n = Math.min(128, Math.max(8, Math.round(2000 / Math.max(S.msPerImage, 1e-3))));   // about 2 s of eval
+  if (S.data && S.data.heldOut) {   // Fashion-MNIST: its held-out part, never drawn for batches
+    const b = S.data.heldOut(n);
+    return { x: b.x, labels: b.labels, shape: [b.labels.length, S.H, S.W, 3] };
+  }
   return freshBatch(0, STREAM.heldOut, n, 0);
 }
 function evalAccuracy(h) {
@@ -556,9 +657,14 @@ const COMMANDS = {
       photos: S.photos.length, photosError,
     };
   },
-  async load({ bytes, name, file }) { const d = loadBytes(bytes, name); S.file = file || name; return d; },
+  async load({ bytes, name, file, dataset }) {
+    const d = await loadBytes(bytes, name, dataset);
+    S.file = file || name;
+    S.datasetUrls = dataset || null;
+    return d;
+  },
   async reset() {
-    loadBytes(S.original, S.name);
+    await loadBytes(S.original, S.name, S.datasetUrls);
     return describe();
   },
   async describe() { return describe(); },

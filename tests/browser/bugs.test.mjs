@@ -32,7 +32,9 @@ before(async () => {
   const { chromium } = await import('playwright-core');
   browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run'] });
   page = await browser.newPage({ viewport: { width: 1280, height: 900 }, acceptDownloads: true });
-  await page.goto(url);
+  // written for the procedural model (its timings: a sweep that can be stopped mid-way); the default is the
+  // faster Fashion-MNIST model when demo-models/ has it
+  await page.goto(`${url}?model=resnet50-procedural`);
   await page.waitForFunction(() => window.__bnlab && window.__bnlab.ready, null, { timeout: WAIT });
   await waitReady();
 });
