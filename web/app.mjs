@@ -1004,7 +1004,7 @@ async function measureSpread() {
       },
     });
     debug.spread = lastSpread;
-    for (const p of lastSpread.points) times.train.set(p.B, p.msPerForward);
+    for (const p of lastSpread.points) if (p.msPerForward != null) times.train.set(p.B, p.msPerForward);
     drawTimes();
     ready();
   } catch (e) {

@@ -481,9 +481,9 @@ async function spread({ layer, sizes, K, seed }, progress) {
       for (let k = 0; k < K; k++) {
         if (S.stopRequested) throw new Error('stopped');
         const b = freshBatch(seed, STREAM.spread, B, k);
-        const [, t] = timed(() => S.scratch.forward(b.x, b.shape));
+        // only the layers up to the one shown run (model.forwardTo): the deeper ones cannot change it
+        const [st, t] = timed(() => S.scratch.forwardTo(b.x, b.shape, li));
         ms += t;
-        const st = S.scratch.bnStats(li);
         dRun += distances(st.batchMean, st.batchVar, runMean, runVar).dMean / K;   // |batch - running mean| / running σ
         if (!sum) { C = st.channels; sum = new Float64Array(C); sumSq = new Float64Array(C); sumVar = new Float64Array(C); }
         for (let c = 0; c < C; c++) {
@@ -505,7 +505,9 @@ async function spread({ layer, sizes, K, seed }, progress) {
         acc += varMeans / (pooled + EPS);
         rawAcc += varMeans;
       }
-      points.push({ B, spread: Math.sqrt(acc / C), rawStd: Math.sqrt(rawAcc / C), msPerForward: ms / K, dRun });
+      // msPerForward feeds the time plot, which wants whole forwards: only a sweep of the last layer ran them
+      points.push({ B, spread: Math.sqrt(acc / C), rawStd: Math.sqrt(rawAcc / C),
+        msPerForward: li === S.main.info.bnLayers.length - 1 ? ms / K : null, msToLayer: ms / K, dRun });
       progress({ done, total, B, k: K, point: points[points.length - 1] });   // the page draws it now
     }
   } finally {
