@@ -1843,6 +1843,10 @@ bnl_status bnl_precise_bn_end(bnl_precise_bn *p, bnl_resnet *m) {
         mv[c] = (float)p->mean[c];
         double v = p->m2[c] / p->n;
         vv[c] = (float)(v > 0 ? v : 0);
+        if (!isfinite(mv[c]) || !isfinite(vv[c])) {   // checked for all layers before any is set
+            bnl_free(mv);
+            return bnl_fail(BNL_ERR_NUMERIC, "precise_bn_end: non-finite statistics (the activations overflow float32)");
+        }
     }
     bnl_status s = BNL_OK;
     for (int i = 0; i < m->nbn && s == BNL_OK; i++)
