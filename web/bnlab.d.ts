@@ -235,6 +235,19 @@ export interface Model {
   /** Statistics of one BatchNorm layer, by name (see info.bnLayers) or index. */
   bnStats(layer: string | number): BnStats;
   /**
+   * Replaces one layer's running statistics (channels values each; finite, variance >= 0). Throws, changing nothing,
+   * on a wrong count or value or a kind without running statistics ('none', 'group').
+   */
+  setRunningStats(layer: string | number, stats: { mean: FloatInput; variance: FloatInput }): void;
+  /**
+   * PreciseBN: every layer's running statistics become the exact mean and pooled (biased) variance over all the
+   * batches' activations (one train-mode forward each; nothing moves until the end). Same H x W in every batch;
+   * plain BatchNorm only.
+   */
+  preciseBN(batches: Iterable<{ x: FloatInput; shape: Shape4 }>): void;
+  /** The same, a batch at a time: add(x, shape) ..., then end() (sets the statistics) or dispose(). */
+  preciseBNBegin(): PreciseBNAccumulator;
+  /**
    * GroupNorm's per-image group statistics (from the last forward, either mode), Renorm's r and d or Ghost's per-virtual-
    * batch statistics (from the last train-mode forward); null for other kinds or before such a forward.
    */
@@ -333,4 +346,12 @@ export interface BnLab {
    * (bnlab train's subsets: seed = --data-seed, epoch 1 for --train-size, 2 for --val-size).
    */
   permutation(n: number, options?: { seed?: number; epoch?: number }): Int32Array;
+}
+
+export interface PreciseBNAccumulator {
+  readonly batches: number;
+  add(x: FloatInput, shape: Shape4): void;
+  /** Sets the running statistics and frees the accumulator; throws if no batch was added. */
+  end(): void;
+  dispose(): void;
 }

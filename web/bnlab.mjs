@@ -519,6 +519,70 @@ class Model {
     });
   }
 
+  // Replaces layer `name`'s (or index's) running statistics: { mean, variance } of `channels` values
+  // each (Float32Array or arrays of numbers), finite, variance >= 0. Throws (nothing changes) on a
+  // wrong count, a bad value, or a kind without running statistics (none, group).
+  setRunningStats(name, { mean, variance } = {}) {
+    const h = this._live(), L = this._lab;
+    const i = this._bnIndex(name);
+    const C = this.bnStats(i).channels;
+    if (mean == null || variance == null) throw new Error('bnlab: setRunningStats needs { mean, variance }');
+    L._scoped((alloc) => {
+      const pm = L._putF32(alloc, mean, C, `${this.info.bnLayers[i]} mean`);
+      const pv = L._putF32(alloc, variance, C, `${this.info.bnLayers[i]} variance`);
+      L._check(L._ex.bnl_wasm_model_set_running_stats(h, i, pm, pv, C));
+    });
+  }
+
+  // PreciseBN: every layer's running statistics become the exact mean and pooled (biased) variance
+  // of the activations of all the batches taken together (one train-mode forward per batch; the
+  // running statistics, parameters and train/eval switch do not move until the end). Batches may
+  // differ in N, not in H x W. Plain BatchNorm only.
+  //   model.preciseBN([{ x, shape }, ...])           all at once, or
+  //   const acc = model.preciseBNBegin(); acc.add(x, shape) ...; acc.end(); (end or dispose frees it)
+  preciseBN(batches) {
+    if (!batches || typeof batches[Symbol.iterator] !== 'function')
+      throw new Error('bnlab: preciseBN needs an array of { x, shape } batches');
+    const acc = this.preciseBNBegin();
+    try {
+      for (const b of batches) {
+        if (!b || typeof b !== 'object') throw new Error('bnlab: preciseBN: each batch must be { x, shape }');
+        acc.add(b.x, b.shape);
+      }
+      acc.end();
+    } finally {
+      acc.dispose();
+    }
+  }
+
+  preciseBNBegin() {
+    const h = this._live(), L = this._lab;
+    const ptr = L._scoped((alloc) => {
+      const po = alloc(4);
+      L._check(L._ex.bnl_wasm_precise_begin(h, po));
+      return new Uint32Array(L._ex.memory.buffer, po, 1)[0];
+    });
+    const model = this;
+    let p = ptr, batches = 0;
+    const live = () => { if (!p) throw new Error('bnlab: this PreciseBN accumulation has ended'); model._live(); return p; };
+    return {
+      get batches() { return batches; },
+      add(x, shape) {
+        const a = live(), n = checkShape(shape, 'preciseBN');
+        L._scoped((alloc) => {
+          const px = L._putF32(alloc, x, n, 'input');
+          L._check(L._ex.bnl_wasm_precise_add(a, h, px, shape[0], shape[1], shape[2], shape[3]));
+        });
+        batches++;
+      },
+      end() {
+        const a = live();
+        try { L._check(L._ex.bnl_wasm_precise_end(a, h)); } finally { this.dispose(); }
+      },
+      dispose() { if (p) L._ex.bnl_wasm_precise_free(p), p = 0; },
+    };
+  }
+
   // What a GroupNorm, Renorm or Ghost layer computed in the last forward beyond BatchNorm's statistics,
   // or null (another kind, or no forward yet: train mode for renorm/ghost, either mode for group):
   //   group:  { kind, images, groups, groupMean, groupVar }   (Float32Array images*groups, row-major)

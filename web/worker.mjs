@@ -518,89 +518,28 @@ async function spread({ layer, sizes, K, seed }, progress) {
   return { layer: S.main.info.bnLayers[li], K, points, c };
 }
 
-// ---- safetensors editing (PreciseBN writes new running statistics into a saved state) ---------
-function f32ToF16(v) {
-  const f = new Float32Array([v]), u = new Uint32Array(f.buffer)[0];
-  const sign = (u >>> 16) & 0x8000, exp = ((u >>> 23) & 0xff) - 127 + 15, mant = u & 0x7fffff;
-  if (((u >>> 23) & 0xff) === 0xff) return sign | 0x7c00 | (mant ? 0x200 : 0);
-  if (exp >= 0x1f) return sign | 0x7c00;
-  if (exp <= 0) {
-    if (exp < -10) return sign;
-    const m = (mant | 0x800000) >>> (1 - exp);
-    return sign | ((m + 0x1000 + ((m >>> 13) & 1) - 1) >>> 13);   // round to nearest even
-  }
-  const r = ((exp << 10) | (mant >>> 13)) + (((mant & 0x1fff) > 0x1000 || ((mant & 0x1fff) === 0x1000 && (mant >>> 13) & 1)) ? 1 : 0);
-  return sign | r;
-}
-function f32ToBf16(v) {
-  const u = new Uint32Array(new Float32Array([v]).buffer)[0];
-  if ((u & 0x7f800000) === 0x7f800000 && (u & 0x7fffff)) return (u >>> 16) | 0x40;
-  return (u + 0x7fff + ((u >>> 16) & 1)) >>> 16;
-}
-
-// Writes `values` (length = the tensor's element count) into tensor `name` of safetensors `bytes` in place.
-export function writeTensor(bytes, name, values) {
-  const dv = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  const n = Number(dv.getBigUint64(0, true));
-  const header = JSON.parse(new TextDecoder().decode(bytes.subarray(8, 8 + n)));
-  const t = header[name];
-  if (!t) throw new Error(`bnlab: the saved state has no tensor ${name}`);
-  const count = t.shape.reduce((a, b) => a * b, 1);
-  if (count !== values.length) throw new Error(`bnlab: ${name} has ${count} values, not ${values.length}`);
-  const base = 8 + n + t.data_offsets[0];
-  for (let i = 0; i < count; i++) {
-    const v = values[i];
-    switch (t.dtype) {
-      case 'F32': dv.setFloat32(base + 4 * i, v, true); break;
-      case 'F64': dv.setFloat64(base + 8 * i, v, true); break;
-      case 'F16': dv.setUint16(base + 2 * i, f32ToF16(v), true); break;
-      case 'BF16': dv.setUint16(base + 2 * i, f32ToBf16(v), true); break;
-      default: throw new Error(`bnlab: cannot write ${name} of dtype ${t.dtype}`);
-    }
-  }
-}
-
-// PreciseBN: the running statistics of every layer replaced by exact averages over K train-mode
-// batches of size B. Mean: the average of the batch means. Variance: the pooled variance of all
-// K*B images = average batch variance + variance of the batch means across batches.
+// PreciseBN: the running statistics of every layer replaced by exact statistics over K train-mode
+// batches of size B, computed in C (model.preciseBNBegin: one train-mode forward per batch; the
+// model's own running statistics do not move until end()). Mean: the mean over all K*B images'
+// activations. Variance: their pooled variance = average batch variance + variance of the batch
+// means across batches (merged in float64).
 async function precise({ K, B, seed }, progress) {
-  const layers = S.main.info.bnLayers;
-  const acc = layers.map(() => null);
   const held = labelled() ? makeHeldOut() : null;   // photos have no labels to score
   const before = held ? evalAccuracy(held) : null;
-  S.scratch.train();
+  const acc = S.main.preciseBNBegin();
   try {
     for (let k = 0; k < K; k++) {
       if (S.stopRequested) throw new Error('stopped');
       const b = freshBatch(seed, STREAM.precise, B, k);
-      S.scratch.forward(b.x, b.shape);
-      layers.forEach((_, i) => {
-        const st = S.scratch.bnStats(i), C = st.channels;
-        const a = acc[i] || (acc[i] = { m: new Float64Array(C), m2: new Float64Array(C), v: new Float64Array(C) });
-        for (let c = 0; c < C; c++) {
-          a.m[c] += st.batchMean[c];
-          a.m2[c] += st.batchMean[c] * st.batchMean[c];
-          a.v[c] += st.batchVar[c];
-        }
-      });
+      acc.add(b.x, b.shape);
       progress({ done: k + 1, total: K });
       await yieldToEvents();
     }
+    acc.end();
   } finally {
-    S.scratch.eval();
+    acc.dispose();
   }
-  const state = S.main.saveState();
-  layers.forEach((name, i) => {
-    const a = acc[i], C = a.m.length, mean = new Float32Array(C), vr = new Float32Array(C);
-    for (let c = 0; c < C; c++) {
-      const m = a.m[c] / K;
-      mean[c] = m;
-      vr[c] = a.v[c] / K + Math.max(0, a.m2[c] / K - m * m);
-    }
-    writeTensor(state, `${name}.running_mean`, mean);
-    writeTensor(state, `${name}.running_var`, vr);
-  });
-  replaceState(state);
+  replaceState(S.main.saveState());   // the scratch copy and the saved bytes follow the new statistics
   const after = held ? evalAccuracy(held) : null;
   return { K, B, before, after, heldOut: held ? held.shape[0] : 0, ...describe() };
 }

@@ -15,6 +15,7 @@ static const command commands[] = {
     {"info", cmd_info, "prints the ResNet architecture read from a safetensors file"},
     {"infer", cmd_infer, "forward pass of a batch (eval or train mode); writes logits"},
     {"step", cmd_step, "one SGD training step; writes the updated state"},
+    {"precise-bn", cmd_precise_bn, "PreciseBN: exact running statistics over K batches; writes the updated state"},
     {"train", cmd_train, "trains a ResNet: data, epochs, checkpoints, resume, MPI data parallel"},
     {"bench", cmd_bench, "timings of the core kernels (key=value lines)"},
 };
@@ -22,7 +23,7 @@ static const command commands[] = {
 static void usage(FILE *f) {
     fprintf(f, "usage: bnlab <command> [options]   (bnlab <command> --help for each)\n\ncommands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++)
-        fprintf(f, "  %-8s %s\n", commands[i].name, commands[i].about);
+        fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].about);
 }
 
 int main(int argc, char **argv) {

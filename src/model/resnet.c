@@ -1718,3 +1718,139 @@ bnl_status bnl_resnet_create(bnl_resnet **out, const bnl_resnet_spec *sp, uint64
     bnl_free(vals), bnl_free(zeros);
     return st;
 }
+
+// ---------------------------------------------------------------------------------------------
+// Running statistics and PreciseBN
+
+static bnl_status need_running_stats(const bnl_resnet *m, const char *what) {
+    int k = m->info.norm;
+    if (k == BNL_NORM_NONE || k == BNL_NORM_GROUP)
+        return bnl_fail(BNL_ERR_ARG, "%s: the model's normalization (%s) has no running statistics", what,
+                        k == BNL_NORM_NONE ? "none" : "group");
+    return BNL_OK;
+}
+
+bnl_status bnl_resnet_set_running_stats(bnl_resnet *m, int i, const float *mean, const float *var, int channels) {
+    if (!m || !mean || !var) return bnl_fail(BNL_ERR_ARG, "set_running_stats: NULL argument");
+    TRY(need_running_stats(m, "set_running_stats"));
+    if (i < 0 || i >= m->nbn)
+        return bnl_fail(BNL_ERR_ARG, "set_running_stats: no BatchNorm layer #%d (the model has %d)", i, m->nbn);
+    const bn_t *x = &m->bns[i];
+    if (channels != x->C)
+        return bnl_fail(BNL_ERR_ARG, "set_running_stats: %s has %d channels, not %d", x->name, x->C, channels);
+    for (int c = 0; c < x->C; c++) {
+        if (!isfinite(mean[c]))
+            return bnl_fail(BNL_ERR_ARG, "set_running_stats: %s mean[%d] is not finite", x->name, c);
+        if (!isfinite(var[c]) || !(var[c] >= 0.0f))
+            return bnl_fail(BNL_ERR_ARG, "set_running_stats: %s variance[%d] = %g is not a finite value >= 0", x->name,
+                            c, (double)var[c]);
+    }
+    memcpy(m->stats + x->rm, mean, (size_t)x->C * sizeof(float));
+    memcpy(m->stats + x->rv, var, (size_t)x->C * sizeof(float));
+    m->pk_valid = 0;   // the eval cache folds the running statistics into the conv weights
+    return BNL_OK;
+}
+
+struct bnl_precise_bn {
+    int nbn, H, W;
+    int64_t batches;
+    double n;              // images so far (every layer's count is n times its H*W)
+    size_t total;          // channels over all layers
+    size_t *off;           // per layer: offset of its channels in mean/m2
+    double *mean, *m2;     // per channel: running mean and sum of squared deviations
+};
+
+void bnl_precise_bn_free(bnl_precise_bn *p) {
+    if (!p) return;
+    free(p->off), free(p->mean), free(p->m2), free(p);
+}
+
+bnl_status bnl_precise_bn_begin(bnl_precise_bn **out, const bnl_resnet *m) {
+    if (!out || !m) return bnl_fail(BNL_ERR_ARG, "precise_bn: NULL argument");
+    *out = NULL;
+    TRY(need_running_stats(m, "precise_bn"));
+    if (m->info.norm != BNL_NORM_BATCH)
+        return bnl_fail(BNL_ERR_ARG, "precise_bn: needs plain BatchNorm (norm kind %d); set_norm(BATCH) first",
+                        m->info.norm);
+    bnl_precise_bn *p = calloc(1, sizeof *p);
+    if (!p) return bnl_fail(BNL_ERR_NOMEM, "precise_bn: out of memory");
+    p->nbn = m->nbn;
+    p->off = calloc((size_t)m->nbn + 1, sizeof(size_t));
+    for (int i = 0; p->off && i < m->nbn; i++) p->off[i + 1] = p->off[i] + (size_t)m->bns[i].C;
+    p->total = p->off ? p->off[m->nbn] : 0;
+    p->mean = calloc(p->total + 1, sizeof(double)), p->m2 = calloc(p->total + 1, sizeof(double));
+    if (!p->off || !p->mean || !p->m2) {
+        bnl_precise_bn_free(p);
+        return bnl_fail(BNL_ERR_NOMEM, "precise_bn: out of memory");
+    }
+    *out = p;
+    return BNL_OK;
+}
+
+bnl_status bnl_precise_bn_add(bnl_precise_bn *p, bnl_resnet *m, const float *x, int N, int H, int W) {
+    if (!p || !m || !x) return bnl_fail(BNL_ERR_ARG, "precise_bn_add: NULL argument");
+    if (m->nbn != p->nbn || m->info.norm != BNL_NORM_BATCH)
+        return bnl_fail(BNL_ERR_ARG, "precise_bn_add: not the model (or norm) this accumulation began with");
+    if (p->batches > 0 && (H != p->H || W != p->W))
+        return bnl_fail(BNL_ERR_SHAPE, "precise_bn_add: batch is %dx%d, earlier batches %dx%d (one image size)", H, W,
+                        p->H, p->W);
+    size_t ns = m->info.num_stats;
+    float *keep = bnl_alloc((ns + 1) * sizeof(float));
+    int64_t *tracked = malloc(((size_t)m->nbn + 1) * sizeof(int64_t));
+    if (!keep || !tracked) {
+        bnl_free(keep), free(tracked);
+        return bnl_fail(BNL_ERR_NOMEM, "precise_bn_add: out of memory");
+    }
+    memcpy(keep, m->stats, ns * sizeof(float));
+    for (int i = 0; i < m->nbn; i++) tracked[i] = m->bns[i].tracked;
+    int was_training = m->training, had_tracked = m->has_tracked;
+    m->training = 1;
+    bnl_status s = bnl_resnet_forward_to(m, x, N, H, W, m->nbn - 1);
+    m->training = was_training;
+    // the model's own running statistics do not move
+    memcpy(m->stats, keep, ns * sizeof(float));
+    for (int i = 0; i < m->nbn; i++) m->bns[i].tracked = tracked[i];
+    m->has_tracked = had_tracked;
+    m->pk_valid = 0;
+    bnl_free(keep), free(tracked);
+    if (s != BNL_OK) return s;
+    // Chan's merge of (count, mean, M2); batch_var is biased, so its M2 is var * count. Every layer's
+    // count is N times its H*W (the same in every batch): counts in images give the same result.
+    double na = p->n, nb = N, n = na + nb;
+    for (int i = 0; i < m->nbn; i++) {
+        const bn_t *l = &m->bns[i];
+        const float *bm = m->batch + l->bm, *bv = m->batch + l->bv;
+        double *mu = p->mean + p->off[i], *m2 = p->m2 + p->off[i];
+        for (int c = 0; c < l->C; c++) {
+            double d = (double)bm[c] - mu[c];
+            mu[c] += d * nb / n;
+            m2[c] += (double)bv[c] * nb + d * d * na * nb / n;
+        }
+    }
+    p->n = n, p->H = H, p->W = W, p->batches++;
+    return BNL_OK;
+}
+
+bnl_status bnl_precise_bn_end(bnl_precise_bn *p, bnl_resnet *m) {
+    if (!p || !m) return bnl_fail(BNL_ERR_ARG, "precise_bn_end: NULL argument");
+    if (m->nbn != p->nbn || m->info.norm != BNL_NORM_BATCH)
+        return bnl_fail(BNL_ERR_ARG, "precise_bn_end: not the model (or norm) this accumulation began with");
+    if (p->batches == 0) return bnl_fail(BNL_ERR_ARG, "precise_bn_end: no batches were added");
+    float *mv = bnl_alloc((p->total + 1) * 2 * sizeof(float));
+    if (!mv) return bnl_fail(BNL_ERR_NOMEM, "precise_bn_end: out of memory");
+    float *vv = mv + p->total + 1;
+    for (size_t c = 0; c < p->total; c++) {
+        mv[c] = (float)p->mean[c];
+        double v = p->m2[c] / p->n;
+        vv[c] = (float)(v > 0 ? v : 0);
+        if (!isfinite(mv[c]) || !isfinite(vv[c])) {   // checked for all layers before any is set
+            bnl_free(mv);
+            return bnl_fail(BNL_ERR_NUMERIC, "precise_bn_end: non-finite statistics (the activations overflow float32)");
+        }
+    }
+    bnl_status s = BNL_OK;
+    for (int i = 0; i < m->nbn && s == BNL_OK; i++)
+        s = bnl_resnet_set_running_stats(m, i, mv + p->off[i], vv + p->off[i], m->bns[i].C);
+    bnl_free(mv);
+    return s;
+}

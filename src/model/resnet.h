@@ -179,6 +179,24 @@ typedef struct bnl_bn_view {
     int has_batch;   // a train-mode forward has run since load
 } bnl_bn_view;
 bnl_status bnl_resnet_bn_stats(const bnl_resnet *m, int i, bnl_bn_view *out);
+// Replaces layer i's running mean and variance (`channels` values each; read them back with
+// bnl_resnet_bn_stats). BNL_ERR_ARG: a norm kind without running statistics (none, group), a wrong
+// channel count, a non-finite value or a negative variance; nothing changes then. Invalidates the
+// eval cache.
+bnl_status bnl_resnet_set_running_stats(bnl_resnet *m, int i, const float *mean, const float *var, int channels);
+// PreciseBN (Wu & Johnson 2021): every layer's running statistics replaced by the exact statistics
+// of K train-mode batches taken together. begin; add each batch (one train-mode forward up to the
+// last BatchNorm layer; the model's running statistics, num_batches_tracked, parameters and
+// train/eval switch do not move, its last-batch views in bn_stats do); end sets, per layer and
+// channel, mean = the mean over all K batches' activations and var = their pooled (biased)
+// variance, merged in double with Chan's formula (= mean of the within-batch variances + variance
+// of the batch means, weighted by batch size). Batches may differ in N, not in H x W. Plain
+// BatchNorm only (BNL_ERR_ARG otherwise). Free the accumulator with bnl_precise_bn_free.
+typedef struct bnl_precise_bn bnl_precise_bn;
+bnl_status bnl_precise_bn_begin(bnl_precise_bn **out, const bnl_resnet *m);
+bnl_status bnl_precise_bn_add(bnl_precise_bn *p, bnl_resnet *m, const float *x, int N, int H, int W);
+bnl_status bnl_precise_bn_end(bnl_precise_bn *p, bnl_resnet *m);
+void bnl_precise_bn_free(bnl_precise_bn *p);
 
 // The whole state in the loaded file's names and layouts (conv weights back to OIHW), F32, with
 // num_batches_tracked as I64 [] and the file's __metadata__.

@@ -141,6 +141,26 @@ EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_bn_stats(const bnl_resnet *m, int i, int
     return BNL_OK;
 }
 
+EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_set_running_stats(bnl_resnet *m, int i, const float *mean, const float *var,
+                                                         int C) {
+    return bnl_resnet_set_running_stats(m, i, mean, var, C);
+}
+
+// PreciseBN accumulator (see bnl_precise_bn_begin in model/resnet.h)
+EMSCRIPTEN_KEEPALIVE int bnl_wasm_precise_begin(const bnl_resnet *m, bnl_precise_bn **out) {
+    return bnl_precise_bn_begin(out, m);
+}
+EMSCRIPTEN_KEEPALIVE int bnl_wasm_precise_add(bnl_precise_bn *p, bnl_resnet *m, const float *x, int N, int H, int W,
+                                              int C) {
+    const bnl_resnet_info *in = bnl_resnet_get_info(m);
+    if (C != in->in_channels)
+        return bnl_fail(BNL_ERR_SHAPE, "preciseBN: input has %d channels, the model expects %d (NHWC [N,H,W,%d])", C,
+                        in->in_channels, in->in_channels);
+    return bnl_precise_bn_add(p, m, x, N, H, W);
+}
+EMSCRIPTEN_KEEPALIVE int bnl_wasm_precise_end(bnl_precise_bn *p, bnl_resnet *m) { return bnl_precise_bn_end(p, m); }
+EMSCRIPTEN_KEEPALIVE void bnl_wasm_precise_free(bnl_precise_bn *p) { bnl_precise_bn_free(p); }
+
 // out: [rows, cols], ptrs: a, b (see bnl_norm_view: group mean/var (N,G), renorm r/d (C), ghost mean/var (N/V,C))
 EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_norm_stats(const bnl_resnet *m, int i, int32_t *out, const float **ptrs) {
     bnl_norm_view v;
