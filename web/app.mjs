@@ -4,6 +4,8 @@
 // through. What it shows is also exposed for scripts and tests as data-* attributes on the panels
 // and as window.__bnlab.
 
+import { initChannelPanel, showChannel } from './panel_channel.mjs';
+
 const $ = (id) => document.getElementById(id);
 const SVG_NS = 'http://www.w3.org/2000/svg';
 // web/serve.mjs lists this one last in models.json, after the trained demo model when it exists
@@ -764,6 +766,7 @@ async function doRun() {
     drawThumbs(r);
     markStale();
     ready();
+    showChannel();   // the channel view follows the run (web/panel_channel.mjs)
     return r;
   } catch (e) {
     fail('run', e, 'batch');
@@ -1257,6 +1260,8 @@ window.addEventListener('drop', async (ev) => {
 });
 
 // ---- start ------------------------------------------------------------------------------------
+initChannelPanel({ $, call, renderPlot, COLORS, getRun: () => lastRun, getModel: () => model, fail, ready });
+
 async function start() {
   drawSpread();
   drawTrain();

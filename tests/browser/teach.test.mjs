@@ -1,0 +1,121 @@
+// Browser tests for "Show the normalization itself" (issue 17) on the default demo model (Fashion-MNIST
+// when demo-models/ has it): the channel view (web/panel_channel.mjs) shows one channel's values before
+// BatchNorm, normalized and after gamma/beta, train mode beside eval mode, with the formula's numbers;
+// those numbers agree with the statistics panel's batch statistics (one C forward computes both).
+//
+//   node --test tests/browser/teach.test.mjs        (headless Debian chromium; skipped without it)
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const ARTIFACTS = path.join(ROOT, 'tests', 'artifacts');
+const CHROMIUM = '/usr/bin/chromium';
+const SKIP = existsSync(CHROMIUM) ? false : `${CHROMIUM} is missing (tests/build.sh installs it)`;
+const WAIT = 120_000;
+const EPS = 1e-5;
+
+let server, browser, page;
+const consoleErrors = [];
+
+before(async () => {
+  if (SKIP) return;
+  mkdirSync(ARTIFACTS, { recursive: true });
+  server = spawn(process.execPath, [path.join(ROOT, 'web', 'serve.mjs'), '--port', '0'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const url = await new Promise((resolve, reject) => {
+    let out = '';
+    server.stdout.on('data', (d) => { out += d; const m = /bnlab demo: (http:\/\/127\.0\.0\.1:\d+\/)/.exec(out); if (m) resolve(m[1]); });
+    server.on('exit', (code) => reject(new Error(`serve.mjs exited with ${code}: ${out}`)));
+  });
+  const { chromium } = await import('playwright-core');
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run'] });
+  page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(m.text()); });
+  page.on('pageerror', (e) => consoleErrors.push(String(e)));
+  await page.goto(url);
+  await page.waitForFunction(() => window.__bnlab && window.__bnlab.ready, null, { timeout: WAIT });
+  await waitChannel(0);
+});
+
+after(async () => {
+  if (browser) await browser.close();
+  if (server) server.kill();
+});
+
+const waitChannel = (c, layer = null) => page.waitForFunction(([c, layer]) => {
+  const d = document.getElementById('channel-panel').dataset;
+  return d.channel === String(c) && (!layer || d.layer === layer) &&
+    document.querySelector('[data-testid="status"]').dataset.state === 'ready';
+}, [c, layer], { timeout: WAIT });
+const channelData = () => page.evaluate(() => ({ ...document.getElementById('channel-panel').dataset }));
+const close = (a, b, tol, what) => assert.ok(Math.abs(a - b) <= tol * Math.max(1, Math.abs(b)), `${what}: ${a} vs ${b}`);
+
+// The statistics panel's batch mean of channel c: debug.lastBatchMean (the run's bnStats).
+async function check(c) {
+  const d = await channelData();
+  const bm = await page.evaluate((c) => window.__bnlab.lastBatchMean[c], c);
+  const B = Number(d.batchSize), n = Number(d.n);
+  assert.equal(d.channel, String(c));
+  assert.equal(n % B, 0, 'N*H*W values');
+  assert.equal(Number(d.preCount), n, 'every value is in the histogram');
+  // train mode: the batch's mean is the one the statistics panel shows for this channel
+  close(Number(d.trainMean), bm, 1e-4, `channel ${c} batch mean`);
+  // normalized with it: mean 0, std sqrt(var / (var + eps))
+  const v = Number(d.trainVar);
+  close(Number(d.normTrainMean), 0, 1e-5, 'train-mode normalized mean');
+  close(Number(d.normTrainStd), Math.sqrt(v / (v + EPS)), 1e-5, 'train-mode normalized std');
+  // eval mode: normalized with the running statistics
+  const rm = Number(d.evalMean), rv = Number(d.evalVar);
+  close(Number(d.normEvalMean), (Number(d.trainMean) - rm) / Math.sqrt(rv + EPS), 1e-5, 'eval-mode normalized mean');
+  close(Number(d.normEvalStd), Math.sqrt(v / (rv + EPS)), 1e-5, 'eval-mode normalized std');
+  // the formulas carry the live numbers
+  const num = (x) => String(Number(x.toPrecision(4)));
+  const sub = (m) => (m < 0 ? `x + ${num(-m)}` : `x − ${num(m)}`), add = (b) => (b < 0 ? `− ${num(-b)}` : `+ ${num(b)}`);
+  const ft = await page.textContent('#ch-formula-train'), fe = await page.textContent('#ch-formula-eval');
+  assert.ok(ft.includes(`${num(Number(d.gamma))}·(${sub(Number(d.trainMean))})/√(${num(v)} + `), ft);
+  assert.ok(fe.includes(`(${sub(rm)})/√(${num(rv)} + `) && fe.endsWith(add(Number(d.beta))), fe);
+  // six histograms, each with bars and a text label
+  const plots = await page.$$eval('#channel-panel .plot', (els) => els.map((e) => ({
+    bars: e.querySelectorAll('rect.bar, g rect').length, label: (e.querySelector('svg') || {}).getAttribute?.('aria-label') || '' })));
+  assert.equal(plots.length, 6);
+  for (const p of plots) { assert.ok(p.bars >= 10, JSON.stringify(p)); assert.match(p.label, /mean .*std/); }
+}
+
+test('the channel view shows channel 0 of the stem after the first run, numbers matching the statistics panel', { skip: SKIP, timeout: WAIT }, async () => {
+  assert.equal((await channelData()).layer, 'bn1');
+  await check(0);
+  await page.locator('#channel-panel').screenshot({ path: path.join(ARTIFACTS, 'teach-channel.png') });
+});
+
+test('a typed channel and a clicked dot in the statistics plot pick the channel', { skip: SKIP, timeout: WAIT }, async () => {
+  const C = Number(await page.getAttribute('#stats-panel', 'data-channels'));
+  const c = Math.min(5, C - 1);
+  await page.fill('#channel-pick', String(c));
+  await page.click('#channel-show');
+  await waitChannel(c);
+  await check(c);
+  // a dot: hover point k of the mean plot names its channel
+  const at = await page.evaluate(() => {
+    const cont = document.getElementById('plot-mean'), svg = cont.querySelector('svg'), pts = cont._hover;
+    cont.scrollIntoView({ block: 'center' });
+    const p = pts[pts.length - 1], r = svg.getBoundingClientRect(), s = r.width / svg.viewBox.baseVal.width;
+    return { x: r.left + p[0] * s, y: r.top + p[1] * s, c: Number(/channel (\d+)/.exec(p[2])[1]) };
+  });
+  await page.mouse.click(at.x, at.y);
+  await waitChannel(at.c);
+  await check(at.c);
+});
+
+test('the view follows the layer', { skip: SKIP, timeout: WAIT }, async () => {
+  const layers = await page.$$eval('#layer option', (os) => os.map((o) => o.value));
+  const deep = layers[Math.min(5, layers.length - 1)];
+  await page.fill('#channel-pick', '1');
+  await page.selectOption('#layer', deep);
+  await waitChannel(1, deep);
+  await page.waitForFunction((l) => document.getElementById('stats-panel').dataset.layer === l, deep, { timeout: WAIT });
+  await check(1);
+  assert.deepEqual(consoleErrors, []);
+});
