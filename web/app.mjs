@@ -5,6 +5,7 @@
 // and as window.__bnlab.
 
 import { initChannelPanel, showChannel } from './panel_channel.mjs';
+import { initAccuracyPanel, accuracyModelChanged } from './panel_accuracy.mjs';
 
 const $ = (id) => document.getElementById(id);
 const SVG_NS = 'http://www.w3.org/2000/svg';
@@ -460,6 +461,7 @@ function updateSpreadStale() {
 function showModel(d) {
   model = d;
   const i = d.info;
+  accuracyModelChanged(d);   // web/panel_accuracy.mjs: forget the old model's points
   debug.model = { name: d.name, info: d.info, inputSize: `${d.inputH}x${d.inputW}`, modified: d.modified, source: d.source };
   $('model-name').textContent = d.name;
   renderCard(d);
@@ -1261,6 +1263,7 @@ window.addEventListener('drop', async (ev) => {
 
 // ---- start ------------------------------------------------------------------------------------
 initChannelPanel({ $, call, renderPlot, COLORS, getRun: () => lastRun, getModel: () => model, fail, ready });
+initAccuracyPanel({ $, call, renderPlot, COLORS, getModel: () => model, getSeed: () => settings().seed, fail, ready });
 
 async function start() {
   drawSpread();

@@ -119,3 +119,36 @@ test('the view follows the layer', { skip: SKIP, timeout: WAIT }, async () => {
   await check(1);
   assert.deepEqual(consoleErrors, []);
 });
+
+test('accuracy against B: train mode below eval mode at small B, the page batch scored the same as the run', { skip: SKIP, timeout: 4 * WAIT }, async () => {
+  assert.equal(await page.getAttribute('#acc-panel', 'data-available'), 'true');
+  // the page's batch at B = 32 in eval mode: its accuracy is the sweep's first batch at B = 32
+  await page.fill('#batch-size', '32');
+  await page.selectOption('#mode', 'eval');
+  await page.waitForFunction(() => window.__bnlab.last && window.__bnlab.last.mode === 'eval' && window.__bnlab.last.B === 32 &&
+    document.querySelector('[data-testid="status"]').dataset.state === 'ready', null, { timeout: WAIT });
+  const accEval32 = await page.evaluate(() => window.__bnlab.last.accEval);
+  await page.selectOption('#acc-k', '8');
+  await page.click('#acc-run');
+  await page.waitForFunction(() => JSON.parse(document.getElementById('acc-panel').dataset.points || '[]').length === 7 &&
+    document.querySelector('[data-testid="status"]').dataset.state === 'ready', null, { timeout: 4 * WAIT });
+  const pts = JSON.parse(await page.getAttribute('#acc-panel', 'data-points'));
+  assert.deepEqual(pts.map((p) => p.B), [2, 4, 8, 16, 32, 64, 128]);
+  for (const p of pts) { assert.equal(p.K, 8); assert.ok(p.train >= 0 && p.train <= 1 && p.eval >= 0 && p.eval <= 1); }
+  // eval mode does not depend on B: every size scores roughly the model's accuracy
+  const evals = pts.map((p) => p.eval);
+  assert.ok(Math.min(...evals) > 0.6, `eval ${evals}`);
+  // train mode at B = 2 normalizes with two images' statistics: far below eval; at B = 128 close to it
+  // train mode at B = 2 normalizes with two images' statistics: below eval mode, and well below train mode at B = 128
+  // (measured on the Fashion-MNIST model, 8 batches: B=2 train 62.5 %, eval 81.3 %; B=128 94.7 %, 94.5 %)
+  assert.ok(pts[0].train < pts[0].eval, `B=2 train ${pts[0].train} eval ${pts[0].eval}`);
+  assert.ok(pts[0].train < pts[6].train - 0.15, `train B=2 ${pts[0].train} B=128 ${pts[6].train}`);
+  assert.ok(Math.abs(pts[6].train - pts[6].eval) < 0.15, `B=128 train ${pts[6].train} eval ${pts[6].eval}`);
+  // hover and a text label on the chart
+  const label = await page.getAttribute('#plot-acc svg', 'aria-label');
+  assert.match(label, /train mode B=2 .*eval mode B=2 /);
+  // the first batch at B = 32 is the page's batch: the same eval-mode accuracy as the run showed
+  assert.ok(accEval32 != null);
+  assert.equal(pts[4].each[0].eval, accEval32);
+  await page.locator('#acc-panel').screenshot({ path: path.join(ARTIFACTS, 'teach-accuracy.png') });
+});
