@@ -7,7 +7,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync } from 'node:fs';
+import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -151,4 +151,22 @@ test('accuracy against B: train mode below eval mode at small B, the page batch 
   assert.ok(accEval32 != null);
   assert.equal(pts[4].each[0].eval, accEval32);
   await page.locator('#acc-panel').screenshot({ path: path.join(ARTIFACTS, 'teach-accuracy.png') });
+});
+
+test('with photo batches (a 1000-class model) the accuracy chart is hidden with its reason; the channel view still works', { skip: SKIP, timeout: 3 * WAIT }, async () => {
+  const IN1K = path.join(ROOT, 'tests', 'fixtures', 'imagenet', 'resnet50-narrow-1000.safetensors');
+  await page.waitForFunction(() => !document.getElementById('weights-file').disabled &&
+    document.querySelector('[data-testid="status"]').dataset.state === 'ready', null, { timeout: WAIT });
+  const n = await page.evaluate(() => window.__bnlab.runs);
+  await page.setInputFiles('[data-testid="weights-file"]', { name: 'resnet50-narrow-1000.safetensors', mimeType: 'application/octet-stream', buffer: readFileSync(IN1K) });
+  await page.waitForFunction((k) => window.__bnlab.runs > k, n, { timeout: 2 * WAIT });
+  assert.equal(await page.getAttribute('#acc-panel', 'data-available'), 'false');
+  assert.equal(await page.isDisabled('#acc-run'), true);
+  assert.equal(await page.isHidden('#acc-body'), true);
+  assert.match(await page.textContent('#acc-na'), /photos, which have no labels/);
+  assert.equal(await page.getAttribute('#acc-panel', 'data-points'), '[]');
+  await page.fill('#channel-pick', '2');
+  await page.click('#channel-show');
+  await waitChannel(2);
+  await check(2);
 });
