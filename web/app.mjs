@@ -6,6 +6,7 @@
 
 import { initChannelPanel, showChannel } from './panel_channel.mjs';
 import { initAccuracyPanel, accuracyModelChanged } from './panel_accuracy.mjs';
+import { initGuide } from './panel_guide.mjs';
 
 const $ = (id) => document.getElementById(id);
 const SVG_NS = 'http://www.w3.org/2000/svg';
@@ -1263,6 +1264,7 @@ window.addEventListener('drop', async (ev) => {
 
 // ---- start ------------------------------------------------------------------------------------
 initChannelPanel({ $, call, renderPlot, COLORS, getRun: () => lastRun, getModel: () => model, fail, ready });
+initGuide($);
 initAccuracyPanel({ $, call, renderPlot, COLORS, getModel: () => model, getSeed: () => settings().seed, fail, ready });
 
 async function start() {

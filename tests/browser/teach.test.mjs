@@ -170,3 +170,35 @@ test('with photo batches (a 1000-class model) the accuracy chart is hidden with 
   await waitChannel(2);
   await check(2);
 });
+
+test('the guided path: four steps, one sentence each, next/back outline the control and panel; the jargon is explained in place', { skip: SKIP, timeout: WAIT }, async () => {
+  const want = [['mode', 'stats-panel', /^1 \/ 4 · Mode/], ['batch-size', 'acc-panel', /^2 \/ 4 · Batch size/],
+    ['update-running', 'probe-panel', /^3 \/ 4 · The forgotten \.eval\(\)/], ['precise-run', 'precise-panel', /^4 \/ 4 · PreciseBN/]];
+  const state = () => page.evaluate(() => ({
+    step: document.getElementById('guide').dataset.step, title: document.getElementById('guide-step').textContent,
+    text: document.getElementById('guide-text').textContent,
+    outlined: [...document.querySelectorAll('.guide-target')].map((e) => e.id).sort(),
+    back: document.getElementById('guide-back').disabled, next: document.getElementById('guide-next').disabled,
+  }));
+  // back to the start (an earlier test may have moved it)
+  for (let i = 0; i < 4; i++) if (!(await page.isDisabled('#guide-back'))) await page.click('#guide-back');
+  for (let k = 0; k < 4; k++) {
+    const s = await state();
+    assert.equal(s.step, String(k));
+    assert.match(s.title, want[k][2]);
+    assert.deepEqual(s.outlined, [want[k][0], want[k][1]].sort());
+    assert.equal((s.text.match(/[.!?](\s|$)/g) || []).length, 1, `one sentence: ${s.text}`);
+    assert.equal(s.back, k === 0);
+    assert.equal(s.next, k === 3);
+    if (k < 3) await page.click('#guide-next');
+  }
+  assert.equal(await page.evaluate(() => { const r = document.getElementById('precise-panel').getBoundingClientRect(); return r.top < innerHeight && r.bottom > 0; }), true);
+  await page.click('#guide-back');
+  assert.equal((await state()).step, '2');
+  // jargon where it appears: the statistics panel explains both measures in visible text
+  const j = await page.textContent('#stats-jargon');
+  assert.match(j, /\|Δmean\|\/σ.*running standard deviation/s);
+  assert.match(j, /\|ln var ratio\|.*ln\(batch variance \/ running variance\)/s);
+  assert.equal(await page.isVisible('#stats-jargon'), true);
+  assert.match(await page.textContent('#overview-panel figcaption'), /\|Δmean\|\/σ.*\|ln var ratio\|/s);
+});
