@@ -202,3 +202,39 @@ test('the guided path: four steps, one sentence each, next/back outline the cont
   assert.equal(await page.isVisible('#stats-jargon'), true);
   assert.match(await page.textContent('#overview-panel figcaption'), /\|Δmean\|\/σ.*\|ln var ratio\|/s);
 });
+
+test('390 px wide: no horizontal overflow, two-plot rows stacked, legends inside their plot and not overlapping', { skip: SKIP, timeout: 2 * WAIT }, async () => {
+  const phone = await browser.newPage({ viewport: { width: 390, height: 844 } });
+  try {
+    await phone.goto(page.url().replace(/\?.*$/, ''));
+    await phone.waitForFunction(() => window.__bnlab && window.__bnlab.ready && window.__bnlab.runs > 0 &&
+      document.querySelector('[data-testid="status"]').dataset.state === 'ready', null, { timeout: WAIT });
+    const r = await phone.evaluate(() => {
+      const overflow = document.documentElement.scrollWidth - innerWidth;
+      const rows = [...document.querySelectorAll('.pair')].filter((p) => p.offsetParent).map((p) => {
+        const kids = [...p.children].filter((c) => c.offsetParent).map((c) => c.getBoundingClientRect());
+        return { id: p.closest('section').id, stacked: kids.every((b, i) => i === 0 || b.top >= kids[i - 1].bottom - 1) };
+      });
+      const legends = [];
+      for (const svg of document.querySelectorAll('.plot svg')) {
+        const sb = svg.getBoundingClientRect();
+        const items = [...svg.querySelectorAll('text.legend')].map((t) => t.getBoundingClientRect());
+        const inside = items.every((b) => b.left >= sb.left - 1 && b.right <= sb.right + 1);
+        let overlap = false;
+        for (let i = 0; i < items.length; i++) for (let j = i + 1; j < items.length; j++) {
+          const a = items[i], b = items[j];
+          if (a.left < b.right - 1 && b.left < a.right - 1 && a.top < b.bottom - 1 && b.top < a.bottom - 1) overlap = true;
+        }
+        legends.push({ id: svg.parentElement.id, inside, overlap });
+      }
+      return { overflow, rows, legends };
+    });
+    await phone.screenshot({ path: path.join(ARTIFACTS, 'teach-390px.png'), fullPage: true });
+    assert.ok(r.overflow <= 0, `horizontal overflow ${r.overflow} px`);
+    assert.ok(r.rows.length >= 2, JSON.stringify(r.rows));
+    for (const row of r.rows) assert.ok(row.stacked, `${row.id}: its two plots are side by side`);
+    for (const l of r.legends) { assert.ok(l.inside, `${l.id}: legend outside the plot`); assert.ok(!l.overlap, `${l.id}: legend items overlap`); }
+  } finally {
+    await phone.close();
+  }
+});
