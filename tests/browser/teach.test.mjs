@@ -238,3 +238,47 @@ test('390 px wide: no horizontal overflow, two-plot rows stacked, legends inside
     await phone.close();
   }
 });
+
+test('keyboard only: Tab reaches the main controls and the file buttons, Enter opens a file chooser and picks an overview bar; every chart has a text label', { skip: SKIP, timeout: 2 * WAIT }, async () => {
+  await page.goto(page.url().replace(/\?.*$/, ''));
+  await page.waitForFunction(() => window.__bnlab && window.__bnlab.ready && window.__bnlab.runs > 0 &&
+    document.querySelector('[data-testid="status"]').dataset.state === 'ready', null, { timeout: WAIT });
+  await page.evaluate(() => { document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0); });
+  const seen = [];
+  for (let i = 0; i < 80; i++) {
+    await page.keyboard.press('Tab');
+    seen.push(await page.evaluate(() => {
+      const e = document.activeElement;
+      if (!e) return '';
+      const f = e.querySelector && e.querySelector('input[type="file"]');
+      return f ? `file:${f.id}` : e.id || (e.tagName === 'rect' ? 'bar' : e.tagName.toLowerCase());
+    }));
+  }
+  for (const want of ['model-select', 'file:weights-file', 'mode', 'batch-size', 'run', 'file:image-files', 'guide-next', 'channel-pick', 'acc-run', 'bar'])
+    assert.ok(seen.includes(want), `Tab never reaches ${want}: ${seen.join(' ')}`);
+  // Enter on the focused "load weights…" button opens the file chooser (once no long job runs)
+  await page.waitForFunction(() => !document.getElementById('weights-file').disabled &&
+    document.querySelector('[data-testid="status"]').dataset.state === 'ready', null, { timeout: WAIT });
+  await page.focus('label.file-button:has(#weights-file)');
+  const [chooser] = await Promise.all([page.waitForEvent('filechooser', { timeout: 10_000 }), page.keyboard.press('Enter')]);
+  assert.equal(await chooser.element().evaluate((e) => e.id), 'weights-file');
+  await page.focus('label.file-button:has(#image-files)');
+  const [c2] = await Promise.all([page.waitForEvent('filechooser', { timeout: 10_000 }), page.keyboard.press(' ')]);
+  assert.equal(await c2.element().evaluate((e) => e.id), 'image-files');
+  // an overview bar, focused and activated with Enter, picks its layer
+  const layers = await page.$$eval('#layer option', (os) => os.map((o) => o.value));
+  await page.focus('#plot-overview rect[role="button"]:nth-of-type(3)');
+  const label = await page.evaluate(() => document.activeElement.getAttribute('aria-label'));
+  await page.keyboard.press('Enter');
+  await page.waitForFunction(() => document.getElementById('stats-panel').dataset.layer !== 'bn1' &&
+    document.querySelector('[data-testid="status"]').dataset.state === 'ready', null, { timeout: WAIT });
+  const picked = await page.inputValue('#layer');
+  assert.notEqual(picked, 'bn1');
+  assert.ok(layers.includes(picked));
+  assert.ok(label && label.includes(picked), `bar label ${label} names ${picked}`);
+  // charts: role=img with a non-empty text summary
+  const labels = await page.$$eval('.plot svg', (ss) => ss.map((s) => [s.parentElement.id, s.getAttribute('role'), s.getAttribute('aria-label') || '']));
+  assert.ok(labels.length >= 10);
+  for (const [id, role, l] of labels) { assert.equal(role, 'img', id); assert.ok(l.length > 10, `${id}: aria-label "${l}"`); }
+  await page.screenshot({ path: path.join(ARTIFACTS, 'teach-keyboard.png') });
+});
