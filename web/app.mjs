@@ -4,6 +4,11 @@
 // through. What it shows is also exposed for scripts and tests as data-* attributes on the panels
 // and as window.__bnlab.
 
+import { initChannelPanel, showChannel } from './panel_channel.mjs';
+import { initAccuracyPanel, accuracyModelChanged } from './panel_accuracy.mjs';
+import { initGuide } from './panel_guide.mjs';
+import { initKeyboard } from './a11y.mjs';
+
 const $ = (id) => document.getElementById(id);
 const SVG_NS = 'http://www.w3.org/2000/svg';
 // web/serve.mjs lists this one last in models.json, after the trained demo model when it exists
@@ -260,7 +265,7 @@ function renderPlot(container, spec) {
   if (!drawn.has(container)) resizer.observe(container);
   drawn.set(container, { spec, width: W });
   const m = { l: 48, r: 12, t: spec.legend ? 24 : 10, b: spec.x.label ? 32 : 20, ...(spec.margin || {}) };
-  const svg = el('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': spec.title || '' });
+  const svg = el('svg', { viewBox: `0 0 ${W} ${H}`, role: 'img', 'aria-label': spec.title || plotSummary(spec) });
   const X = makeScale(spec.x, m.l, W - m.r), Y = makeScale(spec.y, H - m.b, m.t);
   // grid and ticks
   for (const t of Y.ticks) {
@@ -322,7 +327,14 @@ function renderPlot(container, spec) {
           opacity: i === s.highlight ? 1 : s.opacity ?? 1, class: s.onClick ? 'bar' : undefined,
         }, body);
         if (s.titles) el('title', {}, r).textContent = s.titles[i];
-        if (s.onClick) r.addEventListener('click', () => s.onClick(i));
+        if (s.onClick) {
+          r.addEventListener('click', () => s.onClick(i));
+          // keyboard: each clickable bar is a focusable button
+          r.setAttribute('tabindex', '0');
+          r.setAttribute('role', 'button');
+          if (s.titles) r.setAttribute('aria-label', s.titles[i]);
+          r.addEventListener('keydown', (ev) => { if (ev.key === 'Enter' || ev.key === ' ') { ev.preventDefault(); s.onClick(i); } });
+        }
       });
     }
   }
@@ -348,6 +360,21 @@ function renderPlot(container, spec) {
     container.addEventListener('pointerleave', () => hideTip(container));
   }
   return svg;
+}
+
+// A chart's text summary for screen readers when its spec has no title: what is plotted against what,
+// each legend entry with its number of points and range of values.
+function plotSummary(spec) {
+  if (spec.empty) return `${spec.y.label || 'chart'}: ${spec.empty}`;
+  const parts = [], legend = spec.legend || [];
+  const shown = (spec.series || []).filter((s) => s.kind !== 'line' || !(spec.series || []).some((t) => t !== s && t.points === s.points));
+  shown.forEach((s, i) => {
+    const ys = s.points.map((p) => p[1]).filter(Number.isFinite);
+    if (!ys.length) return;
+    const name = shown.length === legend.length ? legend[i].label : `series ${i + 1}`;
+    parts.push(`${name}: ${ys.length} points, ${fmt(Math.min(...ys))} to ${fmt(Math.max(...ys))}`);
+  });
+  return `${spec.y.label || 'value'} against ${spec.x.label || 'x'}${parts.length ? ': ' + parts.join('; ') : ''}`;
 }
 
 // Hover: the point nearest the pointer (within 24 px) is marked and its values shown in a tooltip.
@@ -458,6 +485,7 @@ function updateSpreadStale() {
 function showModel(d) {
   model = d;
   const i = d.info;
+  accuracyModelChanged(d);   // web/panel_accuracy.mjs: forget the old model's points
   debug.model = { name: d.name, info: d.info, inputSize: `${d.inputH}x${d.inputW}`, modified: d.modified, source: d.source };
   $('model-name').textContent = d.name;
   renderCard(d);
@@ -764,6 +792,7 @@ async function doRun() {
     drawThumbs(r);
     markStale();
     ready();
+    showChannel();   // the channel view follows the run (web/panel_channel.mjs)
     return r;
   } catch (e) {
     fail('run', e, 'batch');
@@ -1257,6 +1286,11 @@ window.addEventListener('drop', async (ev) => {
 });
 
 // ---- start ------------------------------------------------------------------------------------
+initChannelPanel({ $, call, renderPlot, COLORS, getRun: () => lastRun, getModel: () => model, fail, ready });
+initGuide($);
+initKeyboard();
+initAccuracyPanel({ $, call, renderPlot, COLORS, getModel: () => model, getSeed: () => settings().seed, fail, ready });
+
 async function start() {
   drawSpread();
   drawTrain();

@@ -234,6 +234,10 @@ export interface Model {
   forwardTo(x: FloatInput, shape: Shape4, layer: string | number): BnStats;
   /** Statistics of one BatchNorm layer, by name (see info.bnLayers) or index. */
   bnStats(layer: string | number): BnStats;
+  /** Train mode: the forward up to the input of BatchNorm `layer` (which does not run); channel `channel`
+   * of that input (the convolution's output before BatchNorm, N*H*W values), that channel's gamma and beta, and eps. */
+  bnInput(x: Float32Array, shape: [number, number, number, number], layer: string | number, channel: number):
+    { values: Float32Array; gamma: number; beta: number; eps: number };
   /**
    * Replaces one layer's running statistics (channels values each; finite, variance >= 0). Throws, changing nothing,
    * on a wrong count or value or a kind without running statistics ('none', 'group').

@@ -493,6 +493,25 @@ class Model {
     return this.bnStats(i);
   }
 
+  // Train mode: the forward up to the input of BatchNorm layer `layer` (name or index; earlier layers
+  // as in forwardTo, `layer` itself does not run); returns channel `channel` of that input, the
+  // convolution's output before BatchNorm: { values: Float32Array of N*H*W values (image-major),
+  // gamma, beta (that channel's), eps (the layers') }.
+  bnInput(x, shape, layer, channel) {
+    const h = this._live(), L = this._lab;
+    const i = this._bnIndex(layer);
+    const n = checkShape(shape, 'bnInput');
+    if (!Number.isInteger(channel)) throw new Error(`bnlab: bnInput: channel must be an integer, got ${showShape(channel)}`);
+    return L._scoped((alloc) => {
+      const px = L._putF32(alloc, x, n, 'input');
+      const capOut = shape[0] * shape[1] * shape[2];   // every layer's N*H*W is at most the input's
+      const po = alloc(4 * capOut), pn = alloc(4), pg = alloc(12);
+      L._check(L._ex.bnl_wasm_model_bn_input(h, px, shape[0], shape[1], shape[2], shape[3], i, channel, po, capOut, pn, pg));
+      const [gamma, beta, eps] = L._getF32(pg, 3);
+      return { values: L._getF32(po, I32(L, pn, 1)[0]), gamma, beta, eps };
+    });
+  }
+
   _bnIndex(name) {
     const i = typeof name === 'number' ? name : this.info.bnLayers.indexOf(name);
     if (!Number.isInteger(i) || i < 0 || i >= this.info.bnLayers.length)

@@ -12,6 +12,7 @@
 import { createBnLab } from './bnlab.mjs';
 import { batchPlan, centreCrop, normalizeRGBA } from './crops.mjs';
 import { batchSourceFor } from './batch_source.mjs';
+import { channelView } from './channel_view.mjs';
 
 const EPS = 1e-5;
 const DATASET_COUNT = 1 << 24;   // procedural images are drawn on demand: the count costs nothing
@@ -632,6 +633,16 @@ const COMMANDS = {
   async spread(args, progress) { return spread(args, progress); },
   async precise(args, progress) { return precise(args, progress); },
   async train(args, progress) { return train(args, progress); },
+  // One channel of one layer over the run's batch (same seed and size): its values before BatchNorm
+  // (model.bnInput on the copy, train mode) normalized both ways (web/channel_view.mjs).
+  async channel({ seed, batchSize, layer, channel }) {
+    const li = Math.max(0, S.main.info.bnLayers.indexOf(layer)), b = makeBatch(seed, batchSize);
+    let r;
+    try { r = S.scratch.train().bnInput(b.x, b.shape, li, channel); } finally { S.scratch.eval(); }
+    const run = S.main.bnStats(li);
+    return { layer: S.main.info.bnLayers[li], channel, B: batchSize, seed, norm: S.main.info.norm,
+      ...channelView({ ...r, runningMean: run.runningMean[channel], runningVar: run.runningVar[channel] }) };
+  },
   async save() {
     const bytes = S.main.saveState();
     // the loaded file's own name (not the page's description of the default model), no spaces

@@ -1262,7 +1262,8 @@ static void zero_range(void *p, size_t i0, size_t i1, int tid) {
 }
 
 // stop >= 0 (train mode): return right after BatchNorm layer `stop` (bns order, which is the order
-// they run in), logits not computed.
+// they run in), logits not computed. stop <= -2: return right before BatchNorm layer -2 - stop runs
+// (its input, x->pre, is then the convolution's output).
 static bnl_status forward_impl(bnl_resnet *m, float *logits, const float *x, int N, int H, int W, int train,
                                int stop) {
     // GroupNorm's statistics come from the batch in eval mode too: no folding into the convolutions
@@ -1270,8 +1271,10 @@ static bnl_status forward_impl(bnl_resnet *m, float *logits, const float *x, int
     if (train && m->ns.kind == BNL_NORM_GHOST && N % m->ns.virtual_batch != 0)
         return bnl_fail(BNL_ERR_BATCH, "ghost:%d: virtual batches of %d images do not divide the batch of %d images",
                         m->ns.virtual_batch, m->ns.virtual_batch, N);
+    const int before = stop <= -2 ? -2 - stop : -1;
 #define BN_FWD(b)                                                                                                      \
     do {                                                                                                               \
+        if ((b) - m->bns == before) goto done;                                                                         \
         TRY(bn_fwd(m, (b), N, train));                                                                                 \
         if ((b) - m->bns == stop) goto done;                                                                           \
     } while (0)
@@ -1332,6 +1335,26 @@ bnl_status bnl_resnet_forward(bnl_resnet *m, float *logits, const float *x, int 
     // train-mode forward without backward keeps nothing: the lean plan serves both modes
     TRY(plan(m, N, H, W, m->pkeep && m->pN == N && m->pH == H && m->pW == W));
     return forward_impl(m, logits, x, N, H, W, m->training, -1);
+}
+
+bnl_status bnl_resnet_bn_input(bnl_resnet *m, const float *x, int N, int H, int W, int layer, int c, float *out,
+                               size_t cap, size_t *n, float gbe[3]) {
+    if (!m || !out || !n || !gbe) return bnl_fail(BNL_ERR_ARG, "bn_input: NULL argument");
+    if (layer < 0 || layer >= m->nbn)
+        return bnl_fail(BNL_ERR_ARG, "bn_input: no BatchNorm layer #%d (the model has %d)", layer, m->nbn);
+    if (!m->training)
+        return bnl_fail(BNL_ERR_ARG, "bn_input: the model is in eval mode (it reads running statistics; train() first)");
+    const bn_t *b = &m->bns[layer];
+    if (c < 0 || c >= b->C) return bnl_fail(BNL_ERR_ARG, "bn_input: no channel %d in %s (%d channels)", c, b->name, b->C);
+    TRY(check_input(m, x, N, H, W, "bn_input"));
+    TRY(plan(m, N, H, W, m->pkeep && m->pN == N && m->pH == H && m->pW == W));
+    TRY(forward_impl(m, NULL, x, N, H, W, 1, -2 - layer));
+    const size_t M = (size_t)N * b->H * b->W, C = (size_t)b->C;
+    if (M > cap) return bnl_fail(BNL_ERR_ARG, "bn_input: %zu values do not fit in %zu", M, cap);
+    for (size_t i = 0; i < M; i++) out[i] = b->pre[i * C + (size_t)c];
+    *n = M;
+    gbe[0] = m->params[b->gamma + (size_t)c], gbe[1] = m->params[b->beta + (size_t)c], gbe[2] = m->bn.eps;
+    return BNL_OK;
 }
 
 bnl_status bnl_resnet_forward_to(bnl_resnet *m, const float *x, int N, int H, int W, int stop) {

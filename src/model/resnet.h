@@ -144,6 +144,12 @@ bnl_status bnl_resnet_forward(bnl_resnet *m, float *logits, const float *x, int 
 // computed and their running statistics updated, exactly as a full forward would; later layers keep
 // what an earlier forward left (their running statistics do not move). No logits.
 bnl_status bnl_resnet_forward_to(bnl_resnet *m, const float *x, int N, int H, int W, int stop);
+// Train mode: the forward up to the input of BatchNorm layer `layer` (earlier layers exactly as in
+// forward_to, so their running statistics move; `layer` itself does not run). Copies channel c of
+// that input (the convolution's output before BatchNorm, N*H*W values in NHWC order) to out (cap floats);
+// gbe: that channel's gamma, beta and the layers' eps.
+bnl_status bnl_resnet_bn_input(bnl_resnet *m, const float *x, int N, int H, int W, int layer, int c, float *out,
+                               size_t cap, size_t *n, float gbe[3]);
 
 // Train-mode forward + softmax cross-entropy (mean over the batch) + backward: gradients are
 // overwritten (zero-grad is part of it). *loss gets the loss; logits (may be NULL) the logits.
