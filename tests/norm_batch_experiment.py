@@ -87,7 +87,8 @@ def state(a, d):
 
 
 def train_cmd(a, variant, B, seed, d):
-    return [a.bnlab, "train", "--out", d, "--data", "procedural", "--classes", str(a.classes),
+    data = ["--data", a.data] + (["--classes", str(a.classes)] if a.data == "procedural" else [])
+    return [a.bnlab, "train", "--out", d] + data + [
             "--image-size", str(a.image_size), "--train-size", str(a.train_size), "--val-size", str(a.val_size),
             "--data-seed", str(a.data_seed), "--arch", a.arch, "--width-mult", str(a.width_mult),
             "--epochs", str(a.epochs), "--batch-size", str(B), "--lr", f"{lr_of(a, B, variant):g}",
@@ -151,7 +152,7 @@ def report(a, argv):
         w = csv.DictWriter(f, fieldnames=list(rows[0]), lineterminator="\n")
         w.writeheader()
         w.writerows(rows)
-    settings = (f"{a.arch} --width-mult {a.width_mult}, procedural data: {a.classes} classes, {a.image_size}x"
+    settings = (f"{a.arch} --width-mult {a.width_mult}, {a.data} data: {a.classes} classes, {a.image_size}x"
                 f"{a.image_size}, {a.train_size} train / {a.val_size} val images (data seed {a.data_seed}), "
                 f"{a.epochs} epochs at every batch size, lr = {a.lr_per_64:g} x B/64, SGD momentum 0.9, weight decay "
                 f"5e-4, cosine schedule, {a.warmup_epochs} warmup epoch(s), BatchNorm momentum 0.9, seeds "
@@ -192,7 +193,8 @@ def report(a, argv):
                        "points": [(min(a.batches), chance), (max(a.batches), chance)]})
         plot_svg.line_plot(series, os.path.join(a.out, "error_vs_batch.svg"),
                            title=f"eval error after {a.epochs} epochs, mean of {len(a.seeds)} seeds",
-                           xlabel="batch size (log2 axis)", ylabel="eval error", ymin=0.2, ymax=0.8)
+                           xlabel="batch size (log2 axis)", ylabel="eval error", ymin=0.2 if a.data == "procedural" else 0.0,
+                           ymax=0.8 if a.data == "procedural" else 1.0)
     print("\n".join(md))
 
 
@@ -209,7 +211,9 @@ def main():
     ap.add_argument("--lr-per-64", type=float, default=0.1)
     ap.add_argument("--arch", default="resnet18")
     ap.add_argument("--width-mult", type=float, default=0.25)
-    ap.add_argument("--classes", type=int, default=4)
+    ap.add_argument("--data", default="procedural", help="bnlab train --data: procedural or fashion-mnist[:DIR] "
+                    "(then --train-size/--val-size are fixed random subsets of its splits)")
+    ap.add_argument("--classes", type=int, default=4, help="procedural classes (fashion-mnist: 10)")
     ap.add_argument("--image-size", type=int, default=32)
     ap.add_argument("--train-size", type=int, default=4000)
     ap.add_argument("--val-size", type=int, default=1000)
@@ -219,6 +223,8 @@ def main():
     ap.add_argument("--report-only", action="store_true")
     argv = sys.argv[1:]
     a = ap.parse_args()
+    if a.data != "procedural":
+        a.classes = 10
     a.variants = a.variants.split(",")
     a.batches = [int(x) for x in a.batches.split(",")]
     a.seeds = [int(x) for x in a.seeds.split(",")]

@@ -8,6 +8,7 @@ import { initChannelPanel, showChannel } from './panel_channel.mjs';
 import { initAccuracyPanel, accuracyModelChanged } from './panel_accuracy.mjs';
 import { initGuide } from './panel_guide.mjs';
 import { initKeyboard } from './a11y.mjs';
+import { drawNorm } from './panel_norm.mjs'; // issue 14: the normalization panel
 
 const $ = (id) => document.getElementById(id);
 const SVG_NS = 'http://www.w3.org/2000/svg';
@@ -779,15 +780,19 @@ async function doRun() {
       mode: r.mode, B: r.B, layer: r.layer, msTrain: r.msTrain, msEval: r.msEval, roundTripMs: r.roundTripMs,
       layerDist: r.layerDist, overview: r.overview.map((o) => ({ ...o })), probe: r.probe, accEval: r.accEval, accTrain: r.accTrain,
     };
-    debug.lastBatchMean = Array.from(r.batchMean);
+    debug.lastBatchMean = r.batchMean ? Array.from(r.batchMean) : null; // null: GroupNorm, frozen, none
     debug.crops = r.crops;
     debug.thumbs = { source: r.source, index: r.thumbIndex, label: r.thumbLabel };
     times.train.set(r.B, r.msTrain);
     if (r.msEval != null) times.eval.set(r.B, r.msEval);
     if (r.modified && !model.modified) { model.modified = true; showModelNote(); }
-    drawStats(r);
-    drawOverview(r);
+    if (r.batchMean) { drawStats(r); drawOverview(r); } else {
+      // GroupNorm, frozen, none: no batch statistics to set against running ones (issue 14; see the norm panel)
+      $('stats-readout').textContent = `${r.layer}: this model's normalization (${model.info.norm}) has no batch statistics: see "This layer's normalization"`;
+      $('stats-panel').dataset.run = String(debug.runs);
+    }
     drawProbe(r);
+    drawNorm($('norm-body'), r);
     drawTimes();
     drawThumbs(r);
     markStale();
@@ -892,7 +897,7 @@ function drawProbe(r) {
     ['eval', 'eval, alone', r.probe.eval],
     ['train', 'train, alone (B = 1)', r.probe.trainAlone],
     ['train', `train, in the batch of ${r.B}`, r.probe.trainBatch],
-  ];
+  ].filter((c) => c[2]); // train alone: null where B = 1 is undefined (r.probe.trainAloneError)
   const box = $('probe-cols');
   box.replaceChildren();
   for (const [cls, title, top] of cols) {

@@ -40,6 +40,11 @@ const MODEL_CANDIDATES = [
   { url: '/models/experiments/fashion_batch_size/resnet18-fashion-B128.safetensors',
     file: path.join(ROOT, 'demo-models', 'experiments', 'fashion_batch_size', 'resnet18-fashion-B128.safetensors'),
     name: 'ResNet-18 (1/8 width), Fashion-MNIST subset, trained at batch size 128', dataset: 'fashion-mnist' },
+  // issue 14: one small model per normalization kind (procedural data; the page's norm panel follows the kind)
+  ...[['batch', 'BatchNorm'], ['group', 'GroupNorm'], ['renorm', 'Batch Renorm'], ['ghost', 'Ghost BatchNorm'],
+    ['frozen', 'frozen BatchNorm'], ['none', 'no normalization']].map(([k, label]) => ({
+    url: `/models/norms/${k}.safetensors`, file: path.join(ROOT, 'demo-models', 'norms', `${k}.safetensors`),
+    name: `Norm demo: ${label} (small ResNet, procedural shapes)` })),
   { url: '/fixtures/resnet/resnet50.weights.safetensors', file: path.join(ROOT, 'tests', 'fixtures', 'resnet', 'resnet50.weights.safetensors'),
     name: 'ResNet-50 topology, narrow test fixture (untrained)' },
 ];

@@ -388,6 +388,8 @@ function top5(logits, K, offset = 0) {
 // dMean = mean over channels of |batch_mean - running_mean| / sqrt(running_var + eps);
 // dVar  = mean over channels of |ln((batch_var + eps) / (running_var + eps))|.
 function distances(batchMean, batchVar, runningMean, runningVar) {
+  // GroupNorm, frozen and none have no batch statistics (issue 14): no distance to show
+  if (!batchMean || !batchVar) return { dMean: null, dVar: null };
   const C = runningMean.length;
   let dm = 0, dv = 0;
   for (let c = 0; c < C; c++) {
@@ -432,6 +434,7 @@ function run({ mode, batchSize, layer, seed, updateRunning }, progress = () => {
   });
   const li = Math.max(0, layers.indexOf(layer));
   const bs = T.bnStats(li), rs = S.main.bnStats(li);
+  const normTrain = T.normStats(li); // issue 14: GroupNorm / Renorm / Ghost statistics of the train forward
   // the eval forward of the whole batch is only needed in eval mode; in train mode it is done for
   // the timing plot when it is cheap
   let logitsEval = null, msEval = null;
@@ -439,16 +442,20 @@ function run({ mode, batchSize, layer, seed, updateRunning }, progress = () => {
     progress({ phase: `eval-mode forward of ${what}`, est: (msTrain * 0.8) });
     [logitsEval, msEval] = timed(() => S.main.eval().forward(x, shape));
   }
+  const norm = { kind: S.main.info.norm, train: normTrain, eval: logitsEval ? S.main.normStats(li) : null };
   progress({ phase: 'the probe image alone, eval and train mode', est: 2.5 * ms1 });
   const D = S.H * S.W * 3, probe = x.subarray(0, D), pshape = [1, S.H, S.W, 3];
   const aloneEval = S.main.forward(probe, pshape);
-  const aloneTrain = S.scratch.train().forward(probe, pshape);
+  // BatchNorm in train mode is undefined for one image where a layer is 1x1 (small inputs): say so, no column
+  let aloneTrain = null, aloneTrainError = null;
+  try { aloneTrain = S.scratch.train().forward(probe, pshape); } catch (e) { aloneTrainError = e.message; }
   S.scratch.eval();
   return {
     mode, B, layer: layers[li], seed, updateRunning: T === S.main, modified: S.modified,
     channels: rs.channels,
     batchMean: bs.batchMean, batchVar: bs.batchVar, runningMean: rs.runningMean, runningVar: rs.runningVar,
     numBatchesTracked: rs.numBatchesTracked,
+    norm,
     layerDist: distances(bs.batchMean, bs.batchVar, rs.runningMean, rs.runningVar),
     overview,
     msTrain, msEval,
@@ -457,7 +464,7 @@ function run({ mode, batchSize, layer, seed, updateRunning }, progress = () => {
       label: labels[0] >= 0 ? labels[0] : null,
       eval: top5(aloneEval, K),
       trainBatch: top5(logitsTrain, K, 0),
-      trainAlone: top5(aloneTrain, K),
+      trainAlone: aloneTrain ? top5(aloneTrain, K) : null, trainAloneError: aloneTrainError,
     },
     accEval: logitsEval ? argmaxAcc(logitsEval, labels, K) : null,
     accTrain: argmaxAcc(logitsTrain, labels, K),
@@ -469,6 +476,9 @@ function run({ mode, batchSize, layer, seed, updateRunning }, progress = () => {
 // Spread of the batch mean of one layer across K batches, for several batch sizes (train mode).
 async function spread({ layer, sizes, K, seed }, progress) {
   if (!(K >= 2)) throw new Error(`bnlab: the spread needs K >= 2 batches per size (got ${K})`);
+  const norm = S.main.info.norm;   // issue 14: GroupNorm, frozen, none have no batch statistics; Ghost needs V | B
+  if (/^group/.test(norm)) throw new Error(`bnlab: the spread of batch statistics: this model (${norm}) has none`);
+  if (norm.startsWith('ghost:')) sizes = sizes.filter((B) => B % Number(norm.slice(6)) === 0);
   const li = Math.max(0, S.main.info.bnLayers.indexOf(layer));
   // the loaded model's running statistics (the copy's drift with its train-mode forwards)
   const run = S.main.bnStats(li), runMean = Float32Array.from(run.runningMean), runVar = Float32Array.from(run.runningVar);
