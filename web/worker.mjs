@@ -477,7 +477,7 @@ function run({ mode, batchSize, layer, seed, updateRunning }, progress = () => {
 async function spread({ layer, sizes, K, seed }, progress) {
   if (!(K >= 2)) throw new Error(`bnlab: the spread needs K >= 2 batches per size (got ${K})`);
   const norm = S.main.info.norm;   // issue 14: GroupNorm, frozen, none have no batch statistics; Ghost needs V | B
-  if (/^group/.test(norm)) throw new Error(`bnlab: the spread of batch statistics: this model (${norm}) has none`);
+  if (/^(group|frozen$|none$)/.test(norm)) throw new Error(`bnlab: the spread of batch statistics: this model (${norm}) has none`);
   if (norm.startsWith('ghost:')) sizes = sizes.filter((B) => B % Number(norm.slice(6)) === 0);
   const li = Math.max(0, S.main.info.bnLayers.indexOf(layer));
   // the loaded model's running statistics (the copy's drift with its train-mode forwards)

@@ -74,8 +74,9 @@ test('the model menu lists one demo model per normalization kind', { skip: SKIP,
 });
 
 for (const kind of KINDS) {
-  // frozen and none: the page does not reach 'ready' after the batch-size change (timeout; not yet diagnosed): todo
-  const todo = ['frozen', 'none'].includes(kind) ? 'frozen/none: page stalls after load (issue 14, open)' : undefined;
+  // frozen: the page does not reach 'ready' (timeout; not yet diagnosed): todo. (none stalled the same way until
+  // the spread sweep refused kinds without batch statistics up front.)
+  const todo = kind === 'frozen' ? 'frozen: page stalls after load (issue 14, open)' : undefined;
   test(`?model=norms/${kind}: the norm panel follows the kind`, { skip: SKIP, todo, timeout: 4 * WAIT }, async () => {
     const { page, errors } = await open(kind);
     const p = await panel(page);
