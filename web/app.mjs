@@ -625,7 +625,9 @@ async function loadModelBytes(bytes, name, file, dataset) {
     $('train-readout').textContent = '';
     await doRun();
     // the sweep runs by itself when it is cheap (estimated from the batch just timed)
-    if (d.msPerImage * 8 * 255 < 6000) await measureSpread();
+    // (not for models without batch statistics: GroupNorm, frozen, none have no spread to measure)
+    const noBatchStats = /^(group|frozen$|none$)/.test(d.info.norm);
+    if (!noBatchStats && d.msPerImage * 8 * 255 < 6000) await measureSpread();
     return true;
   } catch (e) {
     fail(`could not load ${name}`, e);
