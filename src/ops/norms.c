@@ -90,41 +90,42 @@ static void gn_ref_stats(double *gm, double *gv, const float *xs, size_t HW, siz
 }
 
 typedef struct {
-    float * y;
-    float * mean;
-    float * invstd;
-    float * var_out;
-    const float * x;
-    const float * gamma;
-    const float * beta;
+    float *y;
+    float *mean;
+    float *invstd;
+    float *var_out;
+    const float *x;
+    const float *gamma;
+    const float *beta;
     size_t HW;
     size_t C;
     size_t G;
     size_t Cg;
-    const bnl_bn_kernels * k;
-    double * dbl;
-    float * flt;
-    const bnl_bn_config * cfg;
+    const bnl_bn_kernels *k;
+    double *dbl;
+    float *flt;
+    const bnl_bn_config *cfg;
 } gn_fwd_ctx;
 
-// samples [n0, n1) on thread t (per-thread scratch at t)
+// GroupNorm forward of samples [n0, n1) on thread t (per-thread scratch at t); the fields are
+// bnl_groupnorm_forward's arguments, unpacked under their own names
 static void gn_fwd_range(void *vc, size_t n0, size_t n1, int t) {
     const gn_fwd_ctx *c = vc;
-    float * y = c->y;
-    float * mean = c->mean;
-    float * invstd = c->invstd;
-    float * var_out = c->var_out;
-    const float * x = c->x;
-    const float * gamma = c->gamma;
-    const float * beta = c->beta;
+    float *y = c->y;
+    float *mean = c->mean;
+    float *invstd = c->invstd;
+    float *var_out = c->var_out;
+    const float *x = c->x;
+    const float *gamma = c->gamma;
+    const float *beta = c->beta;
     size_t HW = c->HW;
     size_t C = c->C;
     size_t G = c->G;
     size_t Cg = c->Cg;
-    const bnl_bn_kernels * k = c->k;
-    double * dbl = c->dbl;
-    float * flt = c->flt;
-    const bnl_bn_config * cfg = c->cfg;
+    const bnl_bn_kernels *k = c->k;
+    double *dbl = c->dbl;
+    float *flt = c->flt;
+    const bnl_bn_config *cfg = c->cfg;
     double *gm = dbl + (size_t)t * (2 * G + 2 * C), *gv = gm + G, *cm = gv + G, *cm2 = cm + C;
     float *sc = flt + (size_t)t * 6 * C, *meanc = sc + 3 * C, *scale = meanc + C, *bc = scale + C;
     for (size_t n = n0; n < n1; n++) {
@@ -201,45 +202,45 @@ bnl_status bnl_groupnorm_forward(float *y, float *mean, float *invstd, float *va
 }
 
 typedef struct {
-    float * dx;
-    const float * dy;
-    const float * x;
-    const float * mean;
-    const float * invstd;
-    const float * gamma;
-    const float * beta;
+    float *dx;
+    const float *dy;
+    const float *x;
+    const float *mean;
+    const float *invstd;
+    const float *gamma;
+    const float *beta;
     size_t HW;
     size_t C;
     size_t G;
     size_t Cg;
     double Mg;
-    const bnl_bn_kernels * k;
-    double * dbl;
-    float * flt;
-    double * per;
-    const bnl_bn_config * cfg;
+    const bnl_bn_kernels *k;
+    double *dbl;
+    float *flt;
+    double *per;
+    const bnl_bn_config *cfg;
 } gn_bwd_ctx;
 
 // samples [n0, n1) on thread t (per-thread scratch at t)
 static void gn_bwd_range(void *vc, size_t n0, size_t n1, int t) {
     const gn_bwd_ctx *c = vc;
-    float * dx = c->dx;
-    const float * dy = c->dy;
-    const float * x = c->x;
-    const float * mean = c->mean;
-    const float * invstd = c->invstd;
-    const float * gamma = c->gamma;
-    const float * beta = c->beta;
+    float *dx = c->dx;
+    const float *dy = c->dy;
+    const float *x = c->x;
+    const float *mean = c->mean;
+    const float *invstd = c->invstd;
+    const float *gamma = c->gamma;
+    const float *beta = c->beta;
     size_t HW = c->HW;
     size_t C = c->C;
     size_t G = c->G;
     size_t Cg = c->Cg;
     double Mg = c->Mg;
-    const bnl_bn_kernels * k = c->k;
-    double * dbl = c->dbl;
-    float * flt = c->flt;
-    double * per = c->per;
-    const bnl_bn_config * cfg = c->cfg;
+    const bnl_bn_kernels *k = c->k;
+    double *dbl = c->dbl;
+    float *flt = c->flt;
+    double *per = c->per;
+    const bnl_bn_config *cfg = c->cfg;
     double *sg = dbl + (size_t)t * 2 * C, *sgx = sg + C;
     float *bg = flt + (size_t)t * 8 * C, *bgx = bg + C, *meanc = bgx + C, *scale = meanc + C, *bc = scale + C;
     float *a = bc + C, *b = a + C, *d = b + C;
