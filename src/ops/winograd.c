@@ -142,6 +142,31 @@ static inline float epilogue(float v, const wino_t *w, size_t k, const float *re
     return v;
 }
 
+// A whole 2x2 tile, K channels: restrict pointers and constant flags, so the compiler vectorizes
+// over k (the same operations, in the same order, as the general loop below).
+static inline void output_full(const float *restrict m, size_t ld, size_t K, const float *restrict bias,
+                               float *restrict y00, float *restrict y01, float *restrict y10, float *restrict y11,
+                               const float *restrict r00, const float *restrict r01, const float *restrict r10,
+                               const float *restrict r11, int has_bias, int has_res, int relu) {
+    for (size_t k = 0; k < K; k++) {
+        float u0[4], u1[4];
+        for (int b = 0; b < 4; b++) {
+            float m0 = m[(size_t)(0 + b) * ld + k], m1 = m[(size_t)(4 + b) * ld + k];
+            float m2 = m[(size_t)(8 + b) * ld + k], m3 = m[(size_t)(12 + b) * ld + k];
+            u0[b] = m0 + m1 + m2, u1[b] = m1 - m2 - m3;
+        }
+        float v00 = u0[0] + u0[1] + u0[2], v01 = u0[1] - u0[2] - u0[3];
+        float v10 = u1[0] + u1[1] + u1[2], v11 = u1[1] - u1[2] - u1[3];
+        if (has_bias) v00 = v00 + bias[k], v01 = v01 + bias[k], v10 = v10 + bias[k], v11 = v11 + bias[k];
+        if (has_res) v00 = v00 + r00[k], v01 = v01 + r01[k], v10 = v10 + r10[k], v11 = v11 + r11[k];
+        if (relu) {
+            v00 = v00 < 0.0f ? 0.0f : v00, v01 = v01 < 0.0f ? 0.0f : v01;
+            v10 = v10 < 0.0f ? 0.0f : v10, v11 = v11 < 0.0f ? 0.0f : v11;
+        }
+        y00[k] = v00, y01[k] = v01, y10[k] = v10, y11[k] = v11;
+    }
+}
+
 // y = A^T M A (+ bias, + res, ReLU) for tiles [i0, i1) of the chunk
 static void output_tiles(void *vc, size_t i0, size_t i1, int tid) {
     (void)tid;
@@ -161,6 +186,17 @@ static void output_tiles(void *vc, size_t i0, size_t i1, int tid) {
                 rs[a][b] = w->res ? w->res + pix * K : NULL;
             }
         const float *m = w->M + i * K;
+        if (two_rows && two_cols) {
+            const float *r[4] = {rs[0][0], rs[0][1], rs[1][0], rs[1][1]};
+            int hb = w->bias != NULL, hr = w->res != NULL;
+#define FULL(b_, r_, l_) output_full(m, ld, K, w->bias, y[0][0], y[0][1], y[1][0], y[1][1], r[0], r[1], r[2], r[3], b_, r_, l_)
+            if (hb && hr && w->relu) FULL(1, 1, 1);
+            else if (hb && !hr && w->relu) FULL(1, 0, 1);
+            else if (hb && hr && !w->relu) FULL(1, 1, 0);
+            else FULL(hb, hr, w->relu);
+#undef FULL
+            continue;
+        }
         for (size_t k = 0; k < K; k++) {
             float u[2][4];
             for (int b = 0; b < 4; b++) {   // A^T m (rows)
