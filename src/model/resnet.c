@@ -1145,7 +1145,8 @@ static bnl_status fold_and_pack(bnl_resnet *m) {
             scale[k] = (float)sk;
             bias[k] = (float)((double)b[k] - (double)rm[k] * sk);
         }
-        s = bnl_conv_pack_weights(&m->pk[c], m->params + cv->w, scale, cv->cout, cv->k, cv->k, cv->cin);
+        s = bnl_conv_pack_weights_for(&m->pk[c], m->params + cv->w, scale, cv->cout, cv->k, cv->k, cv->cin,
+                                       cv->stride);
         bias += cv->cout;
     }
     bnl_free(scale);

@@ -18,6 +18,7 @@
 #include "core/parallel.h"
 #include "ops/gemm_kernels.h"
 #include "ops/ops.h"
+#include "ops/winograd.h"
 
 #include <limits.h>
 #include <stdlib.h>
@@ -192,16 +193,26 @@ bnl_status bnl_conv2d_forward(float *y, const float *x, const float *w, const bn
 struct bnl_conv_packed {
     const bnl_gemm_kernels *kt;   // the kernel table the layout is for
     int K, R, S, C;
+    int wino;                     // 1: Winograd F(2x2,3x3) transformed weights (3x3, stride 1 only)
     float *data;
 };
 
 bnl_status bnl_conv_pack_weights(bnl_conv_packed **pk, const float *w, const float *scale, int K, int R, int S, int C) {
-    if (!pk || !w || K <= 0 || R <= 0 || S <= 0 || C <= 0 || !bytes_fit(K, R, S, C))
-        return bnl_fail(BNL_ERR_ARG, "conv_pack_weights: bad arguments (K=%d R=%d S=%d C=%d)", K, R, S, C);
+    return bnl_conv_pack_weights_for(pk, w, scale, K, R, S, C, 0);
+}
+
+bnl_status bnl_conv_pack_weights_for(bnl_conv_packed **pk, const float *w, const float *scale, int K, int R, int S,
+                                     int C, int stride) {
+    if (!pk || !w || K <= 0 || R <= 0 || S <= 0 || C <= 0 || stride < 0 || !bytes_fit(K, R, S, C))
+        return bnl_fail(BNL_ERR_ARG, "conv_pack_weights: bad arguments (K=%d R=%d S=%d C=%d stride=%d)", K, R, S, C,
+                        stride);
     const bnl_gemm_kernels *kt = bnl_gemm_kernels_active();
-    size_t rsc = (size_t)R * S * C, n = bnl_gemm_packed_floats(kt, (size_t)K, rsc);
+    int wino = stride == 1 && R == 3 && S == 3 && bnl_conv_winograd() && bytes_fit(16, K, C, 1);
+    size_t rsc = (size_t)R * S * C;
+    size_t n = wino ? bnl_winograd_packed_floats(kt, K, C) : bnl_gemm_packed_floats(kt, (size_t)K, rsc);
     bnl_conv_packed *p = *pk;
-    if (p && (p->K != K || p->R != R || p->S != S || p->C != C || bnl_gemm_packed_floats(p->kt, (size_t)K, rsc) != n)) {
+    if (p && (p->K != K || p->R != R || p->S != S || p->C != C || p->wino != wino ||
+              (wino ? bnl_winograd_packed_floats(p->kt, K, C) : bnl_gemm_packed_floats(p->kt, (size_t)K, rsc)) != n)) {
         bnl_conv_packed_free(p);
         *pk = p = NULL;
     }
@@ -212,10 +223,11 @@ bnl_status bnl_conv_pack_weights(bnl_conv_packed **pk, const float *w, const flo
             if (p) free(p);
             return bnl_fail(BNL_ERR_NOMEM, "conv_pack_weights: out of memory for %zu floats", n);
         }
-        p->K = K, p->R = R, p->S = S, p->C = C;
+        p->K = K, p->R = R, p->S = S, p->C = C, p->wino = wino;
         *pk = p;
     }
     p->kt = kt;
+    if (wino) return bnl_winograd_pack(p->data, kt, w, scale, K, C);
     bnl_gemm_src b = src_strided(w, 1, rsc);
     bnl_gemm_pack_b(p->data, kt, &b, (size_t)K, rsc, scale);
     return BNL_OK;
@@ -237,6 +249,12 @@ bnl_status bnl_conv2d_forward_fused(float *y, const float *x, const bnl_conv_pac
     if (w->K != s->K || w->R != s->R || w->S != s->S || w->C != s->C)
         return bnl_fail(BNL_ERR_SHAPE, "conv2d_forward_fused: weights packed for %dx%dx%dx%d, shape wants %dx%dx%dx%d",
                         w->K, w->R, w->S, w->C, s->K, s->R, s->S, s->C);
+    if (w->wino) {
+        if (s->stride != 1)
+            return bnl_fail(BNL_ERR_SHAPE, "conv2d_forward_fused: weights packed for stride 1 (Winograd), shape has stride %d",
+                            s->stride);
+        return bnl_winograd_forward(y, x, w->data, w->kt, bias, res, relu, s);
+    }
     bnl_gemm_src a = src_patches(x, s), b = {BNL_SRC_PACKED, w->data, (size_t)w->R * w->S * w->C, 0, NULL, w->kt};
     return conv_gemm(y, &a, &b, bias, res, NULL, relu, s);
 }

@@ -318,6 +318,32 @@ static void test_conv_case(int N, int H, int W, int C, int K, int R, int stride,
     CHECK(bnl_conv2d_forward_fused(y, x, pk, bias, res, 1, &s) == BNL_OK, "%s fused: %s", what, bnl_last_error());
     snprintf(w2, sizeof w2, "%s: fused y", what);
     check_close(w2, y, yr, ny, 2 * tol, 1e-5);
+    if (R == 3 && stride == 1) {
+        // Winograd F(2x2,3x3): against float64, its error at most a few times the direct path's own
+        double e_direct = 0, e_wino = 0;
+        for (size_t i = 0; i < ny; i++) e_direct = fmax(e_direct, fabs((double)y[i] - (double)yr[i]));
+        float *yw = fmalloc(ny);
+        fill(yw, ny, NAN);
+        bnl_conv_packed *pw = NULL;
+        CHECK(bnl_conv_pack_weights_for(&pw, w, scale, K, R, R, C, 1) == BNL_OK, "%s winograd pack: %s", what,
+              bnl_last_error());
+        CHECK(bnl_conv2d_forward_fused(yw, x, pw, bias, res, 1, &s) == BNL_OK, "%s winograd: %s", what,
+              bnl_last_error());
+        for (size_t i = 0; i < ny; i++) {
+            double e = fabs((double)yw[i] - (double)yr[i]);
+            e_wino = e != e ? INFINITY : fmax(e_wino, e);
+        }
+        CHECK(e_wino <= 4 * e_direct + 1e-6, "%s: winograd max error %.3g, direct %.3g", what, e_wino, e_direct);
+        snprintf(w2, sizeof w2, "%s: winograd y", what);
+        check_close(w2, yw, yr, ny, 2 * tol, 1e-5);
+        // packed for stride 1: a stride-2 shape is refused, not computed wrong
+        bnl_conv_shape s2;
+        if (H >= 3 && W >= 3 && bnl_conv_shape_init(&s2, N, H, W, C, K, 3, 3, 2, pad) == BNL_OK)
+            CHECK(bnl_conv2d_forward_fused(yw, x, pw, NULL, NULL, 0, &s2) == BNL_ERR_SHAPE,
+                  "%s: winograd weights ran a stride-2 convolution", what);
+        bnl_conv_packed_free(pw);
+        free(yw);
+    }
     // repacking into the same buffer, no scale, no epilogue: the plain forward's bits
     float *y2 = fmalloc(ny);
     CHECK(bnl_conv_pack_weights(&pk, w, NULL, K, R, R, C) == BNL_OK, "%s repack: %s", what, bnl_last_error());
@@ -371,6 +397,7 @@ static void test_conv(void) {
     test_conv_case(3, 17, 15, 36, 20, 3, 2, 1);
     // so many pixels that the weight gradient's reduction is split
     test_conv_case(2, 48, 48, 8, 8, 3, 1, 1);
+    test_conv_case(2, 40, 39, 128, 120, 3, 1, 1);   // Winograd in several chunks of tiles, the last partial
 }
 
 int main(void) {
