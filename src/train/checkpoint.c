@@ -13,7 +13,7 @@
 #define OPT_PREFIX "optimizer."
 #define OPT_MOMENTUM OPT_PREFIX "momentum"
 
-int tr_is_optimizer_tensor(const char *name) { return !strncmp(name, OPT_PREFIX, sizeof OPT_PREFIX - 1); }
+int bnl_checkpoint_is_extra_tensor(const char *name) { return !strncmp(name, OPT_PREFIX, sizeof OPT_PREFIX - 1); }
 
 bnl_status bnl_checkpoint_save(bnl_resnet *m, const char *path, int with_momentum, const char *const *kv,
                                size_t nkv) {

@@ -63,7 +63,6 @@ void tr_note(tr_run *r, const char *fmt, ...) BNL_PRINTF(2, 3);
 void tr_schedule_init(tr_run *r);
 
 // checkpoint.c
-int tr_is_optimizer_tensor(const char *name);          // a checkpoint's optimizer state, not the model's
 bnl_status tr_load_resume(tr_run *r, int64_t *step);   // DIR/last.safetensors into r->m, its step
 bnl_status tr_verify_resume(const tr_run *r);          // it was trained with this configuration
 bnl_status tr_save_last(tr_run *r, int64_t step);      // model + momentum + metadata
