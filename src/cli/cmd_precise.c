@@ -3,37 +3,21 @@
 #include "core/common.h"
 #include "io/dataset.h"
 #include "model/resnet.h"
+#include "train/train.h"
 
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
-// The training split of --data, as `bnlab train` reads it (procedural: its default train split).
+// The training split of --data, as `bnlab train` reads it (procedural: its default train split,
+// with the model's class count).
 static bnl_status open_train_split(bnl_dataset **d, const char *spec, int size, int classes, uint64_t data_seed) {
-    if (!strcmp(spec, "procedural")) {
-        bnl_procedural_opts po = bnl_procedural_opts_default();
-        po.seed = data_seed;
-        if (classes >= 2 && classes <= BNL_PROCEDURAL_MAX_CLASSES) po.classes = classes;
-        if (size) po.size = size;
-        return bnl_dataset_procedural(d, &po);
-    }
-    if (!strncmp(spec, "cifar10:", 8) && spec[8]) return bnl_dataset_cifar10(d, spec + 8, 1);
-    if (!strncmp(spec, "folder:", 7) && spec[7]) {
-        char tr[1100];
-        snprintf(tr, sizeof tr, "%s/train", spec + 7);
-        bnl_imagefolder_opts io = bnl_imagefolder_opts_default();
-        if (size) io.size = size, io.resize = size * 256 / 224;
-        return bnl_dataset_imagefolder(d, tr, &io);
-    }
-    int fashion = !strcmp(spec, "fashion-mnist") || (!strncmp(spec, "fashion-mnist:", 14) && spec[14]);
-    if (fashion || (!strncmp(spec, "mnist:", 6) && spec[6])) {
-        bnl_idx_opts io = bnl_idx_opts_default();
-        io.size = size, io.fashion_names = fashion;
-        return bnl_dataset_mnist(d, fashion ? (spec[13] ? spec + 14 : BNL_FASHION_MNIST_DIR) : spec + 6, 1, &io);
-    }
-    return bnl_fail(BNL_ERR_ARG, "--data: expected procedural, cifar10:DIR, folder:DIR, fashion-mnist[:DIR] or mnist:DIR, got '%s'",
-                    spec);
+    bnl_data_spec ds;
+    bnl_status s = bnl_data_spec_parse(&ds, spec);
+    if (s != BNL_OK) return s;
+    bnl_data_opts o = {classes >= 2 && classes <= BNL_PROCEDURAL_MAX_CLASSES ? classes : 0, size, 0, data_seed};
+    return bnl_data_open(d, &ds, 1, &o);
 }
 
 int cmd_precise_bn(int argc, char **argv) {

@@ -268,14 +268,12 @@ int cmd_train(int argc, char **argv) {
     long l;
     double d;
     if (!bad) {
-        int procedural = !strcmp(data, "procedural");
-        int idx = !strcmp(data, "fashion-mnist") || (!strncmp(data, "fashion-mnist:", 14) && data[14]) ||
-                  (!strncmp(data, "mnist:", 6) && data[6]);
-        if (!procedural && !idx && !((!strncmp(data, "cifar10:", 8) && data[8]) || (!strncmp(data, "folder:", 7) && data[7]))) {
-            bad = cli_error("--data: expected procedural, cifar10:DIR, folder:DIR, fashion-mnist[:DIR] or mnist:DIR, got '%s'", data);
-        } else if (!procedural && cli_get(opts, nopts, "classes")) {
+        bnl_data_spec ds;
+        if (bnl_data_spec_parse(&ds, data) != BNL_OK) {
+            bad = cli_error("%s", bnl_last_error());
+        } else if (ds.kind != BNL_DATA_PROCEDURAL && cli_get(opts, nopts, "classes")) {
             bad = cli_error("--classes applies to --data procedural only (the classes come from the data)");
-        } else if (!strncmp(data, "cifar10:", 8) && cli_get(opts, nopts, "image-size")) {
+        } else if (ds.kind == BNL_DATA_CIFAR10 && cli_get(opts, nopts, "image-size")) {
             bad = cli_error("--image-size does not apply to CIFAR-10 (32x32 images)");
         }
         cfg.data = data;

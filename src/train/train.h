@@ -109,9 +109,37 @@ void bnl_dist_abort(bnl_dist *d, int code);
 // when with_momentum, and the metadata pairs kv[0..2*nkv) (key, value, key, value, ...). Atomic.
 bnl_status bnl_checkpoint_save(bnl_resnet *m, const char *path, int with_momentum, const char *const *kv,
                                size_t nkv);
+// 1 if `name` is a tensor a checkpoint carries beside the model (the optimizer's state, `optimizer.*`):
+// what a model loader reading a checkpoint as weights should skip.
+int bnl_checkpoint_is_extra_tensor(const char *name);
 // Loads a checkpoint written by bnl_checkpoint_save(with_momentum = 1): the model with its
 // metadata (bnl_resnet_meta) and the momentum buffer. The caller frees *out.
 bnl_status bnl_checkpoint_load(bnl_resnet **out, const char *path);
+
+// ---------------------------------------------------------------------------------------------
+// Data: the --data strings of `bnlab train` (and `bnlab precise-bn`, which reads the same splits).
+struct bnl_dataset;
+typedef enum { BNL_DATA_PROCEDURAL = 0, BNL_DATA_CIFAR10, BNL_DATA_FOLDER, BNL_DATA_IDX } bnl_data_kind;
+
+typedef struct bnl_data_spec {
+    bnl_data_kind kind;
+    const char *dir;     // points into the parsed string (IDX without a DIR: BNL_FASHION_MNIST_DIR); NULL for procedural
+    int fashion;         // IDX: Fashion-MNIST's class names
+} bnl_data_spec;
+
+// "procedural", "cifar10:DIR", "folder:DIR" (DIR/train, DIR/val), "fashion-mnist[:DIR]", "mnist:DIR";
+// anything else (or an empty DIR) is BNL_ERR_ARG "--data: expected ..., got '<spec>'".
+bnl_status bnl_data_spec_parse(bnl_data_spec *out, const char *spec);
+
+typedef struct bnl_data_opts {
+    int classes;         // procedural: 2..16 (0 = 10)
+    int image_size;      // procedural (0 = 32), folder (0 = 224), IDX (0 = the files' size); CIFAR-10: 0 or 32
+    size_t count;        // procedural: images (0 = 10000 for the training split, 2000 for validation)
+    uint64_t seed;       // procedural: the images (the validation split draws from a seed derived from it)
+} bnl_data_opts;
+
+// Opens one split of a parsed spec (train = 1: training, 0: validation). The caller frees *out.
+bnl_status bnl_data_open(struct bnl_dataset **out, const bnl_data_spec *spec, int train, const bnl_data_opts *o);
 
 // ---------------------------------------------------------------------------------------------
 // A training run.

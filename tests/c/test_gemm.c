@@ -13,36 +13,11 @@
 #include "ops/gemm_kernels.h"
 #include "ops/ops.h"
 #include "util.h"
+#include "ref.h"
 #include "test_data.h"
 
 #include <stdint.h>
 
-
-// Bitwise, except that any two NaNs match: WebAssembly leaves a NaN's sign and payload open.
-static int bitwise_equal(const char *what, const float *a, const float *b, size_t n) {
-    g_checks++;
-    for (size_t i = 0; i < n; i++)
-        if (memcmp(&a[i], &b[i], sizeof(float)) != 0 && !(isnan(a[i]) && isnan(b[i]))) {
-            g_failures++;
-            fprintf(stderr, "FAIL %s: not bitwise equal at [%zu]: %.9g vs %.9g\n", what, i, a[i], b[i]);
-            return 0;
-        }
-    return 1;
-}
-
-// C (M,N) = op(A) op(B) in double; ta: A is (K,M); tb: B is (N,K).
-static void ref_gemm(double *C, const float *A, const float *B, size_t M, size_t N, size_t K, int ta, int tb) {
-    for (size_t i = 0; i < M; i++)
-        for (size_t j = 0; j < N; j++) {
-            double s = 0;
-            for (size_t k = 0; k < K; k++) {
-                double a = ta ? A[k * M + i] : A[i * K + k];
-                double b = tb ? B[j * K + k] : B[k * N + j];
-                s += a * b;
-            }
-            C[i * N + j] = s;
-        }
-}
 
 static void run_variant(int v, float *C, const float *A, const float *B, size_t M, size_t N, size_t K, int acc) {
     if (v == 0) bnl_gemm_nn(C, A, B, M, N, K, acc);
@@ -236,51 +211,6 @@ static void test_epilogue(size_t K) {
 // ---------------------------------------------------------------------------------------------
 // Convolutions through the engine
 
-static void ref_conv(double *y, const float *x, const float *w, const bnl_conv_shape *s) {
-    for (int n = 0; n < s->N; n++)
-        for (int p = 0; p < s->P; p++)
-            for (int q = 0; q < s->Q; q++)
-                for (int k = 0; k < s->K; k++) {
-                    double acc = 0;
-                    for (int r = 0; r < s->R; r++)
-                        for (int t = 0; t < s->S; t++) {
-                            int h = p * s->stride - s->pad + r, ww = q * s->stride - s->pad + t;
-                            if (h < 0 || h >= s->H || ww < 0 || ww >= s->W) continue;
-                            for (int c = 0; c < s->C; c++)
-                                acc += (double)x[(((size_t)n * s->H + h) * s->W + ww) * s->C + c] *
-                                       w[(((size_t)k * s->R + r) * s->S + t) * s->C + c];
-                        }
-                    y[(((size_t)n * s->P + p) * s->Q + q) * s->K + k] = acc;
-                }
-}
-
-static void ref_conv_backward(double *dx, double *dw, const float *dy, const float *x, const float *w,
-                              const bnl_conv_shape *s) {
-    size_t nx = (size_t)s->N * s->H * s->W * s->C, nw = (size_t)s->K * s->R * s->S * s->C;
-    memset(dx, 0, nx * sizeof(double)), memset(dw, 0, nw * sizeof(double));
-    for (int n = 0; n < s->N; n++)
-        for (int p = 0; p < s->P; p++)
-            for (int q = 0; q < s->Q; q++)
-                for (int k = 0; k < s->K; k++) {
-                    double g = dy[(((size_t)n * s->P + p) * s->Q + q) * s->K + k];
-                    for (int r = 0; r < s->R; r++)
-                        for (int t = 0; t < s->S; t++) {
-                            int h = p * s->stride - s->pad + r, ww = q * s->stride - s->pad + t;
-                            if (h < 0 || h >= s->H || ww < 0 || ww >= s->W) continue;
-                            for (int c = 0; c < s->C; c++) {
-                                size_t xi = (((size_t)n * s->H + h) * s->W + ww) * s->C + c;
-                                size_t wi = (((size_t)k * s->R + r) * s->S + t) * s->C + c;
-                                dx[xi] += g * w[wi];
-                                dw[wi] += g * x[xi];
-                            }
-                        }
-                }
-}
-
-static void to_float(float *d, const double *s, size_t n) {
-    for (size_t i = 0; i < n; i++) d[i] = (float)s[i];
-}
-
 static void test_conv_case(int N, int H, int W, int C, int K, int R, int stride, int pad) {
     bnl_conv_shape s;
     if (bnl_conv_shape_init(&s, N, H, W, C, K, R, R, stride, pad) != BNL_OK) {
@@ -299,7 +229,7 @@ static void test_conv_case(int N, int H, int W, int C, int K, int R, int stride,
     double tol = 2e-6 * rsc + 1e-6;
 
     ref_conv(ref, x, w, &s);
-    to_float(yr, ref, ny);
+    ref_to_float(yr, ref, ny);
     fill(y, ny, NAN);
     CHECK(bnl_conv2d_forward(y, x, w, &s) == BNL_OK, "%s: %s", what, bnl_last_error());
     char w2[260];
@@ -355,7 +285,7 @@ static void test_conv_case(int N, int H, int W, int C, int K, int R, int stride,
 
     // backward
     ref_conv_backward(ref, refw, dy, x, w, &s);
-    to_float(dxr, ref, nx), to_float(dwr, refw, nw);
+    ref_to_float(dxr, ref, nx), ref_to_float(dwr, refw, nw);
     fill(dx, nx, NAN), fill(dw, nw, 0.0f);
     CHECK(bnl_conv2d_backward(dx, dw, dy, x, w, &s) == BNL_OK, "%s backward: %s", what, bnl_last_error());
     snprintf(w2, sizeof w2, "%s: dx", what);

@@ -4,6 +4,7 @@
 #include "core/rng.h"
 #include "ops/ops.h"
 #include "util.h"
+#include "ref.h"
 #include "test_data.h"
 
 #include <stdint.h>
@@ -13,17 +14,6 @@ static double dot(const float *a, const float *b, size_t n) {
     double s = 0;
     for (size_t i = 0; i < n; i++) s += (double)a[i] * b[i];
     return s;
-}
-
-static int bitwise_equal(const char *what, const float *a, const float *b, size_t n) {
-    g_checks++;
-    for (size_t i = 0; i < n; i++)
-        if (memcmp(&a[i], &b[i], sizeof(float)) != 0) {
-            g_failures++;
-            fprintf(stderr, "FAIL %s: not bitwise equal at [%zu]: %.9g vs %.9g\n", what, i, a[i], b[i]);
-            return 0;
-        }
-    return 1;
 }
 
 #define EXPECT_STATUS(call, want)                                                                  \
@@ -57,19 +47,6 @@ static void fd_check(const char *what, float *param, size_t n, const float *grad
 
 // ---------------------------------------------------------------------------------------------
 // GEMM
-
-static void ref_gemm(double *C, const float *A, const float *B, size_t M, size_t N, size_t K, int ta, int tb) {
-    for (size_t i = 0; i < M; i++)
-        for (size_t j = 0; j < N; j++) {
-            double s = 0;
-            for (size_t k = 0; k < K; k++) {
-                double a = ta ? A[k * M + i] : A[i * K + k];
-                double b = tb ? B[j * K + k] : B[k * N + j];
-                s += a * b;
-            }
-            C[i * N + j] = s;
-        }
-}
 
 static void test_gemm_shape(size_t M, size_t N, size_t K, int variant, int accumulate) {
     float *A = frand(M * K, -1, 1), *B = frand(K * N, -1, 1), *C = frand(M * N, -1, 1);
@@ -128,50 +105,6 @@ static void test_gemm(void) {
 // ---------------------------------------------------------------------------------------------
 // Convolution
 
-static void ref_conv_forward(float *y, const float *x, const float *w, const bnl_conv_shape *s) {
-    for (int n = 0; n < s->N; n++)
-        for (int p = 0; p < s->P; p++)
-            for (int q = 0; q < s->Q; q++)
-                for (int k = 0; k < s->K; k++) {
-                    double acc = 0;
-                    for (int r = 0; r < s->R; r++)
-                        for (int t = 0; t < s->S; t++) {
-                            int h = p * s->stride - s->pad + r, ww = q * s->stride - s->pad + t;
-                            if (h < 0 || h >= s->H || ww < 0 || ww >= s->W) continue;
-                            for (int c = 0; c < s->C; c++)
-                                acc += (double)x[(((size_t)n * s->H + h) * s->W + ww) * s->C + c] *
-                                       w[(((size_t)k * s->R + r) * s->S + t) * s->C + c];
-                        }
-                    y[(((size_t)n * s->P + p) * s->Q + q) * s->K + k] = (float)acc;
-                }
-}
-
-static void ref_conv_backward(float *dx, float *dw, const float *dy, const float *x, const float *w,
-                              const bnl_conv_shape *s) {
-    size_t nx = (size_t)s->N * s->H * s->W * s->C, nw = (size_t)s->K * s->R * s->S * s->C;
-    double *ax = calloc(nx, sizeof(double)), *aw = calloc(nw, sizeof(double));
-    for (int n = 0; n < s->N; n++)
-        for (int p = 0; p < s->P; p++)
-            for (int q = 0; q < s->Q; q++)
-                for (int k = 0; k < s->K; k++) {
-                    double g = dy[(((size_t)n * s->P + p) * s->Q + q) * s->K + k];
-                    for (int r = 0; r < s->R; r++)
-                        for (int t = 0; t < s->S; t++) {
-                            int h = p * s->stride - s->pad + r, ww = q * s->stride - s->pad + t;
-                            if (h < 0 || h >= s->H || ww < 0 || ww >= s->W) continue;
-                            for (int c = 0; c < s->C; c++) {
-                                size_t xi = (((size_t)n * s->H + h) * s->W + ww) * s->C + c;
-                                size_t wi = (((size_t)k * s->R + r) * s->S + t) * s->C + c;
-                                ax[xi] += g * w[wi];
-                                aw[wi] += g * x[xi];
-                            }
-                        }
-                }
-    for (size_t i = 0; i < nx; i++) dx[i] = (float)ax[i];
-    for (size_t i = 0; i < nw; i++) dw[i] = (float)aw[i];
-    free(ax), free(aw);
-}
-
 typedef struct conv_case { int N, H, W, C, K, R, S, stride, pad; } conv_case;
 
 static void conv_sizes(const bnl_conv_shape *s, size_t *nx, size_t *nw, size_t *ny) {
@@ -197,7 +130,9 @@ static void test_conv_case(const conv_case *cc, int tile) {
     fill(y, ny, NAN);
     st = bnl_conv2d_forward(y, x, w, &s);
     CHECK(st == BNL_OK, "%s forward: %s", what, bnl_last_error());
-    ref_conv_forward(yr, x, w, &s);
+    double *ref = malloc((ny > nx ? ny : nx) * sizeof(double)), *refw = malloc(nw * sizeof(double));
+    ref_conv(ref, x, w, &s);
+    ref_to_float(yr, ref, ny);
     double tol = 2e-6 * (double)(cc->R * cc->S * cc->C) + 1e-6;
     char w2[200];
     snprintf(w2, sizeof w2, "%s: y", what);
@@ -207,7 +142,8 @@ static void test_conv_case(const conv_case *cc, int tile) {
     fill(dw, nw, 0.0f);
     st = bnl_conv2d_backward(dx, dw, dy, x, w, &s);
     CHECK(st == BNL_OK, "%s backward: %s", what, bnl_last_error());
-    ref_conv_backward(dxr, dwr, dy, x, w, &s);
+    ref_conv_backward(ref, refw, dy, x, w, &s);
+    ref_to_float(dxr, ref, nx), ref_to_float(dwr, refw, nw);
     snprintf(w2, sizeof w2, "%s: dx", what);
     check_close(w2, dx, dxr, nx, 2e-6 * (double)(cc->R * cc->S * cc->K) + 1e-6, 1e-5);
     snprintf(w2, sizeof w2, "%s: dw", what);
@@ -224,6 +160,7 @@ static void test_conv_case(const conv_case *cc, int tile) {
 
     bnl_conv_set_tile_pixels(0);
     free(x), free(w), free(dy), free(y), free(yr), free(dx), free(dxr), free(dw), free(dwr), free(dw2);
+    free(ref), free(refw);
 }
 
 // Finite differences on L = sum(conv(x, w) * rr).

@@ -131,6 +131,17 @@ static void test_checkpoint(const char *dir) {
     bnl_resnet_free(m2);
     m2 = NULL;
 
+    // every tensor of the checkpoint that is not the model's is one the checkpoint code names as extra
+    bnl_st_file cf;
+    CHECK(bnl_st_read_file(&cf, path) == BNL_OK, "read %s: %s", path, bnl_last_error());
+    int extra = 0;
+    for (size_t i = 0; i < cf.count; i++) extra += bnl_checkpoint_is_extra_tensor(cf.tensors[i].name);
+    CHECK(extra == 1 && bnl_checkpoint_is_extra_tensor("optimizer.momentum"), "%d extra tensors in the checkpoint", extra);
+    CHECK(!bnl_checkpoint_is_extra_tensor("fc.weight") && !bnl_checkpoint_is_extra_tensor("optimizer") &&
+              !bnl_checkpoint_is_extra_tensor("layer1.0.optimizer.x"),
+          "model tensors are not extra");
+    bnl_st_free(&cf);
+
     // a plain model file is not a checkpoint; a wrong momentum size is refused
     CHECK(bnl_checkpoint_save(m, plain, 0, NULL, 0) == BNL_OK, "save plain: %s", bnl_last_error());
     CHECK(bnl_checkpoint_load(&m2, plain) == BNL_ERR_FORMAT && !m2, "a model without momentum must be refused");
