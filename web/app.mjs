@@ -242,9 +242,14 @@ async function addImageFiles(files) {
 }
 
 // ---- one batch --------------------------------------------------------------------------------
-let runQueued = false, runActive = false;
-function requestRun() {
+// requestRun() asks for a run of the batch the controls describe; requestRun({ layerOnly: true }), for
+// a change of the layer alone, asks only for that layer's statistics of the same batch (doLayerView:
+// the forward stops at that layer) when the last run still matches the other controls. Requests made
+// while one runs are merged into one; a full one wins.
+let runQueued = false, runActive = false, fullQueued = false;
+function requestRun({ layerOnly = false } = {}) {
   runQueued = true;
+  if (!layerOnly) fullQueued = true;
   if (!runActive) pumpRuns();
 }
 async function pumpRuns() {
@@ -252,10 +257,47 @@ async function pumpRuns() {
   try {
     while (runQueued) {
       runQueued = false;
-      await doRun().catch(() => {});
+      const full = fullQueued;
+      fullQueued = false;
+      await (full || !layerViewFits() ? doRun() : doLayerView()).catch(() => {});
     }
   } finally {
     runActive = false;
+  }
+}
+
+// The last run is of this batch (size, mode, seed, update switch), and the model has batch statistics
+// of plain BatchNorm (the other kinds' panels need their layer's extra statistics: a full run).
+function layerViewFits() {
+  const s = settings(), r = P.lastRun;
+  return !!(r && r.batchMean && P.model && P.model.info.norm === 'batch' && r.B === s.batchSize && r.mode === s.mode &&
+    r.seed === s.seed && r.requested && r.requested.updateRunning === s.updateRunning);
+}
+
+// One layer's statistics of the last run's batch: the worker's forward runs only up to that layer
+// (layerStats: model.forwardTo, bitwise the statistics of a full forward). The rest of the run (every
+// layer's distances, the probe, the times) is the same batch's and stays.
+async function doLayerView() {
+  const s = settings(), base = P.lastRun;
+  try {
+    const v = await call('layerStats', s, { label: `busy: ${s.layer}: forward up to this layer…` });
+    const r = { ...base, ...v, view: 'layer' };
+    P.lastRun = r;
+    debug.runs++;
+    debug.last = { ...debug.last, layer: r.layer, layerDist: r.layerDist, view: 'layer', ranTo: v.ranTo, layers: v.layers };
+    debug.lastBatchMean = Array.from(r.batchMean);
+    debug.lastStats = statsOf(r);
+    debug.layerViews = (debug.layerViews || 0) + 1;
+    drawStats(r);
+    drawOverview(r);
+    drawNorm($('norm-body'), r);
+    markStale();
+    ready();
+    showChannel();
+    return r;
+  } catch (e) {
+    fail('layer', e, 'batch');
+    throw e;
   }
 }
 
@@ -265,14 +307,18 @@ async function doRun() {
   const t0 = performance.now();
   try {
     const r = await call('run', s, { label: `busy: ${s.mode}-mode batch of ${s.batchSize}…` });
-    r.roundTripMs = performance.now() - t0;
+    const t1 = performance.now();
+    r.roundTripMs = t1 - t0;
+    r.requested = s;
     P.lastRun = r;
     debug.runs++;
     debug.last = {
       mode: r.mode, B: r.B, layer: r.layer, msTrain: r.msTrain, msEval: r.msEval, roundTripMs: r.roundTripMs,
       layerDist: r.layerDist, overview: r.overview.map((o) => ({ ...o })), probe: r.probe, accEval: r.accEval, accTrain: r.accTrain,
+      view: 'run', ranTo: r.overview.length - 1, layers: r.overview.length,
     };
     debug.lastBatchMean = r.batchMean ? Array.from(r.batchMean) : null; // null: GroupNorm, frozen, none
+    debug.lastStats = statsOf(r);
     debug.crops = r.crops;
     debug.thumbs = { source: r.source, index: r.thumbIndex, label: r.thumbLabel };
     times.train.set(r.B, r.msTrain);
@@ -288,6 +334,7 @@ async function doRun() {
     drawTimes();
     drawThumbs(r);
     markStale();
+    debug.last.drawMs = performance.now() - t1;   // the panels of this run drawn (the channel view follows)
     ready();
     showChannel();   // the channel view follows the run (web/panel_channel.mjs)
     return r;
@@ -295,6 +342,13 @@ async function doRun() {
     fail('run', e, 'batch');
     throw e;
   }
+}
+
+// The shown layer's statistics as plain arrays, for scripts and tests (null without batch statistics).
+function statsOf(r) {
+  if (!r.batchMean) return null;
+  const a = (v) => Array.from(v);
+  return { layer: r.layer, batchMean: a(r.batchMean), batchVar: a(r.batchVar), runningMean: a(r.runningMean), runningVar: a(r.runningVar) };
 }
 
 function showModelNote() {
@@ -316,7 +370,8 @@ function syncSlider() {
 }
 
 ui.mode.addEventListener('change', () => { markStale(); changed(); });
-ui.layer.addEventListener('change', () => { markStale(); changed(); });
+// the layer alone: that layer's statistics of the same batch (a forward up to it), not a whole run
+ui.layer.addEventListener('change', () => { markStale(); if (P.model) requestRun({ layerOnly: true }); });
 ui.update.addEventListener('change', () => {
   $('running-note').textContent = ui.update.checked
     ? 'Train-mode forwards now update the loaded model\'s running statistics (momentum 0.9), as a forgotten .eval() would. Reset restores them.'

@@ -25,7 +25,7 @@ export function drawOverview(r) {
       { kind: 'bars', points: dm.map((v, i) => [i, v]), color: COLORS.dMeanLight, highlight: li, highlightColor: COLORS.dMean, barWidth: 0.72,
         hover: (p, i) => `${r.overview[i].name}: |Δmean|/σ ${r.overview[i].dMean.toFixed(3)}, |ln var ratio| ${r.overview[i].dVar.toFixed(3)}`,
         titles: r.overview.map((o) => `${o.name}: |Δmean|/σ ${o.dMean.toFixed(3)}, |ln var ratio| ${o.dVar.toFixed(3)}`),
-        onClick: (i) => { ui.layer.value = r.overview[i].name; hooks.requestRun(); } },
+        onClick: (i) => { ui.layer.value = r.overview[i].name; hooks.requestRun({ layerOnly: true }); } },
       { kind: 'dots', points: dv.map((v, i) => [i, v]), color: COLORS.dVar, r: 2.2, opacity: 0.9,
         hover: (p, i) => `${r.overview[i].name}: |Δmean|/σ ${r.overview[i].dMean.toFixed(3)}, |ln var ratio| ${r.overview[i].dVar.toFixed(3)}` },
     ],

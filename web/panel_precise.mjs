@@ -1,6 +1,7 @@
 // panel_precise.mjs: PreciseBN: every layer's running statistics recomputed from K batches (C,
-// model.preciseBNBegin in the worker), with the held-out accuracy and the per-layer distance before
-// and after.
+// model.preciseBNBegin in the worker), or with "only the layer shown" (#precise-layer) that layer's
+// alone, its batches' forwards stopping at it (the worker's preciseOneLayer); with the held-out
+// accuracy and the per-layer distance before and after.
 import { renderPlot, COLORS, extent } from './plot.mjs';
 import { $, P, debug, settings, setControlsEnabled, hooks, heldOutKind } from './page.mjs';
 import { call, ready, fail, setStatus } from './jobs.mjs';
@@ -15,7 +16,8 @@ export async function preciseBN() {
   const beforeLayers = P.lastRun ? P.lastRun.overview : null;
   const before = beforeLayers ? beforeLayers.reduce((a, o) => a + o.dMean, 0) / beforeLayers.length : null;
   try {
-    const r = await call('precise', { K, B, seed: settings().seed }, {
+    const layer = $('precise-layer').checked ? settings().layer : undefined;
+    const r = await call('precise', { K, B, seed: settings().seed, layer }, {
       label: 'busy: recomputing running statistics…',
       onProgress: (p) => setStatus('busy', `busy: PreciseBN batch ${p.done}/${p.total}`),
     });
@@ -28,9 +30,11 @@ export async function preciseBN() {
     const pct = (v) => (v == null ? '—' : `${(100 * v).toFixed(1)}%`);
     const accText = r.heldOut ? `Eval accuracy on ${r.heldOut} held-out ${heldOutKind()} images: ${pct(r.before)} → <b>${pct(r.after)}</b>. `
       : 'No accuracy: photos have no labels of this model\'s classes. ';
-    $('precise-readout').innerHTML = `Running statistics of ${P.model.info.bnLayers.length} layers replaced by averages over ${K} batches of ${B}. ` +
+    const L = P.model.info.bnLayers.length;
+    const what = r.layer ? `Running statistics of ${r.layer} (its forwards stopped there: ${r.ranTo + 1} of ${L} layers ran)` : `Running statistics of ${L} layers`;
+    $('precise-readout').innerHTML = `${what} replaced by averages over ${K} batches of ${B}. ` +
       `${accText}Mean |Δmean|/σ over layers: ${before == null ? '—' : before.toFixed(3)} → <b>${after == null ? '—' : after.toFixed(3)}</b>.`;
-    debug.precise = { K, B, accBefore: r.before, accAfter: r.after, distBefore: before, distAfter: after };
+    debug.precise = { K, B, layer: r.layer || null, ranTo: r.ranTo, layers: L, accBefore: r.before, accAfter: r.after, distBefore: before, distAfter: after };
     $('precise-panel').dataset.distBefore = String(before);
     $('precise-panel').dataset.distAfter = String(after);
   } catch (e) {
