@@ -4,7 +4,7 @@
 // accuracy and the per-layer distance before and after.
 import { renderPlot, COLORS, extent } from './plot.mjs';
 import { $, P, debug, settings, setControlsEnabled, hooks, heldOutKind } from './page.mjs';
-import { call, ready, fail, setStatus } from './jobs.mjs';
+import { call, fail, setStatus } from './jobs.mjs';
 
 // ---- PreciseBN --------------------------------------------------------------------------------
 export async function preciseBN() {
