@@ -8,7 +8,8 @@
 //
 // A new panel: export init*(deps) and a draw function from web/panel_<name>.mjs, call its init in
 // "start" below with the deps object `panelDeps`, and its draw from doRun() (after every run) beside
-// showChannel().
+// showChannel(); a panel of the shown layer is also drawn from doLayerView() (a change of the layer
+// alone, whose forward stops at that layer).
 
 import { initChannelPanel, showChannel } from './panel_channel.mjs';
 import { initAccuracyPanel, accuracyModelChanged } from './panel_accuracy.mjs';
@@ -37,7 +38,7 @@ initJobs({
   debug,
   readyText: () => `ready · ${P.model ? P.model.info.bnLayers.length + ' BatchNorm layers' : 'no model'}`,
   modelModified: () => !!(P.model && P.model.modified),
-  onCancel: () => { runQueued = false; clearTimeout(debounce); },
+  onCancel: () => { runQueued = false; fullQueued = false; clearTimeout(debounce); },
   restart: async () => {
     if (!loaded) return;
     await post('load', { bytes: loaded.bytes.slice(), name: loaded.name, file: loaded.file, dataset: loaded.dataset });
