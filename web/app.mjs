@@ -17,7 +17,7 @@ import { initGuide } from './panel_guide.mjs';
 import { initKeyboard } from './a11y.mjs';
 import { drawNorm } from './panel_norm.mjs'; // issue 14: the normalization panel
 import { renderPlot, COLORS } from './plot.mjs';
-import { initJobs, call, post, stopWorker, cancelJob, outstandingJobs, setStatus, ready, fail, showError } from './jobs.mjs';
+import { initJobs, call, post, stopJob, cancelJob, outstandingJobs, setStatus, ready, fail, showError } from './jobs.mjs';
 import { $, P, debug, ui, settings, setControlsEnabled, hooks, FASHION_SPLIT, lastValidBatch, setLastValidBatch } from './page.mjs';
 import { drawStats } from './panel_stats.mjs';
 import { drawOverview } from './panel_overview.mjs';
@@ -411,10 +411,10 @@ $('new-batch').addEventListener('click', () => { ui.seed.value = String((setting
 ui.run.addEventListener('click', () => requestRun());
 
 $('cancel').addEventListener('click', () => cancelJob());
-$('spread-run').addEventListener('click', () => (P.longJob === 'spread' ? stopWorker() : measureSpread()));
+$('spread-run').addEventListener('click', () => (P.longJob === 'spread' ? stopJob('spread') : measureSpread()));
 $('spread-max').addEventListener('change', () => drawSpread());
 $('train-start').addEventListener('click', () => trainHere());
-$('train-stop').addEventListener('click', () => stopWorker());
+$('train-stop').addEventListener('click', () => stopJob('train'));
 $('precise-run').addEventListener('click', () => preciseBN());
 $('reset-model').addEventListener('click', async () => {
   try {

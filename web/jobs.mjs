@@ -66,13 +66,17 @@ export function call(cmd, args, { label, onProgress, transfer } = {}) {
     if (label) setStatus('busy', label);
     showBusy();
     try {
-      return await post(cmd, args, {
+      const answer = post(cmd, args, {
         transfer,
         onProgress: (p) => {
           if (p && p.phase) { me.phase = p.phase; me.est = p.est || 0; me.phaseT0 = performance.now(); showBusy(); }
           if (onProgress) onProgress(p);
         },
       });
+      // stopped while it waited in the queue: the stop follows the command (the worker reads it after
+      // the job's first batch; sent earlier, it would have ended the job before it)
+      if (stopPending === cmd) { stopPending = null; stopWorker(); }
+      return await answer;
     } finally {
       if (current === me) current = null;
       showBusy();
@@ -83,6 +87,13 @@ export function call(cmd, args, { label, onProgress, transfer } = {}) {
   return job;
 }
 export const stopWorker = () => worker.postMessage({ cmd: 'stop' });
+// Asks the long job `cmd` (spread, precise, train) to stop after its current batch: at once if it
+// runs, else as soon as it starts (the page queues it behind the job before it, e.g. the channel view).
+let stopPending = null;
+export function stopJob(cmd) {
+  if (current && current.cmd === cmd) stopWorker();
+  else stopPending = cmd;
+}
 
 // The busy line: what runs, for how long, against its estimate; the cancel button while it runs.
 let busyTimer = 0;
@@ -116,6 +127,7 @@ export async function cancelJob() {
   if (!job) return;
   $('cancel').disabled = true;
   generation++;
+  stopPending = null;
   H.onCancel();   // and the batch requested while this one ran
   if (STOPPABLE.has(job.cmd)) {
     stopWorker();

@@ -197,3 +197,26 @@ test('a batch of 256 shows its progress while it runs', { skip: SKIP, timeout: 2
   assert.ok(seen.texts.some((t) => /^busy: train-mode forward of 256 images at \d+×\d+ · [\d.]+ s of ~[\d.]+ s$/.test(t)),
     `the phase with its time and estimate: ${[...new Set(seen.texts)].slice(0, 8).join(' | ')}`);
 });
+
+test('"stop" pressed while the sweep still waits behind another job stops it', { skip: SKIP, timeout: 2 * WAIT }, async () => {
+  await runAfter(() => page.selectOption(tid('layer'), 'bn1'));
+  const before = await page.evaluate(() => {
+    const seen = (window.__statusSeen = []);
+    new MutationObserver(() => seen.push(document.querySelector('[data-testid="status"]').textContent))
+      .observe(document.querySelector('[data-testid="status"]'), { subtree: true, childList: true, characterData: true });
+    return window.__bnlab.spread && window.__bnlab.spread.layer;
+  });
+  // a batch of 256 (about a second here) runs first; the sweep is queued behind it and stopped there
+  await page.fill(tid('batch-size'), '256');
+  await page.$eval(tid('batch-size'), (e) => e.blur());
+  await page.waitForFunction(() => document.querySelector('[data-testid="status"]').dataset.state === 'busy', null, { timeout: WAIT });
+  await page.click('#spread-run');
+  assert.equal(await page.textContent('#spread-run'), 'stop');
+  await page.click('#spread-run');
+  await page.waitForFunction(() => document.getElementById('spread-run').textContent === 'measure' &&
+    document.querySelector('[data-testid="status"]').dataset.state !== 'busy', null, { timeout: WAIT });
+  await waitReady();
+  const seen = await page.evaluate(() => window.__statusSeen);
+  assert.ok(seen.includes('ready · measurement stopped'), `the sweep was stopped: ${[...new Set(seen)].join(' | ')}`);
+  assert.equal(await page.evaluate(() => window.__bnlab.spread && window.__bnlab.spread.layer), before, 'no finished sweep replaced the last one');
+});
