@@ -253,6 +253,99 @@ class BnLab {
   // Bytes of wasm linear memory (grows, never shrinks).
   get memoryBytes() { return this._ex.memory.buffer.byteLength; }
 
+  // ---- datasets (the classes below) ----------------------------------------------------------
+  // Creates a procedural dataset: seed, count (default 10000), classes (2..16, default 10), size (>= 8, default 32).
+  procedural({ seed = 1, count = 10000, classes = 10, size = 32 } = {}) {
+    if (typeof this._ex.bnl_wasm_dataset_procedural !== 'function')
+      throw new Error('bnlab: this bnlab.wasm has no dataset functions (rebuild with tests/build.sh)');
+    for (const [k, v] of Object.entries({ count, classes, size }))
+      if (!Number.isInteger(v) || v <= 0 || v > 0x7fffffff) throw new Error(`bnlab: procedural: ${k} must be a positive integer (got ${v})`);
+    if (!Number.isFinite(seed) || seed < 0) throw new Error(`bnlab: procedural: seed must be a non-negative number (got ${seed})`);
+    const handle = this._scoped((alloc) => {
+      const pout = alloc(4);
+      this._check(this._ex.bnl_wasm_dataset_procedural(seed, count, classes, size, pout));
+      return new Uint32Array(this._ex.memory.buffer, pout, 1)[0];
+    });
+    return new ProceduralDataset(this, handle);
+  }
+
+  // A permutation of 0..n-1 drawn from (seed, epoch): Int32Array, the same as the native
+  // bnl_dataset_permutation (bnlab train's epoch order, and its --train-size/--val-size subsets: the
+  // first N of the permutation with seed = --data-seed and epoch 1 for training, 2 for validation).
+  permutation(n, { seed = 0, epoch = 0 } = {}) {
+    if (!Number.isInteger(n) || n < 0 || n > 0x7fffffff) throw new Error(`bnlab: permutation: n = ${n} (expected an integer >= 0)`);
+    if (!Number.isFinite(seed) || seed < 0 || !Number.isInteger(epoch) || epoch < 0)
+      throw new Error(`bnlab: permutation: seed ${seed}, epoch ${epoch} (expected non-negative numbers)`);
+    return this._scoped((alloc) => {
+      const p = alloc(Math.max(n, 1) * 4);
+      this._check(this._ex.bnl_wasm_dataset_permutation(p, n, seed, epoch));
+      return new Int32Array(this._ex.memory.buffer, p, n).slice();
+    });
+  }
+
+  // Loads an IDX dataset from the two files' bytes (async: gzip'd bytes are inflated first).
+  // Options: model (its info.inputSize, mean and std set size/mean/std), size (S: 0 = the files' own),
+  // mean, std (3 numbers each; default: the model's, else the data's own), fashionMnist (Fashion-MNIST's
+  // class names; labels must be 0..9), classNames (names to show instead), imagesName, labelsName (for
+  // messages).
+  async loadIdxDataset(images, labels, options = {}) {
+    if (typeof this._ex.bnl_wasm_dataset_idx !== 'function')
+      throw new Error('bnlab: this bnlab.wasm has no IDX dataset functions (rebuild with tests/build.sh)');
+    const { model = null, fashionMnist = false, classNames = null, imagesName = 'images file', labelsName = 'labels file' } = options;
+    let ib = asBytes(images, 'images'), lb = asBytes(labels, 'labels');
+    let size = options.size ?? 0;
+    let mean = triple(options.mean, 'mean'), std = triple(options.std, 'std');
+    if (model) {
+      const info = model.info || {};
+      const is = info.inputSize;
+      if (options.size == null && Array.isArray(is) && is.length === 3) {
+        if (is[1] !== is[2]) throw new Error(`bnlab: loadIdxDataset: the model's input_size ${JSON.stringify(is)} is not square`);
+        size = is[1];
+      }
+      if (!mean && info.mean) mean = triple(info.mean, "the model's mean");
+      if (!std && info.std) std = triple(info.std, "the model's std");
+    }
+    if (!Number.isInteger(size) || size < 0 || size > 4096)
+      throw new Error(`bnlab: loadIdxDataset: size must be an integer 0..4096 (got ${size})`);
+    if (std && std.some((v) => !(v > 0))) throw new Error(`bnlab: loadIdxDataset: std must be > 0 (got ${JSON.stringify(std)})`);
+    if (GZIP(ib)) ib = await gunzipBytes(ib, imagesName);
+    if (GZIP(lb)) lb = await gunzipBytes(lb, labelsName);
+    const handle = this._scoped((alloc) => {
+      const pi = alloc(Math.max(ib.length, 1)), pl = alloc(Math.max(lb.length, 1)), pout = alloc(4);
+      new Uint8Array(this._ex.memory.buffer, pi, ib.length).set(ib);
+      new Uint8Array(this._ex.memory.buffer, pl, lb.length).set(lb);
+      const st = this._ex.bnl_wasm_dataset_idx(pi, ib.length, pl, lb.length, size, fashionMnist ? 1 : 0, pout);
+      if (st !== 0) {
+        // the core names its buffers "IDX images" / "IDX labels": say which of the caller's files
+        const msg = this._cstr(this._ex.bnl_wasm_last_error()).replace('IDX images', imagesName).replace('IDX labels', labelsName);
+        throw new Error(`bnlab: ${msg}`);
+      }
+      return new Uint32Array(this._ex.memory.buffer, pout, 1)[0];
+    });
+    try {
+      if (mean || std) {
+        this._scoped((alloc) => {
+          const p = alloc(24), cur = alloc(24);
+          this._check(this._ex.bnl_wasm_dataset_norm(handle, cur, 0));
+          const c = Array.from(this._f32(cur, 6));
+          this._f32(p, 6).set([...(mean || c.slice(0, 3)), ...(std || c.slice(3, 6))]);
+          this._check(this._ex.bnl_wasm_dataset_norm(handle, p, 1));
+        });
+      }
+      const classes = this._ex.bnl_wasm_dataset_num_classes(handle);
+      let names = null;
+      if (classNames != null) {
+        if (!Array.isArray(classNames) || classNames.length < classes)
+          throw new Error(`bnlab: loadIdxDataset: classNames must be an array of at least ${classes} names`);
+        names = classNames.slice(0, classes).map(String);
+      }
+      return new IdxDataset(this, handle, names);
+    } catch (e) {
+      this._ex.bnl_wasm_dataset_free(handle);
+      throw e;
+    }
+  }
+
   // ---- memory helpers (internal) --------------------------------------------------------------
   _cstr(ptr) {
     const mem = new Uint8Array(this._ex.memory.buffer);
@@ -406,36 +499,28 @@ class Model {
     this._lab = lab;
     this._h = handle;
     const L = lab;
+    // the architecture and the normalization kind as the C side holds them (bnl_wasm_model_describe)
     this.info = L._scoped((alloc) => {
-      const p = alloc(4 * 23);
-      const numParams = L._ex.bnl_wasm_model_info(handle, p);
-      const v = Array.from(I32(L, p, 23));
-      const stages = v[0];
-      const bnLayers = [];
-      for (let i = 0; i < v[6]; i++) bnLayers.push(L._cstr(L._ex.bnl_wasm_model_bn_name(handle, i)));
-      const info = {
-        blocks: v.slice(7, 7 + stages), widths: v.slice(15, 15 + stages), block: v[1] ? 'bottleneck' : 'basic',
-        stemWidth: v[2], inChannels: v[3], numClasses: v[4], numFeatures: v[5], numParams, bnLayers,
-        // the bnlab.norm string ('batch' when absent); the C loader already refused any other value
-        norm: this._meta('bnlab.norm', alloc) ?? 'batch',
-      };
-      if (info.norm === 'renorm') {   // the loader checked the bounds; absent keys mean the defaults
-        const rmax = this._meta('bnlab.renorm_rmax', alloc), dmax = this._meta('bnlab.renorm_dmax', alloc);
-        info.renorm = { rmax: rmax == null ? 3 : Number(rmax), dmax: dmax == null ? 5 : Number(dmax) };
-      }
+      const { numBn, ...arch } = this._json(L._ex.bnl_wasm_model_describe(handle));
+      const bnLayers = Array.from({ length: numBn }, (_, i) => L._cstr(L._ex.bnl_wasm_model_bn_name(handle, i)));
+      const info = { ...arch, bnLayers };
       Object.assign(info, this._card(alloc));
       return Object.freeze(info);
     });
+  }
+
+  // A malloc'd JSON string from the bridge, parsed and freed (0: the bridge's error is thrown).
+  _json(p) {
+    const L = this._lab;
+    if (!p) L._check(1);
+    try { return JSON.parse(L._cstr(p)); } finally { L._free(p); }
   }
 
   // The model card (src/model/card.h): inputSize [3, H, W], mean, std, labels (names, or undefined
   // when none are known), trainData, and provenance: for each of those { from: 'file' | 'assumed',
   // why, problem? } (problem: the file's value was malformed and was ignored).
   _card(alloc) {
-    const L = this._lab, p = L._ex.bnl_wasm_model_card(this._h);
-    if (!p) L._check(1);
-    let card;
-    try { card = JSON.parse(L._cstr(p)); } finally { L._free(p); }
+    const L = this._lab, card = this._json(L._ex.bnl_wasm_model_card(this._h));
     const labels = card.labels === 'file' ? Object.freeze(JSON.parse(this._meta('labels', alloc)))
       : card.labels === 'imagenet' ? IMAGENET_CLASSES : undefined;
     return {
@@ -749,20 +834,6 @@ class ProceduralDataset {
   }
 }
 
-// Creates a procedural dataset: seed, count (default 10000), classes (2..16, default 10), size (>= 8, default 32).
-BnLab.prototype.procedural = function procedural({ seed = 1, count = 10000, classes = 10, size = 32 } = {}) {
-  if (typeof this._ex.bnl_wasm_dataset_procedural !== 'function')
-    throw new Error('bnlab: this bnlab.wasm has no dataset functions (rebuild with tests/build.sh)');
-  for (const [k, v] of Object.entries({ count, classes, size }))
-    if (!Number.isInteger(v) || v <= 0 || v > 0x7fffffff) throw new Error(`bnlab: procedural: ${k} must be a positive integer (got ${v})`);
-  if (!Number.isFinite(seed) || seed < 0) throw new Error(`bnlab: procedural: seed must be a non-negative number (got ${seed})`);
-  const handle = this._scoped((alloc) => {
-    const pout = alloc(4);
-    this._check(this._ex.bnl_wasm_dataset_procedural(seed, count, classes, size, pout));
-    return new Uint32Array(this._ex.memory.buffer, pout, 1)[0];
-  });
-  return new ProceduralDataset(this, handle);
-};
 
 // ================================================================================================
 // IDX datasets (MNIST, Fashion-MNIST; src/io/dataset_idx.c): the images and labels files' bytes,
@@ -833,79 +904,4 @@ class IdxDataset extends ProceduralDataset {
   }
 }
 
-// A permutation of 0..n-1 drawn from (seed, epoch): Int32Array, the same as the native
-// bnl_dataset_permutation (bnlab train's epoch order, and its --train-size/--val-size subsets: the
-// first N of the permutation with seed = --data-seed and epoch 1 for training, 2 for validation).
-BnLab.prototype.permutation = function permutation(n, { seed = 0, epoch = 0 } = {}) {
-  if (!Number.isInteger(n) || n < 0 || n > 0x7fffffff) throw new Error(`bnlab: permutation: n = ${n} (expected an integer >= 0)`);
-  if (!Number.isFinite(seed) || seed < 0 || !Number.isInteger(epoch) || epoch < 0)
-    throw new Error(`bnlab: permutation: seed ${seed}, epoch ${epoch} (expected non-negative numbers)`);
-  return this._scoped((alloc) => {
-    const p = alloc(Math.max(n, 1) * 4);
-    this._check(this._ex.bnl_wasm_dataset_permutation(p, n, seed, epoch));
-    return new Int32Array(this._ex.memory.buffer, p, n).slice();
-  });
-};
 
-// Loads an IDX dataset from the two files' bytes (async: gzip'd bytes are inflated first).
-// Options: model (its info.inputSize, mean and std set size/mean/std), size (S: 0 = the files' own),
-// mean, std (3 numbers each; default: the model's, else the data's own), fashionMnist (Fashion-MNIST's
-// class names; labels must be 0..9), classNames (names to show instead), imagesName, labelsName (for
-// messages).
-BnLab.prototype.loadIdxDataset = async function loadIdxDataset(images, labels, options = {}) {
-  if (typeof this._ex.bnl_wasm_dataset_idx !== 'function')
-    throw new Error('bnlab: this bnlab.wasm has no IDX dataset functions (rebuild with tests/build.sh)');
-  const { model = null, fashionMnist = false, classNames = null, imagesName = 'images file', labelsName = 'labels file' } = options;
-  let ib = asBytes(images, 'images'), lb = asBytes(labels, 'labels');
-  let size = options.size ?? 0;
-  let mean = triple(options.mean, 'mean'), std = triple(options.std, 'std');
-  if (model) {
-    const info = model.info || {};
-    const is = info.inputSize;
-    if (options.size == null && Array.isArray(is) && is.length === 3) {
-      if (is[1] !== is[2]) throw new Error(`bnlab: loadIdxDataset: the model's input_size ${JSON.stringify(is)} is not square`);
-      size = is[1];
-    }
-    if (!mean && info.mean) mean = triple(info.mean, "the model's mean");
-    if (!std && info.std) std = triple(info.std, "the model's std");
-  }
-  if (!Number.isInteger(size) || size < 0 || size > 4096)
-    throw new Error(`bnlab: loadIdxDataset: size must be an integer 0..4096 (got ${size})`);
-  if (std && std.some((v) => !(v > 0))) throw new Error(`bnlab: loadIdxDataset: std must be > 0 (got ${JSON.stringify(std)})`);
-  if (GZIP(ib)) ib = await gunzipBytes(ib, imagesName);
-  if (GZIP(lb)) lb = await gunzipBytes(lb, labelsName);
-  const handle = this._scoped((alloc) => {
-    const pi = alloc(Math.max(ib.length, 1)), pl = alloc(Math.max(lb.length, 1)), pout = alloc(4);
-    new Uint8Array(this._ex.memory.buffer, pi, ib.length).set(ib);
-    new Uint8Array(this._ex.memory.buffer, pl, lb.length).set(lb);
-    const st = this._ex.bnl_wasm_dataset_idx(pi, ib.length, pl, lb.length, size, fashionMnist ? 1 : 0, pout);
-    if (st !== 0) {
-      // the core names its buffers "IDX images" / "IDX labels": say which of the caller's files
-      const msg = this._cstr(this._ex.bnl_wasm_last_error()).replace('IDX images', imagesName).replace('IDX labels', labelsName);
-      throw new Error(`bnlab: ${msg}`);
-    }
-    return new Uint32Array(this._ex.memory.buffer, pout, 1)[0];
-  });
-  try {
-    if (mean || std) {
-      this._scoped((alloc) => {
-        const p = alloc(24), cur = alloc(24);
-        this._check(this._ex.bnl_wasm_dataset_norm(handle, cur, 0));
-        const c = Array.from(this._f32(cur, 6));
-        this._f32(p, 6).set([...(mean || c.slice(0, 3)), ...(std || c.slice(3, 6))]);
-        this._check(this._ex.bnl_wasm_dataset_norm(handle, p, 1));
-      });
-    }
-    const classes = this._ex.bnl_wasm_dataset_num_classes(handle);
-    let names = null;
-    if (classNames != null) {
-      if (!Array.isArray(classNames) || classNames.length < classes)
-        throw new Error(`bnlab: loadIdxDataset: classNames must be an array of at least ${classes} names`);
-      names = classNames.slice(0, classes).map(String);
-    }
-    return new IdxDataset(this, handle, names);
-  } catch (e) {
-    this._ex.bnl_wasm_dataset_free(handle);
-    throw e;
-  }
-};

@@ -79,11 +79,13 @@ function draw(v) {
   const panel = $('channel-panel');
   const bars = (h, color, title) => {
     const w = (h.hi - h.lo) / h.counts.length;
+    // hover: which values the bar counts, of which layer and channel
+    const hover = (p, i) => `${v.layer} channel ${v.channel}, ${title.split(':')[0]}: ${h.counts[i]} of ${v.n} values in [${num(h.lo + i * w)}, ${num(h.lo + (i + 1) * w)})`;
     return {
       height: 130, title,
       x: { type: 'lin', min: h.lo, max: h.hi, exact: true },
       y: { type: 'lin', min: 0, max: Math.max(...h.counts), label: 'count', integer: true, nticks: 3 },
-      series: [{ kind: 'bars', points: h.counts.map((n, i) => [h.lo + (i + 0.5) * w, n]), barWidth: w * 0.92, color }],
+      series: [{ kind: 'bars', points: h.counts.map((n, i) => [h.lo + (i + 0.5) * w, n]), barWidth: w * 0.92, color, hover }],
     };
   };
   const S = v.stages, desc = (h) => `mean ${num(h.mean)}, std ${num(h.std)}`;

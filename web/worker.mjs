@@ -13,6 +13,7 @@ import { createBnLab } from './bnlab.mjs';
 import { batchPlan, centreCrop, normalizeRGBA } from './crops.mjs';
 import { batchSourceFor } from './batch_source.mjs';
 import { channelView } from './channel_view.mjs';
+import { preciseLayerBegin } from './precise_layer.mjs';
 
 const EPS = 1e-5;
 const DATASET_COUNT = 1 << 24;   // procedural images are drawn on demand: the count costs nothing
@@ -473,6 +474,30 @@ function run({ mode, batchSize, layer, seed, updateRunning }, progress = () => {
   };
 }
 
+// One layer's statistics for the batch `run` draws from (seed, batchSize): the copy's train-mode
+// forward only up to that layer (model.forwardTo: bitwise the statistics of a full forward), and the
+// loaded model's running statistics. The page asks for it when only the layer changed (the rest of
+// the run still holds); ranTo is the last layer the forward ran, of `layers`.
+function layerStats({ batchSize, layer, seed }, progress = () => {}) {
+  const layers = S.main.info.bnLayers, li = Math.max(0, layers.indexOf(layer));
+  const B = batchSize;
+  progress({ phase: `train-mode forward of ${B} images up to ${layers[li]} (${li + 1} of ${layers.length} layers)`, est: 1.2 * S.msPerImage * B * (li + 1) / layers.length });
+  const { x, shape } = makeBatch(seed, B);
+  let bs, ms;
+  try {
+    [bs, ms] = timed(() => S.scratch.train().forwardTo(x, shape, li));
+  } finally {
+    S.scratch.eval();
+  }
+  const rs = S.main.bnStats(li);
+  return {
+    layer: layers[li], ranTo: li, layers: layers.length, msToLayer: ms, channels: rs.channels,
+    batchMean: bs.batchMean, batchVar: bs.batchVar, runningMean: rs.runningMean, runningVar: rs.runningVar,
+    numBatchesTracked: rs.numBatchesTracked,
+    layerDist: distances(bs.batchMean, bs.batchVar, rs.runningMean, rs.runningVar),
+  };
+}
+
 // Spread of the batch mean of one layer across K batches, for several batch sizes (train mode).
 async function spread({ layer, sizes, K, seed }, progress) {
   if (!(K >= 2)) throw new Error(`bnlab: the spread needs K >= 2 batches per size (got ${K})`);
@@ -534,9 +559,10 @@ async function spread({ layer, sizes, K, seed }, progress) {
 // model's own running statistics do not move until end()). Mean: the mean over all K*B images'
 // activations. Variance: their pooled variance = average batch variance + variance of the batch
 // means across batches (merged in float64).
-async function precise({ K, B, seed }, progress) {
+async function precise({ K, B, seed, layer }, progress) {
   const held = labelled() ? makeHeldOut() : null;   // photos have no labels to score
   const before = held ? evalAccuracy(held) : null;
+  if (layer != null) return { ...(await preciseOneLayer({ K, B, seed, layer }, progress)), before, ...afterPrecise(held) };
   const acc = S.main.preciseBNBegin();
   try {
     for (let k = 0; k < K; k++) {
@@ -550,9 +576,36 @@ async function precise({ K, B, seed }, progress) {
   } finally {
     acc.dispose();
   }
+  return { K, B, before, ranTo: S.main.info.bnLayers.length - 1, ...afterPrecise(held) };
+}
+function afterPrecise(held) {
   replaceState(S.main.saveState());   // the scratch copy and the saved bytes follow the new statistics
   const after = held ? evalAccuracy(held) : null;
-  return { K, B, before, after, heldOut: held ? held.shape[0] : 0, ...describe() };
+  return { after, heldOut: held ? held.shape[0] : 0, ...describe() };
+}
+
+// PreciseBN of one layer (the page's "this layer only"): the same batches, each run on the copy only
+// up to that layer, merged as the C PreciseBN merges (web/precise_layer.mjs); only that layer's
+// running statistics change. Plain BatchNorm only, as the C one.
+async function preciseOneLayer({ K, B, seed, layer }, progress) {
+  const layers = S.main.info.bnLayers, li = layers.indexOf(layer);
+  if (li < 0) throw new Error(`bnlab: PreciseBN: no BatchNorm layer named ${JSON.stringify(layer)}`);
+  if (S.main.info.norm !== 'batch') throw new Error(`bnlab: PreciseBN needs plain BatchNorm (this model: ${S.main.info.norm})`);
+  const acc = preciseLayerBegin(S.main.bnStats(li).channels);
+  S.scratch.train();
+  try {
+    for (let k = 0; k < K; k++) {
+      if (S.stopRequested) throw new Error('stopped');
+      const b = freshBatch(seed, STREAM.precise, B, k);
+      acc.add(S.scratch.forwardTo(b.x, b.shape, li), b.shape[0]);
+      progress({ done: k + 1, total: K });
+      await yieldToEvents();
+    }
+  } finally {
+    S.scratch.eval();
+  }
+  S.main.setRunningStats(li, acc.end());
+  return { K, B, layer: layers[li], ranTo: li };
 }
 
 // A fixed labelled batch (never used for statistics) for before/after accuracy in eval mode.
@@ -640,6 +693,7 @@ const COMMANDS = {
     return describe();
   },
   async run(args, progress) { return run(args, progress); },
+  async layerStats(args, progress) { return layerStats(args, progress); },
   async spread(args, progress) { return spread(args, progress); },
   async precise(args, progress) { return precise(args, progress); },
   async train(args, progress) { return train(args, progress); },

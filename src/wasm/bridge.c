@@ -200,3 +200,37 @@ EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_save(const bnl_resnet *m, uint8_t **buf,
 // The memcpy peer of the wasm BatchNorm benchmark (tests/bench_bn_wasm.mjs).
 #include <string.h>
 EMSCRIPTEN_KEEPALIVE void bnl_wasm_memcpy(void *dst, const void *src, size_t n) { memcpy(dst, src, n); }
+
+// model.info for web/bnlab.mjs as a malloc'd JSON string (free it with bnl_wasm_free), or 0 with
+// bnl_wasm_last_error() set: the architecture and the normalization kind the C side holds, named
+// once here (no integer-array layout for JS to mirror, no second reading of the metadata).
+#include <stdio.h>
+EMSCRIPTEN_KEEPALIVE char *bnl_wasm_model_describe(const bnl_resnet *m) {
+    if (!m) {
+        bnl_fail(BNL_ERR_ARG, "model_describe: no model");
+        return NULL;
+    }
+    const bnl_resnet_info *in = bnl_resnet_get_info(m);
+    bnl_norm_spec ns = bnl_resnet_norm_spec(m);
+    char norm[48], blocks[16 * BNL_MAX_STAGES] = "", widths[16 * BNL_MAX_STAGES] = "", renorm[96] = "";
+    bnl_norm_format(&ns, norm, sizeof norm);
+    for (int i = 0, kb = 0, kw = 0; i < in->num_stages && i < BNL_MAX_STAGES; i++) {
+        kb += snprintf(blocks + kb, sizeof blocks - (size_t)kb, "%s%d", i ? "," : "", in->blocks[i]);
+        kw += snprintf(widths + kw, sizeof widths - (size_t)kw, "%s%d", i ? "," : "", in->widths[i]);
+    }
+    if (ns.kind == BNL_NORM_RENORM)
+        snprintf(renorm, sizeof renorm, ",\"renorm\":{\"rmax\":%.9g,\"dmax\":%.9g}", (double)ns.renorm_rmax,
+                 (double)ns.renorm_dmax);
+    size_t cap = 512 + sizeof blocks + sizeof widths + sizeof renorm;
+    char *s = malloc(cap);
+    if (!s) {
+        bnl_fail(BNL_ERR_NOMEM, "model_describe: out of memory");
+        return NULL;
+    }
+    snprintf(s, cap,
+             "{\"blocks\":[%s],\"widths\":[%s],\"block\":\"%s\",\"stemWidth\":%d,\"inChannels\":%d,"
+             "\"numClasses\":%d,\"numFeatures\":%d,\"numParams\":%zu,\"numBn\":%d,\"norm\":\"%s\"%s}",
+             blocks, widths, in->bottleneck ? "bottleneck" : "basic", in->stem_width, in->in_channels,
+             in->num_classes, in->num_features, in->num_params, in->num_bn, norm, renorm);
+    return s;
+}
