@@ -9,6 +9,7 @@ import { initAccuracyPanel, accuracyModelChanged } from './panel_accuracy.mjs';
 import { initGuide } from './panel_guide.mjs';
 import { initKeyboard } from './a11y.mjs';
 import { drawNorm } from './panel_norm.mjs'; // issue 14: the normalization panel
+import { initCouplingPanel, couplingModelChanged } from './panel_coupling.mjs'; // issue 17 (teach): how the batch couples images
 
 const $ = (id) => document.getElementById(id);
 const SVG_NS = 'http://www.w3.org/2000/svg';
@@ -487,6 +488,7 @@ function showModel(d) {
   model = d;
   const i = d.info;
   accuracyModelChanged(d);   // web/panel_accuracy.mjs: forget the old model's points
+  couplingModelChanged();    // issue 17 (teach): web/panel_coupling.mjs forgets its swaps
   debug.model = { name: d.name, info: d.info, inputSize: `${d.inputH}x${d.inputW}`, modified: d.modified, source: d.source };
   $('model-name').textContent = d.name;
   renderCard(d);
@@ -1297,6 +1299,7 @@ initChannelPanel({ $, call, renderPlot, COLORS, getRun: () => lastRun, getModel:
 initGuide($);
 initKeyboard();
 initAccuracyPanel({ $, call, renderPlot, COLORS, getModel: () => model, getSeed: () => settings().seed, fail, ready });
+initCouplingPanel({ $, call, renderPlot, COLORS, getSettings: settings, getModel: () => model, fail, ready }); // issue 17 (teach)
 
 async function start() {
   drawSpread();

@@ -357,6 +357,16 @@ function thumbsOf(rgba, n) {
   return out;
 }
 
+// RGBA bytes of one normalized image (the model's mean/std undone), for the coupling panel's thumbnail.
+function thumbOf(x) {
+  const { mean, std } = S.main.info, P = S.H * S.W, out = new Uint8ClampedArray(P * 4);
+  for (let q = 0; q < P; q++) {
+    for (let c = 0; c < 3; c++) out[q * 4 + c] = 255 * (x[q * 3 + c] * std[c] + mean[c]);
+    out[q * 4 + 3] = 255;
+  }
+  return out;
+}
+
 // Independent batches for repeated measurements: (seed, stream, batch size, k) pick the images.
 function freshBatch(seed, stream, B, k) {
   const shape = [B, S.H, S.W, 3];
@@ -652,6 +662,26 @@ const COMMANDS = {
     const run = S.main.bnStats(li);
     return { layer: S.main.info.bnLayers[li], channel, B: batchSize, seed, norm: S.main.info.norm,
       ...channelView({ ...r, runningMean: run.runningMean[channel], runningVar: run.runningVar[channel] }) };
+  },
+  // issue 17, "how the batch couples images" (web/panel_coupling.mjs): image `image` of the run's batch with
+  // the other images replaced by batch `swap` of their own stream (swap 0: the run's batch as it is), scored
+  // in train mode (the copy) and eval mode (main); only the chosen image's logits and input checksum return.
+  async couple({ seed, batchSize, image, swap }) {
+    const B = batchSize, D = S.H * S.W * 3, K = S.main.info.numClasses, b = makeBatch(seed, B);
+    if (!(image >= 0 && image < B)) throw new Error(`bnlab: couple: image ${image} is not in the batch of ${B}`);
+    if (swap > 0) {
+      const o = freshBatch(seed, 6, B, swap);   // stream 6: the swaps (STREAM has 1..5)
+      for (let j = 0; j < B; j++) if (j !== image) b.x.set(o.x.subarray(j * D, (j + 1) * D), j * D);
+    }
+    let lt;
+    try { lt = S.scratch.train().forward(b.x, b.shape); } finally { S.scratch.eval(); }
+    const le = S.main.eval().forward(b.x, b.shape), mine = b.x.subarray(image * D, (image + 1) * D);
+    let sum = 0, others = 0;
+    for (let q = 0; q < D; q++) sum += mine[q];
+    for (let q = 0; q < B * D; q++) others += b.x[q];
+    return { seed, B, image, swap, train: Array.from(lt.subarray(image * K, (image + 1) * K)),
+      eval: Array.from(le.subarray(image * K, (image + 1) * K)), inputSum: sum, batchSum: others - sum,
+      label: b.labels[image] >= 0 ? b.labels[image] : null, thumb: thumbOf(mine), H: S.H, W: S.W };
   },
   async save() {
     const bytes = S.main.saveState();

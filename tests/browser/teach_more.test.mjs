@@ -1,0 +1,80 @@
+// Browser tests for issue 17's later points on the default demo model (Fashion-MNIST when demo-models/ has it):
+// how the batch couples images (web/panel_coupling.mjs), PreciseBN's held-out accuracy with intervals
+// (web/panel_precise_acc.mjs), and the phone layout (390 x 844: results right after the controls, class names
+// wrap, nothing wider than the screen).
+//
+//   node --test tests/browser/teach_more.test.mjs     (headless Debian chromium; skipped without it)
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { existsSync, mkdirSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
+const ARTIFACTS = path.join(ROOT, 'tests', 'artifacts');
+const CHROMIUM = '/usr/bin/chromium';
+const SKIP = existsSync(CHROMIUM) ? false : `${CHROMIUM} is missing (tests/build.sh installs it)`;
+const WAIT = 120_000;
+
+let server, browser, page, url;
+const consoleErrors = [];
+
+before(async () => {
+  if (SKIP) return;
+  mkdirSync(ARTIFACTS, { recursive: true });
+  server = spawn(process.execPath, [path.join(ROOT, 'web', 'serve.mjs'), '--port', '0'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  url = await new Promise((resolve, reject) => {
+    let out = '';
+    server.stdout.on('data', (d) => { out += d; const m = /bnlab demo: (http:\/\/127\.0\.0\.1:\d+\/)/.exec(out); if (m) resolve(m[1]); });
+    server.on('exit', (code) => reject(new Error(`serve.mjs exited with ${code}: ${out}`)));
+  });
+  const { chromium } = await import('playwright-core');
+  browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run'] });
+  page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+  page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(m.text()); });
+  page.on('pageerror', (e) => consoleErrors.push(String(e)));
+  await page.goto(url);
+  await waitReady(page);
+});
+
+after(async () => {
+  if (browser) await browser.close();
+  if (server) server.kill();
+});
+
+const waitReady = (p) => p.waitForFunction(() => window.__bnlab && window.__bnlab.ready && window.__bnlab.runs > 0 &&
+  document.querySelector('[data-testid="status"]').dataset.state === 'ready' && !document.getElementById('weights-file').disabled,
+null, { timeout: WAIT });
+
+test('swap the others: the kept image\'s train-mode logits move, its eval-mode logits are bit for bit the same', { skip: SKIP, timeout: 2 * WAIT }, async () => {
+  await page.fill('#batch-size', '8');
+  await page.press('#batch-size', 'Enter');
+  await page.waitForFunction(() => window.__bnlab.last && window.__bnlab.last.B === 8 &&
+    document.querySelector('[data-testid="status"]').dataset.state === 'ready', null, { timeout: WAIT });
+  await page.fill('#couple-image', '3');
+  await page.dispatchEvent('#couple-image', 'change');
+  const swaps = (n) => page.waitForFunction((n) => document.getElementById('coupling-panel').dataset.swaps === String(n) &&
+    document.querySelector('[data-testid="status"]').dataset.state === 'ready', n, { timeout: WAIT });
+  await page.click('#couple-swap');
+  await swaps(1);
+  await page.click('#couple-swap');
+  await swaps(2);
+  const h = JSON.parse(await page.getAttribute('#coupling-panel', 'data-history'));
+  assert.deepEqual(h.map((e) => e.swap), [0, 1, 2]);
+  for (let k = 1; k < h.length; k++) {
+    // the kept image is the same input, the others are not
+    assert.equal(h[k].inputSum, h[0].inputSum, `swap ${k}: the kept image's input changed`);
+    assert.notEqual(h[k].batchSum, h[0].batchSum, `swap ${k}: the other images did not change`);
+    // train mode: at least one logit moved; eval mode: every logit has the same bits
+    assert.ok(h[k].train.some((v, i) => v !== h[0].train[i]), `swap ${k}: train-mode logits did not move`);
+    assert.deepEqual(h[k].eval, h[0].eval, `swap ${k}: eval-mode logits moved`);
+  }
+  const maxMove = Math.max(...h.slice(1).flatMap((e) => e.train.map((v, i) => Math.abs(v - h[0].train[i]))));
+  assert.ok(maxMove > 1e-3, `train-mode logits moved by ${maxMove} only`);
+  assert.equal(await page.getAttribute('#coupling-panel', 'data-eval-same-bits'), 'true');
+  assert.match(await page.textContent('#couple-readout'), /eval mode's did not move: the same bits every time/);
+  assert.match(await page.getAttribute('#plot-couple svg', 'aria-label'), /train mode .*eval mode /);
+  await page.locator('#coupling-panel').screenshot({ path: path.join(ARTIFACTS, 'teach-coupling.png') });
+  assert.deepEqual(consoleErrors, []);
+});
