@@ -10,6 +10,7 @@ import { initGuide } from './panel_guide.mjs';
 import { initKeyboard } from './a11y.mjs';
 import { drawNorm } from './panel_norm.mjs'; // issue 14: the normalization panel
 import { initCouplingPanel, couplingModelChanged } from './panel_coupling.mjs'; // issue 17 (teach): how the batch couples images
+import { preciseHeldOutN, preciseAccModelChanged, drawPreciseAccuracy } from './panel_precise_acc.mjs'; // issue 17 (teach)
 
 const $ = (id) => document.getElementById(id);
 const SVG_NS = 'http://www.w3.org/2000/svg';
@@ -489,6 +490,7 @@ function showModel(d) {
   const i = d.info;
   accuracyModelChanged(d);   // web/panel_accuracy.mjs: forget the old model's points
   couplingModelChanged();    // issue 17 (teach): web/panel_coupling.mjs forgets its swaps
+  preciseAccModelChanged($, d);   // issue 17 (teach): PreciseBN's held-out accuracy cleared
   debug.model = { name: d.name, info: d.info, inputSize: `${d.inputH}x${d.inputW}`, modified: d.modified, source: d.source };
   $('model-name').textContent = d.name;
   renderCard(d);
@@ -1130,9 +1132,9 @@ async function preciseBN() {
   const beforeLayers = lastRun ? lastRun.overview : null;
   const before = beforeLayers ? beforeLayers.reduce((a, o) => a + o.dMean, 0) / beforeLayers.length : null;
   try {
-    const r = await call('precise', { K, B, seed: settings().seed }, {
+    const r = await call('precise', { K, B, seed: settings().seed, heldOut: preciseHeldOutN($) }, {   // issue 17 (teach): heldOut
       label: 'busy: recomputing running statistics…',
-      onProgress: (p) => setStatus('busy', `busy: PreciseBN batch ${p.done}/${p.total}`),
+      onProgress: (p) => { if (p.done != null) setStatus('busy', `busy: PreciseBN batch ${p.done}/${p.total}`); },
     });
     showModel(r);
     longJob = null;
@@ -1140,9 +1142,8 @@ async function preciseBN() {
     const run = await doRun();
     const after = run ? run.overview.reduce((a, o) => a + o.dMean, 0) / run.overview.length : null;
     if (run && beforeLayers) drawPrecise(beforeLayers, run.overview);
-    const pct = (v) => (v == null ? '—' : `${(100 * v).toFixed(1)}%`);
-    const accText = r.heldOut ? `Eval accuracy on ${r.heldOut} held-out ${heldOutKind()} images: ${pct(r.before)} → <b>${pct(r.after)}</b>. `
-      : 'No accuracy: photos have no labels of this model\'s classes. ';
+    drawPreciseAccuracy($, r, heldOutKind());   // issue 17 (teach): the accuracies with intervals, in #precise-acc
+    const accText = '';
     $('precise-readout').innerHTML = `Running statistics of ${model.info.bnLayers.length} layers replaced by averages over ${K} batches of ${B}. ` +
       `${accText}Mean |Δmean|/σ over layers: ${before == null ? '—' : before.toFixed(3)} → <b>${after == null ? '—' : after.toFixed(3)}</b>.`;
     debug.precise = { K, B, accBefore: r.before, accAfter: r.after, distBefore: before, distAfter: after };

@@ -544,9 +544,18 @@ async function spread({ layer, sizes, K, seed }, progress) {
 // model's own running statistics do not move until end()). Mean: the mean over all K*B images'
 // activations. Variance: their pooled variance = average batch variance + variance of the batch
 // means across batches (merged in float64).
-async function precise({ K, B, seed }, progress) {
-  const held = labelled() ? makeHeldOut() : null;   // photos have no labels to score
-  const before = held ? evalAccuracy(held) : null;
+// Before and after are scored on the same `heldOut` labelled images (issue 17: Fashion-MNIST's whole held-out
+// part, 2,000, by default), image by image, so the page can give intervals and a paired difference.
+async function precise({ K, B, seed, heldOut = 2000 }, progress) {
+  const n = Math.max(1, Math.min(HELD_OUT_MAX, Math.floor(heldOut) || 2000));
+  const score = async (when) => {   // photos have no labels to score
+    if (!labelled()) return null;
+    progress({ phase: `scoring ${n} held-out images ${when}`, est: 1.1 * S.msPerImage * n });
+    await yieldToEvents();
+    return heldOutCorrect(n);
+  };
+  const correctBefore = await score('before the recompute');
+  progress({ phase: `recomputing: ${K} train-mode batches of ${B}`, est: 1.2 * S.msPerImage * K * B });
   const acc = S.main.preciseBNBegin();
   try {
     for (let k = 0; k < K; k++) {
@@ -561,8 +570,32 @@ async function precise({ K, B, seed }, progress) {
     acc.dispose();
   }
   replaceState(S.main.saveState());   // the scratch copy and the saved bytes follow the new statistics
-  const after = held ? evalAccuracy(held) : null;
-  return { K, B, before, after, heldOut: held ? held.shape[0] : 0, ...describe() };
+  const correctAfter = await score('after the recompute');
+  const mean = (c) => (c ? c.reduce((a, v) => a + v, 0) / c.length : null);
+  return { K, B, before: mean(correctBefore), after: mean(correctAfter), heldOut: correctBefore ? correctBefore.length : 0,
+    correctBefore, correctAfter, ...describe() };
+}
+
+// 1 or 0 per held-out image: eval mode's top class is its label. Fashion-MNIST: the first n of its held-out
+// part (at most 2,000); otherwise n procedural images of the held-out stream. Forwards of at most 250 images.
+const HELD_OUT_MAX = 4000, HELD_OUT_CHUNK = 250;
+function heldOutCorrect(n) {
+  const K = S.main.info.numClasses, D = S.H * S.W * 3, out = [];
+  const fashion = S.data && S.data.heldOut ? S.data.heldOut(n) : null;
+  if (fashion) n = fashion.labels.length;
+  S.main.eval();
+  for (let j = 0; j * HELD_OUT_CHUNK < n; j++) {
+    const m = Math.min(HELD_OUT_CHUNK, n - j * HELD_OUT_CHUNK);
+    const b = fashion ? { x: fashion.x.subarray(j * HELD_OUT_CHUNK * D, (j * HELD_OUT_CHUNK + m) * D), labels: fashion.labels.subarray(j * HELD_OUT_CHUNK, j * HELD_OUT_CHUNK + m) }
+      : freshBatch(0, STREAM.heldOut, m, 1000 + j);
+    const logits = S.main.forward(b.x, [m, S.H, S.W, 3]);
+    for (let i = 0; i < m; i++) {
+      let best = 0;
+      for (let k = 1; k < K; k++) if (logits[i * K + k] > logits[i * K + best]) best = k;
+      out.push(best === b.labels[i] ? 1 : 0);
+    }
+  }
+  return out;
 }
 
 // A fixed labelled batch (never used for statistics) for before/after accuracy in eval mode.

@@ -78,3 +78,31 @@ test('swap the others: the kept image\'s train-mode logits move, its eval-mode l
   await page.locator('#coupling-panel').screenshot({ path: path.join(ARTIFACTS, 'teach-coupling.png') });
   assert.deepEqual(consoleErrors, []);
 });
+
+test('PreciseBN: held-out accuracy before and after on >= 1000 images, each with a 95 % interval that contains it, and when recomputing helps', { skip: SKIP, timeout: 3 * WAIT }, async () => {
+  await waitReady(page);
+  assert.equal(await page.inputValue('#precise-n'), '2000');
+  await page.click('#precise-run');
+  await page.waitForFunction(() => document.getElementById('precise-panel').dataset.accN &&
+    document.querySelector('[data-testid="status"]').dataset.state === 'ready', null, { timeout: 3 * WAIT });
+  const d = await page.evaluate(() => ({ ...document.getElementById('precise-panel').dataset }));
+  const v = (k) => Number(d[k]);
+  // Fashion-MNIST: the whole held-out part (2,000 images), never used for batches or statistics
+  assert.ok(v('accN') >= 1000, `only ${d.accN} held-out images`);
+  for (const w of ['Before', 'After']) {
+    assert.ok(v(`acc${w}Lo`) <= v(`acc${w}`) && v(`acc${w}`) <= v(`acc${w}Hi`), `${w}: ${d[`acc${w}Lo`]} ${d[`acc${w}`]} ${d[`acc${w}Hi`]}`);
+    // a Wilson interval at n = 2000 and p near 0.9 is about 2.5 points wide: neither a point nor everything
+    const width = v(`acc${w}Hi`) - v(`acc${w}Lo`);
+    assert.ok(width > 0.005 && width < 0.1, `${w} interval width ${width}`);
+  }
+  assert.ok(v('accDiffLo') <= v('accDiff') && v('accDiff') <= v('accDiffHi'), `change ${d.accDiffLo} ${d.accDiff} ${d.accDiffHi}`);
+  assert.ok(Math.abs(v('accDiff') - (v('accAfter') - v('accBefore'))) < 1e-12, 'the change is after - before');
+  // the page says so in words, with the number of images and the intervals
+  const text = await page.textContent('#precise-acc');
+  assert.match(text, new RegExp(`on ${Number(d.accN).toLocaleString('en')} held-out Fashion-MNIST test images`));
+  assert.match(text, /\[\d+\.\d %, \d+\.\d %\] → \d+\.\d % \[\d+\.\d %, \d+\.\d %\]; change [+−±]\d+\.\d points \[[+−±]\d+\.\d, [+−±]\d+\.\d\]/);
+  assert.match(await page.textContent('#precise-when'), /after "train here".*resolution.*already\s+match its data/s);
+  assert.equal(await page.isVisible('#precise-when'), true);
+  await page.locator('#precise-panel').screenshot({ path: path.join(ARTIFACTS, 'teach-precise.png') });
+  console.log(`PreciseBN on the default model: ${text}`);
+});
