@@ -106,3 +106,45 @@ test('PreciseBN: held-out accuracy before and after on >= 1000 images, each with
   await page.locator('#precise-panel').screenshot({ path: path.join(ARTIFACTS, 'teach-precise.png') });
   console.log(`PreciseBN on the default model: ${text}`);
 });
+
+test('390 x 844: the results start right below the controls and on the first screen, nothing is wider than the screen, class names wrap instead of being cut', { skip: SKIP, timeout: 2 * WAIT }, async () => {
+  const phone = await browser.newPage({ viewport: { width: 390, height: 844 } });
+  try {
+    await phone.goto(url);
+    await waitReady(phone);
+    // the coupling panel's class names too
+    await phone.click('#couple-swap');
+    await phone.waitForFunction(() => document.getElementById('coupling-panel').dataset.swaps === '1' &&
+      document.querySelector('[data-testid="status"]').dataset.state === 'ready', null, { timeout: WAIT });
+    const r = await phone.evaluate(() => {
+      const controls = document.getElementById('batch-section').getBoundingClientRect();
+      const first = document.getElementById('stats-panel').getBoundingClientRect();
+      // every visible element, HTML or SVG, inside the screen's width
+      const wide = [];
+      for (const e of document.querySelectorAll('body *')) {
+        if (e.closest('[hidden]') || getComputedStyle(e).display === 'none') continue;
+        const b = e.getBoundingClientRect();
+        if (b.width > 0 && (b.right > innerWidth + 0.5 || b.left < -0.5)) wide.push(`${e.tagName} ${e.id || e.getAttribute('class') || ''} ${b.left.toFixed(0)}..${b.right.toFixed(0)}`);
+      }
+      const names = [...document.querySelectorAll('.top5 .name')].map((e) => ({ text: e.textContent, sw: e.scrollWidth, cw: e.clientWidth }));
+      return { controlsBottom: controls.bottom, firstTop: first.top, gap: first.top - controls.bottom, scrollW: document.documentElement.scrollWidth,
+        wide, names, link: document.querySelector('#batch-section .phone-only a').getAttribute('href'),
+        linkVisible: !!document.querySelector('#batch-section .phone-only').offsetParent };
+    });
+    await phone.evaluate(() => window.scrollTo(0, 0));
+    await phone.screenshot({ path: path.join(ARTIFACTS, 'teach-390-first-screen.png') });
+    await phone.screenshot({ path: path.join(ARTIFACTS, 'teach-390-full.png'), fullPage: true });
+    // the flex gap between the Batch card and the statistics panel is 8 px: 16 allows for rounding and a border
+    assert.ok(r.gap >= 0 && r.gap <= 16, `the first result starts ${r.gap} px below the controls`);
+    assert.ok(r.firstTop < 844 - 100, `the first result starts at ${r.firstTop} px: not on the first screen`);
+    assert.ok(r.scrollW <= 390, `the page is ${r.scrollW} px wide`);
+    assert.deepEqual(r.wide, [], 'elements wider than the screen');
+    assert.ok(r.names.length >= 20, `${r.names.length} class-name cells (probe and coupling panels)`);
+    for (const n of r.names) assert.ok(n.sw <= n.cw, `"${n.text}" is cut: ${n.sw} > ${n.cw}`);
+    // the model and image controls moved below the results: a link in the Batch card leads there
+    assert.equal(r.link, '#model-section');
+    assert.equal(r.linkVisible, true);
+  } finally {
+    await phone.close();
+  }
+});
