@@ -81,7 +81,7 @@ function draw() {
   const order = pE.map((p, k) => k).sort((a, b) => pE[b] - pE[a]).slice(0, 5);
   const topT = pT.indexOf(Math.max(...pT));
   if (!order.includes(topT)) order.push(topT);
-  for (const [cls, title, p] of [['train', 'train mode: this batch\'s statistics', pT], ['eval', 'eval mode: running statistics', pE]]) {
+  for (const [cls, title, p] of [['train', 'train mode (batch statistics)', pT], ['eval', 'eval mode (running statistics)', pE]]) {
     const col = document.createElement('div');
     col.className = `probe-col ${cls}`;
     const h = document.createElement('h3');
