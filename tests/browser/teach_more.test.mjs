@@ -101,7 +101,7 @@ test('PreciseBN: held-out accuracy before and after on >= 1000 images, each with
   const text = await page.textContent('#precise-acc');
   assert.match(text, new RegExp(`on ${Number(d.accN).toLocaleString('en')} held-out Fashion-MNIST test images`));
   assert.match(text, /\[\d+\.\d %, \d+\.\d %\] → \d+\.\d % \[\d+\.\d %, \d+\.\d %\]; change [+−±]\d+\.\d points \[[+−±]\d+\.\d, [+−±]\d+\.\d\]/);
-  assert.match(await page.textContent('#precise-when'), /after "train here".*resolution.*already\s+match its data/s);
+  assert.match(await page.textContent('#precise-when'), /after\s+"train here".*resolution.*drawn the way training\s+drew them.*already\s+match its data/s);
   assert.equal(await page.isVisible('#precise-when'), true);
   await page.locator('#precise-panel').screenshot({ path: path.join(ARTIFACTS, 'teach-precise.png') });
   console.log(`PreciseBN on the default model: ${text}`);
