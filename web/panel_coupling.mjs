@@ -17,13 +17,23 @@ export function initCouplingPanel(deps) {
   D = deps;
   D.$('couple-swap').addEventListener('click', () => swap());
   D.$('couple-image').addEventListener('change', () => { history = []; key = ''; draw(); });
+  // dimmed while the page's batch (size, seed) is not the one the swaps started from
+  for (const ev of ['change', 'input', 'click']) document.addEventListener(ev, () => setTimeout(markStale, 0));
   draw();
+}
+
+const keyOf = (s, image) => JSON.stringify([D.getModel() && D.getModel().name, s.seed, s.batchSize, image]);
+function markStale() {
+  const panel = D.$('coupling-panel'), h = history[history.length - 1];
+  const stale = !!h && keyOf(D.getSettings(), h.image) !== key;
+  panel.classList.toggle('stale', stale);
+  panel.dataset.stale = String(stale);
 }
 
 export function couplingModelChanged() {
   history = [];
   key = '';
-  if (D) draw();
+  if (D) { draw(); markStale(); }
 }
 
 function softmax(z) {
@@ -41,7 +51,7 @@ async function swap() {
   pick.value = String(image);
   if (B < 2) { $('couple-note').textContent = 'a batch of 1 has no other images to swap: choose B ≥ 2'; return; }
   $('couple-note').textContent = '';
-  const k = JSON.stringify([D.getModel() && D.getModel().name, s.seed, B, image]);
+  const k = keyOf(s, image);
   if (k !== key) { history = []; key = k; }
   try {
     const want = history.length ? [history[history.length - 1].swap + 1] : [0, 1];
@@ -51,6 +61,7 @@ async function swap() {
       if (k !== key) return;   // the batch changed meanwhile
       history.push(r);
       draw();
+      markStale();
     }
     D.ready();
   } catch (e) {

@@ -701,7 +701,7 @@ const COMMANDS = {
   // in train mode (the copy) and eval mode (main); only the chosen image's logits and input checksum return.
   async couple({ seed, batchSize, image, swap }) {
     const B = batchSize, D = S.H * S.W * 3, K = S.main.info.numClasses, b = makeBatch(seed, B);
-    if (!(image >= 0 && image < B)) throw new Error(`bnlab: couple: image ${image} is not in the batch of ${B}`);
+    if (!(Number.isInteger(image) && image >= 0 && image < B)) throw new Error(`bnlab: couple: image ${image} is not in the batch of ${B}`);
     if (swap > 0) {
       const o = freshBatch(seed, 6, B, swap);   // stream 6: the swaps (STREAM has 1..5)
       for (let j = 0; j < B; j++) if (j !== image) b.x.set(o.x.subarray(j * D, (j + 1) * D), j * D);

@@ -76,6 +76,15 @@ test('swap the others: the kept image\'s train-mode logits move, its eval-mode l
   assert.match(await page.textContent('#couple-readout'), /eval mode's did not move: the same bits every time/);
   assert.match(await page.getAttribute('#plot-couple svg', 'aria-label'), /train mode .*eval mode /);
   await page.locator('#coupling-panel').screenshot({ path: path.join(ARTIFACTS, 'teach-coupling.png') });
+  // another batch: the panel is dimmed until swapped again, which starts from the new batch
+  assert.equal(await page.getAttribute('#coupling-panel', 'data-stale'), 'false');
+  await page.click('#new-batch');
+  await page.waitForFunction(() => document.getElementById('coupling-panel').dataset.stale === 'true', null, { timeout: WAIT });
+  await page.click('#couple-swap');
+  await swaps(1);
+  assert.equal(await page.getAttribute('#coupling-panel', 'data-stale'), 'false');
+  const h2 = JSON.parse(await page.getAttribute('#coupling-panel', 'data-history'));
+  assert.notEqual(h2[0].inputSum, h[0].inputSum, 'the new batch keeps another image 3');
   assert.deepEqual(consoleErrors, []);
 });
 
