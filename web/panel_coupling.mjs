@@ -128,13 +128,14 @@ function draw() {
       `train mode ${tr.map((p) => pct(p[1])).join(', ')}; eval mode ${ev.map((p) => pct(p[1])).join(', ')}`,
     x: { type: 'lin', min: 0, max: Math.max(4, last.swap), label: 'swap (0: the batch as drawn)', integer: true },
     y: { type: 'lin', min: 0, max: 1, exact: true, label: `p(${nameOf(top)})`, format: (v) => `${Math.round(v * 100)}%` },
+    // eval mode drawn last (dashed, hollow dots): where the two coincide its flat line stays visible
     series: [
-      { kind: 'line', points: ev, color: COLORS.eval, width: 1.6 },
-      { kind: 'dots', points: ev, color: COLORS.eval, r: 3, hover: (p) => `swap ${p[0]}: eval mode ${pct(p[1])}` },
       { kind: 'line', points: tr, color: COLORS.batch, width: 1.6 },
       { kind: 'dots', points: tr, color: COLORS.batch, r: 3, hover: (p) => `swap ${p[0]}: train mode ${pct(p[1])}` },
+      { kind: 'line', points: ev, color: COLORS.eval, width: 1.6, dash: '5 3' },
+      { kind: 'dots', points: ev, color: COLORS.eval, r: 3.5, hollow: true, hover: (p) => `swap ${p[0]}: eval mode ${pct(p[1])}` },
     ],
-    legend: [{ label: 'train mode', color: COLORS.batch }, { label: 'eval mode', color: COLORS.eval }],
+    legend: [{ label: 'train mode', color: COLORS.batch }, { label: 'eval mode', color: COLORS.eval, kind: 'line', dash: '5 3' }],
   });
   // how far each mode moved from the batch as drawn: largest change of a probability, and bitwise equality
   const moved = (m) => Math.max(...history.map((h) => Math.max(...softmax(h[m]).map((p, k) => Math.abs(p - softmax(first[m])[k])))));
