@@ -56,7 +56,8 @@ async function swap() {
   try {
     const want = history.length ? [history[history.length - 1].swap + 1] : [0, 1];
     for (const n of want) {
-      const r = await call('couple', { seed: s.seed, batchSize: B, image, swap: n },
+      const channel = Math.max(0, Math.round(Number($('channel-pick').value)) || 0);   // the channel view's channel
+      const r = await call('couple', { seed: s.seed, batchSize: B, image, swap: n, channel },
         { label: `busy: batch of ${B}, image ${image} kept, ${n ? `others swapped (${n})` : 'as drawn'}…` });
       if (k !== key) return;   // the batch changed meanwhile
       history.push(r);
@@ -76,7 +77,9 @@ function draw() {
   const labels = model && model.info.labels;
   const nameOf = (k) => (labels && labels[k] != null ? labels[k] : `class ${k}`);
   const pct = (p) => `${(100 * p).toFixed(p < 0.1 ? 1 : 0)}%`;
-  panel.dataset.history = JSON.stringify(history.map((h) => ({ swap: h.swap, train: h.train, eval: h.eval, inputSum: h.inputSum, batchSum: h.batchSum })));
+  panel.dataset.history = JSON.stringify(history.map((h) => ({ swap: h.swap, train: h.train, eval: h.eval, inputSum: h.inputSum, batchSum: h.batchSum,
+    stemTrain: h.stem.train, stemEval: h.stem.eval })));
+  drawStem();
   panel.dataset.swaps = String(Math.max(0, history.length - 1));
   const box = $('couple-cols');
   box.replaceChildren();
@@ -146,4 +149,35 @@ function draw() {
     `${topsT.size > 1 ? ` and its top class changed (${[...topsT].map(nameOf).join(', ')})` : ''}; ` +
     `eval mode's ${sameBits ? '<b>did not move: the same bits every time</b>' : `moved by up to ${(100 * moved('eval')).toFixed(3)} points`}.`;
   panel.dataset.evalSameBits = String(sameBits);
+}
+
+// The kept image's channel at the stem after normalizing, as two small grey maps on one scale (black −3,
+// mid-grey 0, white +3; grey keeps the page's colours for their meanings), and the mean of its values
+// after each swap in words.
+function paint(canvas, side, values) {
+  canvas.width = side;
+  canvas.height = side;
+  const ctx = canvas.getContext('2d'), img = ctx.createImageData(side, side);
+  values.forEach((v, i) => {
+    const g = Math.round(127.5 + 127.5 * Math.max(-1, Math.min(1, v / 3)));
+    img.data[i * 4] = img.data[i * 4 + 1] = img.data[i * 4 + 2] = g;
+    img.data[i * 4 + 3] = 255;
+  });
+  ctx.putImageData(img, 0, 0);
+}
+
+function drawStem() {
+  const { $ } = D;
+  const box = $('couple-stem');
+  box.hidden = !history.length;
+  if (!history.length) return;
+  const last = history[history.length - 1], st = last.stem;
+  if (st.side) { paint($('couple-stem-train'), st.side, st.train); paint($('couple-stem-eval'), st.side, st.eval); }
+  const avg = (a) => a.reduce((x, y) => x + y, 0) / a.length;
+  const f = (v) => (v < 0 ? `−${Math.abs(v).toFixed(3)}` : v.toFixed(3));
+  const tr = history.map((h) => f(avg(h.stem.train))), ev = history.map((h) => f(avg(h.stem.eval)));
+  $('couple-stem-text').innerHTML = `At the stem (${st.layer}), channel ${st.channel} (the channel view's), this image's ${st.train.length} values ` +
+    `after normalizing. Their mean, swap by swap: train mode <b>${tr.join(', ')}</b> (the batch's mean and variance of the channel change ` +
+    `with the other images: now ${f(st.batchMean)} and ${st.batchVar.toPrecision(3)}); eval mode <b>${ev.join(', ')}</b> ` +
+    `(running ${f(st.runningMean)} and ${st.runningVar.toPrecision(3)}, whatever the batch).`;
 }

@@ -367,6 +367,22 @@ function thumbOf(x) {
   return out;
 }
 
+// The coupling panel's stem view: image `image`'s H*W values of one channel of bn1's input (v: model.bnInput
+// over the batch), normalized with the batch's mean and variance of that channel (train mode; float64) and
+// with the running ones (eval mode).
+function stemNormalized(v, B, image, run, c) {
+  const x = v.values, n = x.length, P = n / B;
+  let m = 0, q = 0;
+  for (let i = 0; i < n; i++) m += x[i];
+  m /= n;
+  for (let i = 0; i < n; i++) q += (x[i] - m) * (x[i] - m);
+  const sT = Math.sqrt(q / n + v.eps), sE = Math.sqrt(run.runningVar[c] + v.eps), rm = run.runningMean[c];
+  const train = [], evalv = [];
+  for (let i = image * P; i < (image + 1) * P; i++) { train.push((x[i] - m) / sT); evalv.push((x[i] - rm) / sE); }
+  return { layer: run.layer, channel: c, side: Number.isInteger(Math.sqrt(P)) ? Math.sqrt(P) : null, train, eval: evalv, batchMean: m, batchVar: q / n,
+    runningMean: rm, runningVar: run.runningVar[c] };
+}
+
 // Independent batches for repeated measurements: (seed, stream, batch size, k) pick the images.
 function freshBatch(seed, stream, B, k) {
   const shape = [B, S.H, S.W, 3];
@@ -699,22 +715,26 @@ const COMMANDS = {
   // issue 17, "how the batch couples images" (web/panel_coupling.mjs): image `image` of the run's batch with
   // the other images replaced by batch `swap` of their own stream (swap 0: the run's batch as it is), scored
   // in train mode (the copy) and eval mode (main); only the chosen image's logits and input checksum return.
-  async couple({ seed, batchSize, image, swap }) {
+  // Also the kept image's values of channel `channel` at the stem (bn1) after normalizing, both ways (the stem's
+  // input is the image's own convolution, the same in both modes; deeper, eval mode's input is not at hand).
+  async couple({ seed, batchSize, image, swap, channel = 0 }) {
     const B = batchSize, D = S.H * S.W * 3, K = S.main.info.numClasses, b = makeBatch(seed, B);
     if (!(Number.isInteger(image) && image >= 0 && image < B)) throw new Error(`bnlab: couple: image ${image} is not in the batch of ${B}`);
     if (swap > 0) {
       const o = freshBatch(seed, 6, B, swap);   // stream 6: the swaps (STREAM has 1..5)
       for (let j = 0; j < B; j++) if (j !== image) b.x.set(o.x.subarray(j * D, (j + 1) * D), j * D);
     }
-    let lt;
-    try { lt = S.scratch.train().forward(b.x, b.shape); } finally { S.scratch.eval(); }
+    let lt, v;
+    const c = Math.min(Math.max(0, Math.floor(channel) || 0), S.main.bnStats(0).channels - 1);
+    try { lt = S.scratch.train().forward(b.x, b.shape); v = S.scratch.bnInput(b.x, b.shape, 0, c); } finally { S.scratch.eval(); }
+    const stem = stemNormalized(v, B, image, S.main.bnStats(0), c);
     const le = S.main.eval().forward(b.x, b.shape), mine = b.x.subarray(image * D, (image + 1) * D);
     let sum = 0, others = 0;
     for (let q = 0; q < D; q++) sum += mine[q];
     for (let q = 0; q < B * D; q++) others += b.x[q];
     return { seed, B, image, swap, train: Array.from(lt.subarray(image * K, (image + 1) * K)),
       eval: Array.from(le.subarray(image * K, (image + 1) * K)), inputSum: sum, batchSum: others - sum,
-      label: b.labels[image] >= 0 ? b.labels[image] : null, thumb: thumbOf(mine), H: S.H, W: S.W };
+      label: b.labels[image] >= 0 ? b.labels[image] : null, thumb: thumbOf(mine), H: S.H, W: S.W, stem };
   },
   async save() {
     const bytes = S.main.saveState();

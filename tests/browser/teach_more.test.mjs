@@ -69,11 +69,17 @@ test('swap the others: the kept image\'s train-mode logits move, its eval-mode l
     // train mode: at least one logit moved; eval mode: every logit has the same bits
     assert.ok(h[k].train.some((v, i) => v !== h[0].train[i]), `swap ${k}: train-mode logits did not move`);
     assert.deepEqual(h[k].eval, h[0].eval, `swap ${k}: eval-mode logits moved`);
+    // the kept image's stem channel after normalizing: the same story one layer in
+    assert.ok(h[k].stemTrain.some((v, i) => v !== h[0].stemTrain[i]), `swap ${k}: train-mode normalized stem values did not move`);
+    assert.deepEqual(h[k].stemEval, h[0].stemEval, `swap ${k}: eval-mode normalized stem values moved`);
   }
   const maxMove = Math.max(...h.slice(1).flatMap((e) => e.train.map((v, i) => Math.abs(v - h[0].train[i]))));
   assert.ok(maxMove > 1e-3, `train-mode logits moved by ${maxMove} only`);
   assert.equal(await page.getAttribute('#coupling-panel', 'data-eval-same-bits'), 'true');
   assert.match(await page.textContent('#couple-readout'), /eval mode's did not move: the same bits every time/);
+  assert.match(await page.textContent('#couple-stem-text'), /At the stem \(bn1\), channel \d+ .* values after normalizing/);
+  assert.equal(h[0].stemTrain.length, h[0].stemEval.length);
+  assert.ok(h[0].stemTrain.length >= 16);
   assert.match(await page.getAttribute('#plot-couple svg', 'aria-label'), /train mode .*eval mode /);
   await page.locator('#coupling-panel').screenshot({ path: path.join(ARTIFACTS, 'teach-coupling.png') });
   // another batch: the panel is dimmed until swapped again, which starts from the new batch
