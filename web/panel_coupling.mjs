@@ -78,7 +78,7 @@ function draw() {
   const nameOf = (k) => (labels && labels[k] != null ? labels[k] : `class ${k}`);
   const pct = (p) => `${(100 * p).toFixed(p < 0.1 ? 1 : 0)}%`;
   panel.dataset.history = JSON.stringify(history.map((h) => ({ swap: h.swap, train: h.train, eval: h.eval, inputSum: h.inputSum, batchSum: h.batchSum,
-    stemTrain: h.stem.train, stemEval: h.stem.eval })));
+    stemTrain: h.stem ? h.stem.train : null, stemEval: h.stem ? h.stem.eval : null })));
   drawStem();
   panel.dataset.swaps = String(Math.max(0, history.length - 1));
   const box = $('couple-cols');
@@ -169,9 +169,9 @@ function paint(canvas, side, values) {
 function drawStem() {
   const { $ } = D;
   const box = $('couple-stem');
-  box.hidden = !history.length;
-  if (!history.length) return;
-  const last = history[history.length - 1], st = last.stem;
+  const last = history[history.length - 1], st = last && last.stem;
+  box.hidden = !st;   // none yet, or a model whose normalization is not plain BatchNorm (see its panel)
+  if (!st) return;
   if (st.side) { paint($('couple-stem-train'), st.side, st.train); paint($('couple-stem-eval'), st.side, st.eval); }
   const avg = (a) => a.reduce((x, y) => x + y, 0) / a.length;
   const f = (v) => (v < 0 ? `−${Math.abs(v).toFixed(3)}` : v.toFixed(3));

@@ -726,8 +726,13 @@ const COMMANDS = {
     }
     let lt, v;
     const c = Math.min(Math.max(0, Math.floor(channel) || 0), S.main.bnStats(0).channels - 1);
-    try { lt = S.scratch.train().forward(b.x, b.shape); v = S.scratch.bnInput(b.x, b.shape, 0, c); } finally { S.scratch.eval(); }
-    const stem = stemNormalized(v, B, image, S.main.bnStats(0), c);
+    // the stem view is BatchNorm's formula: other kinds (GroupNorm, Renorm, Ghost, frozen, none) normalize otherwise
+    const plainBN = S.main.info.norm === 'batch';
+    try {
+      lt = S.scratch.train().forward(b.x, b.shape);
+      if (plainBN) v = S.scratch.bnInput(b.x, b.shape, 0, c);
+    } finally { S.scratch.eval(); }
+    const stem = plainBN ? stemNormalized(v, B, image, S.main.bnStats(0), c) : null;
     const le = S.main.eval().forward(b.x, b.shape), mine = b.x.subarray(image * D, (image + 1) * D);
     let sum = 0, others = 0;
     for (let q = 0; q < D; q++) sum += mine[q];
