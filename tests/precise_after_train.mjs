@@ -20,12 +20,10 @@ try {
   await page.goto(url);
   await idle();
   const precise = async (what) => {
-    const before = await page.evaluate(() => document.getElementById('precise-panel').dataset.accN || '');
     await page.click('#precise-run');
     await page.waitForFunction(() => document.getElementById('precise-panel').dataset.accN, null, { timeout: 600_000 });
     await idle();
     console.log(`${what}: ${await page.textContent('#precise-acc')}`);
-    void before;
   };
   await precise('as loaded');
   await page.click('#reset-model');

@@ -1143,9 +1143,8 @@ async function preciseBN() {
     const after = run ? run.overview.reduce((a, o) => a + o.dMean, 0) / run.overview.length : null;
     if (run && beforeLayers) drawPrecise(beforeLayers, run.overview);
     drawPreciseAccuracy($, r, heldOutKind());   // issue 17 (teach): the accuracies with intervals, in #precise-acc
-    const accText = '';
     $('precise-readout').innerHTML = `Running statistics of ${model.info.bnLayers.length} layers replaced by averages over ${K} batches of ${B}. ` +
-      `${accText}Mean |Δmean|/σ over layers: ${before == null ? '—' : before.toFixed(3)} → <b>${after == null ? '—' : after.toFixed(3)}</b>.`;
+      `Mean |Δmean|/σ over layers: ${before == null ? '—' : before.toFixed(3)} → <b>${after == null ? '—' : after.toFixed(3)}</b>.`;
     debug.precise = { K, B, accBefore: r.before, accAfter: r.after, distBefore: before, distAfter: after };
     $('precise-panel').dataset.distBefore = String(before);
     $('precise-panel').dataset.distAfter = String(after);
