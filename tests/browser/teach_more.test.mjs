@@ -96,7 +96,10 @@ test('swap the others: the kept image\'s train-mode logits move, its eval-mode l
 
 test('PreciseBN: held-out accuracy before and after on >= 1000 images, each with a 95 % interval that contains it, and when recomputing helps', { skip: SKIP, timeout: 3 * WAIT }, async () => {
   await waitReady(page);
-  assert.equal(await page.inputValue('#precise-n'), '2000');
+  // the default is 2,000, or 1,000 where one image took over 5 ms when the model loaded (a loaded machine can
+  // measure that): this test asks for 2,000, the whole held-out part
+  assert.ok(['1000', '2000'].includes(await page.inputValue('#precise-n')));
+  await page.selectOption('#precise-n', '2000');
   await page.click('#precise-run');
   await page.waitForFunction(() => document.getElementById('precise-panel').dataset.accN &&
     document.querySelector('[data-testid="status"]').dataset.state === 'ready', null, { timeout: 3 * WAIT });
