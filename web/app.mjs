@@ -28,6 +28,8 @@ import { drawSpread, measureSpread, updateSpreadStale, clearSpread } from './pan
 import { trainLog, drawTrain, trainHere } from './panel_train.mjs';
 import { preciseBN } from './panel_precise.mjs';
 import { renderCard, showSource } from './panel_card.mjs';
+import { initCouplingPanel, couplingModelChanged } from './panel_coupling.mjs'; // issue 17 (teach): how the batch couples images
+import { preciseAccModelChanged } from './panel_precise_acc.mjs'; // issue 17 (teach)
 
 // web/serve.mjs lists this one last in models.json, after the trained demo model when it exists
 const FALLBACK = { url: '/fixtures/resnet/resnet50.weights.safetensors', name: 'ResNet-50 topology, narrow test fixture (untrained)' };
@@ -66,6 +68,10 @@ function showModel(d) {
   P.model = d;
   const i = d.info;
   accuracyModelChanged(d);   // web/panel_accuracy.mjs: forget the old model's points
+  couplingModelChanged();    // issue 17 (teach): web/panel_coupling.mjs forgets its swaps
+  preciseAccModelChanged($, d);   // issue 17 (teach): PreciseBN's held-out accuracy cleared
+  couplingModelChanged();    // issue 17 (teach): web/panel_coupling.mjs forgets its swaps
+  preciseAccModelChanged($, d);   // issue 17 (teach): PreciseBN's held-out accuracy cleared
   debug.model = { name: d.name, info: d.info, inputSize: `${d.inputH}x${d.inputW}`, modified: d.modified, source: d.source };
   $('model-name').textContent = d.name;
   renderCard(d);
@@ -487,6 +493,7 @@ initChannelPanel(panelDeps);
 initGuide($);
 initKeyboard();
 initAccuracyPanel(panelDeps);
+initCouplingPanel({ $, call, renderPlot, COLORS, getSettings: settings, getModel: () => P.model, fail, ready }); // issue 17 (teach)
 
 async function start() {
   drawSpread();

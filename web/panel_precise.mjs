@@ -5,6 +5,7 @@
 import { renderPlot, COLORS, extent } from './plot.mjs';
 import { $, P, debug, settings, setControlsEnabled, hooks, heldOutKind } from './page.mjs';
 import { call, fail, setStatus } from './jobs.mjs';
+import { preciseHeldOutN, drawPreciseAccuracy } from './panel_precise_acc.mjs'; // issue 17
 
 // ---- PreciseBN --------------------------------------------------------------------------------
 export async function preciseBN() {
@@ -17,9 +18,9 @@ export async function preciseBN() {
   const before = beforeLayers ? beforeLayers.reduce((a, o) => a + o.dMean, 0) / beforeLayers.length : null;
   try {
     const layer = $('precise-layer').checked ? settings().layer : undefined;
-    const r = await call('precise', { K, B, seed: settings().seed, layer }, {
+    const r = await call('precise', { K, B, seed: settings().seed, layer, heldOut: preciseHeldOutN($) }, {   // issue 17: heldOut
       label: 'busy: recomputing running statistics…',
-      onProgress: (p) => setStatus('busy', `busy: PreciseBN batch ${p.done}/${p.total}`),
+      onProgress: (p) => { if (p.done != null) setStatus('busy', `busy: PreciseBN batch ${p.done}/${p.total}`); },
     });
     hooks.showModel(r);
     P.longJob = null;
@@ -27,13 +28,11 @@ export async function preciseBN() {
     const run = await hooks.doRun();
     const after = run ? run.overview.reduce((a, o) => a + o.dMean, 0) / run.overview.length : null;
     if (run && beforeLayers) drawPrecise(beforeLayers, run.overview);
-    const pct = (v) => (v == null ? '—' : `${(100 * v).toFixed(1)}%`);
-    const accText = r.heldOut ? `Eval accuracy on ${r.heldOut} held-out ${heldOutKind()} images: ${pct(r.before)} → <b>${pct(r.after)}</b>. `
-      : 'No accuracy: photos have no labels of this model\'s classes. ';
+    drawPreciseAccuracy($, r, heldOutKind());   // issue 17: the accuracies with intervals, in #precise-acc
     const L = P.model.info.bnLayers.length;
     const what = r.layer ? `Running statistics of ${r.layer} (its forwards stopped there: ${r.ranTo + 1} of ${L} layers ran)` : `Running statistics of ${L} layers`;
     $('precise-readout').innerHTML = `${what} replaced by averages over ${K} batches of ${B}. ` +
-      `${accText}Mean |Δmean|/σ over layers: ${before == null ? '—' : before.toFixed(3)} → <b>${after == null ? '—' : after.toFixed(3)}</b>.`;
+      `Mean |Δmean|/σ over layers: ${before == null ? '—' : before.toFixed(3)} → <b>${after == null ? '—' : after.toFixed(3)}</b>.`;
     debug.precise = { K, B, layer: r.layer || null, ranTo: r.ranTo, layers: L, accBefore: r.before, accAfter: r.after, distBefore: before, distAfter: after };
     $('precise-panel').dataset.distBefore = String(before);
     $('precise-panel').dataset.distAfter = String(after);

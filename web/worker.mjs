@@ -358,6 +358,32 @@ function thumbsOf(rgba, n) {
   return out;
 }
 
+// RGBA bytes of one normalized image (the model's mean/std undone), for the coupling panel's thumbnail.
+function thumbOf(x) {
+  const { mean, std } = S.main.info, P = S.H * S.W, out = new Uint8ClampedArray(P * 4);
+  for (let q = 0; q < P; q++) {
+    for (let c = 0; c < 3; c++) out[q * 4 + c] = 255 * (x[q * 3 + c] * std[c] + mean[c]);
+    out[q * 4 + 3] = 255;
+  }
+  return out;
+}
+
+// The coupling panel's stem view: image `image`'s H*W values of one channel of bn1's input (v: model.bnInput
+// over the batch), normalized with the batch's mean and variance of that channel (train mode; float64) and
+// with the running ones (eval mode).
+function stemNormalized(v, B, image, run, c) {
+  const x = v.values, n = x.length, P = n / B;
+  let m = 0, q = 0;
+  for (let i = 0; i < n; i++) m += x[i];
+  m /= n;
+  for (let i = 0; i < n; i++) q += (x[i] - m) * (x[i] - m);
+  const sT = Math.sqrt(q / n + v.eps), sE = Math.sqrt(run.runningVar[c] + v.eps), rm = run.runningMean[c];
+  const train = [], evalv = [];
+  for (let i = image * P; i < (image + 1) * P; i++) { train.push((x[i] - m) / sT); evalv.push((x[i] - rm) / sE); }
+  return { layer: run.layer, channel: c, side: Number.isInteger(Math.sqrt(P)) ? Math.sqrt(P) : null, train, eval: evalv, batchMean: m, batchVar: q / n,
+    runningMean: rm, runningVar: run.runningVar[c] };
+}
+
 // Independent batches for repeated measurements: (seed, stream, batch size, k) pick the images.
 function freshBatch(seed, stream, B, k) {
   const shape = [B, S.H, S.W, 3];
@@ -559,10 +585,23 @@ async function spread({ layer, sizes, K, seed }, progress) {
 // model's own running statistics do not move until end()). Mean: the mean over all K*B images'
 // activations. Variance: their pooled variance = average batch variance + variance of the batch
 // means across batches (merged in float64).
-async function precise({ K, B, seed, layer }, progress) {
-  const held = labelled() ? makeHeldOut() : null;   // photos have no labels to score
-  const before = held ? evalAccuracy(held) : null;
-  if (layer != null) return { ...(await preciseOneLayer({ K, B, seed, layer }, progress)), before, ...afterPrecise(held) };
+// Before and after are scored on the same `heldOut` labelled images (issue 17: Fashion-MNIST's whole held-out
+// part, 2,000, by default), image by image, so the page can give intervals and a paired difference.
+// `layer` set: only that layer's running statistics are recomputed (preciseOneLayer).
+async function precise({ K, B, seed, layer, heldOut = 2000 }, progress) {
+  const n = Math.max(1, Math.min(HELD_OUT_MAX, Math.floor(heldOut) || 2000));
+  const score = async (when) => {   // photos have no labels to score
+    if (!labelled()) return null;
+    progress({ phase: `scoring ${n} held-out images ${when}`, est: 1.1 * S.msPerImage * n });
+    await yieldToEvents();
+    return heldOutCorrect(n);
+  };
+  const correctBefore = await score('before the recompute');
+  progress({ phase: `recomputing: ${K} train-mode batches of ${B}`, est: 1.2 * S.msPerImage * K * B });
+  if (layer != null) {
+    const one = await preciseOneLayer({ K, B, seed, layer }, progress);
+    return { ...one, ...(await afterPrecise(correctBefore, score)) };
+  }
   const acc = S.main.preciseBNBegin();
   try {
     for (let k = 0; k < K; k++) {
@@ -576,12 +615,14 @@ async function precise({ K, B, seed, layer }, progress) {
   } finally {
     acc.dispose();
   }
-  return { K, B, before, ranTo: S.main.info.bnLayers.length - 1, ...afterPrecise(held) };
+  return { K, B, ranTo: S.main.info.bnLayers.length - 1, ...(await afterPrecise(correctBefore, score)) };
 }
-function afterPrecise(held) {
+async function afterPrecise(correctBefore, score) {
   replaceState(S.main.saveState());   // the scratch copy and the saved bytes follow the new statistics
-  const after = held ? evalAccuracy(held) : null;
-  return { after, heldOut: held ? held.shape[0] : 0, ...describe() };
+  const correctAfter = await score('after the recompute');
+  const mean = (c) => (c ? c.reduce((a, v) => a + v, 0) / c.length : null);
+  return { before: mean(correctBefore), after: mean(correctAfter), heldOut: correctBefore ? correctBefore.length : 0,
+    correctBefore, correctAfter, ...describe() };
 }
 
 // PreciseBN of one layer (the page's "this layer only"): the same batches, each run on the copy only
@@ -606,6 +647,28 @@ async function preciseOneLayer({ K, B, seed, layer }, progress) {
   }
   S.main.setRunningStats(li, acc.end());
   return { K, B, layer: layers[li], ranTo: li };
+}
+
+// 1 or 0 per held-out image: eval mode's top class is its label. Fashion-MNIST: the first n of its held-out
+// part (at most 2,000); otherwise n procedural images of the held-out stream. Forwards of at most 250 images.
+const HELD_OUT_MAX = 4000, HELD_OUT_CHUNK = 250;
+function heldOutCorrect(n) {
+  const K = S.main.info.numClasses, D = S.H * S.W * 3, out = [];
+  const fashion = S.data && S.data.heldOut ? S.data.heldOut(n) : null;
+  if (fashion) n = fashion.labels.length;
+  S.main.eval();
+  for (let j = 0; j * HELD_OUT_CHUNK < n; j++) {
+    const m = Math.min(HELD_OUT_CHUNK, n - j * HELD_OUT_CHUNK);
+    const b = fashion ? { x: fashion.x.subarray(j * HELD_OUT_CHUNK * D, (j * HELD_OUT_CHUNK + m) * D), labels: fashion.labels.subarray(j * HELD_OUT_CHUNK, j * HELD_OUT_CHUNK + m) }
+      : freshBatch(0, STREAM.heldOut, m, 1000 + j);
+    const logits = S.main.forward(b.x, [m, S.H, S.W, 3]);
+    for (let i = 0; i < m; i++) {
+      let best = 0;
+      for (let k = 1; k < K; k++) if (logits[i * K + k] > logits[i * K + best]) best = k;
+      out.push(best === b.labels[i] ? 1 : 0);
+    }
+  }
+  return out;
 }
 
 // A fixed labelled batch (never used for statistics) for before/after accuracy in eval mode.
@@ -706,6 +769,35 @@ const COMMANDS = {
     const run = S.main.bnStats(li);
     return { layer: S.main.info.bnLayers[li], channel, B: batchSize, seed, norm: S.main.info.norm,
       ...channelView({ ...r, runningMean: run.runningMean[channel], runningVar: run.runningVar[channel] }) };
+  },
+  // issue 17, "how the batch couples images" (web/panel_coupling.mjs): image `image` of the run's batch with
+  // the other images replaced by batch `swap` of their own stream (swap 0: the run's batch as it is), scored
+  // in train mode (the copy) and eval mode (main); only the chosen image's logits and input checksum return.
+  // Also the kept image's values of channel `channel` at the stem (bn1) after normalizing, both ways (the stem's
+  // input is the image's own convolution, the same in both modes; deeper, eval mode's input is not at hand).
+  async couple({ seed, batchSize, image, swap, channel = 0 }) {
+    const B = batchSize, D = S.H * S.W * 3, K = S.main.info.numClasses, b = makeBatch(seed, B);
+    if (!(Number.isInteger(image) && image >= 0 && image < B)) throw new Error(`bnlab: couple: image ${image} is not in the batch of ${B}`);
+    if (swap > 0) {
+      const o = freshBatch(seed, 6, B, swap);   // stream 6: the swaps (STREAM has 1..5)
+      for (let j = 0; j < B; j++) if (j !== image) b.x.set(o.x.subarray(j * D, (j + 1) * D), j * D);
+    }
+    let lt, v;
+    const c = Math.min(Math.max(0, Math.floor(channel) || 0), S.main.bnStats(0).channels - 1);
+    // the stem view is BatchNorm's formula: other kinds (GroupNorm, Renorm, Ghost, frozen, none) normalize otherwise
+    const plainBN = S.main.info.norm === 'batch';
+    try {
+      lt = S.scratch.train().forward(b.x, b.shape);
+      if (plainBN) v = S.scratch.bnInput(b.x, b.shape, 0, c);
+    } finally { S.scratch.eval(); }
+    const stem = plainBN ? stemNormalized(v, B, image, S.main.bnStats(0), c) : null;
+    const le = S.main.eval().forward(b.x, b.shape), mine = b.x.subarray(image * D, (image + 1) * D);
+    let sum = 0, others = 0;
+    for (let q = 0; q < D; q++) sum += mine[q];
+    for (let q = 0; q < B * D; q++) others += b.x[q];
+    return { seed, B, image, swap, train: Array.from(lt.subarray(image * K, (image + 1) * K)),
+      eval: Array.from(le.subarray(image * K, (image + 1) * K)), inputSum: sum, batchSum: others - sum,
+      label: b.labels[image] >= 0 ? b.labels[image] : null, thumb: thumbOf(mine), H: S.H, W: S.W, stem };
   },
   async save() {
     const bytes = S.main.saveState();

@@ -157,7 +157,7 @@ test('the default page: the Fashion-MNIST model on real test images, right label
     await runAfter(page, () => page.click('#precise-run'));
     const pr = await page.evaluate(() => window.__bnlab.precise);
     assert.ok(pr.accBefore > 0.8 && pr.accAfter > 0.8, JSON.stringify(pr));
-    assert.match(await page.textContent('#precise-readout'), /held-out Fashion-MNIST test images: \d/);
+    assert.match(await page.textContent('#precise-acc'), /held-out Fashion-MNIST test images, the same before and after: \d/);   // issue 17: with intervals, in #precise-acc
     assert.equal(await page.isDisabled('#train-start'), false);
     assert.match(await page.textContent('#train-na'), /2,000/);
     await page.fill('#train-steps', '20');

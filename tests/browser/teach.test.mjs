@@ -239,14 +239,29 @@ test('390 px wide: no horizontal overflow, two-plot rows stacked, legends inside
   }
 });
 
-test('keyboard only: Tab reaches the main controls and the file buttons, Enter opens a file chooser and picks an overview bar; every chart has a text label', { skip: SKIP, timeout: 2 * WAIT,
-  // passed on its branch; after the merge with the norm panel (issue 14) Enter on the focused "load weights…" button no
-  // longer brings a file chooser within 10 s in headless Chromium, cause not found yet: kept visible as a todo
-  todo: 'after the norm-panel merge the file chooser does not open (issue 17, open)' }, async () => {
+// A key press that should open a file chooser, and the chooser. Playwright turns on Chromium's file-chooser
+// interception when a 'filechooser' listener is added, but asynchronously; a key press sent in the same
+// Promise.all can reach the page first, and then Chromium opens a real (headless, never answered) chooser
+// that Playwright does not report: the cause of this test's failure after the norm-panel merge (the page did
+// its part: the focused label got the keydown, the input was enabled, input.click() ran with user activation).
+// One round trip to the page after adding the listener makes sure the interception is on before the key.
+async function chooserFrom(key) {
+  const chooser = page.waitForEvent('filechooser', { timeout: 10_000 });
+  chooser.catch(() => {});
+  await page.evaluate(() => 0);
+  await page.keyboard.press(key);
+  return chooser;
+}
+
+test('keyboard only: Tab reaches the main controls and the file buttons, Enter opens a file chooser and picks an overview bar; every chart has a text label', { skip: SKIP, timeout: 2 * WAIT }, async () => {
   await page.goto(page.url().replace(/\?.*$/, ''));
   await page.waitForFunction(() => window.__bnlab && window.__bnlab.ready && window.__bnlab.runs > 0 &&
     document.querySelector('[data-testid="status"]').dataset.state === 'ready', null, { timeout: WAIT });
   await page.evaluate(() => { document.activeElement && document.activeElement.blur(); window.scrollTo(0, 0); });
+  // the walk and the file choosers run with the page's CPU slowed 8x (as on a loaded machine, where the race
+  // above showed: without chooserFrom's round trip 2 of 5 walks got no chooser here)
+  const cdp = await page.context().newCDPSession(page);
+  await cdp.send('Emulation.setCPUThrottlingRate', { rate: 8 });
   const seen = [];
   for (let i = 0; i < 80; i++) {
     await page.keyboard.press('Tab');
@@ -263,11 +278,13 @@ test('keyboard only: Tab reaches the main controls and the file buttons, Enter o
   await page.waitForFunction(() => !document.getElementById('weights-file').disabled &&
     document.querySelector('[data-testid="status"]').dataset.state === 'ready', null, { timeout: WAIT });
   await page.focus('label.file-button:has(#weights-file)');
-  const [chooser] = await Promise.all([page.waitForEvent('filechooser', { timeout: 10_000 }), page.keyboard.press('Enter')]);
+  const chooser = await chooserFrom('Enter');
   assert.equal(await chooser.element().evaluate((e) => e.id), 'weights-file');
   await page.focus('label.file-button:has(#image-files)');
-  const [c2] = await Promise.all([page.waitForEvent('filechooser', { timeout: 10_000 }), page.keyboard.press(' ')]);
+  const c2 = await chooserFrom(' ');
   assert.equal(await c2.element().evaluate((e) => e.id), 'image-files');
+  await cdp.send('Emulation.setCPUThrottlingRate', { rate: 1 });
+  await cdp.detach();
   // an overview bar, focused and activated with Enter, picks its layer
   const layers = await page.$$eval('#layer option', (os) => os.map((o) => o.value));
   await page.focus('#plot-overview rect[role="button"]:nth-of-type(3)');
