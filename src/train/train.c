@@ -8,6 +8,7 @@
 #include "core/rng.h"
 #include "io/dataset.h"
 #include "io/safetensors.h"
+#include "io/statedict.h"
 
 #include <errno.h>
 #include <math.h>
@@ -48,6 +49,9 @@ double bnl_schedule_lr(const bnl_schedule *s, int64_t t) {
 
 // ---------------------------------------------------------------------------------------------
 // Checkpoints
+
+// The tensors a checkpoint adds beside the model (io/statedict.c skips them when loading a model).
+int bnl_checkpoint_owns_tensor(const char *name) { return !strncmp(name, "optimizer.", 10); }
 
 bnl_status bnl_checkpoint_save(bnl_resnet *m, const char *path, int with_momentum, const char *const *kv,
                                size_t nkv) {
@@ -879,9 +883,10 @@ bnl_status bnl_train_run(const bnl_train_config *cfg, bnl_dist *dist, const bnl_
     }
 
     size_t np = 0;
-    float *params = bnl_resnet_params(r->m, &np), *grads = bnl_resnet_grads(r->m, NULL);
+    const float *params = bnl_resnet_params(r->m, &np);
+    float *grads = bnl_resnet_grads(r->m, NULL);
     size_t nstats = 0;
-    float *stats = bnl_resnet_stats(r->m, &nstats);
+    float *stats = bnl_resnet_stats_mut(r->m, &nstats);
     bnl_sgd sgd = bnl_sgd_default();
     sgd.momentum = (float)cfg->sgd_momentum;
     sgd.weight_decay = (float)cfg->weight_decay;

@@ -141,7 +141,7 @@ int main(void) {
         float lavg = 0.5f * (rep[0].loss + rep[1].loss);
         CHECK(fabs((double)lavg - loss1) <= latol, "mean loss %.9g vs %.9g (tol %g)", (double)lavg, (double)loss1, latol);
         size_t ns, np;
-        float *s1 = bnl_resnet_stats(one, &ns);
+        const float *s1 = bnl_resnet_stats(one, &ns);
         snprintf(what, sizeof what, "R%d sync running stats rank0", depth);
         check_close(what, bnl_resnet_stats(rep[0].m, NULL), s1, ns, 1e-5, 1e-4);
         snprintf(what, sizeof what, "R%d sync running stats rank1", depth);
@@ -161,7 +161,7 @@ int main(void) {
         // without sync: each replica normalizes with its own half batch -> running stats differ
         memset(rep, 0, sizeof rep);
         two_replicas(0, &sp, rep, calls);
-        float *sa = bnl_resnet_stats(rep[0].m, NULL);
+        const float *sa = bnl_resnet_stats(rep[0].m, NULL);
         double maxd = 0;
         for (size_t i = 0; i < ns; i++) maxd = fmax(maxd, fabs(sa[i] - s1[i]));
         CHECK(maxd > 1e-3, "R%d: unsynchronized running stats should differ from the global batch (max diff %g)", depth,
