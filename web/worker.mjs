@@ -4,11 +4,13 @@
 // { id, ok: false, error }, and long jobs post { id, progress } on the way. `stop` (no id needed)
 // asks the running long job (spread, precise, train) to end after its current batch.
 //
-// Two models live here: `main`, the model as the user loaded it (eval-mode forwards, and every
-// running statistic the page shows), and `scratch`, a copy of it that takes the train-mode forwards.
-// A train-mode forward's output does not depend on the running statistics, so the copy gives the
-// same batch statistics and logits while the loaded model's running statistics stay as they were.
-// Only "update running stats" (the forgotten .eval() on purpose) and "train here" touch `main`.
+// One model, two contexts: `main`, the model as the user loaded it (eval-mode forwards, and every
+// running statistic the page shows), and `scratch`, a second context over the same weights and
+// running statistics (model.cloneContext(): nothing is copied) that takes the train-mode forwards.
+// Its train-mode forwards normalize with batch statistics and never move the shared running
+// statistics, so the loaded model's running statistics stay as they were. Only "update running
+// stats" (the forgotten .eval() on purpose) and "train here" run train mode on `main`; what they,
+// and PreciseBN, change is seen by `scratch` at once (the same memory).
 import { createBnLab } from './bnlab.mjs';
 import { batchPlan, centreCrop, normalizeRGBA } from './crops.mjs';
 import { batchSourceFor } from './batch_source.mjs';
@@ -29,7 +31,7 @@ const FASHION_HELD_OUT = 2000;
 const S = {
   lab: null,
   main: null,          // the loaded model
-  scratch: null,       // a copy for train-mode forwards (same weights; its running stats are never shown)
+  scratch: null,       // main.cloneContext(): train-mode forwards that leave the running stats alone
   original: null,      // bytes of the loaded file, for "reset"
   name: '',
   modified: false,     // true after train-here, PreciseBN or updating running stats
@@ -90,7 +92,7 @@ function setModel(main, bytes, name, { keepOriginal = false } = {}) {
     }
   }
   try {
-    scratch = S.lab.loadModel(bytes);
+    scratch = main.cloneContext();
     if (source.kind === 'procedural') {
       data = S.data;
       if (!data || data.shared || data.size !== H || data.classes !== classes) data = newData = makeDataset(H, classes);
@@ -104,8 +106,8 @@ function setModel(main, bytes, name, { keepOriginal = false } = {}) {
     if (newData) newData.dispose();
     throw e;
   }
-  if (S.main) S.main.dispose();
   if (S.scratch) S.scratch.dispose();
+  if (S.main) S.main.dispose();
   if (S.data && S.data !== data && !S.data.shared) S.data.dispose();
   // keep the live model's split and the last one loaded (switching back needs no fetch); free the rest
   const keep = (f) => f === S.fashion || (data && data.fashion === f);
@@ -130,13 +132,6 @@ async function loadBytes(bytes, name, dataset) {
     throw e;
   }
   return describe();
-}
-
-// Replaces the live state (after train-here or PreciseBN) keeping the file name and original bytes.
-function replaceState(bytes) {
-  const main = S.lab.loadModel(bytes);
-  setModel(main, bytes, S.name, { keepOriginal: true });
-  S.modified = true;
 }
 
 // ---- photos -----------------------------------------------------------------------------------
@@ -480,7 +475,7 @@ async function spread({ layer, sizes, K, seed }, progress) {
   if (/^(group|frozen$|none$)/.test(norm)) throw new Error(`bnlab: the spread of batch statistics: this model (${norm}) has none`);
   if (norm.startsWith('ghost:')) sizes = sizes.filter((B) => B % Number(norm.slice(6)) === 0);
   const li = Math.max(0, S.main.info.bnLayers.indexOf(layer));
-  // the loaded model's running statistics (the copy's drift with its train-mode forwards)
+  // the loaded model's running statistics (copied: the distance is to what the page shows)
   const run = S.main.bnStats(li), runMean = Float32Array.from(run.runningMean), runVar = Float32Array.from(run.runningVar);
   const points = [];
   let done = 0;
@@ -550,7 +545,7 @@ async function precise({ K, B, seed }, progress) {
   } finally {
     acc.dispose();
   }
-  replaceState(S.main.saveState());   // the scratch copy and the saved bytes follow the new statistics
+  S.modified = true;   // the scratch context shares the new statistics; saves write them
   const after = held ? evalAccuracy(held) : null;
   return { K, B, before, after, heldOut: held ? held.shape[0] : 0, ...describe() };
 }
@@ -589,10 +584,7 @@ async function train({ lr, momentum, B, steps, layer, seed }, progress) {
       await yieldToEvents();
     }
   } finally {
-    S.main.eval();
-    // the copy must follow the new weights
-    S.scratch.dispose();
-    S.scratch = S.lab.loadModel(S.main.saveState());
+    S.main.eval();   // the scratch context shares the new weights: nothing to copy
   }
   return { steps: step, acc: evalAccuracy(held), heldOut: held.shape[0], ...describe() };
 }

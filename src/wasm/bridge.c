@@ -17,11 +17,18 @@ EMSCRIPTEN_KEEPALIVE const char *bnl_wasm_isa(void) { return bnl_isa_name(bnl_is
 EMSCRIPTEN_KEEPALIVE int bnl_wasm_isa_force(int isa) { return bnl_isa_force((bnl_isa)isa); }
 EMSCRIPTEN_KEEPALIVE void bnl_wasm_isa_reset(void) { bnl_isa_reset(); }
 
+static void start_worker(void *ctx, size_t i0, size_t i1, int tid) {}
+
 // Threads for the parallel loops: the threaded build's pool size (the single-thread build has
-// none: it stays 1). Returns the count in effect.
+// none: it stays 1). Returns the count in effect. The pool's workers are started here, while the
+// heap has room: Emscripten 3.1.6's pthread_create does not check its 2 MB stack allocation, and a
+// worker started lazily inside a loop when the heap is nearly full gets a stack at address 0 and
+// overwrites the module's data (the out-of-memory test saw wrong logits from it).
 EMSCRIPTEN_KEEPALIVE int bnl_wasm_set_threads(int n) {
     bnl_set_threads(n < 1 ? 1 : n);
-    return bnl_threads_effective();
+    int T = bnl_threads_effective();
+    if (T > 1) bnl_parallel_for((size_t)T, T, start_worker, NULL);
+    return T;
 }
 EMSCRIPTEN_KEEPALIVE int bnl_wasm_threads(void) { return bnl_threads_effective(); }
 
