@@ -71,17 +71,18 @@ function describe() {
 
 // Makes `main` (just loaded from `bytes`) the live model. Everything that can fail happens before
 // the previous model is let go, so a failure leaves the page with the model it had.
-function setModel(main, bytes, name, { keepOriginal = false } = {}) {
+function setModel(main, bytes, name) {
   if (main.info.inChannels !== 3) throw new Error(`bnlab: this model takes ${main.info.inChannels} input channels; the page feeds RGB images (3)`);
   const [, H, W] = main.info.inputSize;
   let source = batchSourceFor(main.info);
   const classes = Math.min(Math.max(main.info.numClasses, 2), 16);
   let scratch = null, data = null, newData = null, ms;
   if (source.kind === 'fashion-mnist') {
-    // a load takes the split loadFashion just prepared; train-here/PreciseBN (keepOriginal) keep the model's own
-    const f = keepOriginal ? (S.data && S.data.fashion) || null : S.fashionError ? null : S.fashion;
+    // a load takes the split loadFashion just prepared (train-here and PreciseBN change the model in
+    // place: they never come here)
+    const f = S.fashionError ? null : S.fashion;
     data = f ? fashionAdapter(main.info, f) : null;
-    let why = data ? null : (!keepOriginal && S.fashionError) || 'the test split was not loaded for this model';
+    let why = data ? null : S.fashionError || 'the test split was not loaded for this model';
     if (data && main.info.numClasses !== data.classes) {
       why = `the model has ${main.info.numClasses} classes, Fashion-MNIST ${data.classes}`;
       data = null;
@@ -113,12 +114,7 @@ function setModel(main, bytes, name, { keepOriginal = false } = {}) {
   const keep = (f) => f === S.fashion || (data && data.fashion === f);
   for (const f of S.fashionLoaded) if (!keep(f)) f.ds.dispose();
   S.fashionLoaded = S.fashionLoaded.filter(keep);
-  Object.assign(S, { main, scratch, data, H, W, source, msPerImage: ms });
-  if (!keepOriginal) {
-    S.original = bytes;
-    S.name = name;
-    S.modified = false;
-  }
+  Object.assign(S, { main, scratch, data, H, W, source, msPerImage: ms, original: bytes, name, modified: false });
 }
 
 async function loadBytes(bytes, name, dataset) {

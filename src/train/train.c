@@ -541,7 +541,7 @@ static bnl_status load_init(run_t *r) {
         s = head ? bnl_st_writer_create(&w) : bnl_fail(BNL_ERR_NOMEM, "out of memory");
         for (size_t i = 0; i < f.count && s == BNL_OK; i++) {
             const bnl_st_tensor *t = &f.tensors[i];
-            if (!strcmp(t->name, "fc.weight") || !strcmp(t->name, "fc.bias") || !strncmp(t->name, "optimizer.", 10))
+            if (!strcmp(t->name, "fc.weight") || !strcmp(t->name, "fc.bias") || bnl_checkpoint_owns_tensor(t->name))
                 continue;
             s = bnl_st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, t->data);
         }
