@@ -63,6 +63,7 @@ bnl_status bnl_checkpoint_save(bnl_resnet *m, const char *path, int with_momentu
     s = bnl_resnet_add_to_writer(m, w, &keep);
     size_t np = 0;
     float *mom = bnl_resnet_momentum(m, &np);
+    if (s == BNL_OK && with_momentum && !mom) s = bnl_fail(BNL_ERR_NOMEM, "checkpoint save: out of memory for the momentum");
     if (s == BNL_OK && with_momentum) {
         int64_t shape[1] = {(int64_t)np};
         s = bnl_st_writer_add(w, "optimizer.momentum", BNL_DT_F32, 1, shape, mom);
@@ -91,7 +92,9 @@ bnl_status bnl_checkpoint_load(bnl_resnet **out, const char *path) {
     size_t np = 0;
     float *mom = bnl_resnet_momentum(m, &np);
     const bnl_st_tensor *t = bnl_st_find(&f, "optimizer.momentum");
-    if (!t) {
+    if (!mom) {
+        s = bnl_fail(BNL_ERR_NOMEM, "%s: out of memory for the momentum", path);
+    } else if (!t) {
         s = bnl_fail(BNL_ERR_FORMAT, "%s: not a bnlab training checkpoint (no tensor 'optimizer.momentum')", path);
     } else if (t->dtype != BNL_DT_F32 || t->ndim != 1 || t->nelem != np) {
         s = bnl_fail(BNL_ERR_FORMAT, "%s: tensor 'optimizer.momentum' must be F32 [%zu] (the model's parameter count), got %s with %zu values",
@@ -842,6 +845,9 @@ bnl_status bnl_train_run(const bnl_train_config *cfg, bnl_dist *dist, const bnl_
         idx = malloc((size_t)B * sizeof *idx);
         seq = malloc((size_t)B * sizeof *seq);
         if (!x || !logits || !labels || !perm || !idx || !seq) s = bnl_fail(BNL_ERR_NOMEM, "out of memory for batches");
+        // gradients and momentum are allocated on first use: here, where a failure is agreed on
+        if (s == BNL_OK && !bnl_resnet_grads(r->m, NULL))
+            s = bnl_fail(BNL_ERR_NOMEM, "out of memory for the gradients and momentum");
     }
     if ((s = agree(r, s, &report)) != BNL_OK) goto done;
     s = bnl_dist_attach(dist, r->m, cfg->sync_bn);
@@ -884,7 +890,7 @@ bnl_status bnl_train_run(const bnl_train_config *cfg, bnl_dist *dist, const bnl_
 
     size_t np = 0;
     const float *params = bnl_resnet_params(r->m, &np);
-    float *grads = bnl_resnet_grads(r->m, NULL);
+    float *grads = bnl_resnet_grads(r->m, NULL);   // allocated above
     size_t nstats = 0;
     float *stats = bnl_resnet_stats_mut(r->m, &nstats);
     bnl_sgd sgd = bnl_sgd_default();
