@@ -13,9 +13,11 @@
 // Conventions
 // - Errors are values: functions return bnl_status; bnl_last_error() holds a one-line message naming
 //   what was wrong (per thread). The library never prints and never exits.
-// - Outputs first, then inputs, then weights, then sizes. Backward kernels ADD into dgamma/dbeta
-//   (a separate zero-grad clears them) and WRITE dx.
-// - Whoever calls a *_load/*_create function calls the matching *_free.
+// - Argument order: the handle (a model, an accumulator) if there is one, then outputs, then
+//   inputs, then weights, then sizes; functions that make a handle take its `**out` first. Backward
+//   kernels ADD into dgamma/dbeta (a separate zero-grad clears them) and WRITE dx.
+// - Whoever calls a *_load/*_create function calls the matching *_free. Buffers the library
+//   allocates with its aligned allocator (named where handed out) are freed with bnl_free.
 // - Running statistics follow the blog and Flax: running = momentum*running + (1-momentum)*batch.
 //   PyTorch users: bnlab momentum 0.9 == torch momentum 0.1.
 #ifndef BNLAB_H
@@ -46,6 +48,8 @@ typedef enum bnl_status {
 const char *bnl_status_str(bnl_status s);
 // The message of the last failing call on this thread ("" if none): names the problem and where.
 const char *bnl_last_error(void);
+// Frees memory the library handed out from its aligned allocator (NULL is ignored).
+void bnl_free(void *p);
 
 // ---------------------------------------------------------------------------------------------
 // Instruction sets. Every SIMD kernel has a scalar reference that is always compiled; one place

@@ -260,6 +260,12 @@ export interface Model {
   step(x: FloatInput, shape: Shape4, labels: ArrayLike<number | bigint>, options?: StepOptions): number;
   /** The whole state as safetensors bytes, in the loaded file's names and layouts. */
   saveState(): Uint8Array;
+  /**
+   * A second context over this model's state: the same weights and running statistics in memory (an update through
+   * either is seen by both), its own train/eval switch (eval to start), batch statistics and buffers. Its train-mode
+   * forwards never move the shared running statistics. Dispose each; the weights go with the last.
+   */
+  cloneContext(): Model;
   /** Frees the wasm memory of this model; any later use throws. Calling it again is harmless. */
   dispose(): void;
 }

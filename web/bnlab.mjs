@@ -241,7 +241,7 @@ class BnLab {
     const handle = this._scoped((alloc) => {
       const pb = alloc(bytes.length), pout = alloc(4);
       new Uint8Array(this._ex.memory.buffer, pb, bytes.length).set(bytes);
-      this._check(this._ex.bnl_wasm_model_load(pb, bytes.length, pout));
+      this._check(this._ex.bnl_wasm_model_load(pout, pb, bytes.length));
       return new Uint32Array(this._ex.memory.buffer, pout, 1)[0];
     });
     return new Model(this, handle);
@@ -591,7 +591,7 @@ class Model {
       const px = L._putF32(alloc, x, n, 'input');
       const capOut = shape[0] * shape[1] * shape[2];   // every layer's N*H*W is at most the input's
       const po = alloc(4 * capOut), pn = alloc(4), pg = alloc(12);
-      L._check(L._ex.bnl_wasm_model_bn_input(h, px, shape[0], shape[1], shape[2], shape[3], i, channel, po, capOut, pn, pg));
+      L._check(L._ex.bnl_wasm_model_bn_input(h, po, capOut, pn, pg, px, shape[0], shape[1], shape[2], shape[3], i, channel));
       const [gamma, beta, eps] = L._getF32(pg, 3);
       return { values: L._getF32(po, I32(L, pn, 1)[0]), gamma, beta, eps };
     });
@@ -611,7 +611,7 @@ class Model {
     const i = this._bnIndex(name);
     return L._scoped((alloc) => {
       const po = alloc(16), pp = alloc(16);
-      L._check(L._ex.bnl_wasm_model_bn_stats(h, i, po, pp));
+      L._check(L._ex.bnl_wasm_model_bn_stats(h, po, pp, i));
       const [C, hasBatch, lo, hi] = I32(L, po, 4);
       const ptrs = new Uint32Array(L._ex.memory.buffer, pp, 4).slice();
       return {
@@ -663,7 +663,7 @@ class Model {
     const h = this._live(), L = this._lab;
     const ptr = L._scoped((alloc) => {
       const po = alloc(4);
-      L._check(L._ex.bnl_wasm_precise_begin(h, po));
+      L._check(L._ex.bnl_wasm_precise_begin(po, h));
       return new Uint32Array(L._ex.memory.buffer, po, 1)[0];
     });
     const model = this;
@@ -701,7 +701,7 @@ class Model {
     if (kind !== 'group' && kind !== 'renorm' && kind !== 'ghost') return null;
     return L._scoped((alloc) => {
       const po = alloc(8), pp = alloc(8);
-      if (L._ex.bnl_wasm_model_norm_stats(h, i, po, pp) !== 0) return null;   // nothing has run yet
+      if (L._ex.bnl_wasm_model_norm_stats(h, po, pp, i) !== 0) return null;   // nothing has run yet
       const [rows, cols] = I32(L, po, 2);
       const ptrs = new Uint32Array(L._ex.memory.buffer, pp, 2).slice();
       const a = L._getF32(ptrs[0], rows * cols), b = L._getF32(ptrs[1], rows * cols);
@@ -745,6 +745,21 @@ class Model {
       L._free(buf);
       return out;
     });
+  }
+
+  // A second context over this model's state (bnl_resnet_clone_context): the same weights and
+  // running statistics in memory (not a copy: an update through either is seen by both), its own
+  // train/eval switch (eval to start), batch statistics and buffers. Its train-mode forwards use
+  // batch statistics as usual but never move the shared running statistics. Dispose each one;
+  // the weights go with the last.
+  cloneContext() {
+    const L = this._lab, h = this._live();
+    const handle = L._scoped((alloc) => {
+      const pout = alloc(4);
+      L._check(L._ex.bnl_wasm_model_clone_context(pout, h));
+      return new Uint32Array(L._ex.memory.buffer, pout, 1)[0];
+    });
+    return new Model(L, handle);
   }
 
   dispose() {

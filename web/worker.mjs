@@ -4,11 +4,13 @@
 // { id, ok: false, error }, and long jobs post { id, progress } on the way. `stop` (no id needed)
 // asks the running long job (spread, precise, train) to end after its current batch.
 //
-// Two models live here: `main`, the model as the user loaded it (eval-mode forwards, and every
-// running statistic the page shows), and `scratch`, a copy of it that takes the train-mode forwards.
-// A train-mode forward's output does not depend on the running statistics, so the copy gives the
-// same batch statistics and logits while the loaded model's running statistics stay as they were.
-// Only "update running stats" (the forgotten .eval() on purpose) and "train here" touch `main`.
+// One model, two contexts: `main`, the model as the user loaded it (eval-mode forwards, and every
+// running statistic the page shows), and `scratch`, a second context over the same weights and
+// running statistics (model.cloneContext(): nothing is copied) that takes the train-mode forwards.
+// Its train-mode forwards normalize with batch statistics and never move the shared running
+// statistics, so the loaded model's running statistics stay as they were. Only "update running
+// stats" (the forgotten .eval() on purpose) and "train here" run train mode on `main`; what they,
+// and PreciseBN, change is seen by `scratch` at once (the same memory).
 import { createBnLab } from './bnlab.mjs';
 import { batchPlan, centreCrop, normalizeRGBA } from './crops.mjs';
 import { batchSourceFor } from './batch_source.mjs';
@@ -30,7 +32,7 @@ const FASHION_HELD_OUT = 2000;
 const S = {
   lab: null,
   main: null,          // the loaded model
-  scratch: null,       // a copy for train-mode forwards (same weights; its running stats are never shown)
+  scratch: null,       // main.cloneContext(): train-mode forwards that leave the running stats alone
   original: null,      // bytes of the loaded file, for "reset"
   name: '',
   modified: false,     // true after train-here, PreciseBN or updating running stats
@@ -70,17 +72,18 @@ function describe() {
 
 // Makes `main` (just loaded from `bytes`) the live model. Everything that can fail happens before
 // the previous model is let go, so a failure leaves the page with the model it had.
-function setModel(main, bytes, name, { keepOriginal = false } = {}) {
+function setModel(main, bytes, name) {
   if (main.info.inChannels !== 3) throw new Error(`bnlab: this model takes ${main.info.inChannels} input channels; the page feeds RGB images (3)`);
   const [, H, W] = main.info.inputSize;
   let source = batchSourceFor(main.info);
   const classes = Math.min(Math.max(main.info.numClasses, 2), 16);
   let scratch = null, data = null, newData = null, ms;
   if (source.kind === 'fashion-mnist') {
-    // a load takes the split loadFashion just prepared; train-here/PreciseBN (keepOriginal) keep the model's own
-    const f = keepOriginal ? (S.data && S.data.fashion) || null : S.fashionError ? null : S.fashion;
+    // a load takes the split loadFashion just prepared (train-here and PreciseBN change the model in
+    // place: they never come here)
+    const f = S.fashionError ? null : S.fashion;
     data = f ? fashionAdapter(main.info, f) : null;
-    let why = data ? null : (!keepOriginal && S.fashionError) || 'the test split was not loaded for this model';
+    let why = data ? null : S.fashionError || 'the test split was not loaded for this model';
     if (data && main.info.numClasses !== data.classes) {
       why = `the model has ${main.info.numClasses} classes, Fashion-MNIST ${data.classes}`;
       data = null;
@@ -91,7 +94,7 @@ function setModel(main, bytes, name, { keepOriginal = false } = {}) {
     }
   }
   try {
-    scratch = S.lab.loadModel(bytes);
+    scratch = main.cloneContext();
     if (source.kind === 'procedural') {
       data = S.data;
       if (!data || data.shared || data.size !== H || data.classes !== classes) data = newData = makeDataset(H, classes);
@@ -105,19 +108,14 @@ function setModel(main, bytes, name, { keepOriginal = false } = {}) {
     if (newData) newData.dispose();
     throw e;
   }
-  if (S.main) S.main.dispose();
   if (S.scratch) S.scratch.dispose();
+  if (S.main) S.main.dispose();
   if (S.data && S.data !== data && !S.data.shared) S.data.dispose();
   // keep the live model's split and the last one loaded (switching back needs no fetch); free the rest
   const keep = (f) => f === S.fashion || (data && data.fashion === f);
   for (const f of S.fashionLoaded) if (!keep(f)) f.ds.dispose();
   S.fashionLoaded = S.fashionLoaded.filter(keep);
-  Object.assign(S, { main, scratch, data, H, W, source, msPerImage: ms });
-  if (!keepOriginal) {
-    S.original = bytes;
-    S.name = name;
-    S.modified = false;
-  }
+  Object.assign(S, { main, scratch, data, H, W, source, msPerImage: ms, original: bytes, name, modified: false });
 }
 
 async function loadBytes(bytes, name, dataset) {
@@ -131,13 +129,6 @@ async function loadBytes(bytes, name, dataset) {
     throw e;
   }
   return describe();
-}
-
-// Replaces the live state (after train-here or PreciseBN) keeping the file name and original bytes.
-function replaceState(bytes) {
-  const main = S.lab.loadModel(bytes);
-  setModel(main, bytes, S.name, { keepOriginal: true });
-  S.modified = true;
 }
 
 // ---- photos -----------------------------------------------------------------------------------
@@ -531,7 +522,7 @@ async function spread({ layer, sizes, K, seed }, progress) {
   if (/^(group|frozen$|none$)/.test(norm)) throw new Error(`bnlab: the spread of batch statistics: this model (${norm}) has none`);
   if (norm.startsWith('ghost:')) sizes = sizes.filter((B) => B % Number(norm.slice(6)) === 0);
   const li = Math.max(0, S.main.info.bnLayers.indexOf(layer));
-  // the loaded model's running statistics (the copy's drift with its train-mode forwards)
+  // the loaded model's running statistics (copied: the distance is to what the page shows)
   const run = S.main.bnStats(li), runMean = Float32Array.from(run.runningMean), runVar = Float32Array.from(run.runningVar);
   const points = [];
   let done = 0;
@@ -618,7 +609,7 @@ async function precise({ K, B, seed, layer, heldOut = 2000 }, progress) {
   return { K, B, ranTo: S.main.info.bnLayers.length - 1, ...(await afterPrecise(correctBefore, score)) };
 }
 async function afterPrecise(correctBefore, score) {
-  replaceState(S.main.saveState());   // the scratch copy and the saved bytes follow the new statistics
+  S.modified = true;   // the scratch context shares the new statistics; saves write them
   const correctAfter = await score('after the recompute');
   const mean = (c) => (c ? c.reduce((a, v) => a + v, 0) / c.length : null);
   return { before: mean(correctBefore), after: mean(correctAfter), heldOut: correctBefore ? correctBefore.length : 0,
@@ -705,10 +696,7 @@ async function train({ lr, momentum, B, steps, layer, seed }, progress) {
       await yieldToEvents();
     }
   } finally {
-    S.main.eval();
-    // the copy must follow the new weights
-    S.scratch.dispose();
-    S.scratch = S.lab.loadModel(S.main.saveState());
+    S.main.eval();   // the scratch context shares the new weights: nothing to copy
   }
   return { steps: step, acc: evalAccuracy(held), heldOut: held.shape[0], ...describe() };
 }

@@ -4,6 +4,7 @@
 #include "cli/cli.h"
 #include "core/common.h"
 #include "core/rng.h"
+#include "io/statedict.h"
 #include "model/resnet.h"
 #include "ops/ops.h"
 

@@ -3,6 +3,7 @@
 #include "cli/cli.h"
 #include "io/safetensors.h"
 #include "model/card.h"
+#include "io/statedict.h"
 #include "model/resnet.h"
 
 #include <stdio.h>

@@ -2,6 +2,7 @@
 #include "cli/cli.h"
 #include "core/common.h"
 #include "io/dataset.h"
+#include "io/statedict.h"
 #include "model/resnet.h"
 #include "train/train.h"
 
@@ -93,7 +94,7 @@ int cmd_precise_bn(int argc, char **argv) {
     int wl = 0;
     for (int i = 0; old && i < nbn; i++) {
         bnl_bn_view v;
-        bnl_resnet_bn_stats(m, i, &v);
+        bnl_resnet_bn_stats(m, &v, i);
         for (int c = 0; c < v.channels; c++) {
             size_t rm = (size_t)(v.running_mean - st) + c, rv = (size_t)(v.running_var - st) + c;
             double z = fabs(v.running_mean[c] - old[rm]) / sqrt(old[rv] + 1e-5);

@@ -1,9 +1,9 @@
-// torchvision ResNet (v1.5: stride on the 3x3 conv of bottlenecks) in NHWC, read from a
-// safetensors state dict. The architecture comes from the file: blocks per stage, basic or
-// bottleneck, widths, class count.
+// torchvision ResNet (v1.5: stride on the 3x3 conv of bottlenecks) in NHWC. The architecture comes
+// from a spec (bnl_resnet_create) or from a safetensors state dict (io/statedict.h: blocks per
+// stage, basic or bottleneck, widths, class count).
 //
 //     bnl_resnet *m;
-//     if (bnl_resnet_load_file(&m, "resnet50.safetensors") != BNL_OK) puts(bnl_last_error());
+//     if (bnl_resnet_load_file(&m, "resnet50.safetensors") != BNL_OK) puts(bnl_last_error());   // io/statedict.h
 //     bnl_resnet_set_training(m, 0);                        // eval: running statistics
 //     bnl_resnet_forward(m, logits, x, N, 224, 224);        // x: (N,224,224,3), logits: (N,classes)
 //     bnl_sgd sgd = bnl_sgd_default(); sgd.lr = 0.1f;
@@ -11,10 +11,17 @@
 //     bnl_resnet_save_file(m, "out.safetensors");
 //     bnl_resnet_free(m);                                   // whoever loads, frees
 //
-// Memory: parameters, gradients and SGD momentum are three buffers of one layout (one flat update
-// loop); running statistics and the last batch statistics live beside them without gradients.
+// Three parts (model/resnet_internal.h): a LAYOUT (layer tables and offsets, built in one walk), a
+// STATE (parameters, running statistics, num_batches_tracked, metadata; gradients and SGD momentum,
+// three buffers of one layout for one flat update loop, allocated on the first training step or
+// request), and a CONTEXT (train/eval switch, BatchNorm config, norm kind, ISA, activation plan,
+// last batch statistics, packed eval weights, sync buffers) that borrows the state. A bnl_resnet
+// handle is a context; bnl_resnet_clone_context makes another one over the same state.
 // Activations are planned once per batch shape and reused; a forward without backward keeps only
 // three ping-pong buffers.
+//
+// Argument order, as in bnlab.h: the handle, then outputs, then inputs (constructors: the new
+// handle first).
 #ifndef BNL_RESNET_H
 #define BNL_RESNET_H
 #include "bnlab.h"
@@ -53,7 +60,7 @@ bnl_sgd bnl_sgd_default(void);   // lr 0.1, plain SGD: no momentum, no decay
 typedef struct bnl_resnet_spec {
     int num_stages;
     int blocks[BNL_MAX_STAGES];   // e.g. 3,4,6,3
-    int widths[BNL_MAX_STAGES];   // inner widths (bottleneck: 64,128,256,512; outputs are 4x)
+    int inner_widths[BNL_MAX_STAGES];   // bottleneck: 64,128,256,512 (stage outputs, info.widths, are 4x)
     int bottleneck;
     int stem_width;               // 64
     int in_channels;              // 3
@@ -62,13 +69,25 @@ typedef struct bnl_resnet_spec {
 // Fills spec for a named torchvision depth (18, 34, 50, 101, 152) at width_mult (1.0 = torchvision).
 bnl_status bnl_resnet_spec_named(bnl_resnet_spec *spec, int depth, float width_mult, int num_classes);
 bnl_status bnl_resnet_create(bnl_resnet **out, const bnl_resnet_spec *spec, uint64_t seed);
+// Loading and saving state dicts: io/statedict.h.
 
-bnl_status bnl_resnet_load(bnl_resnet **out, const uint8_t *buf, size_t len);
-bnl_status bnl_resnet_load_file(bnl_resnet **out, const char *path);
-// From an already parsed file (see io/safetensors.h). allow_extra: tensors that are not part of
-// the model are ignored instead of refused (checkpoints carry optimizer state beside the model).
-struct bnl_st_file;
-bnl_status bnl_resnet_load_parsed(bnl_resnet **out, const struct bnl_st_file *f, int allow_extra);
+// A second context over m's state: parameters, running statistics and num_batches_tracked are the
+// same memory (weights are not copied; an SGD step through either is seen by both, and each
+// context's eval cache notices it). The new context starts in eval mode with m's BatchNorm config,
+// norm kind and ISA, and with update_running 0: its train-mode forwards normalize with batch
+// statistics as usual but move a private copy of the running statistics (taken from the state at
+// the start of each forward), never the shared ones. Its batch statistics, plan and caches are its
+// own. Free each handle with bnl_resnet_free; the state goes with the last one.
+bnl_status bnl_resnet_clone_context(bnl_resnet **out, const bnl_resnet *m);
+// 1 (loads and creates): train-mode forwards move the state's running statistics. 0: they move the
+// context's private copy instead (what the state holds is what eval mode and bn_stats show).
+bnl_status bnl_resnet_set_update_running(bnl_resnet *m, int update);
+int bnl_resnet_update_running(const bnl_resnet *m);
+// The ISA whose GEMM kernels the context's packed eval weights are for (default: bnl_isa_active()
+// when the context was made; BNL_ERR_UNSUPPORTED if not available). Train-mode kernels use the
+// process-wide choice (bnl_isa_force).
+bnl_status bnl_resnet_set_isa(bnl_resnet *m, bnl_isa isa);
+bnl_isa bnl_resnet_isa(const bnl_resnet *m);
 void bnl_resnet_free(bnl_resnet *m);
 
 const bnl_resnet_info *bnl_resnet_get_info(const bnl_resnet *m);
@@ -122,7 +141,7 @@ typedef struct bnl_norm_view {
     int rows, cols;
     const float *a, *b;   // group: mean, var; renorm: r, d; ghost: mean, var
 } bnl_norm_view;
-bnl_status bnl_resnet_norm_stats(const bnl_resnet *m, int i, bnl_norm_view *out);
+bnl_status bnl_resnet_norm_stats(const bnl_resnet *m, bnl_norm_view *out, int i);
 // torchvision's zero_init_residual: gamma of the last "bn" of every block set to 0, so each residual
 // branch starts at zero and every block at the identity. With BNL_NORM_NONE this is SkipInit (De &
 // Smith 2020), the usual way to make a deep ResNet trainable without normalization.
@@ -146,10 +165,10 @@ bnl_status bnl_resnet_forward(bnl_resnet *m, float *logits, const float *x, int 
 bnl_status bnl_resnet_forward_to(bnl_resnet *m, const float *x, int N, int H, int W, int stop);
 // Train mode: the forward up to the input of BatchNorm layer `layer` (earlier layers exactly as in
 // forward_to, so their running statistics move; `layer` itself does not run). Copies channel c of
-// that input (the convolution's output before BatchNorm, N*H*W values in NHWC order) to out (cap floats);
-// gbe: that channel's gamma, beta and the layers' eps.
-bnl_status bnl_resnet_bn_input(bnl_resnet *m, const float *x, int N, int H, int W, int layer, int c, float *out,
-                               size_t cap, size_t *n, float gbe[3]);
+// that input (the convolution's output before BatchNorm, N*H*W values in NHWC order) to out (cap floats,
+// *n written); gbe: that channel's gamma, beta and the layers' eps.
+bnl_status bnl_resnet_bn_input(bnl_resnet *m, float *out, size_t cap, size_t *n, float gbe[3], const float *x, int N,
+                               int H, int W, int layer, int c);
 
 // Train-mode forward + softmax cross-entropy (mean over the batch) + backward: gradients are
 // overwritten (zero-grad is part of it). *loss gets the loss; logits (may be NULL) the logits.
@@ -161,15 +180,20 @@ bnl_status bnl_resnet_sgd_update(bnl_resnet *m, const bnl_sgd *opt);
 bnl_status bnl_resnet_step(bnl_resnet *m, float *loss, const float *x, int N, int H, int W,
                            const int64_t *labels, const bnl_sgd *opt);
 
-// Flat views for data-parallel training: count floats each; gradients all-reduce as one buffer.
-float *bnl_resnet_params(bnl_resnet *m, size_t *count);
+// Flat views of the state: count floats each; gradients all-reduce as one buffer. Read-only views:
+const float *bnl_resnet_params(const bnl_resnet *m, size_t *count);
+const float *bnl_resnet_stats(const bnl_resnet *m, size_t *count);   // running means and variances
+// Writable views. Eval mode runs on a cache per context: conv weights with their BatchNorm folded
+// in, packed for the GEMM. It is rebuilt after load, sgd_update, a train-mode forward that moves
+// the state's running statistics, set_running_stats, set_bn_config, and when a *_mut view is handed
+// out (which therefore marks the state changed for every context). Writing through a pointer taken
+// earlier, after an eval forward: call bnl_resnet_params_changed before the next forward.
+float *bnl_resnet_params_mut(bnl_resnet *m, size_t *count);
+float *bnl_resnet_stats_mut(bnl_resnet *m, size_t *count);
+// Gradients and SGD momentum: allocated (zero) on first use; NULL if that allocation fails. They
+// feed no cache.
 float *bnl_resnet_grads(bnl_resnet *m, size_t *count);
 float *bnl_resnet_momentum(bnl_resnet *m, size_t *count);
-float *bnl_resnet_stats(bnl_resnet *m, size_t *count);   // running means and variances
-// Eval mode runs on a cache: conv weights with their BatchNorm folded in, packed for the GEMM. It
-// is rebuilt after load, sgd_update, a train-mode forward, set_bn_config, and whenever one of the
-// pointers above (params, stats) is handed out. Writing through a pointer taken earlier, after an
-// eval forward: call this before the next forward.
 void bnl_resnet_params_changed(bnl_resnet *m);
 
 // BatchNorm layers, in order from the stem: names as in the state dict ("bn1", "layer1.0.bn1", ...).
@@ -184,7 +208,9 @@ typedef struct bnl_bn_view {
     int64_t num_batches_tracked;
     int has_batch;   // a train-mode forward has run since load
 } bnl_bn_view;
-bnl_status bnl_resnet_bn_stats(const bnl_resnet *m, int i, bnl_bn_view *out);
+// The running statistics are the state's (shared by every context over it); the batch statistics
+// this context's.
+bnl_status bnl_resnet_bn_stats(const bnl_resnet *m, bnl_bn_view *out, int i);
 // Replaces layer i's running mean and variance (`channels` values each; read them back with
 // bnl_resnet_bn_stats). BNL_ERR_ARG: a norm kind without running statistics (none, group), a wrong
 // channel count, a non-finite value or a negative variance; nothing changes then. Invalidates the
@@ -203,15 +229,6 @@ bnl_status bnl_precise_bn_begin(bnl_precise_bn **out, const bnl_resnet *m);
 bnl_status bnl_precise_bn_add(bnl_precise_bn *p, bnl_resnet *m, const float *x, int N, int H, int W);
 bnl_status bnl_precise_bn_end(bnl_precise_bn *p, bnl_resnet *m);
 void bnl_precise_bn_free(bnl_precise_bn *p);
-
-// The whole state in the loaded file's names and layouts (conv weights back to OIHW), F32, with
-// num_batches_tracked as I64 [] and the file's __metadata__.
-bnl_status bnl_resnet_save(const bnl_resnet *m, uint8_t **buf, size_t *len);   // free() the buffer
-bnl_status bnl_resnet_save_file(const bnl_resnet *m, const char *path);       // atomic
-// Adds the state's tensors and metadata to a caller's writer (to add more, e.g. optimizer state,
-// then write once). *keep must be freed with bnl_free() after the writer has written.
-struct bnl_st_writer;
-bnl_status bnl_resnet_add_to_writer(const bnl_resnet *m, struct bnl_st_writer *w, void **keep);
 
 // Synchronized BatchNorm (data-parallel training over `replicas` model copies). fn gathers: every
 // replica passes n doubles in `mine` and receives every replica's n doubles in `all`, replica r's at

@@ -16,6 +16,7 @@
 // results are bitwise the same for any thread count and any tile size.
 #include "core/common.h"
 #include "core/parallel.h"
+#include "ops/dispatch.h"
 #include "ops/gemm_kernels.h"
 #include "ops/ops.h"
 #include "ops/winograd.h"
@@ -198,15 +199,22 @@ struct bnl_conv_packed {
 };
 
 bnl_status bnl_conv_pack_weights(bnl_conv_packed **pk, const float *w, const float *scale, int K, int R, int S, int C) {
-    return bnl_conv_pack_weights_for(pk, w, scale, K, R, S, C, 0);
+    return bnl_conv_pack_weights_isa(pk, bnl_isa_active(), w, scale, K, R, S, C, 0);
 }
 
 bnl_status bnl_conv_pack_weights_for(bnl_conv_packed **pk, const float *w, const float *scale, int K, int R, int S,
                                      int C, int stride) {
+    return bnl_conv_pack_weights_isa(pk, bnl_isa_active(), w, scale, K, R, S, C, stride);
+}
+
+bnl_status bnl_conv_pack_weights_isa(bnl_conv_packed **pk, bnl_isa isa, const float *w, const float *scale, int K,
+                                     int R, int S, int C, int stride) {
     if (!pk || !w || K <= 0 || R <= 0 || S <= 0 || C <= 0 || stride < 0 || !bytes_fit(K, R, S, C))
         return bnl_fail(BNL_ERR_ARG, "conv_pack_weights: bad arguments (K=%d R=%d S=%d C=%d stride=%d)", K, R, S, C,
                         stride);
-    const bnl_gemm_kernels *kt = bnl_gemm_kernels_active();
+    if ((int)isa < 0 || isa >= BNL_ISA_COUNT || !bnl_isa_available(isa))
+        return bnl_fail(BNL_ERR_UNSUPPORTED, "conv_pack_weights: ISA %s is not available", bnl_isa_name(isa));
+    const bnl_gemm_kernels *kt = bnl_gemm_kernels_for(isa);
     int wino = stride == 1 && R == 3 && S == 3 && bnl_conv_winograd() && bytes_fit(16, K, C, 1);
     size_t rsc = (size_t)R * S * C;
     size_t n = wino ? bnl_winograd_packed_floats(kt, K, C) : bnl_gemm_packed_floats(kt, (size_t)K, rsc);

@@ -40,9 +40,14 @@ void bnl_conv_set_tile_pixels(int pixels);
 // when its sizes match, else (re)allocated; free with bnl_conv_packed_free.
 typedef struct bnl_conv_packed bnl_conv_packed;
 bnl_status bnl_conv_pack_weights(bnl_conv_packed **pk, const float *w, const float *scale, int K, int R, int S, int C);
-// The same, for a convolution of the given stride (0: unknown): 3x3 stride-1 weights are packed
-// for Winograd F(2x2, 3x3) (src/ops/winograd.c: 2.25x fewer multiplies; not the direct sum's
-// bits, within a few ulps of it) unless bnl_conv_set_winograd(0); such weights serve stride 1 only.
+// For a convolution of the given stride (0: unknown) and a given ISA's kernels (a model context
+// packs for its own ISA; the fused forward runs the kernels the weights were packed for):
+// BNL_ERR_UNSUPPORTED if the ISA is not available. 3x3 stride-1 weights are packed for Winograd
+// F(2x2, 3x3) (src/ops/winograd.c: 2.25x fewer multiplies; not the direct sum's bits, within a
+// few ulps of it) unless bnl_conv_set_winograd(0); such weights serve stride 1 only.
+bnl_status bnl_conv_pack_weights_isa(bnl_conv_packed **pk, bnl_isa isa, const float *w, const float *scale, int K,
+                                     int R, int S, int C, int stride);
+// The same with the active ISA.
 bnl_status bnl_conv_pack_weights_for(bnl_conv_packed **pk, const float *w, const float *scale, int K, int R, int S,
                                      int C, int stride);
 // Global, like bnl_set_threads; read when weights are packed. Default on.
@@ -51,7 +56,7 @@ int bnl_conv_winograd(void);
 void bnl_conv_packed_free(bnl_conv_packed *p);
 int bnl_conv_packed_current(const bnl_conv_packed *p);   // packed for the active ISA's kernels
 // y = conv(x, w) + bias + res, then ReLU if relu, in one pass. bias: (K) or NULL; res: (N,P,Q,K)
-// or NULL, must not overlap y. w packed by bnl_conv_pack_weights for the active ISA.
+// or NULL, must not overlap y. w packed by bnl_conv_pack_weights(_isa): its ISA's kernels run.
 bnl_status bnl_conv2d_forward_fused(float *y, const float *x, const bnl_conv_packed *w, const float *bias,
                                     const float *res, int relu, const bnl_conv_shape *s);
 
@@ -83,9 +88,11 @@ bnl_status bnl_linear_backward(float *dx, float *dw, float *db, const float *dy,
                                const float *w, int N, int I, int O);
 
 // ---- elementwise -----------------------------------------------------------------------------
-void bnl_relu_forward(float *y, const float *x, size_t n);                   // y may alias x
-void bnl_relu_backward(float *dx, const float *dy, const float *y, size_t n); // dx = dy*(y>0); may alias dy
-void bnl_add_forward(float *y, const float *a, const float *b, size_t n);    // y may alias a or b
+// The residual add and its ReLU: y = relu(a + b), NaN kept as NaN (torch.relu). y may alias a or b.
+void bnl_add_relu_forward(float *y, const float *a, const float *b, size_t n);
+// g = (a + b) where y > 0, else 0: the gradient sum at a block input, through the ReLU that made it
+// (y is that ReLU's output). b NULL: a alone; y NULL: no ReLU. g may alias a or b.
+void bnl_add_relu_backward(float *g, const float *a, const float *b, const float *y, size_t n);
 
 // ---- loss ------------------------------------------------------------------------------------
 // Softmax cross-entropy, mean over the batch. logits: (N,K), labels: (N) in [0,K) (else BNL_ERR_ARG

@@ -5,6 +5,7 @@
 #include "train/train_internal.h"
 
 #include "io/safetensors.h"
+#include "io/statedict.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,7 +14,7 @@
 #define OPT_PREFIX "optimizer."
 #define OPT_MOMENTUM OPT_PREFIX "momentum"
 
-int bnl_checkpoint_is_extra_tensor(const char *name) { return !strncmp(name, OPT_PREFIX, sizeof OPT_PREFIX - 1); }
+int bnl_checkpoint_owns_tensor(const char *name) { return !strncmp(name, OPT_PREFIX, sizeof OPT_PREFIX - 1); }
 
 bnl_status bnl_checkpoint_save(bnl_resnet *m, const char *path, int with_momentum, const char *const *kv,
                                size_t nkv) {
@@ -25,6 +26,7 @@ bnl_status bnl_checkpoint_save(bnl_resnet *m, const char *path, int with_momentu
     s = bnl_resnet_add_to_writer(m, w, &keep);
     size_t np = 0;
     float *mom = bnl_resnet_momentum(m, &np);
+    if (s == BNL_OK && with_momentum && !mom) s = bnl_fail(BNL_ERR_NOMEM, "checkpoint save: out of memory for the momentum");
     if (s == BNL_OK && with_momentum) {
         int64_t shape[1] = {(int64_t)np};
         s = bnl_st_writer_add(w, OPT_MOMENTUM, BNL_DT_F32, 1, shape, mom);
@@ -53,7 +55,9 @@ bnl_status bnl_checkpoint_load(bnl_resnet **out, const char *path) {
     size_t np = 0;
     float *mom = bnl_resnet_momentum(m, &np);
     const bnl_st_tensor *t = bnl_st_find(&f, OPT_MOMENTUM);
-    if (!t) {
+    if (!mom) {
+        s = bnl_fail(BNL_ERR_NOMEM, "%s: out of memory for the momentum", path);
+    } else if (!t) {
         s = bnl_fail(BNL_ERR_FORMAT, "%s: not a bnlab training checkpoint (no tensor '" OPT_MOMENTUM "')", path);
     } else if (t->dtype != BNL_DT_F32 || t->ndim != 1 || t->nelem != np) {
         s = bnl_fail(BNL_ERR_FORMAT, "%s: tensor '" OPT_MOMENTUM "' must be F32 [%zu] (the model's parameter count), got %s with %zu values",

@@ -262,7 +262,8 @@ bnl_status bnl_dist_attach(bnl_dist *d, bnl_resnet *m, int sync_bn) {
     if (!d || d->size == 1 || !m) return BNL_OK;   // one rank: local statistics are the global ones
 #ifdef BNL_HAVE_MPI
     d->m = m;
-    d->grads = bnl_resnet_grads(m, &d->np);
+    d->grads = bnl_resnet_grads(m, &d->np);   // allocated on first use: NULL only if that failed
+    if (!d->grads) return bnl_fail(BNL_ERR_NOMEM, "data parallel: out of memory for the gradients");
     // buckets of about np/8 values (64K..4M floats), fixed ranges counted from the end: the same on
     // every rank and every step, so the sums are deterministic
     size_t b = d->np / 8;

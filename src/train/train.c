@@ -7,6 +7,7 @@
 
 #include "core/rng.h"
 #include "io/safetensors.h"
+#include "io/statedict.h"
 
 #include <errno.h>
 #include <math.h>
@@ -141,7 +142,7 @@ static bnl_status load_init(tr_run *r) {
         s = head ? bnl_st_writer_create(&w) : bnl_fail(BNL_ERR_NOMEM, "out of memory");
         for (size_t i = 0; i < f.count && s == BNL_OK; i++) {
             const bnl_st_tensor *t = &f.tensors[i];
-            if (!strcmp(t->name, "fc.weight") || !strcmp(t->name, "fc.bias") || bnl_checkpoint_is_extra_tensor(t->name))
+            if (!strcmp(t->name, "fc.weight") || !strcmp(t->name, "fc.bias") || bnl_checkpoint_owns_tensor(t->name))
                 continue;
             s = bnl_st_writer_add(w, t->name, t->dtype, t->ndim, t->shape, t->data);
         }
@@ -278,7 +279,8 @@ typedef struct {
     int64_t *labels;              // (B)
     size_t *perm, *idx, *seq;     // perm: (n_train) this epoch's order; idx, seq: (B)
     size_t img;                   // H*W*3
-    float *params, *grads, *stats;
+    const float *params;
+    float *grads, *stats;
     size_t np, nstats;
     bnl_sgd sgd;
     double t_run;                 // when the first step of this process started
@@ -333,6 +335,9 @@ static bnl_status prepare(tr_run *r, loop_t *L, int64_t *start) {
         L->seq = malloc((size_t)B * sizeof *L->seq);
         if (!L->x || !L->logits || !L->labels || !L->perm || !L->idx || !L->seq)
             s = bnl_fail(BNL_ERR_NOMEM, "out of memory for batches");
+        // gradients and momentum are allocated on first use: here, where a failure is agreed on
+        if (s == BNL_OK && !bnl_resnet_grads(r->m, NULL))
+            s = bnl_fail(BNL_ERR_NOMEM, "out of memory for the gradients and momentum");
     }
     if ((s = agree(r, s, &r->report)) != BNL_OK) return s;
     s = bnl_dist_attach(r->dist, r->m, cfg->sync_bn);
@@ -345,7 +350,7 @@ static bnl_status prepare(tr_run *r, loop_t *L, int64_t *start) {
     }
     if ((s = agree(r, s, &r->report)) != BNL_OK) return s;
     L->params = bnl_resnet_params(r->m, &L->np), L->grads = bnl_resnet_grads(r->m, NULL);
-    L->stats = bnl_resnet_stats(r->m, &L->nstats);
+    L->stats = bnl_resnet_stats_mut(r->m, &L->nstats);
     L->sgd = bnl_sgd_default();
     L->sgd.momentum = (float)cfg->sgd_momentum;
     L->sgd.weight_decay = (float)cfg->weight_decay;

@@ -111,7 +111,7 @@ bnl_status bnl_checkpoint_save(bnl_resnet *m, const char *path, int with_momentu
                                size_t nkv);
 // 1 if `name` is a tensor a checkpoint carries beside the model (the optimizer's state, `optimizer.*`):
 // what a model loader reading a checkpoint as weights should skip.
-int bnl_checkpoint_is_extra_tensor(const char *name);
+int bnl_checkpoint_owns_tensor(const char *name);
 // Loads a checkpoint written by bnl_checkpoint_save(with_momentum = 1): the model with its
 // metadata (bnl_resnet_meta) and the momentum buffer. The caller frees *out.
 bnl_status bnl_checkpoint_load(bnl_resnet **out, const char *path);

@@ -1,5 +1,6 @@
 // The exported C functions web/bnlab.mjs calls, and nothing else. Every function returns a
 // bnl_status (0 = ok); bnl_wasm_last_error() gives the message. Pointers are wasm memory offsets.
+// Argument order as in bnlab.h: the handle, then outputs, then inputs (a new handle's `out` first).
 #include "bnlab.h"
 #include "core/common.h"
 #include "core/parallel.h"
@@ -16,11 +17,18 @@ EMSCRIPTEN_KEEPALIVE const char *bnl_wasm_isa(void) { return bnl_isa_name(bnl_is
 EMSCRIPTEN_KEEPALIVE int bnl_wasm_isa_force(int isa) { return bnl_isa_force((bnl_isa)isa); }
 EMSCRIPTEN_KEEPALIVE void bnl_wasm_isa_reset(void) { bnl_isa_reset(); }
 
+static void start_worker(void *ctx, size_t i0, size_t i1, int tid) {}
+
 // Threads for the parallel loops: the threaded build's pool size (the single-thread build has
-// none: it stays 1). Returns the count in effect.
+// none: it stays 1). Returns the count in effect. The pool's workers are started here, while the
+// heap has room: Emscripten 3.1.6's pthread_create does not check its 2 MB stack allocation, and a
+// worker started lazily inside a loop when the heap is nearly full gets a stack at address 0 and
+// overwrites the module's data (the out-of-memory test saw wrong logits from it).
 EMSCRIPTEN_KEEPALIVE int bnl_wasm_set_threads(int n) {
     bnl_set_threads(n < 1 ? 1 : n);
-    return bnl_threads_effective();
+    int T = bnl_threads_effective();
+    if (T > 1) bnl_parallel_for((size_t)T, T, start_worker, NULL);
+    return T;
 }
 EMSCRIPTEN_KEEPALIVE int bnl_wasm_threads(void) { return bnl_threads_effective(); }
 
@@ -88,10 +96,16 @@ EMSCRIPTEN_KEEPALIVE int bnl_wasm_bn_backward_eval(float *dx, float *dgamma, flo
 }
 
 // ---- ResNet model -------------------------------------------------------------------------------
+#include "io/statedict.h"
 #include "model/resnet.h"
 
-EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_load(const uint8_t *buf, size_t len, bnl_resnet **out) {
+EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_load(bnl_resnet **out, const uint8_t *buf, size_t len) {
     return bnl_resnet_load(out, buf, len);
+}
+// A second context over m's state (weights and running statistics shared, not copied; its
+// train-mode forwards leave the shared running statistics alone): see bnl_resnet_clone_context.
+EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_clone_context(bnl_resnet **out, const bnl_resnet *m) {
+    return bnl_resnet_clone_context(out, m);
 }
 EMSCRIPTEN_KEEPALIVE void bnl_wasm_model_free(bnl_resnet *m) { bnl_resnet_free(m); }
 
@@ -130,22 +144,22 @@ EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_forward_to(bnl_resnet *m, const float *x
     return bnl_resnet_forward_to(m, x, N, H, W, stop);
 }
 
-EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_bn_input(bnl_resnet *m, const float *x, int N, int H, int W, int C, int layer,
-                                                 int c, float *out, int cap, int32_t *n, float *gbe) {
+EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_bn_input(bnl_resnet *m, float *out, int cap, int32_t *n, float *gbe,
+                                                 const float *x, int N, int H, int W, int C, int layer, int c) {
     const bnl_resnet_info *in = bnl_resnet_get_info(m);
     if (C != in->in_channels)
         return bnl_fail(BNL_ERR_SHAPE, "bnInput: input has %d channels, the model expects %d (NHWC [N,H,W,%d])", C,
                         in->in_channels, in->in_channels);
     size_t got = 0;
-    bnl_status s = bnl_resnet_bn_input(m, x, N, H, W, layer, c, out, cap < 0 ? 0 : (size_t)cap, &got, gbe);
+    bnl_status s = bnl_resnet_bn_input(m, out, cap < 0 ? 0 : (size_t)cap, &got, gbe, x, N, H, W, layer, c);
     *n = (int32_t)got;
     return s;
 }
 
 // out: [channels, has_batch, tracked_lo, tracked_hi], ptrs: batch_mean, batch_var, running_mean, running_var
-EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_bn_stats(const bnl_resnet *m, int i, int32_t *out, const float **ptrs) {
+EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_bn_stats(const bnl_resnet *m, int32_t *out, const float **ptrs, int i) {
     bnl_bn_view v;
-    bnl_status s = bnl_resnet_bn_stats(m, i, &v);
+    bnl_status s = bnl_resnet_bn_stats(m, &v, i);
     if (s != BNL_OK) return s;
     out[0] = v.channels, out[1] = v.has_batch;
     out[2] = (int32_t)(v.num_batches_tracked & 0xffffffff), out[3] = (int32_t)(v.num_batches_tracked >> 32);
@@ -159,7 +173,7 @@ EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_set_running_stats(bnl_resnet *m, int i, 
 }
 
 // PreciseBN accumulator (see bnl_precise_bn_begin in model/resnet.h)
-EMSCRIPTEN_KEEPALIVE int bnl_wasm_precise_begin(const bnl_resnet *m, bnl_precise_bn **out) {
+EMSCRIPTEN_KEEPALIVE int bnl_wasm_precise_begin(bnl_precise_bn **out, const bnl_resnet *m) {
     return bnl_precise_bn_begin(out, m);
 }
 EMSCRIPTEN_KEEPALIVE int bnl_wasm_precise_add(bnl_precise_bn *p, bnl_resnet *m, const float *x, int N, int H, int W,
@@ -174,9 +188,9 @@ EMSCRIPTEN_KEEPALIVE int bnl_wasm_precise_end(bnl_precise_bn *p, bnl_resnet *m) 
 EMSCRIPTEN_KEEPALIVE void bnl_wasm_precise_free(bnl_precise_bn *p) { bnl_precise_bn_free(p); }
 
 // out: [rows, cols], ptrs: a, b (see bnl_norm_view: group mean/var (N,G), renorm r/d (C), ghost mean/var (N/V,C))
-EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_norm_stats(const bnl_resnet *m, int i, int32_t *out, const float **ptrs) {
+EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_norm_stats(const bnl_resnet *m, int32_t *out, const float **ptrs, int i) {
     bnl_norm_view v;
-    bnl_status s = bnl_resnet_norm_stats(m, i, &v);
+    bnl_status s = bnl_resnet_norm_stats(m, &v, i);
     if (s != BNL_OK) return s;
     out[0] = v.rows, out[1] = v.cols;
     ptrs[0] = v.a, ptrs[1] = v.b;

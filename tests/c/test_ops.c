@@ -511,46 +511,50 @@ static void test_linear(void) {
 // ---------------------------------------------------------------------------------------------
 // Elementwise
 
-typedef struct relu_fd { float *x, *y, *rr; size_t n; } relu_fd;
+typedef struct relu_fd { float *a, *b, *y, *rr; size_t n; } relu_fd;
 
 static double relu_loss(void *ctx) {
     relu_fd *c = ctx;
-    bnl_relu_forward(c->y, c->x, c->n);
+    bnl_add_relu_forward(c->y, c->a, c->b, c->n);
     return dot(c->y, c->rr, c->n);
 }
 
+// The residual add + ReLU of the blocks (bnl_add_relu_forward/backward).
 static void test_elementwise(void) {
     size_t n = 1000;
-    float *x = frand(n, -1, 1), *y = fmalloc(n), *yr = fmalloc(n), *rr = frand(n, -1, 1), *dx = fmalloc(n);
-    for (size_t i = 0; i < n; i++)   // keep away from the kink for finite differences
-        if (fabsf(x[i]) < 0.05f) x[i] = x[i] < 0 ? -0.05f : 0.05f;
-    bnl_relu_forward(y, x, n);
-    for (size_t i = 0; i < n; i++) yr[i] = x[i] > 0 ? x[i] : 0.0f;
-    check_close("relu forward", y, yr, n, 0, 0);
-    bnl_relu_backward(dx, rr, y, n);
+    float *x = frand(n, -1, 1), *s = frand(n, -1, 1), *y = fmalloc(n), *yr = fmalloc(n), *rr = frand(n, -1, 1);
+    float *dx = fmalloc(n);
+    for (size_t i = 0; i < n; i++)   // keep a + b away from the kink for finite differences
+        if (fabsf(x[i] + s[i]) < 0.05f) x[i] += 0.1f;
+    bnl_add_relu_forward(y, x, s, n);
+    for (size_t i = 0; i < n; i++) yr[i] = x[i] + s[i] > 0 ? x[i] + s[i] : 0.0f;
+    check_close("add_relu forward", y, yr, n, 0, 0);
+    bnl_add_relu_backward(dx, rr, NULL, y, n);   // the gradient through the ReLU alone
     for (size_t i = 0; i < n; i++) yr[i] = y[i] > 0 ? rr[i] : 0.0f;
-    check_close("relu backward", dx, yr, n, 0, 0);
-    relu_fd ctx = {x, y, rr, n};
-    fd_check("relu fd dx", x, n, dx, relu_loss, &ctx, 1e-2, 1e-3, 1e-3);
-    float nan_in = NAN, nan_out = 0;
-    bnl_relu_forward(&nan_out, &nan_in, 1);
-    CHECK(isnan(nan_out), "relu(NaN) gave %g, expected NaN as torch does", nan_out);
+    check_close("add_relu backward (no b)", dx, yr, n, 0, 0);
+    relu_fd ctx = {x, s, y, rr, n};
+    fd_check("add_relu fd da", x, n, dx, relu_loss, &ctx, 1e-2, 1e-3, 1e-3);
+    bnl_add_relu_forward(y, x, s, n);
+    bnl_add_relu_backward(dx, rr, s, y, n);   // (a + b) masked
+    for (size_t i = 0; i < n; i++) yr[i] = y[i] > 0 ? rr[i] + s[i] : 0.0f;
+    check_close("add_relu backward (a + b)", dx, yr, n, 0, 0);
+    bnl_add_relu_backward(dx, rr, s, NULL, n);   // no ReLU: a + b everywhere
+    for (size_t i = 0; i < n; i++) yr[i] = rr[i] + s[i];
+    check_close("add_relu backward (no relu)", dx, yr, n, 0, 0);
+    float nan_in = NAN, zero = 0, nan_out = 0;
+    bnl_add_relu_forward(&nan_out, &nan_in, &zero, 1);
+    CHECK(isnan(nan_out), "relu(NaN + 0) gave %g, expected NaN as torch does", nan_out);
     // in place, large (threads)
     size_t big = 1 << 20;
-    float *a = frand(big, -1, 1), *b = frand(big, -1, 1), *c = fmalloc(big), *cr = fmalloc(big);
-    bnl_add_forward(c, a, b, big);
-    for (size_t i = 0; i < big; i++) cr[i] = a[i] + b[i];
-    check_close("add forward", c, cr, big, 0, 0);
-    bnl_add_forward(a, a, b, big);   // y aliases a
-    check_close("add forward in place", a, cr, big, 0, 0);
-    bnl_relu_forward(a, a, big);
-    for (size_t i = 0; i < big; i++) cr[i] = cr[i] > 0 ? cr[i] : 0.0f;
-    check_close("relu forward in place", a, cr, big, 0, 0);
-    bnl_relu_backward(b, b, a, big);   // dx aliases dy
+    float *a = frand(big, -1, 1), *b = frand(big, -1, 1), *cr = fmalloc(big);
+    for (size_t i = 0; i < big; i++) cr[i] = a[i] + b[i] > 0 ? a[i] + b[i] : 0.0f;
+    bnl_add_relu_forward(a, a, b, big);   // y aliases a
+    check_close("add_relu forward in place", a, cr, big, 0, 0);
+    bnl_add_relu_backward(b, b, NULL, a, big);   // g aliases a (the gradient)
     size_t bad = 0;
     for (size_t i = 0; i < big; i++) bad += (a[i] > 0) ? 0 : b[i] != 0.0f;
-    CHECK(bad == 0, "relu backward in place left %zu gradients where y <= 0", bad);
-    free(x), free(y), free(yr), free(rr), free(dx), free(a), free(b), free(c), free(cr);
+    CHECK(bad == 0, "add_relu backward in place left %zu gradients where y <= 0", bad);
+    free(x), free(s), free(y), free(yr), free(rr), free(dx), free(a), free(b), free(cr);
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -27,9 +27,9 @@ int main(void) {
     int nbn = bnl_resnet_bn_count(m);
     // give the model running statistics of its own (not 0/1) to see that add does not move them
     size_t ns, np;
-    float *st = bnl_resnet_stats(m, &ns);
+    float *st = bnl_resnet_stats_mut(m, &ns);
     for (size_t i = 0; i < ns; i++) st[i] = 0.5f + 0.001f * (float)(i % 97);
-    float *stats0 = malloc(ns * sizeof(float)), *params = bnl_resnet_params(m, &np);
+    float *stats0 = malloc(ns * sizeof(float)), *params = bnl_resnet_params_mut(m, &np);
     float *params0 = malloc(np * sizeof(float));
     memcpy(stats0, st, ns * sizeof(float)), memcpy(params0, params, np * sizeof(float));
 
@@ -37,7 +37,7 @@ int main(void) {
     size_t total = 0;
     for (int i = 0; i < nbn; i++) {
         bnl_bn_view v;
-        bnl_resnet_bn_stats(ref, i, &v);
+        bnl_resnet_bn_stats(ref, &v, i);
         total += (size_t)v.channels;
     }
     double *bmean = calloc(total * NB, sizeof(double)), *bvar = calloc(total * NB, sizeof(double));
@@ -47,7 +47,7 @@ int main(void) {
         size_t off = 0;
         for (int i = 0; i < nbn; i++) {
             bnl_bn_view v;
-            bnl_resnet_bn_stats(ref, i, &v);
+            bnl_resnet_bn_stats(ref, &v, i);
             for (int c = 0; c < v.channels; c++)
                 bmean[(size_t)b * total + off + c] = v.batch_mean[c], bvar[(size_t)b * total + off + c] = v.batch_var[c];
             off += (size_t)v.channels;
@@ -66,7 +66,7 @@ int main(void) {
     // layer 0 over the concatenated batch
     CHECK(bnl_resnet_forward_to(ref, g_x, NT, H, W, 0) == BNL_OK, "ref concat");
     bnl_bn_view v0;
-    bnl_resnet_bn_stats(ref, 0, &v0);
+    bnl_resnet_bn_stats(ref, &v0, 0);
 
     // PreciseBN
     bnl_precise_bn *p;
@@ -75,12 +75,12 @@ int main(void) {
     for (int b = 0, i0 = 0; b < NB; i0 += g_n[b], b++)
         CHECK(bnl_precise_bn_add(p, m, g_x + (size_t)i0 * img, g_n[b], H, W) == BNL_OK, "add: %s", bnl_last_error());
     CHECK(bnl_precise_bn_add(p, m, g_x, 2, H - 4, W) == BNL_ERR_SHAPE, "another image size must fail");
-    st = bnl_resnet_stats(m, NULL);
+    st = bnl_resnet_stats_mut(m, NULL);
     CHECK(memcmp(st, stats0, ns * sizeof(float)) == 0, "add moved the running statistics");
     CHECK(memcmp(params, params0, np * sizeof(float)) == 0, "add moved the parameters");
     CHECK(!bnl_resnet_training(m), "add left the model in train mode");
     bnl_bn_view t;
-    bnl_resnet_bn_stats(m, 3, &t);
+    bnl_resnet_bn_stats(m, &t, 3);
     CHECK(t.num_batches_tracked == 0, "num_batches_tracked moved: %lld", (long long)t.num_batches_tracked);
     CHECK(bnl_precise_bn_end(p, m) == BNL_OK, "end: %s", bnl_last_error());
     bnl_precise_bn_free(p);
@@ -88,7 +88,7 @@ int main(void) {
     float *got_m = malloc(total * sizeof(float)), *got_v = malloc(total * sizeof(float));
     for (int i = 0, off = 0; i < nbn; i++) {
         bnl_bn_view v;
-        bnl_resnet_bn_stats(m, i, &v);
+        bnl_resnet_bn_stats(m, &v, i);
         memcpy(got_m + off, v.running_mean, (size_t)v.channels * sizeof(float));
         memcpy(got_v + off, v.running_var, (size_t)v.channels * sizeof(float));
         if (i == 0) {
@@ -106,7 +106,7 @@ int main(void) {
     bnl_resnet_set_training(m, 0), bnl_resnet_set_training(ref, 0);
     bnl_resnet_forward(m, lg, g_x, NT, H, W);
     {
-        float *rs = bnl_resnet_stats(ref, NULL);
+        float *rs = bnl_resnet_stats_mut(ref, NULL);
         memcpy(rs, bnl_resnet_stats(m, NULL), ns * sizeof(float));
         bnl_resnet_params_changed(ref);
     }
@@ -115,7 +115,7 @@ int main(void) {
 
     // setter: bad calls change nothing; a good one is read back and reaches the eval forward
     bnl_bn_view v;
-    bnl_resnet_bn_stats(m, 2, &v);
+    bnl_resnet_bn_stats(m, &v, 2);
     int C = v.channels;
     float *mu = malloc(C * sizeof(float)), *va = malloc(C * sizeof(float));
     for (int c = 0; c < C; c++) mu[c] = 0.1f * c, va[c] = 1.0f + c;
@@ -133,7 +133,7 @@ int main(void) {
     va[2] = 3.0f;
     bnl_resnet_forward(m, lg, g_x, NT, H, W);   // builds the eval cache
     CHECK(bnl_resnet_set_running_stats(m, 2, mu, va, C) == BNL_OK, "set: %s", bnl_last_error());
-    bnl_resnet_bn_stats(m, 2, &v);
+    bnl_resnet_bn_stats(m, &v, 2);
     CHECK(memcmp(v.running_mean, mu, C * sizeof(float)) == 0 && memcmp(v.running_var, va, C * sizeof(float)) == 0,
           "read back");
     bnl_resnet_forward(m, lg2, g_x, NT, H, W);

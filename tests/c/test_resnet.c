@@ -6,6 +6,7 @@
 // GroupNorm, Batch Renorm, Ghost and frozen BatchNorm (tests/fixtures/norms, tests/gen_fixtures_norms.py).
 #include "bnlab.h"
 #include "io/safetensors.h"
+#include "io/statedict.h"
 #include "model/resnet.h"
 #include "util.h"
 
@@ -131,7 +132,7 @@ static void run_model(const char *name, int check_halves) {
     int K = bnl_resnet_get_info(m)->num_classes;
     float *logits = calloc((size_t)N * K, sizeof(float));
     size_t nstats;
-    float *stats = bnl_resnet_stats(m, &nstats);
+    const float *stats = bnl_resnet_stats(m, &nstats);
     float *before = malloc(nstats * sizeof(float));
     memcpy(before, stats, nstats * sizeof(float));
     bnl_resnet_set_training(m, 0);
@@ -150,7 +151,7 @@ static void run_model(const char *name, int check_halves) {
     // the batch statistics each layer used
     for (int i = 0; i < bnl_resnet_bn_count(m); i++) {
         bnl_bn_view v;
-        bnl_resnet_bn_stats(m, i, &v);
+        bnl_resnet_bn_stats(m, &v, i);
         char key[200];
         snprintf(key, sizeof key, "train_batch_mean.%s", bnl_resnet_bn_name(m, i));
         float *e = tensor_f32(&f.expected, key, NULL);
@@ -257,7 +258,8 @@ static void run_nonorm(const char *name) {
     int K = bnl_resnet_get_info(m)->num_classes;
     float *logits = calloc((size_t)N * K, sizeof(float)), *first = calloc((size_t)N * K, sizeof(float));
     size_t nstats;
-    float *stats = bnl_resnet_stats(m, &nstats), *before = malloc(nstats * sizeof(float));
+    const float *stats = bnl_resnet_stats(m, &nstats);
+    float *before = malloc(nstats * sizeof(float));
     memcpy(before, stats, nstats * sizeof(float));
     // eval (folded into the packed convs) and train mode (the affine kernels) give torch's logits
     bnl_resnet_set_training(m, 0);
@@ -270,7 +272,7 @@ static void run_nonorm(const char *name) {
     check_logits(what, logits, ex, "logits");
     CHECK(!memcmp(before, stats, nstats * sizeof(float)), "nonorm %s: a train forward changed running statistics", name);
     bnl_bn_view v;
-    bnl_resnet_bn_stats(m, 0, &v);
+    bnl_resnet_bn_stats(m, &v, 0);
     CHECK(!v.has_batch && v.num_batches_tracked == 7, "nonorm %s: batch statistics reported (has_batch %d, tracked %lld)",
           name, v.has_batch, (long long)v.num_batches_tracked);
     // one SGD step; running statistics and num_batches_tracked come out unchanged (in after_step)
@@ -303,7 +305,8 @@ static void run_nonorm(const char *name) {
     }
     // zero_init_residual: exactly the last gamma of every residual branch becomes 0
     size_t np;
-    float *params = bnl_resnet_params(m, &np), *pb = malloc(np * sizeof(float));
+    const float *params = bnl_resnet_params(m, &np);
+    float *pb = malloc(np * sizeof(float));
     memcpy(pb, params, np * sizeof(float));
     bnl_resnet_zero_init_residual(m);
     size_t changed = 0, want = 0;
@@ -315,7 +318,7 @@ static void run_nonorm(const char *name) {
     for (int i = 0; i < bnl_resnet_bn_count(m); i++) {
         const char *bn = bnl_resnet_bn_name(m, i);
         if (strlen(bn) > 4 && !strcmp(bn + strlen(bn) - 4, last)) {
-            bnl_resnet_bn_stats(m, i, &v);
+            bnl_resnet_bn_stats(m, &v, i);
             want += (size_t)v.channels;
         }
     }
@@ -382,7 +385,8 @@ static void run_norms(const char *kind, const char *name) {
     int K = bnl_resnet_get_info(m)->num_classes;
     float *logits = calloc((size_t)N * K, sizeof(float)), *first = calloc((size_t)N * K, sizeof(float));
     size_t nstats;
-    float *stats = bnl_resnet_stats(m, &nstats), *before = malloc(nstats * sizeof(float));
+    const float *stats = bnl_resnet_stats(m, &nstats);
+    float *before = malloc(nstats * sizeof(float));
     memcpy(before, stats, nstats * sizeof(float));
     bnl_resnet_set_training(m, 0);
     CHECK(bnl_resnet_forward(m, first, x, N, H, W) == BNL_OK, "%s eval: %s", name, bnl_last_error());
@@ -405,7 +409,7 @@ static void run_norms(const char *kind, const char *name) {
     int compared = 0;
     for (int i = 0; i < bnl_resnet_bn_count(m); i++) {
         bnl_norm_view v;
-        bnl_status s = bnl_resnet_norm_stats(m, i, &v);
+        bnl_status s = bnl_resnet_norm_stats(m, &v, i);
         if (!keys[want.kind][0][0]) {
             CHECK(s == BNL_ERR_ARG, "norms %s-%s: norm_stats answered for a kind without statistics", kind, name);
             break;

@@ -16,6 +16,7 @@
 #include "core/common.h"
 #include "core/rng.h"
 #include "io/safetensors.h"
+#include "io/statedict.h"
 #include "model/resnet.h"
 #include "util.h"
 
@@ -169,7 +170,7 @@ static void test_fixture(const fixture_case *fc) {
     for (int r = 0; r < 2; r++)
         for (int i = 0; i < nbn; i++) {
             bnl_bn_view v;
-            bnl_resnet_bn_stats(rep[r].m, i, &v);
+            bnl_resnet_bn_stats(rep[r].m, &v, i);
             const char *L = bnl_resnet_bn_name(rep[r].m, i);
             size_t C = (size_t)v.channels;
             char key[160];
@@ -280,7 +281,7 @@ static void test_created(int depth) {
           "R%d: %d and %d gathers in one step, want one per BatchNorm layer and direction (%d)", depth, calls[0],
           calls[1], 2 * in->num_bn);
     size_t ns, np;
-    float *s1 = bnl_resnet_stats(one, &ns);
+    const float *s1 = bnl_resnet_stats(one, &ns);
     CHECK(!memcmp(bnl_resnet_stats(rep[0].m, NULL), bnl_resnet_stats(rep[1].m, NULL), ns * sizeof(float)),
           "R%d: the replicas' running statistics are not bitwise equal", depth);
     if (depth == 18) {
@@ -310,7 +311,7 @@ static void test_created(int depth) {
     // without sync: each replica normalizes with its own half batch -> running stats differ
     memset(rep, 0, sizeof rep);
     created_replicas(0, &sp, rep, calls);
-    float *sa = bnl_resnet_stats(rep[0].m, NULL);
+    const float *sa = bnl_resnet_stats(rep[0].m, NULL);
     double maxd = 0;
     for (size_t i = 0; i < ns; i++) maxd = fmax(maxd, fabs(sa[i] - s1[i]));
     CHECK(maxd > 1e-3, "R%d: unsynchronized running stats should differ from the global batch (max diff %g)", depth,

@@ -5,6 +5,7 @@
 #include "bnlab.h"
 #include "core/rng.h"
 #include "io/safetensors.h"
+#include "io/statedict.h"
 #include "model/resnet.h"
 #include "train/train.h"
 #include "util.h"
@@ -115,7 +116,7 @@ static void test_checkpoint(const char *dir) {
     CHECK(!memcmp(bnl_resnet_stats(m, NULL), bnl_resnet_stats(m2, NULL), ns * sizeof(float)), "running stats differ");
     for (int i = 0; i < bnl_resnet_bn_count(m); i++) {
         bnl_bn_view a, b;
-        bnl_resnet_bn_stats(m, i, &a), bnl_resnet_bn_stats(m2, i, &b);
+        bnl_resnet_bn_stats(m, &a, i), bnl_resnet_bn_stats(m2, &b, i);
         CHECK(a.num_batches_tracked == 2 && b.num_batches_tracked == 2, "%s: num_batches_tracked %lld / %lld",
               bnl_resnet_bn_name(m, i), (long long)a.num_batches_tracked, (long long)b.num_batches_tracked);
     }
@@ -135,10 +136,10 @@ static void test_checkpoint(const char *dir) {
     bnl_st_file cf;
     CHECK(bnl_st_read_file(&cf, path) == BNL_OK, "read %s: %s", path, bnl_last_error());
     int extra = 0;
-    for (size_t i = 0; i < cf.count; i++) extra += bnl_checkpoint_is_extra_tensor(cf.tensors[i].name);
-    CHECK(extra == 1 && bnl_checkpoint_is_extra_tensor("optimizer.momentum"), "%d extra tensors in the checkpoint", extra);
-    CHECK(!bnl_checkpoint_is_extra_tensor("fc.weight") && !bnl_checkpoint_is_extra_tensor("optimizer") &&
-              !bnl_checkpoint_is_extra_tensor("layer1.0.optimizer.x"),
+    for (size_t i = 0; i < cf.count; i++) extra += bnl_checkpoint_owns_tensor(cf.tensors[i].name);
+    CHECK(extra == 1 && bnl_checkpoint_owns_tensor("optimizer.momentum"), "%d extra tensors in the checkpoint", extra);
+    CHECK(!bnl_checkpoint_owns_tensor("fc.weight") && !bnl_checkpoint_owns_tensor("optimizer") &&
+              !bnl_checkpoint_owns_tensor("layer1.0.optimizer.x"),
           "model tensors are not extra");
     bnl_st_free(&cf);
 
@@ -241,7 +242,7 @@ static void test_runs(const char *dir, bnl_dist *d) {
     CHECK(bnl_checkpoint_load(&m, np_) == BNL_OK, "load: %s", bnl_last_error());
     if (m) {
         size_t n;
-        float *p = bnl_resnet_params(m, &n);
+        float *p = bnl_resnet_params_mut(m, &n);
         p[n - 1] = NAN;   // the last parameter is the fc bias
         CHECK(bnl_checkpoint_save(m, np_, 1, NULL, 0) == BNL_OK, "save: %s", bnl_last_error());
         bnl_resnet_free(m);
@@ -283,7 +284,7 @@ static int mpi_protocol(int *argc, char ***argv) {
         bnl_rng rng = bnl_rng_seed(3 + (uint64_t)rank);
         for (size_t i = 0; i < sizeof x / sizeof x[0]; i++) x[i] = (float)bnl_rng_normal(&rng);
         size_t np;
-        float *p = bnl_resnet_params(m, &np), loss = 0, keep = p[np - 1];
+        float *p = bnl_resnet_params_mut(m, &np), loss = 0, keep = p[np - 1];
         for (int round = 0; round < 3; round++) {
             if (round == 1 && rank == 1) p[np - 1] = NAN;
             if (round == 2) p[np - 1] = keep;

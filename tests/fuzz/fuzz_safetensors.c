@@ -7,6 +7,7 @@
 //      then an eval forward and a train forward + backward run without a sanitizer report.
 #include "bnlab.h"
 #include "io/safetensors.h"
+#include "io/statedict.h"
 #include "model/resnet.h"
 
 #include "fuzz_util.h"

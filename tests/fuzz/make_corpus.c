@@ -6,6 +6,7 @@
 // usage: make_corpus OUT_DIR   (built by -DBNL_FUZZ=ON; output is deterministic)
 #include "bnlab.h"
 #include "io/safetensors.h"
+#include "io/statedict.h"
 #include "model/resnet.h"
 
 #include <stdio.h>
@@ -47,7 +48,7 @@ static void tiny_resnet(const char *name, int bottleneck, int stages, int width,
     memset(&sp, 0, sizeof sp);
     sp.num_stages = stages, sp.bottleneck = bottleneck, sp.stem_width = width, sp.in_channels = 3;
     sp.num_classes = classes;
-    for (int i = 0; i < stages; i++) sp.blocks[i] = 1, sp.widths[i] = width * (1 << i);
+    for (int i = 0; i < stages; i++) sp.blocks[i] = 1, sp.inner_widths[i] = width * (1 << i);
     bnl_resnet *m;
     must(bnl_resnet_create(&m, &sp, 7), "create");
     uint8_t *buf;
