@@ -126,6 +126,10 @@ async function timeRuns(fns, warmup, runs) {
   for (let i = 0; i < warmup; i++) for (let j = 0; j < fns.length; j++) res[j].out = await fns[j]();
   for (let i = 0; i < runs; i++)
     for (let j = 0; j < fns.length; j++) {
+      // a short idle gap first: a side's pool threads may spin for a while after its call returns
+      // (onnxruntime-web's and XNNPACK's do, bnlab's for ~0.1 ms), and must not run into the next
+      // side's timing
+      await new Promise((r) => setTimeout(r, 30));
       const t0 = performance.now(), c0 = process.cpuUsage();
       res[j].out = await fns[j]();
       const c = process.cpuUsage(c0);

@@ -19,6 +19,7 @@
 // ---- the pool (threaded wasm) -------------------------------------------------------------------
 #ifdef BNL_POOL
 #define POOL_MAX 64
+#define POOL_SPIN 100000   // iterations of an atomic load: ~0.1 ms
 static _Thread_local int t_in_loop;   // set on every thread while it runs a loop body
 
 typedef struct {
@@ -59,7 +60,16 @@ static void *pool_worker(void *arg) {
     t_in_loop = 1;
     pthread_mutex_lock(&p->mu);
     for (;;) {
-        while (p->gen == seen) pthread_cond_wait(&p->start, &p->mu);
+        if (p->gen == seen) {
+            // spin a little before sleeping: a forward runs hundreds of short loops back to back,
+            // and a wake-up through the condition variable (a futex: Atomics.wait/notify) costs more
+            // than the gap between them
+            pthread_mutex_unlock(&p->mu);
+            for (int i = 0; i < POOL_SPIN && __atomic_load_n(&p->gen, __ATOMIC_ACQUIRE) == seen; i++) {
+            }
+            pthread_mutex_lock(&p->mu);
+            while (p->gen == seen) pthread_cond_wait(&p->start, &p->mu);
+        }
         seen = p->gen;
         if (tid >= p->T) continue;   // not needed for this loop
         bnl_range_fn fn = p->fn;
@@ -69,7 +79,7 @@ static void *pool_worker(void *arg) {
         pthread_mutex_unlock(&p->mu);
         run_share(fn, ctx, n, T, dynamic, &p->next, tid);
         pthread_mutex_lock(&p->mu);
-        if (--p->pending == 0) pthread_cond_signal(&p->done);
+        if (__atomic_sub_fetch(&p->pending, 1, __ATOMIC_ACQ_REL) == 0) pthread_cond_signal(&p->done);
     }
     return NULL;
 }
@@ -104,13 +114,16 @@ static void pool_run(size_t n, int T, int dynamic, bnl_range_fn fn, void *ctx) {
         return;
     }
     p->fn = fn, p->ctx = ctx, p->n = n, p->T = T, p->dynamic = dynamic, p->next = 0;
-    p->pending = T - 1;
-    p->gen++;
+    __atomic_store_n(&p->pending, T - 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&p->gen, p->gen + 1, __ATOMIC_RELEASE);
     pthread_cond_broadcast(&p->start);
     pthread_mutex_unlock(&p->mu);
     t_in_loop = 1;
     run_share(fn, ctx, n, T, dynamic, &p->next, 0);
     t_in_loop = 0;
+    // The workers' shares usually end within microseconds of this thread's: spin a little first.
+    for (int i = 0; i < POOL_SPIN && __atomic_load_n(&p->pending, __ATOMIC_ACQUIRE) > 0; i++) {
+    }
     // Timed waits: each new wait lets Emscripten see a worker that crashed (it then unwinds this
     // call to JS, which reports the failure) instead of sleeping forever on its share.
     pthread_mutex_lock(&p->mu);
