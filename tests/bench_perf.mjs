@@ -3,18 +3,18 @@
 //
 //   node tests/bench_perf.mjs [--rounds 5] [--only wasm,forward,train] [--threads 2]
 //
-//   bench=resnet50.forward.wasm threads=1 ms=... peer=tfjs-wasm peer_ms=... ratio=... target=0.80 met=1
-//   bench=resnet50.forward.wasm threads=1 ms=... peer=onnxruntime-web peer_ms=... ratio=... target=0.60 met=1
+//   bench=resnet50.forward.wasm threads=1 ms=... peer=tfjs-wasm peer_ms=... ratio=... target=0.80 met=0|1
+//   bench=resnet50.forward.wasm threads=1 ms=... peer=onnxruntime-web peer_ms=... ratio=... target=0.60 met=0|1
 //       224x224 batch 1, eval: bnlab's wasm build against TensorFlow.js's wasm backend (XNNPACK) and
 //       onnxruntime-web's wasm backend, SIMD, on the same weights (tests/bench_wasm_vs_ort.mjs,
 //       interleaved runs, logits checked to agree); then the same on --threads threads (peer_threads
 //       says what each peer really ran; TF.js's threads under Node need tests/peer_tfjs.mjs's shim)
-//   bench=resnet50.forward.native ms=... peer=pytorch peer_ms=... ratio=... target=1.25 met=1
+//   bench=resnet50.forward.native ms=... peer=pytorch peer_ms=... ratio=... target=1.25 met=0|1
 //       the same weights and batch, `bnlab bench resnet50 --mode eval` against torchvision resnet50
 //       eval under torch.inference_mode (channels_last or default, whichever is faster), both on
 //       --threads threads (torch.set_num_threads)
 //   bench=resnet50.train_step.native ms=... images_per_s=... peer=pytorch peer_ms=... peer_images_per_s=...
-//       ratio=... target=1.00 met=1
+//       ratio=... target=1.00 met=0|1
 //       batch 8, 224x224: forward, softmax cross-entropy, backward, SGD (momentum 0.9, weight decay
 //       1e-4), `bnlab bench resnet50 --mode train` against the same step in PyTorch
 //

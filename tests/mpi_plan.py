@@ -34,7 +34,7 @@ def resnet50():
 
 
 # Assumptions
-IMAGES_PER_S_PER_CORE = 8.07 / 2   # this machine: ResNet-50 224x224 train step, batch 8, 2 threads (README)
+IMAGES_PER_S_PER_CORE = 8.07 / 2   # the earlier 2-core Xeon: ResNet-50 224x224 train step, batch 8, 2 threads (README; the Zen 5: 5.53)
 CORES_PER_HOST = 32
 BATCH_PER_HOST = 64
 BACKWARD_SHARE = 2 / 3             # of a step's compute; the gradient sums can hide behind it

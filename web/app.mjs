@@ -70,8 +70,6 @@ function showModel(d) {
   accuracyModelChanged(d);   // web/panel_accuracy.mjs: forget the old model's points
   couplingModelChanged();    // issue 17 (teach): web/panel_coupling.mjs forgets its swaps
   preciseAccModelChanged($, d);   // issue 17 (teach): PreciseBN's held-out accuracy cleared
-  couplingModelChanged();    // issue 17 (teach): web/panel_coupling.mjs forgets its swaps
-  preciseAccModelChanged($, d);   // issue 17 (teach): PreciseBN's held-out accuracy cleared
   debug.model = { name: d.name, info: d.info, inputSize: `${d.inputH}x${d.inputW}`, modified: d.modified, source: d.source };
   $('model-name').textContent = d.name;
   renderCard(d);

@@ -109,15 +109,6 @@ EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_clone_context(bnl_resnet **out, const bn
 }
 EMSCRIPTEN_KEEPALIVE void bnl_wasm_model_free(bnl_resnet *m) { bnl_resnet_free(m); }
 
-// info as int32s: [num_stages, bottleneck, stem_width, in_channels, num_classes, num_features, num_bn,
-//                  blocks[8], widths[8]]; num_params returned as a double.
-EMSCRIPTEN_KEEPALIVE double bnl_wasm_model_info(const bnl_resnet *m, int32_t *out) {
-    const bnl_resnet_info *in = bnl_resnet_get_info(m);
-    out[0] = in->num_stages, out[1] = in->bottleneck, out[2] = in->stem_width, out[3] = in->in_channels;
-    out[4] = in->num_classes, out[5] = in->num_features, out[6] = in->num_bn;
-    for (int i = 0; i < BNL_MAX_STAGES; i++) out[7 + i] = in->blocks[i], out[15 + i] = in->widths[i];
-    return (double)in->num_params;
-}
 EMSCRIPTEN_KEEPALIVE const char *bnl_wasm_model_meta(const bnl_resnet *m, const char *key) { return bnl_resnet_meta(m, key); }
 EMSCRIPTEN_KEEPALIVE const char *bnl_wasm_model_bn_name(const bnl_resnet *m, int i) { return bnl_resnet_bn_name(m, i); }
 EMSCRIPTEN_KEEPALIVE void bnl_wasm_model_set_training(bnl_resnet *m, int t) { bnl_resnet_set_training(m, t); }

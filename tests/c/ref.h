@@ -6,7 +6,8 @@
 // payload passes through; an invalid operation such as 0*inf gives the default NaN), so two code
 // paths computing the same thing give the same NaN bits. Accepting any two NaNs as equal would hide
 // a kernel that makes a new NaN where the reference passes an input NaN through (or flips its sign).
-// (WebAssembly leaves NaN bits open; no C test compares NaNs there.)
+// (WebAssembly leaves NaN bits open in general; test_gemm's NaN checks also pass in wasm under V8
+// on x64, where the README's emcc line runs it, but another engine or CPU may differ there.)
 #ifndef BNL_TEST_REF_H
 #define BNL_TEST_REF_H
 #include "ops/ops.h"
