@@ -33,20 +33,20 @@ only does what is missing. --report-only rebuilds the results from the runs.
 """
 import argparse
 import csv
-import json
 import os
 import shlex
-import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import plot_svg  # noqa: E402
+from experiment_common import (ACCURACY_JS, ROOT, finished, git_commit, lr_for, pct, read_metrics,  # noqa: E402
+                               run_node, train_timed, wall_seconds)
 
 PROBE_JS = r"""
 import { createBnLab } from %(bridge)s;
 import fs from 'node:fs';
+""" + ACCURACY_JS + r"""
 const cfg = JSON.parse(process.argv[1]);
 const lab = await createBnLab();
 const out = [];
@@ -59,21 +59,7 @@ for (const run of cfg.runs) {
   const order = Array.from({ length: N }, (_, i) => i);
   let st = 12345;
   for (let i = N - 1; i > 0; i--) { st = (st * 1103515245 + 12345) >>> 0; const j = st %% (i + 1); [order[i], order[j]] = [order[j], order[i]]; }
-  const acc = (mode, B) => {
-    let right = 0, seen = 0;
-    if (mode === 'eval') m.eval(); else m.train();
-    for (let s = 0; s + B <= N; s += B) {
-      const b = data.batchIndices(order.slice(s, s + B));
-      const z = m.forward(b.x, [B, S, S, 3]);
-      for (let i = 0; i < B; i++) {
-        let best = 0;
-        for (let k = 1; k < K; k++) if (z[i * K + k] > z[i * K + best]) best = k;
-        right += best === b.labels[i] ? 1 : 0;
-      }
-      seen += B;
-    }
-    return right / seen;
-  };
+  const acc = (mode, B) => accuracy(m, data, order, S, mode, B);
   const r = { batch_size: run.B, probe_eval: acc('eval', 128) };   // eval first: train mode moves running stats
   r.probe_train_own = acc('train', run.B);
   r.probe_train_128 = acc('train', 128);
@@ -83,23 +69,6 @@ for (const run of cfg.runs) {
 }
 console.log(JSON.stringify(out));
 """
-
-
-def read_metrics(path):
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
-def finished(run_dir, epochs):
-    p = os.path.join(run_dir, "metrics.csv")
-    if not os.path.exists(p) or not os.path.exists(os.path.join(run_dir, "model.safetensors")):
-        return False
-    rows = read_metrics(p)
-    return bool(rows) and int(rows[-1]["epoch"]) >= epochs and rows[-1]["val_top1"] != ""
-
-
-def lr_for(a, B):
-    return a.base_lr * B / a.base_batch
 
 
 def train_cmd(a, B, run_dir, resume):
@@ -124,40 +93,14 @@ def run_all(a):
         os.makedirs(a.runs_dir, exist_ok=True)
         cmd = train_cmd(a, B, run_dir, resume)
         print(f"B={B}: lr {lr_for(a, B):.6g}{' (resuming)' if resume else ''}: {shlex.join(cmd)}", flush=True)
-        t = time.time()
-        subprocess.run(cmd, check=True)
-        wall = time.time() - t
-        prev = 0.0
-        wp = os.path.join(run_dir, "wall_s")
-        if resume and os.path.exists(wp):
-            prev = float(open(wp).read())
-        with open(wp, "w") as f:
-            f.write(f"{prev + wall:.1f}\n")
+        wall = train_timed(cmd, run_dir, resume)
         print(f"B={B}: {wall:.0f} s", flush=True)
 
 
 def probe(a):
     runs = [{"B": B, "model": os.path.join(a.runs_dir, f"B{B}", "model.safetensors")} for B in a.batch_sizes]
-    bridge = json.dumps("file://" + os.path.join(ROOT, "web", "bnlab.mjs"))
-    js = PROBE_JS % {"bridge": bridge}
     cfg = {"runs": runs, "seed": a.probe_seed, "n": a.probe_size, "size": a.image_size}
-    r = subprocess.run(["node", "--input-type=module", "-e", js, json.dumps(cfg)], check=True,
-                       capture_output=True, text=True)
-    return {row["batch_size"]: row for row in json.loads(r.stdout.strip().splitlines()[-1])}
-
-
-def git_commit():
-    try:
-        c = subprocess.run(["git", "-C", ROOT, "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", ROOT, "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True).stdout.strip()
-        return c + (" (working tree had local changes)" if dirty else "")
-    except OSError:
-        return "unknown"
-
-
-def pct(v):
-    return "" if v is None or v == "" else f"{100 * float(v):.1f}"
+    return {row["batch_size"]: row for row in run_node(PROBE_JS, cfg)}
 
 
 def report(a, argv):
@@ -167,7 +110,6 @@ def report(a, argv):
         run_dir = os.path.join(a.runs_dir, f"B{B}")
         m = read_metrics(os.path.join(run_dir, "metrics.csv"))
         last = m[-1]
-        wp = os.path.join(run_dir, "wall_s")
         row = {
             "batch_size": B, "lr": f"{lr_for(a, B):.6g}", "steps": last["step"], "epochs": last["epoch"],
             "val_top1": last["val_top1"], "val_top5": last["val_top5"], "val_loss": last["val_loss"],
@@ -175,7 +117,7 @@ def report(a, argv):
             "train_acc_last_epoch": last["train_acc"], "train_loss_last_epoch": last["train_loss"],
             "gap_train_minus_val": f"{float(last['train_acc']) - float(last['val_top1']):.6f}",
             "train_seconds": f"{sum(float(r['seconds']) for r in m):.1f}",
-            "wall_seconds": open(wp).read().strip() if os.path.exists(wp) else "",
+            "wall_seconds": wall_seconds(run_dir),
         }
         p = probes.get(B)
         if p:

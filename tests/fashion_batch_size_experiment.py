@@ -35,10 +35,10 @@ import subprocess
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "tests"))
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import plot_svg  # noqa: E402
-from batch_size_experiment import finished, git_commit, read_metrics  # noqa: E402
+from experiment_common import (ACCURACY_JS, ROOT, finished, git_commit, lr_for, pct, read_metrics,  # noqa: E402
+                               run_node, train_timed, wall_seconds)
 
 PYTORCH = os.path.join("demo-models", "experiments", "fashion_batch_size", "pytorch", "train_pytorch.py")
 
@@ -54,6 +54,7 @@ console.log(JSON.stringify({ train, val }));
 PROBE_JS = r"""
 import { createBnLab } from %(bridge)s;
 import fs from 'node:fs';
+""" + ACCURACY_JS + r"""
 const cfg = JSON.parse(process.argv[1]);
 const lab = await createBnLab();
 const images = fs.readFileSync(cfg.dir + '/t10k-images-idx3-ubyte.gz'), labels = fs.readFileSync(cfg.dir + '/t10k-labels-idx1-ubyte.gz');
@@ -61,22 +62,7 @@ const out = [];
 for (const run of cfg.runs) {
   const m = lab.loadModel(new Uint8Array(fs.readFileSync(run.model)));
   const data = await lab.loadIdxDataset(images, labels, { model: m, fashionMnist: true });
-  const K = m.info.numClasses, S = data.height, idx = cfg.val, N = idx.length;
-  const acc = (mode, B) => {
-    let right = 0, seen = 0;
-    if (mode === 'eval') m.eval(); else m.train();
-    for (let s = 0; s + B <= N; s += B) {
-      const b = data.batchIndices(idx.slice(s, s + B));
-      const z = m.forward(b.x, [B, S, S, 3]);
-      for (let i = 0; i < B; i++) {
-        let best = 0;
-        for (let k = 1; k < K; k++) if (z[i * K + k] > z[i * K + best]) best = k;
-        right += best === b.labels[i] ? 1 : 0;
-      }
-      seen += B;
-    }
-    return right / seen;
-  };
+  const acc = (mode, B) => accuracy(m, data, cfg.val, data.height, mode, B);
   const r = { key: run.key, probe_eval: acc('eval', 100) };   // eval first: train mode moves running stats
   r.probe_train_own = acc('train', run.B);
   r.probe_train_128 = acc('train', 128);
@@ -86,10 +72,6 @@ for (const run of cfg.runs) {
 }
 console.log(JSON.stringify(out));
 """
-
-
-def lr_for(a, B):
-    return a.base_lr * B / a.base_batch
 
 
 def runs_list(a):
@@ -123,14 +105,9 @@ def pt_cmd(a, B, seed):
             "--data", a.data_dir or "/usr/share/datasets/fashion-mnist", "--out", pt_base(a, B, seed) + ".safetensors"]
 
 
-def timed(cmd, log=None):
-    t = time.time()
-    if log:
-        with open(log, "w") as f:
-            subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT)
-    else:
-        subprocess.run(cmd, check=True)
-    return time.time() - t
+def run_logged(cmd, log):
+    with open(log, "w") as f:
+        subprocess.run(cmd, check=True, stdout=f, stderr=subprocess.STDOUT)
 
 
 def run_bnlab(a):
@@ -142,21 +119,15 @@ def run_bnlab(a):
         os.makedirs(a.runs_dir, exist_ok=True)
         cmd = train_cmd(a, B, seed, d, resume)
         print(f"bnlab B={B} seed {seed}: lr {lr_for(a, B):.6g}{' (resuming)' if resume else ''}", flush=True)
-        wall = timed(cmd)
-        prev = float(open(os.path.join(d, "wall_s")).read()) if resume and os.path.exists(os.path.join(d, "wall_s")) else 0
-        with open(os.path.join(d, "wall_s"), "w") as f:
-            f.write(f"{prev + wall:.1f}\n")
+        wall = train_timed(cmd, d, resume)
         print(f"bnlab B={B} seed {seed}: {wall:.0f} s", flush=True)
 
 
 def write_subset(a):
     """The subsets bnlab train draws (permutation of (data seed, 1) and (data seed, 2)), with the normalization it used."""
     p = os.path.join(a.out, "subset.json")
-    bridge = json.dumps("file://" + os.path.join(ROOT, "web", "bnlab.mjs"))
     cfg = {"dataSeed": a.data_seed, "trainSize": a.train_size, "valSize": a.val_size}
-    r = subprocess.run(["node", "--input-type=module", "-e", SUBSET_JS % {"bridge": bridge}, json.dumps(cfg)],
-                       check=True, capture_output=True, text=True)
-    sub = json.loads(r.stdout.strip().splitlines()[-1])
+    sub = run_node(SUBSET_JS, cfg)
     meta = st_meta(os.path.join(bnlab_dir(a, *runs_list(a)[0]), "model.safetensors"))
     sub["mean"], sub["std"] = json.loads(meta["mean"])[0], json.loads(meta["std"])[0]
     sub["labels"] = json.loads(meta["labels"])
@@ -175,7 +146,7 @@ def run_pytorch(a):
             if os.path.exists(base + ".json"):
                 continue
             print(f"pytorch B={B} seed {seed}", flush=True)
-            timed(pt_cmd(a, B, seed), base + ".log")
+            run_logged(pt_cmd(a, B, seed), base + ".log")
             last = open(base + ".log").read().strip().splitlines()[-1]
             with open(base + ".json", "w") as f:
                 f.write(last + "\n")
@@ -189,15 +160,8 @@ def st_meta(path):
 
 
 def probe(a, sub, runs):
-    bridge = json.dumps("file://" + os.path.join(ROOT, "web", "bnlab.mjs"))
     cfg = {"runs": runs, "dir": a.data_dir or "/usr/share/datasets/fashion-mnist", "val": sub["val"]}
-    r = subprocess.run(["node", "--input-type=module", "-e", PROBE_JS % {"bridge": bridge}, json.dumps(cfg)],
-                       check=True, capture_output=True, text=True)
-    return {row["key"]: row for row in json.loads(r.stdout.strip().splitlines()[-1])}
-
-
-def pct(v):
-    return f"{100 * float(v):.1f}"
+    return {row["key"]: row for row in run_node(PROBE_JS, cfg)}
 
 
 def report(a, argv):
@@ -207,12 +171,11 @@ def report(a, argv):
         d = bnlab_dir(a, B, seed)
         m = read_metrics(os.path.join(d, "metrics.csv"))
         last = m[-1]
-        wp = os.path.join(d, "wall_s")
         rows.append({"framework": "bnlab", "batch_size": B, "seed": seed, "lr": f"{lr_for(a, B):.6g}", "steps": last["step"],
                      "val_top1": last["val_top1"], "val_loss": last["val_loss"], "train_acc_last_epoch": last["train_acc"],
                      "train_loss_last_epoch": last["train_loss"],
                      "seconds": f"{sum(float(r['seconds']) for r in m):.1f}",
-                     "wall_seconds": open(wp).read().strip() if os.path.exists(wp) else "",
+                     "wall_seconds": wall_seconds(d),
                      "model": os.path.join(d, "model.safetensors")})
     for B in a.pytorch_batch_sizes:
         for seed in a.pytorch_seeds:

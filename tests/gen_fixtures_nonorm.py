@@ -24,43 +24,29 @@ import sys
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import st_io  # noqa: E402
 from gen_fixtures_resnet import TVResNet, model_from_state, state_f32  # noqa: E402
+from pyref_common import (MARGIN, STEP, BatchNormState, acceptance, check_acceptance, check_step_moves,  # noqa: E402
+                          make_input, replace_batchnorm, sgd_step, to_store)
 
 OUT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "nonorm")
-STEP = dict(lr=0.1, momentum=0.9, weight_decay=1e-4)
 # (atol, rtol) of tests/c/test_resnet.c's non-normalized checks; "max": 1e-4 * max|ref| of the tensor
 TOL = {"logits": ("max", 0.0), "step_loss": (1e-6, 1e-5), "after_step": (1e-5, 1e-4)}
-MARGIN = 3.0
 GAMMA, LAST_GAMMA = (1.0, 1.5), (0.2, 0.5)   # gamma ~ U(GAMMA); the last of each residual branch ~ U(LAST_GAMMA)
 
 
-class Affine(nn.Module):
+class Affine(BatchNormState):
     """What a BatchNorm layer becomes without normalization: y = weight * x + bias per channel. Keeps BatchNorm's
     state-dict entries so the file layout is torchvision's."""
-
-    def __init__(self, bn):
-        super().__init__()
-        self.weight = nn.Parameter(bn.weight.detach().clone())
-        self.bias = nn.Parameter(bn.bias.detach().clone())
-        self.register_buffer("running_mean", bn.running_mean.detach().clone())
-        self.register_buffer("running_var", bn.running_var.detach().clone())
-        self.register_buffer("num_batches_tracked", bn.num_batches_tracked.detach().clone())
 
     def forward(self, x):
         return x * self.weight[None, :, None, None] + self.bias[None, :, None, None]
 
 
-def strip_norm(model):
-    for name, mod in list(model.named_modules()):
-        for child_name, child in list(mod.named_children()):
-            if isinstance(child, nn.BatchNorm2d):
-                setattr(mod, child_name, Affine(child))
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-    return model
+def strip_norm(model):   # also used by demo-models/experiments/no_bn_resnet50/pytorch/train_pytorch.py
+    return replace_batchnorm(model, Affine)
 
 
 def make_weights(seed, bottleneck, layers, stem, widths, num_classes):
@@ -92,12 +78,7 @@ def run(weights, x_nhwc, labels, dtype):
     res["logits"] = res.pop("logits_eval")
     del res["logits_train"]
     m.train()
-    opt = torch.optim.SGD(m.parameters(), **STEP)
-    opt.zero_grad()
-    loss = F.cross_entropy(m(x), torch.from_numpy(labels))
-    loss.backward()
-    opt.step()
-    res["step_loss"] = loss.detach().reshape(1)
+    res["step_loss"] = sgd_step(m, x, labels)
     for k, v in m.state_dict().items():
         res[f"after_step.{k}"] = v.detach()
         if "running" in k or "num_batches" in k:
@@ -105,45 +86,20 @@ def run(weights, x_nhwc, labels, dtype):
     return res
 
 
-def acceptance(ref, f32):
-    worst = {}
-    for k, v in ref.items():
-        g = k.split(".")[0]
-        if not v.is_floating_point():
-            continue
-        want = v.to(torch.float32).to(torch.float64).flatten()
-        got = f32[k].to(torch.float64).flatten()
-        atol, rtol = TOL[g]
-        if atol == "max":
-            atol = 1e-4 * want.abs().max().item()
-        r = ((got - want).abs() / (atol + rtol * want.abs())).max().item()
-        worst[g] = max(worst.get(g, 0.0), r)
-    return worst
-
-
 def gen(name, seed, bottleneck, layers, stem, widths, num_classes, in_shape):
     weights = make_weights(seed, bottleneck, layers, stem, widths, num_classes)
-    g = torch.Generator().manual_seed(seed + 1)
-    x = (torch.randn(*in_shape, generator=g) * 1.1 + 0.05).to(torch.float32).numpy()
-    labels = torch.randint(0, num_classes, (in_shape[0],), generator=g).to(torch.int64).numpy()
+    x, labels = make_input(seed, in_shape, num_classes)
     ref = run(weights, x, labels, torch.float64)
     f32 = run(weights, x, labels, torch.float32)
-    worst = acceptance(ref, f32)
+    worst = acceptance(ref, f32, TOL)
     mx = ref["logits"].abs().max().item()
-    # the step must move every parameter tensor by far more than the C test's atol (1e-5), or a wrong gradient
-    # would pass unseen
-    dmin = min((ref[f"after_step.{k}"] - v.to(torch.float64)).abs().max().item()
-               for k, v in weights.items() if v.is_floating_point() and "running" not in k)
-    if dmin < 5e-4:
-        sys.exit(f"FAIL {name}: a parameter tensor moves by only {dmin:.3g} in the step; change the model")
+    check_step_moves(ref, weights, name)
     print(f"{name}: max |logit| {mx:.3g}, loss {ref['step_loss'].item():.6f}; float32 torch worst err / tolerance: "
           + ", ".join(f"{g} {r:.3f}" for g, r in worst.items()))
-    if any(r > 1 / MARGIN for r in worst.values()):
-        sys.exit(f"FAIL {name}: badly conditioned in float32 (must be <= {1 / MARGIN:.3f}); change the model")
+    check_acceptance(worst, name)
     st_io.save(os.path.join(OUT_DIR, f"{name}.weights.safetensors"), weights, {"bnlab.norm": "none"})
     st_io.save(os.path.join(OUT_DIR, f"{name}.input.safetensors"), {"input": x, "labels": labels})
-    store = {k: (v.to(torch.float32) if v.is_floating_point() else v) for k, v in ref.items()}
-    st_io.save(os.path.join(OUT_DIR, f"{name}.expected.safetensors"), store,
+    st_io.save(os.path.join(OUT_DIR, f"{name}.expected.safetensors"), to_store(ref),
                {"model": name, "norm": "none (per-channel affine)", "compute_dtype": "float64 (stored as float32)",
                 "step": str(STEP), "torch_version": torch.__version__})
     return f"| {name} | {'bottleneck' if bottleneck else 'basic'} {layers} | {list(in_shape)} | {mx:.3g} | " \

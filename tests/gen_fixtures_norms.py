@@ -36,9 +36,10 @@ import torch.nn.functional as F
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import st_io  # noqa: E402
 from gen_fixtures_resnet import make_model, model_from_state, state_f32  # noqa: E402
+from pyref_common import (MARGIN, STEP, BatchNormState, acceptance, check_acceptance, check_step_moves,  # noqa: E402
+                          make_input, replace_batchnorm, sgd_step, to_store)
 
 OUT_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "norms")
-STEP = dict(lr=0.1, momentum=0.9, weight_decay=1e-4)
 EPS, MOM = 1e-5, 0.9
 G, V, RMAX, DMAX = 4, 2, 1.5, 0.5
 KINDS = {"group": f"group:{G}", "renorm": "renorm", "ghost": f"ghost:{V}", "frozen": "frozen"}
@@ -46,25 +47,19 @@ KINDS = {"group": f"group:{G}", "renorm": "renorm", "ghost": f"ghost:{V}", "froz
 TOL = {"logits_eval": ("max", 0.0), "logits_train": ("max", 0.0), "after_train_forward": (1e-5, 1e-4),
        "group_mean": (1e-5, 1e-4), "group_var": (1e-5, 1e-4), "renorm_r": (1e-5, 1e-4), "renorm_d": (1e-5, 1e-4),
        "ghost_mean": (1e-5, 1e-4), "ghost_var": (1e-5, 1e-4), "step_loss": (1e-6, 1e-5), "after_step": (1e-5, 1e-4)}
-MARGIN = 3.0
 
 
 def bshape(v):
     return v[None, :, None, None]
 
 
-class StatNorm(nn.Module):
+class StatNorm(BatchNormState):
     """BatchNorm's parameters and buffers (torchvision names) with renorm / ghost / frozen behaviour. `record` gets
     this layer's own statistics of the last train-mode forward."""
 
     def __init__(self, bn, kind):
-        super().__init__()
+        super().__init__(bn)
         self.kind = kind
-        self.weight = nn.Parameter(bn.weight.detach().clone())
-        self.bias = nn.Parameter(bn.bias.detach().clone())
-        self.register_buffer("running_mean", bn.running_mean.detach().clone())
-        self.register_buffer("running_var", bn.running_var.detach().clone())
-        self.register_buffer("num_batches_tracked", bn.num_batches_tracked.detach().clone())
         self.record = {}
 
     def update(self, mean, var):
@@ -107,19 +102,15 @@ class RecGroupNorm(nn.GroupNorm):
         return super().forward(x)
 
 
+def group_norm(bn):
+    gn = RecGroupNorm(G, bn.num_features, eps=EPS).to(bn.weight.dtype)
+    with torch.no_grad():
+        gn.weight.copy_(bn.weight), gn.bias.copy_(bn.bias)
+    return gn
+
+
 def swap(model, kind):
-    for _, mod in list(model.named_modules()):
-        for child_name, child in list(mod.named_children()):
-            if isinstance(child, nn.BatchNorm2d):
-                if kind == "group":
-                    gn = RecGroupNorm(G, child.num_features, eps=EPS).to(child.weight.dtype)
-                    with torch.no_grad():
-                        gn.weight.copy_(child.weight), gn.bias.copy_(child.bias)
-                    setattr(mod, child_name, gn)
-                else:
-                    setattr(mod, child_name, StatNorm(child, kind))
-    assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
-    return model
+    return replace_batchnorm(model, group_norm if kind == "group" else lambda bn: StatNorm(bn, kind))
 
 
 def make_weights(seed, bottleneck, layers, stem, widths, num_classes, in_shape):
@@ -159,12 +150,7 @@ def run(kind, weights, x_nhwc, labels, dtype):
         assert torch.allclose(res["logits_eval"], res["logits_train"], rtol=0, atol=1e-12 if dtype == torch.float64
                               else 1e-6)
     m = swap(model_from_state(weights, dtype), kind).train()
-    opt = torch.optim.SGD(m.parameters(), **STEP)
-    opt.zero_grad()
-    loss = F.cross_entropy(m(x), torch.from_numpy(labels))
-    loss.backward()
-    opt.step()
-    res["step_loss"] = loss.detach().reshape(1)
+    res["step_loss"] = sgd_step(m, x, labels)
     res.update({f"after_step.{k}": v.detach() for k, v in m.state_dict().items()})
     if kind == "frozen":
         for k, v in weights.items():
@@ -173,32 +159,14 @@ def run(kind, weights, x_nhwc, labels, dtype):
     return res
 
 
-def acceptance(ref, f32):
-    worst = {}
-    for k, v in ref.items():
-        g = k.split(".")[0]
-        if not v.is_floating_point():
-            continue
-        want = v.to(torch.float32).to(torch.float64).flatten()
-        got = f32[k].to(torch.float64).flatten()
-        atol, rtol = TOL[g]
-        if atol == "max":
-            atol = 1e-4 * want.abs().max().item()
-        r = ((got - want).abs() / (atol + rtol * want.abs())).max().item()
-        worst[g] = max(worst.get(g, 0.0), r)
-    return worst
-
-
 def gen(name, seed, bottleneck, layers, stem, widths, num_classes, in_shape):
     weights = make_weights(seed, bottleneck, layers, stem, widths, num_classes, in_shape)
-    g = torch.Generator().manual_seed(seed + 1)
-    x = (torch.randn(*in_shape, generator=g) * 1.1 + 0.05).to(torch.float32).numpy()
-    labels = torch.randint(0, num_classes, (in_shape[0],), generator=g).to(torch.int64).numpy()
+    x, labels = make_input(seed, in_shape, num_classes)
     rows = []
     for kind, norm in KINDS.items():
         ref = run(kind, weights, x, labels, torch.float64)
         f32 = run(kind, weights, x, labels, torch.float32)
-        worst = acceptance(ref, f32)
+        worst = acceptance(ref, f32, TOL)
         if kind == "renorm":   # the fixture must exercise both the clipped and the free regime
             r = torch.cat([v for k, v in ref.items() if k.startswith("renorm_r.")])
             d = torch.cat([v for k, v in ref.items() if k.startswith("renorm_d.")])
@@ -207,14 +175,10 @@ def gen(name, seed, bottleneck, layers, stem, widths, num_classes, in_shape):
             print(f"  renorm: r clipped in {int(clip_r.sum())} of {len(r)} channels, d in {int(clip_d.sum())}")
             if clip_r.all() or not clip_r.any() or clip_d.all() or not clip_d.any():
                 sys.exit(f"FAIL {name}: renorm's r/d are all clipped or none is; change the perturbation")
-        dmin = min((ref[f"after_step.{k}"] - v.to(torch.float64)).abs().max().item()
-                   for k, v in weights.items() if v.is_floating_point() and "running" not in k)
-        if dmin < 5e-4:
-            sys.exit(f"FAIL {name} {kind}: a parameter tensor moves by only {dmin:.3g} in the step; change the model")
+        check_step_moves(ref, weights, f"{name} {kind}")
         print(f"{name} {kind}: loss {ref['step_loss'].item():.6f}; float32 torch worst err / tolerance: "
               + ", ".join(f"{g} {r:.3f}" for g, r in worst.items()))
-        if any(r > 1 / MARGIN for r in worst.values()):
-            sys.exit(f"FAIL {name} {kind}: badly conditioned in float32 (must be <= {1 / MARGIN:.3f}); change the model")
+        check_acceptance(worst, f"{name} {kind}")
         meta = {"bnlab.norm": norm}
         w = dict(weights)
         if kind == "renorm":
@@ -226,8 +190,7 @@ def gen(name, seed, bottleneck, layers, stem, widths, num_classes, in_shape):
                 s in k for s in ("running_", "num_batches")))}
             assert set(k.split(".", 1)[1] for k in ref if k.startswith("after_step.")) == set(w)
         st_io.save(os.path.join(OUT_DIR, f"{kind}-{name}.weights.safetensors"), w, meta)
-        store = {k: (v.to(torch.float32) if v.is_floating_point() else v) for k, v in ref.items()}
-        st_io.save(os.path.join(OUT_DIR, f"{kind}-{name}.expected.safetensors"), store,
+        st_io.save(os.path.join(OUT_DIR, f"{kind}-{name}.expected.safetensors"), to_store(ref),
                    {"model": name, "norm": norm, "compute_dtype": "float64 (stored as float32)", "step": str(STEP),
                     "torch_version": torch.__version__})
         rows.append(f"| {kind} | {name} | " + " | ".join(f"{worst.get(g, 0):.3f}" for g in

@@ -35,8 +35,8 @@ import time
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
 import plot_svg  # noqa: E402
-from batch_size_experiment import git_commit  # noqa: E402
-from batch_size_experiment import read_metrics as read_csv  # noqa: E402
+from experiment_common import git_commit  # noqa: E402
+from experiment_common import read_metrics as read_csv  # noqa: E402
 
 LABELS = {"batch": "BatchNorm", "group": "GroupNorm", "renorm": "Batch Renorm", "ghost": "Ghost BN",
           "none": "no norm"}

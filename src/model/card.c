@@ -53,12 +53,10 @@ static int read_number(jr *j, double *out) {
 
 static int hex(char c) { return (c >= '0' && c <= '9') || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F'); }
 
-// Skips a JSON string (escapes checked, no raw control characters). Returns 0 on success; *empty
-// tells whether it held no characters.
-static int skip_string(jr *j, int *empty) {
+// Skips a JSON string (escapes checked, no raw control characters). Returns 0 on success.
+static int skip_string(jr *j) {
     const char *q = j->p;
     if (*q++ != '"') return 1;
-    *empty = *q == '"';
     for (;;) {
         unsigned char c = (unsigned char)*q;
         if (c == '"') break;
@@ -78,8 +76,9 @@ static int skip_string(jr *j, int *empty) {
     return 0;
 }
 
-// An array of numbers: up to max of them into v, count in *n. Returns 0 on success.
-static int read_number_array(const char *s, double *v, int max, int *n) {
+// A JSON array, nothing else around it but whitespace: of numbers when v is given (up to max of them
+// into v), else of strings; count in *n. Returns 0 on success.
+static int read_array(const char *s, double *v, int max, int *n) {
     jr j = {s};
     *n = 0;
     ws(&j);
@@ -88,36 +87,15 @@ static int read_number_array(const char *s, double *v, int max, int *n) {
     if (*j.p == ']') j.p++;
     else {
         for (;;) {
-            double x;
             ws(&j);
-            if (read_number(&j, &x)) return 1;
-            if (*n < max) v[*n] = x;
+            if (v) {
+                double x;
+                if (read_number(&j, &x)) return 1;
+                if (*n < max) v[*n] = x;
+            } else if (skip_string(&j)) {
+                return 1;
+            }
             (*n)++;
-            ws(&j);
-            if (*j.p == ',') { j.p++; continue; }
-            if (*j.p++ == ']') break;
-            return 1;
-        }
-    }
-    ws(&j);
-    return *j.p != '\0';
-}
-
-// An array of strings: count in *n, *empties how many are "". Returns 0 on success.
-static int read_string_array(const char *s, int *n, int *empties) {
-    jr j = {s};
-    *n = *empties = 0;
-    ws(&j);
-    if (*j.p++ != '[') return 1;
-    ws(&j);
-    if (*j.p == ']') j.p++;
-    else {
-        for (;;) {
-            int empty;
-            ws(&j);
-            if (skip_string(&j, &empty)) return 1;
-            (*n)++;
-            *empties += empty;
             ws(&j);
             if (*j.p == ',') { j.p++; continue; }
             if (*j.p++ == ']') break;
@@ -150,7 +128,7 @@ static void card_input_size(bnl_model_card *c, const bnl_resnet *m, int in_chann
     if (v) {
         double d[4], dh = 0, dw = 0;
         int n;
-        if (!read_number_array(v, d, 4, &n)) {
+        if (!read_array(v, d, 4, &n)) {
             if (n == 3 && d[0] == in_channels) dh = d[1], dw = d[2];
         } else {
             // a bare integer N (older converters): N x N
@@ -201,7 +179,7 @@ static void card_triple(bnl_model_card *c, const bnl_resnet *m, const char *key,
     if (v) {
         double d[3];
         int n;
-        if (!read_number_array(v, d, 3, &n) && n == 3 && (!positive || (d[0] > 0 && d[1] > 0 && d[2] > 0))) {
+        if (!read_array(v, d, 3, &n) && n == 3 && (!positive || (d[0] > 0 && d[1] > 0 && d[2] > 0))) {
             for (int i = 0; i < 3; i++) dst[i] = d[i];
             f->from = BNL_FROM_FILE;
             say(f->why, sizeof f->why, "__metadata__ %s", key);
@@ -222,10 +200,10 @@ static void card_labels(bnl_model_card *c, const bnl_resnet *m, int K) {
     const char *v = bnl_resnet_meta(m, "labels");
     bnl_card_field *f = &c->labels;
     if (v) {
-        int n, empties;
+        int n;
         char ex[48];
         excerpt(ex, sizeof ex, v);
-        if (read_string_array(v, &n, &empties)) {
+        if (read_array(v, NULL, 0, &n)) {
             say(f->problem, sizeof f->problem, "labels '%s' is not a JSON array of strings", ex);
         } else if (n != K) {
             say(f->problem, sizeof f->problem, "labels has %d names for %d classes", n, K);

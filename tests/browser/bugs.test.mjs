@@ -7,52 +7,26 @@
 //   node --test tests/browser/bugs.test.mjs        (headless Debian chromium; skipped without it)
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const ARTIFACTS = path.join(ROOT, 'tests', 'artifacts');
-const CHROMIUM = '/usr/bin/chromium';
-const SKIP = existsSync(CHROMIUM) ? false : `${CHROMIUM} is missing (tests/build.sh installs it)`;
-const WAIT = 120_000;
+import { ARTIFACTS, ROOT, SKIP_NO_CHROMIUM as SKIP, WAIT, launchBrowser, openPage, runAfter, shutDown, startServer, tid,
+  waitReady } from './helpers.mjs';
 
 let server, browser, page;
 
 before(async () => {
   if (SKIP) return;
-  mkdirSync(ARTIFACTS, { recursive: true });
-  server = spawn(process.execPath, [path.join(ROOT, 'web', 'serve.mjs'), '--port', '0'], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const url = await new Promise((resolve, reject) => {
-    let out = '';
-    server.stdout.on('data', (d) => { out += d; const m = /bnlab demo: (http:\/\/127\.0\.0\.1:\d+\/)/.exec(out); if (m) resolve(m[1]); });
-    server.on('exit', (code) => reject(new Error(`serve.mjs exited with ${code}: ${out}`)));
-  });
-  const { chromium } = await import('playwright-core');
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run'] });
-  page = await browser.newPage({ viewport: { width: 1280, height: 900 }, acceptDownloads: true });
+  let url;
+  ({ proc: server, url } = await startServer());
+  browser = await launchBrowser();
   // written for the procedural model (its timings: a sweep that can be stopped mid-way); the default is the
   // faster Fashion-MNIST model when demo-models/ has it
-  await page.goto(`${url}?model=resnet50-procedural`);
-  await page.waitForFunction(() => window.__bnlab && window.__bnlab.ready, null, { timeout: WAIT });
-  await waitReady();
+  page = await openPage(browser, `${url}?model=resnet50-procedural`, { acceptDownloads: true });
+  await waitReady(page);
 });
 
-after(async () => {
-  if (browser) await browser.close();
-  if (server) server.kill();
-});
+after(() => shutDown(browser, server));
 
-const tid = (id) => `[data-testid="${id}"]`;
-const waitReady = () => page.waitForFunction(() => document.querySelector('[data-testid="status"]').dataset.state === 'ready', null, { timeout: WAIT });
 const runs = () => page.evaluate(() => window.__bnlab.runs);
-async function runAfter(action) {
-  const n = await runs();
-  await action();
-  await page.waitForFunction((k) => window.__bnlab.runs > k, n, { timeout: WAIT });
-  await waitReady();
-}
 const errorsIn = (id) => page.$$eval(`#${id} .error-line span`, (els) => els.map((e) => e.textContent));
 
 test('errors stay beside the control that caused them until dismissed', { skip: SKIP, timeout: WAIT }, async () => {
@@ -63,7 +37,7 @@ test('errors stay beside the control that caused them until dismissed', { skip: 
   await page.setInputFiles(tid('weights-file'), { name: 'broken.safetensors', mimeType: 'application/octet-stream', buffer: Buffer.from('nope') });
   await page.waitForFunction(() => document.querySelectorAll('#err-model .error-line').length === 1, null, { timeout: WAIT });
   // later jobs end "ready" and do not hide them
-  await runAfter(() => page.click(tid('run')));
+  await runAfter(page, () => page.click(tid('run')));
   assert.equal(await page.getAttribute(tid('status'), 'data-state'), 'ready');
   assert.match((await errorsIn('err-images'))[0], /notes\.png \(not an image/);
   assert.match((await errorsIn('err-model'))[0], /broken\.safetensors.*bnlab:/);
@@ -89,15 +63,15 @@ test('panels that no longer match the controls are dimmed until redrawn', { skip
   await page.evaluate(() => { window.__bnlab.spreadDraws = 0; });
   await page.click('#spread-run');
   await page.waitForFunction(() => window.__bnlab.spread && window.__bnlab.spread.K === 4, null, { timeout: WAIT });
-  await waitReady();
+  await waitReady(page);
   assert.equal(await page.textContent('#spread-stale'), '');
   assert.equal(await page.evaluate(() => window.__bnlab.spreadDraws), 6, 'each batch size drawn as it arrived (B = 1..32)');
-  await runAfter(() => page.selectOption(tid('layer'), 'layer1.0.bn1'));
+  await runAfter(page, () => page.selectOption(tid('layer'), 'layer1.0.bn1'));
   assert.match(await page.textContent('#spread-stale'), /measured for bn1: press measure for layer1\.0\.bn1/);
   assert.equal(await stale('spread-panel'), true);
   await page.click('#spread-run');
   await page.click('#spread-run');                  // stop at once
-  await waitReady();
+  await waitReady(page);
   assert.match(await page.textContent('#spread-stale'), /measured for bn1/, 'a stopped measurement does not make the old plot current');
   // another model: the caption forgets the old K
   await page.setInputFiles(tid('weights-file'), path.join(ROOT, 'tests', 'fixtures', 'resnet', 'resnet18.weights.safetensors'));
@@ -107,7 +81,7 @@ test('panels that no longer match the controls are dimmed until redrawn', { skip
   // a tiny model sweeps by itself after loading: wait for the page to offer loading again
   await page.waitForFunction(() => !document.getElementById('weights-file').disabled &&
     document.querySelector('[data-testid="status"]').dataset.state === 'ready', null, { timeout: WAIT });
-  await runAfter(() => page.setInputFiles(tid('weights-file'), path.join(ROOT, 'demo-models', 'resnet50-procedural.safetensors')));
+  await runAfter(page, () => page.setInputFiles(tid('weights-file'), path.join(ROOT, 'demo-models', 'resnet50-procedural.safetensors')));
 });
 
 test('"load weights…" and "add photos…" are not offered during a long job', { skip: SKIP, timeout: WAIT }, async () => {
@@ -125,16 +99,16 @@ test('"load weights…" and "add photos…" are not offered during a long job', 
   });
   assert.match((await errorsIn('err-model')).join(' '), /wait for train to finish/);
   await page.click('#train-stop');
-  await waitReady();
+  await waitReady(page);
   assert.deepEqual(await enabled(), [true, true, true]);
   await page.click('#err-model .dismiss');
-  await runAfter(() => page.click('#reset-model'));
+  await runAfter(page, () => page.click('#reset-model'));
 });
 
 test('an empty batch field does not run B = 1: it keeps the last size and says so', { skip: SKIP, timeout: WAIT }, async () => {
-  await runAfter(async () => { await page.fill(tid('batch-size'), '16'); await page.dispatchEvent(tid('batch-size'), 'change'); });
+  await runAfter(page, async () => { await page.fill(tid('batch-size'), '16'); await page.dispatchEvent(tid('batch-size'), 'change'); });
   await page.waitForTimeout(800);   // let a run queued by the field's own events finish
-  await waitReady();
+  await waitReady(page);
   const n = await runs();
   await page.fill(tid('batch-size'), '');
   await page.press(tid('batch-size'), 'Enter');   // commits the empty field: a change event
@@ -143,7 +117,7 @@ test('an empty batch field does not run B = 1: it keeps the last size and says s
   assert.equal(await runs(), n, 'no run');
   assert.equal(await page.inputValue(tid('batch-size')), '16');
   assert.match(await page.textContent('#batch-note'), /whole number from 1 to 256 \(kept 16\)/);
-  await runAfter(() => page.click(tid('run')));
+  await runAfter(page, () => page.click(tid('run')));
   assert.equal(await page.evaluate(() => window.__bnlab.last.B), 16);
 });
 

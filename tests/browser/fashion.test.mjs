@@ -8,22 +8,18 @@
 //   node --test tests/browser/fashion.test.mjs     (skipped without chromium, the dataset or the model file)
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { parseSafetensors, writeSafetensors } from '../node/safetensors.mjs';
+import { ARTIFACTS, ROOT, SKIP_NO_CHROMIUM, WAIT, launchBrowser, openPage, runAfter, shutDown, startServer, tid,
+  waitReady } from './helpers.mjs';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const ARTIFACTS = path.join(ROOT, 'tests', 'artifacts');
-const CHROMIUM = '/usr/bin/chromium';
 const DATA = '/usr/share/datasets/fashion-mnist';
 const MODEL = path.join(ROOT, 'demo-models', 'resnet18-fashion-mnist.safetensors');
 const PROCEDURAL = path.join(ROOT, 'demo-models', 'resnet50-procedural.safetensors');
-const SKIP = !existsSync(CHROMIUM) ? `${CHROMIUM} is missing (tests/build.sh installs it)`
-  : !existsSync(path.join(DATA, 't10k-images-idx3-ubyte.gz')) ? `${DATA} is missing (apt-get install dataset-fashion-mnist)`
-  : !existsSync(MODEL) ? `${MODEL} is missing (the page's Fashion-MNIST model)` : false;
-const WAIT = 120_000;
+const SKIP = SKIP_NO_CHROMIUM ||
+  (!existsSync(path.join(DATA, 't10k-images-idx3-ubyte.gz')) ? `${DATA} is missing (apt-get install dataset-fashion-mnist)`
+  : !existsSync(MODEL) ? `${MODEL} is missing (the page's Fashion-MNIST model)` : false);
 // the default model's input size (its input_size: 56 for the model trained with --image-size 56)
 const S56 = () => JSON.parse(parseSafetensors(new Uint8Array(readFileSync(MODEL))).metadata.input_size || '[3,28,28]')[1];
 const FASHION = ['T-shirt/top', 'Trouser', 'Pullover', 'Dress', 'Coat', 'Sandal', 'Shirt', 'Sneaker', 'Bag', 'Ankle boot'];
@@ -32,45 +28,21 @@ let browser;
 const servers = [];
 
 // Starts web/serve.mjs (env: e.g. BNL_FASHION_MNIST) and opens the page in a new tab; resolves when ready.
-async function openPage(env = {}) {
-  const server = spawn(process.execPath, [path.join(ROOT, 'web', 'serve.mjs'), '--port', '0'],
-    { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...env } });
-  servers.push(server);
-  const url = await new Promise((resolve, reject) => {
-    let out = '';
-    server.stdout.on('data', (d) => { out += d; const m = /bnlab demo: (http:\/\/127\.0\.0\.1:\d+\/)/.exec(out); if (m) resolve(m[1]); });
-    server.on('exit', (code) => reject(new Error(`serve.mjs exited with ${code}: ${out}`)));
-  });
-  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
+async function startPage(env = {}) {
+  const { proc, url } = await startServer(env);
+  servers.push(proc);
   const errors = [];
-  page.on('pageerror', (e) => errors.push(`pageerror: ${e.message}`));
-  await page.goto(url);
-  await page.waitForFunction(() => window.__bnlab && window.__bnlab.ready, null, { timeout: WAIT });
+  const page = await openPage(browser, url, { errors, consoleErrors: false });
   await waitReady(page);
   return { page, errors };
 }
 
 before(async () => {
-  if (SKIP) return;
-  mkdirSync(ARTIFACTS, { recursive: true });
-  const { chromium } = await import('playwright-core');
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run'] });
+  if (!SKIP) browser = await launchBrowser();
 });
-after(async () => {
-  if (browser) await browser.close();
-  for (const s of servers) s.kill();
-});
+after(() => shutDown(browser, ...servers));
 
-const tid = (id) => `[data-testid="${id}"]`;
-const waitReady = (page) => page.waitForFunction(() => document.querySelector('[data-testid="status"]').dataset.state === 'ready', null, { timeout: WAIT });
 const card = (page) => page.evaluate(() => ({ ...document.querySelector('[data-testid="model-card"]').dataset, text: document.querySelector('[data-testid="model-card"]').innerText }));
-async function runAfter(page, action) {
-  const n = await page.evaluate(() => window.__bnlab.runs);
-  await action();
-  await page.waitForFunction((k) => window.__bnlab.runs > k, n, { timeout: WAIT });
-  await waitReady(page);
-  return page.evaluate(() => window.__bnlab.last);
-}
 async function setBatch(page, B) {
   return runAfter(page, async () => {
     await page.fill(tid('batch-size'), String(B));
@@ -81,7 +53,7 @@ const stemDistance = (page) => page.evaluate(() => JSON.parse(document.querySele
 
 test('the default page: the Fashion-MNIST model on real test images, right labels, model menu to the procedural model',
   { skip: SKIP, timeout: 6 * WAIT }, async () => {
-    const { page, errors } = await openPage();
+    const { page, errors } = await startPage();
     // the menu lists models.json, the Fashion-MNIST model first and chosen
     const menu = await page.$$eval(`${tid('model-select')} option`, (os) => os.map((o) => ({ value: o.value, text: o.textContent, selected: o.selected })));
     assert.match(menu[0].text, /Fashion-MNIST/);
@@ -194,7 +166,7 @@ test('the default page: the Fashion-MNIST model on real test images, right label
 
 test('without the Fashion-MNIST files the page says so beside the model and falls back to photos',
   { skip: SKIP, timeout: 2 * WAIT }, async () => {
-    const { page } = await openPage({ BNL_FASHION_MNIST: path.join(ROOT, 'tests', 'no-such-dir') });
+    const { page } = await startPage({ BNL_FASHION_MNIST: path.join(ROOT, 'tests', 'no-such-dir') });
     const c = await card(page);
     assert.equal(c.trainData, 'fashion-mnist');
     assert.equal(c.source, 'photos');
@@ -208,7 +180,7 @@ test('without the Fashion-MNIST files the page says so beside the model and fall
 
 test('another Fashion-MNIST model at its own size (40x40): its split, kept through PreciseBN; back to the default by the menu',
   { skip: SKIP, timeout: 3 * WAIT }, async () => {
-    const { page, errors } = await openPage();
+    const { page, errors } = await startPage();
     // the default model's weights with another input_size: Fashion-MNIST resized to 40x40
     const f = parseSafetensors(new Uint8Array(readFileSync(MODEL)));
     const file = Buffer.from(writeSafetensors(f.tensors, { ...f.metadata, input_size: '[3,40,40]' }));

@@ -7,43 +7,22 @@
 //   node --test tests/browser/norms_page.test.mjs     (skipped without chromium or the models)
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { ROOT, SKIP_NO_CHROMIUM, WAIT, launchBrowser, openPage, runAfter, shutDown, startServer, tid, waitReady } from './helpers.mjs';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const CHROMIUM = '/usr/bin/chromium';
 const KINDS = ['batch', 'group', 'renorm', 'ghost', 'frozen', 'none'];
-const SKIP = !existsSync(CHROMIUM) ? `${CHROMIUM} is missing (tests/build.sh installs it)`
-  : KINDS.some((k) => !existsSync(path.join(ROOT, 'demo-models', 'norms', `${k}.safetensors`))) ? 'demo-models/norms/ is incomplete' : false;
-const WAIT = 120_000;
+const SKIP = SKIP_NO_CHROMIUM ||
+  (KINDS.some((k) => !existsSync(path.join(ROOT, 'demo-models', 'norms', `${k}.safetensors`))) ? 'demo-models/norms/ is incomplete' : false);
 
 let browser, server, base;
 before(async () => {
   if (SKIP) return;
-  server = spawn(process.execPath, [path.join(ROOT, 'web', 'serve.mjs'), '--port', '0'], { stdio: ['ignore', 'pipe', 'inherit'] });
-  base = await new Promise((resolve, reject) => {
-    let out = '';
-    server.stdout.on('data', (d) => { out += d; const m = /bnlab demo: (http:\/\/127\.0\.0\.1:\d+\/)/.exec(out); if (m) resolve(m[1]); });
-    server.on('exit', (code) => reject(new Error(`serve.mjs exited with ${code}: ${out}`)));
-  });
-  const { chromium } = await import('playwright-core');
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run'] });
+  ({ proc: server, url: base } = await startServer());
+  browser = await launchBrowser();
 });
-after(async () => {
-  if (browser) await browser.close();
-  if (server) server.kill();
-});
+after(() => shutDown(browser, server));
 
-const tid = (id) => `[data-testid="${id}"]`;
-const waitReady = (page) => page.waitForFunction(() => document.querySelector('[data-testid="status"]').dataset.state === 'ready', null, { timeout: WAIT });
-async function runAfter(page, action) {
-  const n = await page.evaluate(() => window.__bnlab.runs);
-  await action();
-  await page.waitForFunction((k) => window.__bnlab.runs > k, n, { timeout: WAIT });
-  await waitReady(page);
-}
 const panel = (page) => page.evaluate(() => {
   const e = document.querySelector('[data-testid="norm-panel"] #norm-body');
   const rows = [...e.querySelectorAll('table tr')].slice(1).map((tr) => [...tr.children].map((td) => td.textContent));
@@ -51,11 +30,9 @@ const panel = (page) => page.evaluate(() => {
 });
 
 async function open(kind) {
-  const page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
   const errors = [];
-  page.on('pageerror', (e) => errors.push(`pageerror: ${e.message}`));
-  await page.goto(`${base}?model=norms/${kind}`);
-  await page.waitForFunction(() => window.__bnlab && window.__bnlab.ready && window.__bnlab.runs > 0, null, { timeout: WAIT });
+  const page = await openPage(browser, `${base}?model=norms/${kind}`, { errors, consoleErrors: false });
+  await page.waitForFunction(() => window.__bnlab.runs > 0, null, { timeout: WAIT });
   await waitReady(page);
   // a train-mode batch of 8 (Ghost: two virtual batches of 4)
   if (await page.$eval(tid('mode'), (e) => e.value) !== 'train') await runAfter(page, () => page.selectOption(tid('mode'), 'train'));
@@ -64,9 +41,7 @@ async function open(kind) {
 }
 
 test('the model menu lists one demo model per normalization kind', { skip: SKIP, timeout: 2 * WAIT }, async () => {
-  const page = await browser.newPage();
-  await page.goto(base);
-  await page.waitForFunction(() => window.__bnlab && window.__bnlab.ready, null, { timeout: WAIT });
+  const page = await openPage(browser, base);
   const menu = await page.$$eval(`${tid('model-select')} option`, (os) => os.map((o) => o.textContent));
   for (const label of ['BatchNorm', 'GroupNorm', 'Batch Renorm', 'Ghost BatchNorm', 'frozen BatchNorm', 'no normalization'])
     assert.ok(menu.some((t) => t.includes(`Norm demo: ${label} `)), `${label} not in ${JSON.stringify(menu)}`);

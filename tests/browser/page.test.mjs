@@ -7,78 +7,39 @@
 // Screenshots go to tests/artifacts/ (gitignored).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import zlib from 'node:zlib';
 import { parseSafetensors, writeSafetensors } from '../node/safetensors.mjs';
-
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const ARTIFACTS = path.join(ROOT, 'tests', 'artifacts');
-const CHROMIUM = '/usr/bin/chromium';
-const HAVE_CHROMIUM = existsSync(CHROMIUM);
-const SKIP = HAVE_CHROMIUM ? false : `${CHROMIUM} is missing (tests/build.sh installs it)`;
-const WAIT = 120_000;
+import { ARTIFACTS, ROOT, SKIP_NO_CHROMIUM as SKIP, WAIT, collectErrors, launchBrowser, runAfter, shutDown, startServer, tid,
+  waitLoaded, waitReady } from './helpers.mjs';
 
 let server, url, browser, page;
 const consoleErrors = [];
 
-function startServer() {
-  return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, [path.join(ROOT, 'web', 'serve.mjs'), '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    const timer = setTimeout(() => reject(new Error(`serve.mjs printed no URL: ${out}`)), 15_000);
-    p.stdout.on('data', (d) => {
-      out += d;
-      const m = /bnlab demo: (http:\/\/127\.0\.0\.1:\d+\/)/.exec(out);
-      if (m) { clearTimeout(timer); resolve({ proc: p, url: m[1] }); }
-    });
-    p.stderr.on('data', (d) => { out += d; });
-    p.on('exit', (code) => { clearTimeout(timer); reject(new Error(`serve.mjs exited with ${code}: ${out}`)); });
-  });
-}
-
 before(async () => {
-  if (!HAVE_CHROMIUM) return;
-  mkdirSync(ARTIFACTS, { recursive: true });
+  if (SKIP) return;
   ({ proc: server, url } = await startServer());
-  const { chromium } = await import('playwright-core');
-  browser = await chromium.launch({
-    executablePath: CHROMIUM,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--disable-component-update',
-      '--disable-sync', '--disable-quic', '--no-first-run'],
-  });
+  browser = await launchBrowser();
   page = await browser.newPage({ viewport: { width: 1280, height: 800 } });
-  page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(`console: ${m.text()}`); });
-  page.on('pageerror', (e) => consoleErrors.push(`pageerror: ${e.message}`));
+  collectErrors(page, consoleErrors);
   // these tests were written for the procedural model (the page's default is the Fashion-MNIST one when
   // demo-models/ has it: tests/browser/fashion.test.mjs); ?model= picks the first model to load
   await page.goto(`${url}?model=resnet50-procedural`);
 });
 
-after(async () => {
-  if (browser) await browser.close();
-  if (server) server.kill();
-});
+after(() => shutDown(browser, server));
 
 // ---- helpers ----------------------------------------------------------------------------------
-const tid = (id) => `[data-testid="${id}"]`;
 const debug = () => page.evaluate(() => {
   const d = window.__bnlab;
   return { ready: d.ready, runs: d.runs, last: d.last, spread: d.spread, model: d.model, precise: d.precise, trainSteps: d.train.length, errors: d.errors };
 });
 const status = async () => ({ state: await page.getAttribute(tid('status'), 'data-state'), text: await page.textContent(tid('status')) });
 
-async function waitReady() {
-  await page.waitForFunction(() => document.querySelector('[data-testid="status"]').dataset.state === 'ready', null, { timeout: WAIT });
-}
-// Does `action` and waits for the run it causes to be drawn and the page to be ready again.
-async function runAfter(action) {
-  const n = (await debug()).runs;
-  await action();
-  await page.waitForFunction((k) => window.__bnlab.runs > k, n, { timeout: WAIT });
-  await waitReady();
+// Does `action` and waits for the run it causes to be drawn and the page to be ready again; resolves the stats panel's data.
+async function runStats(action) {
+  await runAfter(page, action);
   return page.evaluate(() => ({ ...document.querySelector('[data-testid="stats"]').dataset }));
 }
 async function setBatch(B) {
@@ -105,8 +66,8 @@ function png(w, h, pixel) {
 
 // ---- tests ------------------------------------------------------------------------------------
 test('the page loads its default model and becomes ready', { skip: SKIP, timeout: WAIT }, async () => {
-  await page.waitForFunction(() => window.__bnlab && window.__bnlab.ready, null, { timeout: WAIT });
-  await waitReady();
+  await waitLoaded(page);
+  await waitReady(page);
   const s = await status();
   assert.match(s.text, /ready/);
   const d = await debug();
@@ -123,9 +84,9 @@ test('the page loads its default model and becomes ready', { skip: SKIP, timeout
 test('switching mode changes what the stats panel shows; train mode leaves the running stats alone', { skip: SKIP, timeout: WAIT }, async () => {
   await setBatch(16);
   await page.waitForFunction(() => window.__bnlab.last && window.__bnlab.last.B === 16, null, { timeout: WAIT });
-  const train = await runAfter(() => page.selectOption(tid('mode'), 'train'));
+  const train = await runStats(() => page.selectOption(tid('mode'), 'train'));
   const trainSvg = await page.innerHTML('#plot-mean');
-  const evalStats = await runAfter(() => page.selectOption(tid('mode'), 'eval'));
+  const evalStats = await runStats(() => page.selectOption(tid('mode'), 'eval'));
   const evalSvg = await page.innerHTML('#plot-mean');
   assert.equal(train.mode, 'train');
   assert.equal(train.used, 'batch');
@@ -134,19 +95,19 @@ test('switching mode changes what the stats panel shows; train mode leaves the r
   assert.notEqual(trainSvg, evalSvg, 'the plot changes with the mode');
   assert.match(await page.textContent('#stats-readout'), /running/);
   // train-mode forwards ran on a copy: the loaded model's batch counter did not move
-  const again = await runAfter(() => page.selectOption(tid('mode'), 'train'));
+  const again = await runStats(() => page.selectOption(tid('mode'), 'train'));
   assert.equal(again.numBatchesTracked, train.numBatchesTracked);
   // ... unless asked to: then every train-mode forward updates the loaded model
-  const upd = await runAfter(() => page.check('#update-running'));
+  const upd = await runStats(() => page.check('#update-running'));
   assert.equal(Number(upd.numBatchesTracked), Number(train.numBatchesTracked) + 1);
-  await runAfter(() => page.uncheck('#update-running'));
-  await runAfter(() => page.click('#reset-model'));
-  const reset = await runAfter(() => page.click(tid('run')));
+  await runStats(() => page.uncheck('#update-running'));
+  await runStats(() => page.click('#reset-model'));
+  const reset = await runStats(() => page.click(tid('run')));
   assert.equal(reset.numBatchesTracked, train.numBatchesTracked, 'reset restores the file');
 });
 
 test('a larger batch narrows the spread of batch means, as 1/sqrt(B)', { skip: SKIP, timeout: WAIT }, async () => {
-  await runAfter(() => page.selectOption(tid('layer'), 'bn1'));
+  await runStats(() => page.selectOption(tid('layer'), 'bn1'));
   await page.selectOption('#spread-k', '8');
   await page.selectOption('#spread-max', '64');
   await page.click('#spread-run');
@@ -167,7 +128,7 @@ test('a larger batch narrows the spread of batch means, as 1/sqrt(B)', { skip: S
     await setBatch(B);
     const out = [];
     for (let seed = 1; seed <= 6; seed++) {
-      await runAfter(async () => { await page.fill('#seed', String(seed)); await page.dispatchEvent('#seed', 'change'); });
+      await runStats(async () => { await page.fill('#seed', String(seed)); await page.dispatchEvent('#seed', 'change'); });
       out.push(await page.evaluate(() => window.__bnlab.lastBatchMean));
     }
     return out;
@@ -186,14 +147,14 @@ test('a larger batch narrows the spread of batch means, as 1/sqrt(B)', { skip: S
 });
 
 test('a batch of 32 answers quickly (measured, not enforced)', { skip: SKIP, timeout: WAIT }, async (t) => {
-  await runAfter(() => page.selectOption(tid('mode'), 'train'));
+  await runStats(() => page.selectOption(tid('mode'), 'train'));
   await setBatch(32);
   await page.waitForFunction(() => window.__bnlab.last && window.__bnlab.last.B === 32, null, { timeout: WAIT });
-  await waitReady();
+  await waitReady(page);
   const rows = [];
   for (let i = 0; i < 3; i++) {
     const t0 = Date.now();
-    await runAfter(() => page.click(tid('run')));
+    await runStats(() => page.click(tid('run')));
     const d = await debug();
     rows.push({ clickToDrawnMs: Date.now() - t0, roundTripMs: d.last.roundTripMs, trainForwardMs: d.last.msTrain, evalForwardMs: d.last.msEval });
   }
@@ -206,12 +167,12 @@ test('a batch of 32 answers quickly (measured, not enforced)', { skip: SKIP, tim
 
 test('your own image joins the batch (file picker and drop)', { skip: SKIP, timeout: WAIT }, async () => {
   const img = png(96, 64, (x, y) => [(x * 255) / 95, (y * 255) / 63, ((x + y) % 16) * 16]);
-  const st = await runAfter(() => page.setInputFiles('#image-files', { name: 'gradient.png', mimeType: 'image/png', buffer: img }));
+  const st = await runStats(() => page.setInputFiles('#image-files', { name: 'gradient.png', mimeType: 'image/png', buffer: img }));
   assert.ok(st.run);
   assert.equal(await page.textContent('#probe-label'), 'your photo: gradient.png');
   assert.equal(await page.locator('#thumbs canvas.user').count(), 1);
   // dropped on the page
-  await runAfter(() => page.evaluate((b64) => {
+  await runStats(() => page.evaluate((b64) => {
     const bytes = Uint8Array.from(atob(b64), (ch) => ch.charCodeAt(0));
     const dt = new DataTransfer();
     dt.items.add(new File([bytes], 'dropped.png', { type: 'image/png' }));
@@ -221,7 +182,7 @@ test('your own image joins the batch (file picker and drop)', { skip: SKIP, time
   assert.equal(await page.locator('#thumbs canvas.user').count(), 2);
   assert.equal(await page.isHidden('#dropzone'), true);
   await page.screenshot({ path: path.join(ARTIFACTS, 'page-own-images.png') });
-  await runAfter(() => page.click('#clear-images'));
+  await runStats(() => page.click('#clear-images'));
   assert.equal(await page.locator('#thumbs canvas.user').count(), 0);
 });
 
@@ -240,7 +201,7 @@ test('a bad weights file shows the error in status and the page keeps working', 
     assert.equal(await page.getAttribute(tid('status'), 'data-state'), 'error');
   }
   await page.screenshot({ path: path.join(ARTIFACTS, 'page-bad-file.png') });
-  const st = await runAfter(() => page.click(tid('run')));
+  const st = await runStats(() => page.click(tid('run')));
   assert.match((await status()).text, /ready/);
   const d = await debug();
   assert.equal(d.model.name, before.model.name, 'the previous model stays');
@@ -251,7 +212,7 @@ test('a bad weights file shows the error in status and the page keeps working', 
 test('other weights load (a ResNet-18 fixture), then the default again', { skip: SKIP, timeout: WAIT }, async () => {
   const r18 = path.join(ROOT, 'tests', 'fixtures', 'resnet', 'resnet18.weights.safetensors');
   const before = await debug();
-  await runAfter(() => page.setInputFiles(tid('weights-file'), { name: 'resnet18.weights.safetensors', mimeType: 'application/octet-stream', buffer: readFileSync(r18) }));
+  await runStats(() => page.setInputFiles(tid('weights-file'), { name: 'resnet18.weights.safetensors', mimeType: 'application/octet-stream', buffer: readFileSync(r18) }));
   const d = await debug();
   assert.equal(d.model.name, 'resnet18.weights.safetensors');
   assert.equal(d.model.info.block, 'basic');
@@ -262,24 +223,24 @@ test('other weights load (a ResNet-18 fixture), then the default again', { skip:
   const bytes = await page.evaluate((u) => fetch(u).then((r) => r.arrayBuffer()).then((b) => Array.from(new Uint8Array(b))), first.url);
   // the tiny ResNet-18 sweeps 1/sqrt(B) by itself after loading; loading is offered again after it
   await page.waitForFunction(() => !document.getElementById('weights-file').disabled, null, { timeout: WAIT });
-  await waitReady();
-  await runAfter(() => page.setInputFiles(tid('weights-file'), { name: path.basename(first.url), mimeType: 'application/octet-stream', buffer: Buffer.from(bytes) }));
+  await waitReady(page);
+  await runStats(() => page.setInputFiles(tid('weights-file'), { name: path.basename(first.url), mimeType: 'application/octet-stream', buffer: Buffer.from(bytes) }));
   assert.equal((await debug()).model.info.bnLayers.length, before.model.info.bnLayers.length);
 });
 
 test('PreciseBN repairs running statistics spoiled by train-mode forwards of single images', { skip: SKIP, timeout: WAIT }, async () => {
   // the forgotten .eval() on purpose: train-mode forwards of batches of 1 update the running stats
-  await runAfter(() => page.selectOption(tid('mode'), 'train'));
-  await runAfter(() => setBatch(1));
-  const spoilt = await runAfter(() => page.check('#update-running'));
+  await runStats(() => page.selectOption(tid('mode'), 'train'));
+  await runStats(() => setBatch(1));
+  const spoilt = await runStats(() => page.check('#update-running'));
   for (let seed = 11; seed <= 14; seed++)
-    await runAfter(async () => { await page.fill('#seed', String(seed)); await page.dispatchEvent('#seed', 'change'); });
-  await runAfter(() => page.uncheck('#update-running'));
+    await runStats(async () => { await page.fill('#seed', String(seed)); await page.dispatchEvent('#seed', 'change'); });
+  await runStats(() => page.uncheck('#update-running'));
   assert.equal(spoilt.updateRunning, 'true');
   assert.match(await page.textContent('#model-note'), /modified/);
   await setBatch(32);
   await page.waitForFunction(() => window.__bnlab.last && window.__bnlab.last.B === 32, null, { timeout: WAIT });
-  await waitReady();
+  await waitReady(page);
   await page.fill('#precise-k', '8');
   await page.fill('#precise-b', '32');
   await page.click('#precise-run');
@@ -293,19 +254,19 @@ test('PreciseBN repairs running statistics spoiled by train-mode forwards of sin
 test('train here: a live loss curve, and stop', { skip: SKIP, timeout: WAIT }, async () => {
   await setBatch(16);
   await page.waitForFunction(() => window.__bnlab.last && window.__bnlab.last.B === 16, null, { timeout: WAIT });
-  await waitReady();
+  await waitReady(page);
   await page.fill('#train-steps', '100000');
   await page.click('#train-start');
   await page.waitForFunction(() => window.__bnlab.train.length >= 12, null, { timeout: WAIT });
   assert.equal(await page.getAttribute(tid('status'), 'data-state'), 'busy');
   await page.click('#train-stop');
-  await waitReady();
+  await waitReady(page);
   const log = await page.evaluate(() => window.__bnlab.train);
   assert.ok(log.length >= 12 && log.length < 100000);
   assert.ok(log.every((p) => Number.isFinite(p.loss) && p.loss >= 0));
   assert.ok(await page.locator('#plot-loss svg polyline').count() > 0);
   await page.waitForFunction(() => document.querySelector('#train-readout').textContent.includes('SGD steps'), null, { timeout: WAIT });
-  await runAfter(() => page.click(tid('run')));
+  await runStats(() => page.click(tid('run')));
 });
 
 // "Train here" learns, not only runs: the demo model with its classifier zeroed (every logit 0, so
@@ -318,20 +279,20 @@ test('train here learns: from a zeroed classifier the loss falls from ln 10 and 
   const { tensors, metadata } = parseSafetensors(new Uint8Array(readFileSync(demo)));
   for (const k of ['fc.weight', 'fc.bias']) tensors[k] = { ...tensors[k], data: new Float32Array(tensors[k].data.length) };
   const zeroed = Buffer.from(writeSafetensors(tensors, metadata));
-  await waitReady();
+  await waitReady(page);
   await page.waitForFunction(() => !document.getElementById('weights-file').disabled, null, { timeout: WAIT });
-  await runAfter(() => page.setInputFiles(tid('weights-file'), { name: 'zeroed-fc.safetensors', mimeType: 'application/octet-stream', buffer: zeroed }));
+  await runStats(() => page.setInputFiles(tid('weights-file'), { name: 'zeroed-fc.safetensors', mimeType: 'application/octet-stream', buffer: zeroed }));
   await page.waitForFunction(() => window.__bnlab.model && window.__bnlab.model.name === 'zeroed-fc.safetensors', null, { timeout: WAIT });
   await setBatch(16);
   await page.waitForFunction(() => window.__bnlab.last && window.__bnlab.last.B === 16, null, { timeout: WAIT });
-  await waitReady();
+  await waitReady(page);
   await page.fill('#seed', '1');
   await page.fill('#train-lr', '0.02');
   await page.fill('#train-mom', '0.9');
   await page.fill('#train-steps', '30');
   await page.click('#train-start');
   await page.waitForFunction(() => /30 SGD steps/.test(document.querySelector('#train-readout').textContent), null, { timeout: 2 * WAIT });
-  await waitReady();
+  await waitReady(page);
   const log = await page.evaluate(() => window.__bnlab.train);
   const losses = log.map((p) => p.loss), LN10 = Math.log(10);
   assert.equal(log.length, 30);
@@ -345,11 +306,11 @@ test('train here learns: from a zeroed classifier the loss falls from ln 10 and 
   console.log(`# train here from a zeroed classifier: loss ${losses[0].toFixed(3)} -> ${late.toFixed(3)} (mean of steps 21-30), ` +
     `held-out accuracy ${accs.map((a) => a.toFixed(2)).join(' -> ')}, final ${final}`);
   // back to the demo model for the tests that follow
-  await runAfter(() => page.setInputFiles(tid('weights-file'), demo));
+  await runStats(() => page.setInputFiles(tid('weights-file'), demo));
 });
 
 test('screenshots, and no console errors all along', { skip: SKIP, timeout: WAIT }, async () => {
-  await runAfter(() => page.selectOption(tid('layer'), 'layer1.0.bn1'));
+  await runStats(() => page.selectOption(tid('layer'), 'layer1.0.bn1'));
   await page.evaluate(() => window.scrollTo(0, 0));
   await page.screenshot({ path: path.join(ARTIFACTS, 'page-1280x800.png') });
   await page.screenshot({ path: path.join(ARTIFACTS, 'page-full.png'), fullPage: true });

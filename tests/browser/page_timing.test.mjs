@@ -11,33 +11,19 @@
 // Needs /usr/bin/chromium and /usr/bin/python3 with torch and torchvision (Debian's python3-torchvision).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import { existsSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { ROOT, SKIP_NO_CHROMIUM, launchBrowser, openPage, shutDown, startServer, tid, waitReady } from './helpers.mjs';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const CHROMIUM = '/usr/bin/chromium';
 const PY = '/usr/bin/python3';
 const SKIP = !process.env.BNL_PAGE_TIMING ? 'a benchmark of minutes: BNL_PAGE_TIMING=1 runs it'
-  : !existsSync(CHROMIUM) ? `${CHROMIUM} is missing (tests/build.sh installs it)`
-  : !existsSync(PY) ? `${PY} is missing` : false;
+  : SKIP_NO_CHROMIUM || (!existsSync(PY) ? `${PY} is missing` : false);
 const WAIT = 600_000;
 
 let server, url, browser, page, dir, weights;
-const tid = (id) => `[data-testid="${id}"]`;
 const cpuModel = () => (/model name\s*:\s*(.*)/.exec(readFileSync('/proc/cpuinfo', 'utf8')) || [, os.cpus()[0].model])[1];
-
-function startServer() {
-  return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, [path.join(ROOT, 'web', 'serve.mjs'), '--port', '0'], { stdio: ['ignore', 'pipe', 'inherit'] });
-    let out = '';
-    p.stdout.on('data', (d) => { out += d; const m = /bnlab demo: (http:\/\/127\.0\.0\.1:\d+\/)/.exec(out); if (m) resolve({ proc: p, url: m[1] }); });
-    p.on('exit', (code) => reject(new Error(`serve.mjs exited with ${code}: ${out}`)));
-  });
-}
-const waitReady = () => page.waitForFunction(() => document.querySelector('[data-testid="status"]').dataset.state === 'ready', null, { timeout: WAIT });
 
 before(async () => {
   if (SKIP) return;
@@ -46,16 +32,12 @@ before(async () => {
   const gen = spawnSync(PY, [path.join(ROOT, 'demo-models', 'convert_torchvision.py'), 'resnet50', '--random', '-o', weights], { encoding: 'utf8' });
   assert.equal(gen.status, 0, `convert_torchvision.py failed: ${gen.stderr}`);
   ({ proc: server, url } = await startServer());
-  const { chromium } = await import('playwright-core');
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run'] });
-  page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-  await page.goto(`${url}?model=resnet50-procedural`);
-  await page.waitForFunction(() => window.__bnlab && window.__bnlab.ready, null, { timeout: WAIT });
-  await waitReady();
+  browser = await launchBrowser();
+  page = await openPage(browser, `${url}?model=resnet50-procedural`, { timeout: WAIT });
+  await waitReady(page, WAIT);
 });
 after(async () => {
-  if (browser) await browser.close();
-  if (server) server.kill();
+  await shutDown(browser, server);
   if (dir) rmSync(dir, { recursive: true, force: true });
 });
 

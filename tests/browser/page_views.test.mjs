@@ -10,41 +10,20 @@
 //   node --test tests/browser/page_views.test.mjs
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const CHROMIUM = '/usr/bin/chromium';
-const SKIP = existsSync(CHROMIUM) ? false : `${CHROMIUM} is missing (tests/build.sh installs it)`;
-const WAIT = 120_000;
+import { SKIP_NO_CHROMIUM as SKIP, WAIT, launchBrowser, openPage, runAfter, shutDown, startServer, tid, waitReady } from './helpers.mjs';
 
 let server, browser, page;
-const tid = (id) => `[data-testid="${id}"]`;
 
-function startServer() {
-  return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, [path.join(ROOT, 'web', 'serve.mjs'), '--port', '0'], { stdio: ['ignore', 'pipe', 'inherit'] });
-    let out = '';
-    p.stdout.on('data', (d) => { out += d; const m = /bnlab demo: (http:\/\/127\.0\.0\.1:\d+\/)/.exec(out); if (m) resolve({ proc: p, url: m[1] }); });
-    p.on('exit', (code) => reject(new Error(`serve.mjs exited with ${code}: ${out}`)));
-  });
-}
-const waitReady = () => page.waitForFunction(() => document.querySelector('[data-testid="status"]').dataset.state === 'ready', null, { timeout: WAIT });
 const last = () => page.evaluate(() => ({ ...window.__bnlab.last, overview: window.__bnlab.last.overview, stats: window.__bnlab.lastStats }));
 // Does `action` and waits for the run (or layer view) it causes to be drawn and the page to be ready.
-async function runAfter(action) {
-  const n = await page.evaluate(() => window.__bnlab.runs);
-  await action();
-  await page.waitForFunction((k) => window.__bnlab.runs > k, n, { timeout: WAIT });
-  await waitReady();
+async function runView(action) {
+  await runAfter(page, action);
   return last();
 }
 // A new batch size typed in: the field's change event on leaving it (as a user's Tab would fire it)
 async function typeBatch(B) {
   await page.fill(tid('batch-size'), String(B));
-  return runAfter(() => page.$eval(tid('batch-size'), (e) => e.blur()));
+  return runView(() => page.$eval(tid('batch-size'), (e) => e.blur()));
 }
 const same = (a, b) => a.length === b.length && a.every((v, k) => Object.is(v, b[k]));
 
@@ -52,17 +31,11 @@ before(async () => {
   if (SKIP) return;
   let url;
   ({ proc: server, url } = await startServer());
-  const { chromium } = await import('playwright-core');
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run'] });
-  page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-  await page.goto(`${url}?model=resnet50-procedural`);
-  await page.waitForFunction(() => window.__bnlab && window.__bnlab.ready, null, { timeout: WAIT });
-  await waitReady();
+  browser = await launchBrowser();
+  page = await openPage(browser, `${url}?model=resnet50-procedural`);
+  await waitReady(page);
 });
-after(async () => {
-  if (browser) await browser.close();
-  if (server) server.kill();
-});
+after(() => shutDown(browser, server));
 
 test('a change of the layer alone runs the forward only up to it, with bitwise the statistics of a full run', { skip: SKIP, timeout: 2 * WAIT }, async () => {
   await page.selectOption(tid('mode'), 'train');
@@ -70,7 +43,7 @@ test('a change of the layer alone runs the forward only up to it, with bitwise t
   const layers = await page.$$eval(`${tid('layer')} option`, (os) => os.map((o) => o.value));
   const target = 'layer1.0.bn2', ti = layers.indexOf(target);
   assert.ok(ti > 0 && ti < layers.length / 4, `${target} is an early layer (${ti} of ${layers.length})`);
-  const view = await runAfter(() => page.selectOption(tid('layer'), target));
+  const view = await runView(() => page.selectOption(tid('layer'), target));
   assert.equal(view.view, 'layer', 'the layer change is answered by a layer view, not a whole run');
   assert.equal(view.layer, target);
   assert.equal(view.ranTo, ti, 'the forward stopped at the layer shown');
@@ -78,7 +51,7 @@ test('a change of the layer alone runs the forward only up to it, with bitwise t
   assert.equal(await page.getAttribute('#stats-panel', 'data-layer'), target);
   assert.equal(await page.getAttribute('#stats-panel', 'data-stale'), 'false');
   // the same batch, a whole run (the run button): the same statistics, bit for bit
-  const full = await runAfter(() => page.click(tid('run')));
+  const full = await runView(() => page.click(tid('run')));
   assert.equal(full.view, 'run');
   assert.equal(full.ranTo, layers.length - 1);
   assert.equal(full.layer, target);
@@ -89,21 +62,21 @@ test('a change of the layer alone runs the forward only up to it, with bitwise t
   const other = await typeBatch(8);
   assert.equal(other.view, 'run');
   // a click on an overview bar picks its layer with a layer view too
-  const picked = await runAfter(() => page.click('#plot-overview rect[role="button"]:nth-of-type(2)'));
+  const picked = await runView(() => page.click('#plot-overview rect[role="button"]:nth-of-type(2)'));
   assert.equal(picked.view, 'layer');
   assert.equal(picked.ranTo, layers.indexOf(picked.layer));
 });
 
 test('PreciseBN of only the layer shown: forwards stop there, that layer alone changes, bitwise the whole-network PreciseBN\'s value', { skip: SKIP, timeout: 3 * WAIT }, async () => {
   const target = 'layer1.0.bn1';
-  await runAfter(() => page.selectOption(tid('layer'), target));
+  await runView(() => page.selectOption(tid('layer'), target));
   const layers = await page.$$eval(`${tid('layer')} option`, (os) => os.map((o) => o.value));
   const ti = layers.indexOf(target);
-  const before = await runAfter(() => page.click(tid('run')));
+  const before = await runView(() => page.click(tid('run')));
   await page.fill('#precise-k', '3');
   await page.fill('#precise-b', '8');
   await page.check('#precise-layer');
-  const one = await runAfter(() => page.click('#precise-run'));
+  const one = await runView(() => page.click('#precise-run'));
   const p1 = await page.evaluate(() => window.__bnlab.precise);
   assert.equal(p1.layer, target);
   assert.equal(p1.ranTo, ti, 'the PreciseBN forwards stopped at the layer shown');
@@ -115,16 +88,16 @@ test('PreciseBN of only the layer shown: forwards stop there, that layer alone c
     if (i !== ti) assert.equal(o.dMean, before.overview[i].dMean, `${o.name} changed`);
   });
   // the whole-network PreciseBN (C) from the file's state, same K, B and seed
-  await runAfter(() => page.click('#reset-model'));
+  await runView(() => page.click('#reset-model'));
   await page.uncheck('#precise-layer');
-  const all = await runAfter(() => page.click('#precise-run'));
+  const all = await runView(() => page.click('#precise-run'));
   const p2 = await page.evaluate(() => window.__bnlab.precise);
   assert.equal(p2.layer, null);
   assert.equal(p2.ranTo, layers.length - 1);
   assert.equal(all.layer, target);
   assert.ok(same(one.stats.runningMean, all.stats.runningMean), `running mean: one layer ${one.stats.runningMean[0]}, whole network ${all.stats.runningMean[0]}`);
   assert.ok(same(one.stats.runningVar, all.stats.runningVar), `running var: one layer ${one.stats.runningVar[0]}, whole network ${all.stats.runningVar[0]}`);
-  await runAfter(() => page.click('#reset-model'));
+  await runView(() => page.click('#reset-model'));
 });
 
 test('every drawn plot answers a hover over a point with its values', { skip: SKIP, timeout: 4 * WAIT }, async () => {
@@ -133,17 +106,17 @@ test('every drawn plot answers a hover over a point with its values', { skip: SK
   await page.selectOption('#spread-max', '32');
   await page.click('#spread-run');
   await page.waitForFunction(() => window.__bnlab.spread && window.__bnlab.spread.points.length === 6, null, { timeout: WAIT });
-  await waitReady();
+  await waitReady(page);
   await page.fill('#train-steps', '3');
   await page.click('#train-start');
   await page.waitForFunction(() => window.__bnlab.train.length === 3, null, { timeout: WAIT });
-  await waitReady();
+  await waitReady(page);
   await page.fill('#precise-k', '2');
-  await runAfter(() => page.click('#precise-run'));
+  await runView(() => page.click('#precise-run'));
   await page.selectOption('#acc-k', '2');
   await page.click('#acc-run');
   await page.waitForFunction(() => JSON.parse(document.getElementById('acc-panel').dataset.points || '[]').length === 7, null, { timeout: 2 * WAIT });
-  await waitReady();
+  await waitReady(page);
   await page.waitForFunction(() => document.getElementById('channel-panel').dataset.n, null, { timeout: WAIT });
   const expect = {
     'plot-mean': /^layer1\.0\.bn1 channel \d+: batch mean -?[\d.e-]+, running -?[\d.e-]+$/,
@@ -199,7 +172,7 @@ test('a batch of 256 shows its progress while it runs', { skip: SKIP, timeout: 2
 });
 
 test('"stop" pressed while the sweep still waits behind another job stops it', { skip: SKIP, timeout: 2 * WAIT }, async () => {
-  await runAfter(() => page.selectOption(tid('layer'), 'bn1'));
+  await runView(() => page.selectOption(tid('layer'), 'bn1'));
   const before = await page.evaluate(() => {
     const seen = (window.__statusSeen = []);
     new MutationObserver(() => seen.push(document.querySelector('[data-testid="status"]').textContent))
@@ -215,7 +188,7 @@ test('"stop" pressed while the sweep still waits behind another job stops it', {
   await page.click('#spread-run');
   await page.waitForFunction(() => document.getElementById('spread-run').textContent === 'measure' &&
     document.querySelector('[data-testid="status"]').dataset.state !== 'busy', null, { timeout: WAIT });
-  await waitReady();
+  await waitReady(page);
   const seen = await page.evaluate(() => window.__statusSeen);
   assert.ok(seen.includes('ready · measurement stopped'), `the sweep was stopped: ${[...new Set(seen)].join(' | ')}`);
   assert.equal(await page.evaluate(() => window.__bnlab.spread && window.__bnlab.spread.layer), before, 'no finished sweep replaced the last one');

@@ -7,18 +7,13 @@
 //   node --test tests/browser/photos.test.mjs        (headless Debian chromium; skipped without it)
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync, readFileSync } from 'node:fs';
+import { readFileSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import { IMAGENET_CLASSES } from '../../web/imagenet_classes.mjs';
 import { parseSafetensors, writeSafetensors } from '../node/safetensors.mjs';
+import { ARTIFACTS, ROOT, SKIP_NO_CHROMIUM as SKIP, WAIT, launchBrowser, openPage, runAfter, shutDown, startServer, tid,
+  waitReady } from './helpers.mjs';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const ARTIFACTS = path.join(ROOT, 'tests', 'artifacts');
-const CHROMIUM = '/usr/bin/chromium';
-const SKIP = existsSync(CHROMIUM) ? false : `${CHROMIUM} is missing (tests/build.sh installs it)`;
-const WAIT = 120_000;
 const IN1K = path.join(ROOT, 'tests', 'fixtures', 'imagenet', 'resnet50-narrow-1000.safetensors');
 const R50 = path.join(ROOT, 'tests', 'fixtures', 'resnet', 'resnet50.weights.safetensors');
 
@@ -27,32 +22,17 @@ const consoleErrors = [];
 
 before(async () => {
   if (SKIP) return;
-  mkdirSync(ARTIFACTS, { recursive: true });
-  server = spawn(process.execPath, [path.join(ROOT, 'web', 'serve.mjs'), '--port', '0'], { stdio: ['ignore', 'pipe', 'inherit'] });
-  const url = await new Promise((resolve, reject) => {
-    let out = '';
-    server.stdout.on('data', (d) => { out += d; const m = /bnlab demo: (http:\/\/127\.0\.0\.1:\d+\/)/.exec(out); if (m) resolve(m[1]); });
-    server.on('exit', (code) => reject(new Error(`serve.mjs exited with ${code}: ${out}`)));
-  });
-  const { chromium } = await import('playwright-core');
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run'] });
-  page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-  page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(`console: ${m.text()}`); });
-  page.on('pageerror', (e) => consoleErrors.push(`pageerror: ${e.message}`));
+  let url;
+  ({ proc: server, url } = await startServer());
+  browser = await launchBrowser();
   // these tests were written for the procedural model (the page's default is the Fashion-MNIST one when
   // demo-models/ has it: tests/browser/fashion.test.mjs); ?model= picks the first model to load
-  await page.goto(`${url}?model=resnet50-procedural`);
-  await page.waitForFunction(() => window.__bnlab && window.__bnlab.ready, null, { timeout: WAIT });
-  await waitReady();
+  page = await openPage(browser, `${url}?model=resnet50-procedural`, { errors: consoleErrors });
+  await waitReady(page);
 });
 
-after(async () => {
-  if (browser) await browser.close();
-  if (server) server.kill();
-});
+after(() => shutDown(browser, server));
 
-const tid = (id) => `[data-testid="${id}"]`;
-const waitReady = () => page.waitForFunction(() => document.querySelector('[data-testid="status"]').dataset.state === 'ready', null, { timeout: WAIT });
 const card = () => page.evaluate(() => ({ ...document.querySelector('[data-testid="model-card"]').dataset, text: document.querySelector('[data-testid="model-card"]').innerText }));
 const top5 = () => page.evaluate(() => {
   const el = document.querySelector('[data-testid="top5"]');
@@ -64,18 +44,15 @@ const last = () => page.evaluate(() => window.__bnlab.last);
 async function loadWeights(name, buffer) {
   // loading is not offered while a long job runs (a small model sweeps 1/sqrt(B) by itself after loading)
   await page.waitForFunction(() => !document.getElementById('weights-file').disabled, null, { timeout: WAIT });
-  await waitReady();
-  const n = await page.evaluate(() => window.__bnlab.runs);
-  await page.setInputFiles(tid('weights-file'), { name, mimeType: 'application/octet-stream', buffer });
-  await page.waitForFunction((k) => window.__bnlab.runs > k, n, { timeout: WAIT });
-  await waitReady();
+  await waitReady(page);
+  await runAfter(page, () => page.setInputFiles(tid('weights-file'), { name, mimeType: 'application/octet-stream', buffer }));
 }
 async function runBatch(B) {
   const n = await page.evaluate(() => window.__bnlab.runs);
   await page.fill(tid('batch-size'), String(B));
   await page.dispatchEvent(tid('batch-size'), 'change');
   await page.waitForFunction(([k, b]) => window.__bnlab.runs > k && window.__bnlab.last.B === b, [n, B], { timeout: WAIT });
-  await waitReady();
+  await waitReady(page);
 }
 const thumbSizes = () => page.$$eval('#thumbs canvas', (cs) => cs.map((c) => `${c.width}x${c.height}:${c.title}`));
 
@@ -232,16 +209,16 @@ test('every plot answers a hover with its values', { skip: SKIP, timeout: 4 * WA
   await page.selectOption('#spread-max', '32');
   await page.click('#spread-run');
   await page.waitForFunction(() => window.__bnlab.spread && window.__bnlab.spread.points.length === 6, null, { timeout: WAIT });
-  await waitReady();
+  await waitReady(page);
   await page.fill('#train-steps', '3');
   await page.click('#train-start');
   await page.waitForFunction(() => window.__bnlab.train.length === 3, null, { timeout: WAIT });
-  await waitReady();
+  await waitReady(page);
   await page.fill('#precise-k', '2');
   await page.fill('#precise-b', '8');
   await page.click('#precise-run');
   await page.waitForFunction(() => window.__bnlab.precise, null, { timeout: WAIT });
-  await waitReady();
+  await waitReady(page);
   const want = {
     'plot-mean': /^(bn1|layer\S+) channel \d+: batch mean -?[\d.e-]+, running -?[\d.e-]+$/,
     'plot-var': /channel \d+: batch variance [\d.e-]+, running [\d.e-]+$/,

@@ -6,43 +6,23 @@
 //   node --test tests/browser/teach_more.test.mjs     (headless Debian chromium; skipped without it)
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { existsSync, mkdirSync } from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const ARTIFACTS = path.join(ROOT, 'tests', 'artifacts');
-const CHROMIUM = '/usr/bin/chromium';
-const SKIP = existsSync(CHROMIUM) ? false : `${CHROMIUM} is missing (tests/build.sh installs it)`;
-const WAIT = 120_000;
+import { ARTIFACTS, SKIP_NO_CHROMIUM as SKIP, WAIT, launchBrowser, openPage, shutDown, startServer } from './helpers.mjs';
 
 let server, browser, page, url;
 const consoleErrors = [];
 
 before(async () => {
   if (SKIP) return;
-  mkdirSync(ARTIFACTS, { recursive: true });
-  server = spawn(process.execPath, [path.join(ROOT, 'web', 'serve.mjs'), '--port', '0'], { stdio: ['ignore', 'pipe', 'inherit'] });
-  url = await new Promise((resolve, reject) => {
-    let out = '';
-    server.stdout.on('data', (d) => { out += d; const m = /bnlab demo: (http:\/\/127\.0\.0\.1:\d+\/)/.exec(out); if (m) resolve(m[1]); });
-    server.on('exit', (code) => reject(new Error(`serve.mjs exited with ${code}: ${out}`)));
-  });
-  const { chromium } = await import('playwright-core');
-  browser = await chromium.launch({ executablePath: CHROMIUM, args: ['--headless', '--no-sandbox', '--disable-gpu', '--no-first-run'] });
-  page = await browser.newPage({ viewport: { width: 1280, height: 900 } });
-  page.on('console', (m) => { if (m.type() === 'error') consoleErrors.push(m.text()); });
-  page.on('pageerror', (e) => consoleErrors.push(String(e)));
-  await page.goto(url);
+  ({ proc: server, url } = await startServer());
+  browser = await launchBrowser();
+  page = await openPage(browser, url, { errors: consoleErrors });
   await waitReady(page);
 });
 
-after(async () => {
-  if (browser) await browser.close();
-  if (server) server.kill();
-});
+after(() => shutDown(browser, server));
 
+// loaded, a run drawn, no job running, and loading offered again
 const waitReady = (p) => p.waitForFunction(() => window.__bnlab && window.__bnlab.ready && window.__bnlab.runs > 0 &&
   document.querySelector('[data-testid="status"]').dataset.state === 'ready' && !document.getElementById('weights-file').disabled,
 null, { timeout: WAIT });

@@ -4,46 +4,19 @@
 // node:test + playwright-core + Debian's chromium; skipped without /usr/bin/chromium.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
-import { existsSync } from 'node:fs';
-import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { SKIP_NO_CHROMIUM as SKIP, WAIT, launchBrowser, shutDown, startServer } from './helpers.mjs';
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
-const CHROMIUM = '/usr/bin/chromium';
-const SKIP = existsSync(CHROMIUM) ? false : `${CHROMIUM} is missing (tests/build.sh installs it)`;
-const WAIT = 120_000;
 let server, url, browser, page;
-
-function startServer() {
-  return new Promise((resolve, reject) => {
-    const p = spawn(process.execPath, [path.join(ROOT, 'web', 'serve.mjs'), '--port', '0'], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let out = '';
-    const timer = setTimeout(() => reject(new Error(`serve.mjs printed no URL: ${out}`)), 15_000);
-    p.stdout.on('data', (d) => {
-      out += d;
-      const m = /bnlab demo: (http:\/\/127\.0\.0\.1:\d+\/)/.exec(out);
-      if (m) { clearTimeout(timer); resolve({ proc: p, url: m[1] }); }
-    });
-    p.stderr.on('data', (d) => { out += d; });
-    p.on('exit', (code) => { clearTimeout(timer); reject(new Error(`serve.mjs exited with ${code}: ${out}`)); });
-  });
-}
 
 before(async () => {
   if (SKIP) return;
   ({ proc: server, url } = await startServer());
-  const { chromium } = await import('playwright-core');
-  browser = await chromium.launch({ executablePath: CHROMIUM,
-    args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-background-networking', '--no-first-run'] });
+  browser = await launchBrowser();
   page = await browser.newPage();
   await page.goto(url);
 });
 
-after(async () => {
-  if (browser) await browser.close();
-  if (server) server.kill();
-});
+after(() => shutDown(browser, server));
 
 // In a module worker: the demo model, eval and train forward of a fixed batch on `threads`.
 const WORKER = `

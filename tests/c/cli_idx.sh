@@ -8,16 +8,7 @@
 set -u
 BIN=${1:?usage: cli_idx.sh path/to/bnlab}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-pass=0
-fail=0
-ok() { pass=$((pass + 1)); }
-bad() {
-    echo "FAIL: $*" >&2
-    fail=$((fail + 1))
-}
-st() { python3 "$HERE/st_check.py" "$@"; }
+source "$HERE/sh_common.sh"   # $T, ok, bad, st, error_verdict
 
 # expect_error WHAT SUBSTRING ARGS...: non-zero exit, exactly one stderr line "bnlab: error: ...SUBSTRING...", no model
 expect_error() {
@@ -25,19 +16,8 @@ expect_error() {
     shift 2
     rm -rf "$T/out"
     "$BIN" train --out "$T/out" --epochs 1 --batch-size 4 --width-mult 0.125 --threads 1 --quiet "$@" >"$T/so" 2>"$T/err"
-    local rc=$?
-    local lines
-    lines=$(wc -l <"$T/err")
-    if [ $rc -eq 0 ]; then
-        bad "$what: exit 0"
-    elif [ $rc -ge 128 ]; then
-        bad "$what: crashed (exit $rc)"
-    elif [ "$lines" -ne 1 ] || ! grep -q '^bnlab: error: ' "$T/err"; then
-        bad "$what: expected one 'bnlab: error:' line, got $lines:"
-        cat "$T/err" >&2
-    elif ! grep -qF -- "$sub" "$T/err"; then
-        bad "$what: message lacks '$sub': $(cat "$T/err")"
-    elif [ -e "$T/out/model.safetensors" ] || [ -e "$T/out/last.safetensors" ]; then
+    error_verdict "$what" "$sub" $? || return
+    if [ -e "$T/out/model.safetensors" ] || [ -e "$T/out/last.safetensors" ]; then
         bad "$what: a model was written"
     else
         ok

@@ -15,21 +15,11 @@ if ! command -v mpirun >/dev/null 2>&1; then
     exit 0
 fi
 BIN=$(cd "$(dirname "$BIN")" && pwd)/$(basename "$BIN")
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-pass=0
-fail=0
-ok() { pass=$((pass + 1)); }
-bad() {
-    echo "FAIL: $*" >&2
-    fail=$((fail + 1))
-}
+source "$HERE/sh_common.sh"   # $T, ok, bad, st
 # OpenMPI as root in a container: both flags are needed; shared memory without CMA
 export OMPI_MCA_btl_vader_single_copy_mechanism=none
 MPI=(mpirun --allow-run-as-root --oversubscribe --mca btl self,vader -np)
 mpi() { timeout 120 "${MPI[@]}" "$@"; }
-
-st() { python3 "$HERE/st_check.py" "$@"; }
 
 TINY=(--classes 4 --image-size 16 --train-size 48 --val-size 16 --data-seed 3 --arch resnet18 --width-mult 0.125
     --threads 1 --seed 5 --lr 0.1 --quiet)

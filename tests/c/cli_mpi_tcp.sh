@@ -25,7 +25,7 @@ if ! command -v mpirun >/dev/null 2>&1; then
     echo "cli_mpi_tcp: SKIPPED: mpirun is not installed (apt-get install openmpi-bin libopenmpi-dev, then rebuild)"
     exit 0
 fi
-T=$(mktemp -d)
+source "$HERE/sh_common.sh"   # $T, ok, bad, st
 source "$HERE/mpi_hosts.sh"
 trap 'hosts_down; rm -rf "$T"' EXIT
 trap 'exit 1' INT TERM HUP   # through the EXIT trap: the namespaces go in every case
@@ -33,14 +33,6 @@ if ! hosts_up "$T"; then
     echo "cli_mpi_tcp: SKIPPED: cannot make two test hosts (network namespaces): $HOSTS_WHY"
     exit 0
 fi
-pass=0
-fail=0
-ok() { pass=$((pass + 1)); }
-bad() {
-    echo "FAIL: $*" >&2
-    fail=$((fail + 1))
-}
-st() { python3 "$HERE/st_check.py" "$@"; }
 tcp() { timeout 120 "${MPI_TCP[@]}" "$BIN" "$@"; }
 
 ARCH=(--arch resnet18 --width-mult 0.125)

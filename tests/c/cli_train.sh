@@ -9,39 +9,14 @@
 set -u
 BIN=${1:?usage: cli_train.sh path/to/bnlab}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
-T=$(mktemp -d)
-trap 'rm -rf "$T"' EXIT
-pass=0
-fail=0
-ok() { pass=$((pass + 1)); }
-bad() {
-    echo "FAIL: $*" >&2
-    fail=$((fail + 1))
-}
-
-# safetensors checks (tests/c/st_check.py, Python standard library only)
-st() { python3 "$HERE/st_check.py" "$@"; }
+source "$HERE/sh_common.sh"   # $T, ok, bad, st, error_verdict
 
 # expect_error WHAT SUBSTRING ARGS...: non-zero exit, exactly one stderr line "bnlab: error: ...SUBSTRING..."
 expect_error() {
     local what=$1 sub=$2
     shift 2
     "$BIN" train "$@" >"$T/out" 2>"$T/err"
-    local rc=$?
-    local lines
-    lines=$(wc -l <"$T/err")
-    if [ $rc -eq 0 ]; then
-        bad "$what: exit 0"
-    elif [ $rc -ge 128 ]; then
-        bad "$what: crashed (exit $rc)"
-    elif [ "$lines" -ne 1 ] || ! grep -q '^bnlab: error: ' "$T/err"; then
-        bad "$what: expected one 'bnlab: error:' line, got $lines:"
-        cat "$T/err" >&2
-    elif ! grep -qF -- "$sub" "$T/err"; then
-        bad "$what: message lacks '$sub': $(cat "$T/err")"
-    else
-        ok
-    fi
+    error_verdict "$what" "$sub" $? && ok
 }
 
 no_tmp_files() {
