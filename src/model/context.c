@@ -77,6 +77,7 @@ int bnl_resnet_update_running(const bnl_resnet *m) { return m->update_running; }
 static void free_plan(bnl_resnet *m) {
     bnl_free(m->arena);
     bnl_free(m->argmax);
+    for (int i = 0; i < 3; i++) bnl_free(m->lean[i]), m->lean[i] = NULL;
     m->arena = NULL, m->argmax = NULL;
     m->pN = 0;
 }
@@ -336,15 +337,20 @@ bnl_status bnl_context_plan(bnl_resnet *m, int N, int H, int W, int keep) {
         return bnl_fail(BNL_ERR_NOMEM, "out of memory for activations: batch %d at %dx%d needs %.1f MB, more than this "
                         "build can address", N, H, W, need_mb);
     size_t nimg = (size_t)N, floats = (size_t)floats64, head = (size_t)head64;
-    m->arena = bnl_alloc((floats + head) * sizeof(float));
+    size_t big = (size_t)per_image_max * nimg;
+    // Lean: three buffers allocated apart, not one arena: a batch of 256 at 224x224 (ResNet-50)
+    // needs 3 x 822 MB, and one 2.5 GB request is refused by wasm's malloc (requests over 2 GB
+    // fail in its sbrk path) where three of 822 MB fit in the 4 GB memory.
+    m->arena = bnl_alloc(((keep ? floats : 0) + head) * sizeof(float));
     if (keep) m->argmax = bnl_alloc((size_t)argmax64 * sizeof(int32_t));
-    if (!m->arena || (keep && !m->argmax)) {
+    for (int i = 0; i < 3 && !keep && m->arena; i++)
+        if (!(m->lean[i] = bnl_alloc(big * sizeof(float)))) break;
+    if (!m->arena || (keep && !m->argmax) || (!keep && !m->lean[2])) {
         free_plan(m);
         return bnl_fail(BNL_ERR_NOMEM, "out of memory for activations: batch %d at %dx%d needs %.1f MB", N, H, W,
                         need_mb);
     }
     float *p = m->arena;
-    size_t big = (size_t)per_image_max * nimg;
     bnl_act_bn *stem = &m->act[0];
     const int stemC = L->bns[0].C;
     stem->H = Hs, stem->W = Ws;
@@ -376,8 +382,7 @@ bnl_status bnl_context_plan(bnl_resnet *m, int N, int H, int W, int keep) {
         for (int b = 0; b < L->nblocks; b++)
             if (L->blocks[b].dbn >= 0) m->act[L->blocks[b].dbn].post = m->scratch;
     } else {
-        float *buf[3] = {p, p + big, p + 2 * big};
-        p += 3 * big;
+        float *buf[3] = {m->lean[0], m->lean[1], m->lean[2]};
         for (int i = 0; i < 3; i++) m->pp[i] = buf[i];
         stem->pre = stem->post = buf[0];
         m->stem_pool = buf[1];

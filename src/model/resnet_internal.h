@@ -146,6 +146,7 @@ struct bnl_resnet {
     // activation plan for (N,H,W,keep)
     int pN, pH, pW, pkeep;
     float *arena;
+    float *lean[3];              // keep = 0: the three ping-pong buffers, allocated apart (each < 2 GB)
     int32_t *argmax;
     float *stem_pool, *feat, *probs, *grad_buf[4], *scratch;
     float *pp[3];                // the eval forward's ping-pong buffers

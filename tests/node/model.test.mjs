@@ -468,12 +468,29 @@ test('absurd requests throw clear Errors and the instance stays usable', () => {
   } finally { m.dispose(); }
 });
 
+test('an activation plan over 2 GB in all runs: its three buffers (~0.76 GB each) are allocated apart', async () => {
+  // 64 images of 75x75 through a 2048-channel stem: three 64x38x38x2048 float buffers = 2.27 GB.
+  // As one allocation (before) the threaded build's malloc refused it; a ResNet-50 batch of 256 at
+  // 224x224 in the page (3 x 822 MB, the threaded build) is the case this is for. Both builds.
+  for (const threads of [1, 2]) {
+    const own = threads === 1 ? lab : await createBnLab({ threads });
+    const m = own.loadModel(wideStem(2048));
+    try {
+      const N = 64, H = 75;
+      const y = m.forward(new Float32Array(N * H * H * 3).fill(0.5), [N, H, H, 3]);
+      assert.equal(y.length, N * 7, `threads=${threads}`);
+      assert.ok(y.every(Number.isFinite), `threads=${threads}`);
+    } finally { m.dispose(); }
+  }
+});
+
 test('an activation plan that cannot fit in 4 GiB of wasm memory is a clear Error', () => {
-  // stem 2048 channels on 827x827: three 414x414x2048 float buffers = 4.2 GB > the 4 GiB wasm limit.
+  // stem 2048 channels on 899x899: three 450x450x2048 float buffers (1.66 GB each, allocated apart)
+  // = 5.0 GB > the 4 GiB wasm limit.
   const own = lab;
   const m = own.loadModel(wideStem(2048));
   try {
-    const H = 827, x = new Float32Array(H * H * 3).fill(0.5);
+    const H = 899, x = new Float32Array(H * H * 3).fill(0.5);
     assert.throws(() => m.forward(x, [1, H, H, 3]), (e) => e instanceof Error && /out of memory|too large/.test(e.message));
     // the same model still runs a batch that fits
     const y = m.forward(new Float32Array(16 * 16 * 3).fill(0.5), [1, 16, 16, 3]);
