@@ -14,7 +14,12 @@ export const RRC = Object.freeze({ scale: [0.08, 1], ratio: [3 / 4, 4 / 3], trie
 
 // A small seeded generator (mulberry32): uniform floats in [0, 1), the same sequence everywhere.
 export function rng(seed) {
-  let a = (seed >>> 0) ^ 0x6d2b79f5;
+  return mulberry32((seed >>> 0) ^ 0x6d2b79f5);
+}
+
+// mulberry32 itself, its state started at `state` (stats_ci.mjs and tests seed it directly).
+export function mulberry32(state) {
+  let a = state >>> 0;
   return () => {
     a = (a + 0x6d2b79f5) >>> 0;
     let t = a;

@@ -9,6 +9,8 @@
 // couplingModelChanged(): app.mjs calls it when a model is shown (the history is forgotten).
 // #coupling-panel's data-history (JSON) holds every swap: { swap, train, eval (logits), inputSum, batchSum }.
 
+import { probeColumn } from './panel_probe.mjs';
+
 let D = null;
 let history = [];   // one entry per swap of the current (model, seed, B, image)
 let key = '';
@@ -95,29 +97,8 @@ function draw() {
   const order = pE.map((p, k) => k).sort((a, b) => pE[b] - pE[a]).slice(0, 5);
   const topT = pT.indexOf(Math.max(...pT));
   if (!order.includes(topT)) order.push(topT);
-  for (const [cls, title, p] of [['train', 'train mode (batch statistics)', pT], ['eval', 'eval mode (running statistics)', pE]]) {
-    const col = document.createElement('div');
-    col.className = `probe-col ${cls}`;
-    const h = document.createElement('h3');
-    h.textContent = title;
-    const list = document.createElement('div');
-    list.className = 'top5';
-    for (const k of order) {
-      const n = document.createElement('span');
-      n.className = 'name' + (k === last.label ? ' truth' : '');
-      n.textContent = nameOf(k);
-      n.title = `${nameOf(k)}: ${(100 * p[k]).toFixed(2)}%`;
-      const bar = document.createElement('i');
-      bar.style.width = `${Math.max(1, 100 * p[k]).toFixed(1)}%`;
-      n.prepend(bar);
-      const pv = document.createElement('span');
-      pv.className = 'p';
-      pv.textContent = pct(p[k]);
-      list.append(n, pv);
-    }
-    col.append(h, list);
-    box.appendChild(col);
-  }
+  for (const [cls, title, p] of [['train', 'train mode (batch statistics)', pT], ['eval', 'eval mode (running statistics)', pE]])
+    box.appendChild(probeColumn(cls, title, order.map((k) => ({ k, p: p[k] })), nameOf, last.label, pct));
   const c = $('couple-thumb');
   c.width = last.W;
   c.height = last.H;

@@ -6,6 +6,8 @@
 //   images (before/after), with the percentile interval of `reps` bootstrap resamples of the images
 //   (seeded, so the page shows the same interval for the same scores). { diff, lo, hi, n, onlyA, onlyB }.
 
+import { mulberry32 } from './crops.mjs';
+
 const Z95 = 1.959963984540054;
 
 export function wilson(k, n, z = Z95) {
@@ -17,17 +19,8 @@ export function wilson(k, n, z = Z95) {
   return { p, lo: k === 0 ? 0 : Math.max(0, centre - half), hi: k === n ? 1 : Math.min(1, centre + half) };
 }
 
-// mulberry32: a small seeded generator, enough for resampling indices
-function rng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+// mulberry32 (web/crops.mjs): a small seeded generator, enough for resampling indices
+const rng = mulberry32;
 
 export function pairedBootstrap(a, b, { reps = 2000, seed = 17 } = {}) {
   const n = a.length;

@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { createBnLab } from '../../web/bnlab.mjs';
 import { readSafetensors, parseSafetensors, writeSafetensors, assertClose } from './safetensors.mjs';
+import { mulberry32 } from '../../web/crops.mjs';
 
 const ROOT = fileURLToPath(new URL('../../', import.meta.url));
 const FIX = join(ROOT, 'tests/fixtures/resnet');
@@ -41,17 +42,8 @@ function assertCleanError(e, what) {
   assert.match(e.message, /^bnlab: \S/, `${what}: message`);
 }
 
-// Deterministic pseudo-random numbers (mulberry32).
-function rng(seed) {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+// Deterministic pseudo-random numbers (mulberry32, web/crops.mjs).
+const rng = mulberry32;
 
 const HDR_LEN = Number(new DataView(weightsBytes.buffer, weightsBytes.byteOffset).getBigUint64(0, true));
 const INTERESTING = [0, 1, 0x7f, 0x80, 0xff, 0x22, 0x2c, 0x3a, 0x5b, 0x5d, 0x7b, 0x7d, 0x30, 0x39, 0x2d, 0x5c];
