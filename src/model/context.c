@@ -32,6 +32,7 @@ bnl_status bnl_context_create(bnl_resnet **out, bnl_state *st) {
     m->bn = bnl_bn_config_default();
     m->ns.kind = BNL_NORM_BATCH, m->ns.renorm_rmax = BNL_RENORM_RMAX_DEFAULT, m->ns.renorm_dmax = BNL_RENORM_DMAX_DEFAULT;
     m->update_running = 1;
+    m->fwd_only = 1;
     m->isa = bnl_isa_active();
     m->batch = bnl_calloc(L->nb, sizeof(float));
     m->act = calloc((size_t)L->nbn + 1, sizeof *m->act);
@@ -89,10 +90,18 @@ static void free_packed(bnl_resnet *m) {
     m->pk = NULL, m->fold_bias = NULL, m->pk_fc = NULL, m->pk_valid = 0;
 }
 
+static void free_packed_train(bnl_resnet *m) {
+    if (m->pkt)
+        for (int c = 0; c < m->L->nconv; c++) bnl_conv_packed_free(m->pkt[c]);
+    free(m->pkt);
+    m->pkt = NULL, m->pkt_valid = 0;
+}
+
 void bnl_resnet_free(bnl_resnet *m) {
     if (!m) return;
     free_plan(m);
     free_packed(m);
+    free_packed_train(m);
     bnl_free(m->batch), bnl_free(m->sync_buf), bnl_free(m->nbuf), bnl_free(m->run_stats);
     free(m->run_tracked), free(m->act), free(m->ablk);
     bnl_state_release(m->st);
@@ -106,7 +115,7 @@ bnl_status bnl_resnet_set_isa(bnl_resnet *m, bnl_isa isa) {
     if ((int)isa < 0 || isa >= BNL_ISA_COUNT || !bnl_isa_available(isa))
         return bnl_fail(BNL_ERR_UNSUPPORTED, "set_isa: %s is not available in this build or on this CPU",
                         bnl_isa_name(isa));
-    if (isa != m->isa) m->pk_valid = 0;
+    if (isa != m->isa) m->pk_valid = 0, m->pkt_valid = 0;
     m->isa = isa;
     return BNL_OK;
 }
@@ -433,6 +442,27 @@ bnl_status bnl_context_norm_plan(bnl_resnet *m, int N) {
 
 // ---------------------------------------------------------------------------------------------
 // Eval weights: BatchNorm folded into the convolutions, packed for the context's ISA
+
+// The train-mode Winograd weights: every 3x3 stride-1 conv's own weights (no BatchNorm folded: a
+// train-mode forward normalizes with the batch's statistics after the convolution).
+bnl_status bnl_context_pack_train(bnl_resnet *m) {
+    const bnl_layout *L = m->L;
+    const bnl_state *st = m->st;
+    if (m->pkt_valid && m->pkt && m->pkt_version == st->pversion) return BNL_OK;
+    if (!m->pkt && !(m->pkt = calloc((size_t)L->nconv, sizeof *m->pkt)))
+        return bnl_fail(BNL_ERR_NOMEM, "out of memory for the train-mode Winograd weights");
+    for (int c = 0; c < L->nconv; c++) {
+        const bnl_lconv *cv = &L->convs[c];
+        if (cv->k != 3 || cv->stride != 1) continue;
+        bnl_status s = bnl_conv_pack_weights_isa(&m->pkt[c], m->isa, st->params + cv->w, NULL, cv->cout, 3, 3, cv->cin, 1);
+        if (s != BNL_OK) {
+            free_packed_train(m);
+            return s;
+        }
+    }
+    m->pkt_valid = 1, m->pkt_version = st->pversion;
+    return BNL_OK;
+}
 
 // Conv c is followed by BatchNorm c (the layout is built that way): w' = w*s, bias = beta - mean*s
 // with s = gamma/sqrt(running_var + eps), per output channel, in double.

@@ -23,10 +23,19 @@
 // ---------------------------------------------------------------------------------------------
 // Forward and backward
 
+// A forward without a backward runs 3x3 stride-1 convolutions through Winograd F(2x2, 3x3) (the
+// unscaled weights packed once per parameter version: bnl_context_pack_train); a training step's
+// forward (fwd_only = 0) and the other convolutions run the direct GEMM, as the backward expects.
 static bnl_status conv_fwd(bnl_resnet *m, const bnl_lconv *cv, float *y, const float *x, int N, int H, int W) {
     bnl_conv_shape s;
     bnl_status st = bnl_conv_shape_init(&s, N, H, W, cv->cin, cv->cout, cv->k, cv->k, cv->stride, cv->pad);
     if (st != BNL_OK) return st;
+    if (m->fwd_only && cv->k == 3 && cv->stride == 1 && bnl_conv_winograd()) {
+        st = bnl_context_pack_train(m);
+        if (st != BNL_OK) return st;
+        const bnl_conv_packed *pw = m->pkt[cv - m->L->convs];
+        if (pw) return bnl_conv2d_forward_fused(y, x, pw, NULL, NULL, 0, &s);
+    }
     return bnl_conv2d_forward(y, x, m->st->params + cv->w, &s);
 }
 
@@ -422,7 +431,9 @@ bnl_status bnl_resnet_forward_backward(bnl_resnet *m, float *loss, float *logits
     float *lg = m->probs;
     float *tmp_logits = bnl_alloc((size_t)N * K * sizeof(float));
     if (!tmp_logits) return bnl_fail(BNL_ERR_NOMEM, "out of memory for logits");
+    m->fwd_only = 0;   // the backward needs the direct convolution's outputs
     bnl_status s = forward_impl(m, tmp_logits, x, N, H, W, 1, -1);
+    m->fwd_only = 1;
     if (s == BNL_OK) s = bnl_softmax_xent_forward(loss, lg, tmp_logits, labels, N, (int)K);
     if (s == BNL_OK && logits) memcpy(logits, tmp_logits, (size_t)N * K * sizeof(float));
     bnl_free(tmp_logits);
@@ -527,7 +538,7 @@ bnl_status bnl_resnet_sgd_update(bnl_resnet *m, const bnl_sgd *o) {
         // elementwise: any split, same bits
         bnl_parallel_for(sg->n, bnl_threads_for(sg->n, (double)sg->n, (double)(1u << 16)), sgd_range, &u);
     }
-    bnl_state_changed(st);
+    bnl_state_params_changed(st);
     return BNL_OK;
 }
 

@@ -87,6 +87,7 @@ typedef struct bnl_state {
     char **meta_k, **meta_v;
     size_t nmeta;
     uint64_t version;       // bumped by every write the library makes or is told of
+    uint64_t pversion;      // bumped by writes that may touch the parameters (not the statistics alone)
     int refs;               // contexts borrowing it
 } bnl_state;
 
@@ -94,7 +95,10 @@ typedef struct bnl_state {
 bnl_status bnl_state_create(bnl_state **out, bnl_layout *L);
 void bnl_state_release(bnl_state *st);   // refs--, freed at 0
 bnl_status bnl_state_need_grads(bnl_state *st);
+// Writes to the running statistics alone (the eval caches fold them in); everything else that may
+// touch the parameters calls bnl_state_params_changed (the train-mode Winograd weights depend on it).
 static inline void bnl_state_changed(bnl_state *st) { st->version++; }
+static inline void bnl_state_params_changed(bnl_state *st) { st->version++, st->pversion++; }
 const char *bnl_state_meta(const bnl_state *st, const char *key);
 // Conv weights between torch's OIHW and bnlab's OHWI (K out, C in, R x R kernel).
 void bnl_oihw_to_ohwi(float *dst, const float *src, int K, int C, int R);
@@ -158,6 +162,12 @@ struct bnl_resnet {
     float *fold_bias;            // per conv, cout floats each, in conv order
     int pk_valid;
     uint64_t pk_version;
+    // Train-mode forwards without a backward (the page's statistics, forwardTo, bn_input, PreciseBN):
+    // 3x3 stride-1 weights, unscaled, packed for Winograd (NULL for other convs). Valid while
+    // pkt_valid and pkt_version == st->pversion. fwd_only is 0 while a training step's forward runs.
+    bnl_conv_packed **pkt;
+    int pkt_valid, fwd_only;
+    uint64_t pkt_version;
 };
 
 // A new context over st (takes one reference): eval mode, default BatchNorm config, BatchNorm
@@ -171,6 +181,7 @@ static inline int64_t *bnl_ctx_tracked(const bnl_resnet *m) {
 bnl_status bnl_context_plan(bnl_resnet *m, int N, int H, int W, int keep);
 bnl_status bnl_context_norm_plan(bnl_resnet *m, int N);
 bnl_status bnl_context_fold_and_pack(bnl_resnet *m);
+bnl_status bnl_context_pack_train(bnl_resnet *m);
 // The norm kind from "bnlab.norm" metadata values (io/statedict.c reads them).
 bnl_status bnl_context_check_groups(const bnl_resnet *m, int G, int from_file);
 

@@ -161,7 +161,7 @@ const float *bnl_resnet_stats(const bnl_resnet *m, size_t *count) {
     return m->st->stats;
 }
 float *bnl_resnet_params_mut(bnl_resnet *m, size_t *count) {
-    bnl_state_changed(m->st);
+    bnl_state_params_changed(m->st);
     if (count) *count = m->L->np;
     return m->st->params;
 }
@@ -180,7 +180,7 @@ float *bnl_resnet_momentum(bnl_resnet *m, size_t *count) {
 }
 
 void bnl_resnet_params_changed(bnl_resnet *m) {
-    if (m) bnl_state_changed(m->st);
+    if (m) bnl_state_params_changed(m->st);
 }
 
 const char *bnl_resnet_meta(const bnl_resnet *m, const char *key) { return bnl_state_meta(m->st, key); }
@@ -192,7 +192,7 @@ void bnl_resnet_zero_init_residual(bnl_resnet *m) {
         const bnl_lbn *last = &L->bns[blk->bn3 >= 0 ? blk->bn3 : blk->bn2];
         memset(m->st->params + last->gamma, 0, (size_t)last->C * sizeof(float));
     }
-    bnl_state_changed(m->st);
+    bnl_state_params_changed(m->st);
 }
 
 static bnl_status need_running_stats(const bnl_resnet *m, const char *what) {

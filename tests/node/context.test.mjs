@@ -106,6 +106,25 @@ test('updates through one context are seen by the other (shared memory, stale ca
   clone.dispose(), main.dispose();
 });
 
+test('train-mode forwards without a backward (Winograd 3x3 weights) follow every weight change, through either context', () => {
+  // A forward-only train pass runs its 3x3 stride-1 convolutions through Winograd weights packed
+  // per context and parameter version; after a step on either handle both contexts must compute
+  // what a fresh model with the new weights computes, bit for bit.
+  const main = lab.loadModel(bytes);
+  const clone = main.cloneContext();
+  const before = clone.train().forward(x, shape);   // builds the clone's Winograd weights
+  main.train().forward(x, shape);                   // and main's
+  for (const [who, stepper] of [['main', main], ['clone', clone]]) {
+    stepper.step(x, shape, labels, { lr: 0.05 });
+    const fresh = lab.loadModel(main.saveState());
+    const want = fresh.train().forward(x, shape);
+    assertBitwise(clone.train().forward(x, shape), want, `clone's train-mode logits after a step on ${who}`);
+    assert.ok(want.some((v, i) => v !== before[i]), `the step on ${who} changed the train-mode logits`);
+    fresh.dispose();
+  }
+  clone.dispose(), main.dispose();
+});
+
 test('the state outlives the first handle: a clone keeps working after main is disposed; memory comes back', () => {
   const h0 = heap();
   const main = lab.loadModel(bytes);
