@@ -142,15 +142,8 @@ static void stats_chunks(void *vc, size_t q0, size_t q1, int tid) {
         for (size_t b = b0; b < b1; b++) {
             size_t r0 = b * R, rows = r0 + R <= r->M ? R : r->M - r0;
             r->k->block_stats(sh, s1, s2, r->x + r0 * C, rows, C);
-            double nb = (double)rows, n = na + nb;
-            for (size_t c = 0; c < C; c++) {
-                double corr = (double)s1[c] / nb, bmean = (double)sh[c] + corr;
-                double bm2 = (double)s2[c] - (double)s1[c] * corr;
-                double delta = bmean - am[c];
-                am[c] += delta * nb / n;
-                a2[c] += bm2 + delta * delta * na * nb / n;
-            }
-            na = n;
+            bnl_bn_merge_block(am, a2, na, sh, s1, s2, (double)rows, C);
+            na += (double)rows;
         }
         r->cnt[q] = na;
     }

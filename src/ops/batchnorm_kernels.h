@@ -26,6 +26,21 @@ typedef struct bnl_bn_kernels {
                       const float *beta, size_t R, size_t C, int relu);
 } bnl_bn_kernels;
 
+// Folds one block's statistics (block_stats over nb rows) into running per-channel (mean am, M2 a2)
+// over na rows, with Chan's parallel formula in double. BatchNorm's driver and GroupNorm both merge
+// their row blocks with it, in block order.
+static inline void bnl_bn_merge_block(double *am, double *a2, double na, const float *shift, const float *s1,
+                                      const float *s2, double nb, size_t C) {
+    double n = na + nb;
+    for (size_t c = 0; c < C; c++) {
+        double corr = (double)s1[c] / nb, bmean = (double)shift[c] + corr;
+        double bm2 = (double)s2[c] - (double)s1[c] * corr;
+        double delta = bmean - am[c];
+        am[c] += delta * nb / n;
+        a2[c] += bm2 + delta * delta * na * nb / n;
+    }
+}
+
 #ifdef __x86_64__
 extern const bnl_bn_kernels bnl_bn_kernels__avx2;
 extern const bnl_bn_kernels bnl_bn_kernels__avx512;

@@ -202,11 +202,6 @@ bnl_status bnl_conv_pack_weights(bnl_conv_packed **pk, const float *w, const flo
     return bnl_conv_pack_weights_isa(pk, bnl_isa_active(), w, scale, K, R, S, C, 0);
 }
 
-bnl_status bnl_conv_pack_weights_for(bnl_conv_packed **pk, const float *w, const float *scale, int K, int R, int S,
-                                     int C, int stride) {
-    return bnl_conv_pack_weights_isa(pk, bnl_isa_active(), w, scale, K, R, S, C, stride);
-}
-
 bnl_status bnl_conv_pack_weights_isa(bnl_conv_packed **pk, bnl_isa isa, const float *w, const float *scale, int K,
                                      int R, int S, int C, int stride) {
     if (!pk || !w || K <= 0 || R <= 0 || S <= 0 || C <= 0 || stride < 0 || !bytes_fit(K, R, S, C))

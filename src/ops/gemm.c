@@ -291,6 +291,9 @@ void bnl_gemm_pack_b(float *dst, const bnl_gemm_kernels *kt, const bnl_gemm_src 
 // per step do not map and fault in fresh pages each time (3% of a training step otherwise).
 // Lock-free: a block is taken by atomic exchange, so concurrent callers each get their own.
 
+static float *scratch_get(size_t floats);
+static void scratch_put(float *p);
+
 #define SCRATCH_SLOTS 2
 #define SCRATCH_HEAD 16   // floats before the data: the block's capacity in bytes (64-byte aligned data)
 static float *g_scratch[SCRATCH_SLOTS];
@@ -311,6 +314,9 @@ static void block_put(float *b) {
 }
 
 // The smallest cached block that is large enough (the others go back), else a new one.
+float *bnl_gemm_scratch_get(size_t floats) { return scratch_get(floats); }
+void bnl_gemm_scratch_put(float *p) { scratch_put(p); }
+
 static float *scratch_get(size_t floats) {
     size_t bytes = (floats + SCRATCH_HEAD) * sizeof(float);
     float *best = NULL, *others[SCRATCH_SLOTS];

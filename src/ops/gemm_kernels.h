@@ -100,6 +100,12 @@ typedef struct bnl_gemm_call {
 // Returns BNL_ERR_NOMEM when its scratch cannot be allocated.
 bnl_status bnl_gemm_run(const bnl_gemm_call *g);
 
+// The engine's scratch blocks (a few cached between calls, so that a model's many calls do not
+// allocate and fault in fresh memory each time), for other ops' per-call buffers; NULL if out of
+// memory. Give every block back with bnl_gemm_scratch_put.
+float *bnl_gemm_scratch_get(size_t floats);
+void bnl_gemm_scratch_put(float *p);
+
 // Packed B for kernel table kt: ceil(N/nr) panels of [K][nr] floats, columns past N zero.
 size_t bnl_gemm_packed_floats(const bnl_gemm_kernels *kt, size_t N, size_t K);
 // dst <- B (K,N) from src (STRIDED or PATCHES), column j scaled by col_scale[j] when not NULL

@@ -59,15 +59,8 @@ static void gn_channel_stats(double *cm, double *cm2, float *sc, const bnl_bn_ke
     for (size_t r0 = 0; r0 < HW; r0 += R) {
         size_t rows = r0 + R <= HW ? R : HW - r0;
         k->block_stats(sh, s1, s2, x + r0 * C, rows, C);
-        double nb = (double)rows, n = na + nb;
-        for (size_t c = 0; c < C; c++) {
-            double corr = (double)s1[c] / nb, bmean = (double)sh[c] + corr;
-            double bm2 = (double)s2[c] - (double)s1[c] * corr;
-            double delta = bmean - cm[c];
-            cm[c] += delta * nb / n;
-            cm2[c] += bm2 + delta * delta * na * nb / n;
-        }
-        na = n;
+        bnl_bn_merge_block(cm, cm2, na, sh, s1, s2, (double)rows, C);
+        na += (double)rows;
     }
 }
 

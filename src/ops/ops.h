@@ -47,9 +47,6 @@ bnl_status bnl_conv_pack_weights(bnl_conv_packed **pk, const float *w, const flo
 // few ulps of it) unless bnl_conv_set_winograd(0); such weights serve stride 1 only.
 bnl_status bnl_conv_pack_weights_isa(bnl_conv_packed **pk, bnl_isa isa, const float *w, const float *scale, int K,
                                      int R, int S, int C, int stride);
-// The same with the active ISA.
-bnl_status bnl_conv_pack_weights_for(bnl_conv_packed **pk, const float *w, const float *scale, int K, int R, int S,
-                                     int C, int stride);
 // Global, like bnl_set_threads; read when weights are packed. Default on.
 void bnl_conv_set_winograd(int on);
 int bnl_conv_winograd(void);

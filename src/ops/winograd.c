@@ -250,7 +250,7 @@ bnl_status bnl_winograd_forward(float *y, const float *x, const float *U, const 
     size_t mr = (size_t)kt->mr, tb = ((size_t)1 << 20) / (16 * (C + K));
     tb = tb < 4 * mr ? 4 * mr : tb / mr * mr;
     if (tb > T) tb = T;
-    float *buf = bnl_alloc((16 * tb * (C + K) + C) * sizeof(float));
+    float *buf = bnl_gemm_scratch_get(16 * tb * (C + K) + C);
     if (!buf) return bnl_fail(BNL_ERR_NOMEM, "winograd: out of memory for %zu tiles of %zu+%zu channels", tb, C, K);
     w.V = buf, w.M = buf + 16 * tb * C;
     float *zeros = w.M + 16 * tb * K;
@@ -266,6 +266,6 @@ bnl_status bnl_winograd_forward(float *y, const float *x, const float *U, const 
         if (bnl_first_error_status(&w.err) != BNL_OK) break;
         bnl_parallel_for(w.tb, bnl_threads_for(w.tb, work, 65536.0), output_tiles, &w);
     }
-    bnl_free(buf);
+    bnl_gemm_scratch_put(buf);
     return bnl_first_error_status(&w.err);
 }

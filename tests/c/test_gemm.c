@@ -255,7 +255,7 @@ static void test_conv_case(int N, int H, int W, int C, int K, int R, int stride,
         float *yw = fmalloc(ny);
         fill(yw, ny, NAN);
         bnl_conv_packed *pw = NULL;
-        CHECK(bnl_conv_pack_weights_for(&pw, w, scale, K, R, R, C, 1) == BNL_OK, "%s winograd pack: %s", what,
+        CHECK(bnl_conv_pack_weights_isa(&pw, bnl_isa_active(), w, scale, K, R, R, C, 1) == BNL_OK, "%s winograd pack: %s", what,
               bnl_last_error());
         CHECK(bnl_conv2d_forward_fused(yw, x, pw, bias, res, 1, &s) == BNL_OK, "%s winograd: %s", what,
               bnl_last_error());
