@@ -389,6 +389,29 @@ static void do_tile(const bnl_gemm_call *g, const bnl_gemm_kernels *kt, const fl
         for (size_t q = 0; q < nb; q++) c[r * g->ldc + q] = ep ? epi_one(edge[r * nr + q], ep, r, q) : edge[r * nr + q];
 }
 
+// Full tiles down one column panel from row `row`: where C and the epilogue's rows are, moved on
+// by run_next (what do_tile computes per call, computed once per panel).
+typedef struct {
+    float *c;
+    bnl_gemm_epi epi;
+    const bnl_gemm_epi *ep;   // &epi or NULL
+} tile_run;
+
+static inline void run_start(tile_run *r, const bnl_gemm_call *g, size_t row, size_t j, int last) {
+    r->c = g->C + row * g->ldc + j;
+    r->epi.bias = g->bias ? g->bias + j : NULL;
+    r->epi.res = g->res ? g->res + row * g->ldr + j : NULL;
+    r->epi.ldr = g->ldr, r->epi.relu = g->relu;
+    r->epi.gate = g->gate ? g->gate + row * g->ldr + j : NULL;
+    r->ep = last && (g->bias || g->res || g->relu || g->gate) ? &r->epi : NULL;
+}
+
+static inline void run_next(tile_run *r, const bnl_gemm_call *g, size_t rows) {
+    r->c += rows * g->ldc;
+    if (r->epi.res) r->epi.res += rows * g->ldr;
+    if (r->epi.gate) r->epi.gate += rows * g->ldr;
+}
+
 // B micro-panel for columns [j, ...) and depth [k0, k0+kb): from the whole packed B, or packed now.
 static const float *b_panel(const engine_t *e, float *bp, size_t nr, size_t k0, size_t kb, size_t j, size_t nb) {
     if (e->bpacked) return e->bpacked + (j / nr) * e->bstride + (e->boff + k0) * nr;
@@ -415,7 +438,18 @@ static void run_task(const engine_t *e, float *scratch, size_t i0, size_t i1, si
         for (size_t j = j0; j < j1; j += nr) {
             size_t nb = j1 - j < nr ? j1 - j : nr;
             const float *b = b_panel(e, bp, nr, k0, kb, j, nb);
-            for (size_t p = 0; p < mb; p += mr) {
+            size_t p0 = 0;
+            if (nb == nr) {   // full tiles: one epilogue record moved down the rows, direct kernel calls
+                size_t mpk = mb / mr * mr;
+                tile_run run;
+                run_start(&run, g, i0 + p0, j, last);
+                for (; p0 < mfull; p0 += mr, run_next(&run, g, mr))
+                    kt->ukernel_lda(kb, g->a.p + (i0 + p0) * g->a.s0 + g->koff + k0, g->a.s0, b, run.c, g->ldc, load_c,
+                                    run.ep);
+                for (; p0 < mpk; p0 += mr, run_next(&run, g, mr))
+                    kt->ukernel(kb, ap + p0 * kc, b, run.c, g->ldc, load_c, run.ep);
+            }
+            for (size_t p = p0; p < mb; p += mr) {
                 size_t m = mb - p < mr ? mb - p : mr;
                 if (p < mfull)
                     do_tile(g, kt, g->a.p + (i0 + p) * g->a.s0 + g->koff + k0, g->a.s0, b, edge, i0 + p, m, j, nb, kb,
@@ -487,11 +521,17 @@ static void kouter_tiles(void *vc, size_t t0, size_t t1, int tid) {
     float *edge = o->edges + (size_t)tid * mr * nr;
     for (size_t t = t0; t < t1; t++) {
         size_t q = t / o->mp, p = t % o->mp, j = q * nr, i0 = p * mr;
+        size_t m = g->M - i0 < mr ? g->M - i0 : mr, nb = g->N - j < nr ? g->N - j : nr;
+        tile_run run;
+        run_start(&run, g, i0, j, 1);
         for (size_t si = 0; si < o->ns; si++) {
             size_t k0 = o->r0 + si * kc, kb = g->K - k0 < kc ? g->K - k0 : kc;
             const float *b = o->packed ? g->b.p + q * g->b.s0 * nr + (g->koff + k0) * nr : o->bbuf + si * o->bsz + q * kc * nr;
-            do_tile(g, kt, o->abuf + si * o->asz + i0 * kc, 0, b, edge, i0, g->M - i0 < mr ? g->M - i0 : mr, j,
-                    g->N - j < nr ? g->N - j : nr, kb, g->accumulate || k0 > 0, k0 + kb == g->K);
+            int load_c = g->accumulate || k0 > 0, last = k0 + kb == g->K;
+            if (m == mr && nb == nr)   // a full tile: the kernel directly (what do_tile would call)
+                kt->ukernel(kb, o->abuf + si * o->asz + i0 * kc, b, run.c, g->ldc, load_c, last ? run.ep : NULL);
+            else
+                do_tile(g, kt, o->abuf + si * o->asz + i0 * kc, 0, b, edge, i0, m, j, nb, kb, load_c, last);
         }
     }
 }

@@ -68,6 +68,9 @@ bnl_status bnl_maxpool_forward(float *y, int32_t *argmax, const float *x, int N,
     return BNL_OK;
 }
 
+typedef float v4f __attribute__((vector_size(16)));
+typedef int32_t v4i __attribute__((vector_size(16)));
+
 // Output rows (n, p) [g0, g1).
 static void maxpool_rows(void *vc, size_t g0, size_t g1, int tid) {
     const pool_args *pa = vc;
@@ -98,13 +101,27 @@ static void maxpool_rows(void *vc, size_t g0, size_t g1, int tid) {
                     int32_t idx = (int32_t)(h * W + w);
                     if (idx == first) continue;
                     const float *xv = xn + (size_t)idx * Cs;
-                    if (ao) {
-                        for (size_t c = 0; c < Cs; c++)
-                            if (xv[c] > yo[c] || isnan(xv[c])) yo[c] = xv[c], ao[c] = idx;
-                    } else {
-                        for (size_t c = 0; c < Cs; c++)
-                            if (xv[c] > yo[c] || isnan(xv[c])) yo[c] = xv[c];
+                    size_t c = 0;
+                    // 4 channels at a time, selects instead of branches (a branch per value mispredicts
+                    // on natural activations); the same rule, so the same values and indices
+                    for (; c + 4 <= Cs; c += 4) {
+                        v4f a, b;
+                        memcpy(&a, xv + c, 16), memcpy(&b, yo + c, 16);
+                        v4i take = (a > b) | (a != a);
+                        v4f r = (v4f)(((v4i)a & take) | ((v4i)b & ~take));
+                        memcpy(yo + c, &r, 16);
+                        if (ao) {
+                            v4i old, id = {idx, idx, idx, idx};
+                            memcpy(&old, ao + c, 16);
+                            old = (id & take) | (old & ~take);
+                            memcpy(ao + c, &old, 16);
+                        }
                     }
+                    for (; c < Cs; c++)
+                        if (xv[c] > yo[c] || isnan(xv[c])) {
+                            yo[c] = xv[c];
+                            if (ao) ao[c] = idx;
+                        }
                 }
         }
     }

@@ -78,7 +78,8 @@ typedef struct {
     const bnl_conv_shape *s;
     const float *x;
     float *y;
-    const float *zeros;      // C zeros: the window's rows and columns in the padding
+    const float *zeros;      // max(C, K) zeros: input padding, residual of outputs past the edge
+    float *sink;             // K floats per thread: outputs past the edge
     const float *bias, *res;
     int relu;
     size_t th, tw;           // tiles per image: rows, columns
@@ -160,80 +161,84 @@ static void products(void *vc, size_t x0, size_t x1, int tid) {
     }
 }
 
-static inline float epilogue(float v, const wino_t *w, size_t k, const float *res) {
-    if (w->bias) v = v + w->bias[k];
-    if (res) v = v + res[k];
-    if (w->relu) v = v < 0.0f ? 0.0f : v;
-    return v;
+typedef int v4i __attribute__((vector_size(16)));
+// v < 0 ? 0 : v per lane, as the GEMM kernels' ReLU (NaN and -0 kept), with no branch: a scalar
+// `v < 0 ? 0 : v` becomes wasm's f32.max, which V8 compiles to compares and branches that
+// mispredict on activations of random sign (and turns -0 into +0).
+static inline v4f v4_relu(v4f v) {
+    v4i neg = v < (v4f){0.0f, 0.0f, 0.0f, 0.0f};
+    return (v4f)((v4i)v & ~neg);
 }
 
-// A whole 2x2 tile, K channels: restrict pointers and constant flags, so the compiler vectorizes
-// over k (the same operations, in the same order, as the general loop below).
+// One 2x2 output tile, 4 output channels from k: y = A^T m A (+ bias, + res, ReLU). m: the 16
+// GEMM results of the tile, ld apart.
+static inline void out4(const float *restrict m, size_t ld, size_t k, const float *restrict bias, float *const y[4],
+                        const float *const r[4], int has_bias, int has_res, int relu) {
+    v4f u0[4], u1[4];
+    for (int b = 0; b < 4; b++) {   // A^T m (rows)
+        v4f m0 = v4_load(m + (size_t)(0 + b) * ld + k), m1 = v4_load(m + (size_t)(4 + b) * ld + k);
+        v4f m2 = v4_load(m + (size_t)(8 + b) * ld + k), m3 = v4_load(m + (size_t)(12 + b) * ld + k);
+        u0[b] = m0 + m1 + m2, u1[b] = m1 - m2 - m3;
+    }
+    v4f v[4] = {u0[0] + u0[1] + u0[2], u0[1] - u0[2] - u0[3], u1[0] + u1[1] + u1[2], u1[1] - u1[2] - u1[3]};
+    if (has_bias) {
+        v4f bb = v4_load(bias + k);
+        for (int q = 0; q < 4; q++) v[q] = v[q] + bb;
+    }
+    if (has_res)
+        for (int q = 0; q < 4; q++) v[q] = v[q] + v4_load(r[q] + k);
+    if (relu)
+        for (int q = 0; q < 4; q++) v[q] = v4_relu(v[q]);
+    for (int q = 0; q < 4; q++) v4_store(y[q] + k, v[q]);
+}
+
+// A whole tile, K channels (constant flags: one specialized loop each). Outputs y[0..3] are
+// (0,0), (0,1), (1,0), (1,1); r[] their residual rows.
 static inline void output_full(const float *restrict m, size_t ld, size_t K, const float *restrict bias,
-                               float *restrict y00, float *restrict y01, float *restrict y10, float *restrict y11,
-                               const float *restrict r00, const float *restrict r01, const float *restrict r10,
-                               const float *restrict r11, int has_bias, int has_res, int relu) {
-    for (size_t k = 0; k < K; k++) {
-        float u0[4], u1[4];
-        for (int b = 0; b < 4; b++) {
-            float m0 = m[(size_t)(0 + b) * ld + k], m1 = m[(size_t)(4 + b) * ld + k];
-            float m2 = m[(size_t)(8 + b) * ld + k], m3 = m[(size_t)(12 + b) * ld + k];
-            u0[b] = m0 + m1 + m2, u1[b] = m1 - m2 - m3;
-        }
-        float v00 = u0[0] + u0[1] + u0[2], v01 = u0[1] - u0[2] - u0[3];
-        float v10 = u1[0] + u1[1] + u1[2], v11 = u1[1] - u1[2] - u1[3];
-        if (has_bias) v00 = v00 + bias[k], v01 = v01 + bias[k], v10 = v10 + bias[k], v11 = v11 + bias[k];
-        if (has_res) v00 = v00 + r00[k], v01 = v01 + r01[k], v10 = v10 + r10[k], v11 = v11 + r11[k];
-        if (relu) {
-            v00 = v00 < 0.0f ? 0.0f : v00, v01 = v01 < 0.0f ? 0.0f : v01;
-            v10 = v10 < 0.0f ? 0.0f : v10, v11 = v11 < 0.0f ? 0.0f : v11;
-        }
-        y00[k] = v00, y01[k] = v01, y10[k] = v10, y11[k] = v11;
+                               float *const y[4], const float *const r[4], int has_bias, int has_res, int relu) {
+    size_t k = 0;
+    for (; k + 4 <= K; k += 4) out4(m, ld, k, bias, y, r, has_bias, has_res, relu);
+    if (k < K) {   // the last channels through padded copies: the same operations
+        float mt[16][4] = {{0}}, bt[4] = {0}, rt[4][4] = {{0}}, yt[4][4];
+        size_t n = K - k;
+        for (int x = 0; x < 16; x++) memcpy(mt[x], m + (size_t)x * ld + k, n * sizeof(float));
+        if (has_bias) memcpy(bt, bias + k, n * sizeof(float));
+        if (has_res)
+            for (int q = 0; q < 4; q++) memcpy(rt[q], r[q] + k, n * sizeof(float));
+        float *yp[4] = {yt[0], yt[1], yt[2], yt[3]};
+        const float *rp[4] = {rt[0], rt[1], rt[2], rt[3]};
+        out4(&mt[0][0], 4, 0, bt, yp, rp, has_bias, has_res, relu);
+        for (int q = 0; q < 4; q++) memcpy(y[q] + k, yt[q], n * sizeof(float));
     }
 }
 
-// y = A^T M A (+ bias, + res, ReLU) for tiles [i0, i1) of the chunk
+// y = A^T M A (+ bias, + res, ReLU) for tiles [i0, i1) of the chunk. A tile that overhangs the
+// output (odd P or Q) writes its missing outputs to a sink and reads zeros as their residual.
 static void output_tiles(void *vc, size_t i0, size_t i1, int tid) {
-    (void)tid;
     const wino_t *w = vc;
     const bnl_conv_shape *s = w->s;
     size_t K = (size_t)s->K, P = (size_t)s->P, Q = (size_t)s->Q, ld = w->tb * K;
+    float *sink = w->sink + (size_t)tid * K;
+    int hb = w->bias != NULL, hr = w->res != NULL;
     for (size_t i = i0; i < i1; i++) {
         size_t t = w->t0 + i, n = t / (w->th * w->tw), r = t % (w->th * w->tw), ti = r / w->tw, tj = r % w->tw;
         size_t p0 = 2 * ti, q0 = 2 * tj;
-        int two_rows = p0 + 1 < P, two_cols = q0 + 1 < Q;
-        float *y[2][2];
-        const float *rs[2][2];
+        float *y[4];
+        const float *rs[4];
         for (int a = 0; a < 2; a++)
             for (int b = 0; b < 2; b++) {
                 size_t pix = (n * P + p0 + (size_t)a) * Q + q0 + (size_t)b;
-                y[a][b] = w->y + pix * K;
-                rs[a][b] = w->res ? w->res + pix * K : NULL;
+                int in = p0 + (size_t)a < P && q0 + (size_t)b < Q;
+                y[a * 2 + b] = in ? w->y + pix * K : sink;
+                rs[a * 2 + b] = !hr ? NULL : in ? w->res + pix * K : w->zeros;
             }
         const float *m = w->M + i * K;
-        if (two_rows && two_cols) {
-            const float *r[4] = {rs[0][0], rs[0][1], rs[1][0], rs[1][1]};
-            int hb = w->bias != NULL, hr = w->res != NULL;
-#define FULL(b_, r_, l_) output_full(m, ld, K, w->bias, y[0][0], y[0][1], y[1][0], y[1][1], r[0], r[1], r[2], r[3], b_, r_, l_)
-            if (hb && hr && w->relu) FULL(1, 1, 1);
-            else if (hb && !hr && w->relu) FULL(1, 0, 1);
-            else if (hb && hr && !w->relu) FULL(1, 1, 0);
-            else FULL(hb, hr, w->relu);
+#define FULL(b_, r_, l_) output_full(m, ld, K, w->bias, y, rs, b_, r_, l_)
+        if (hb && hr && w->relu) FULL(1, 1, 1);
+        else if (hb && !hr && w->relu) FULL(1, 0, 1);
+        else if (hb && hr && !w->relu) FULL(1, 1, 0);
+        else FULL(hb, hr, w->relu);
 #undef FULL
-            continue;
-        }
-        for (size_t k = 0; k < K; k++) {
-            float u[2][4];
-            for (int b = 0; b < 4; b++) {   // A^T m (rows)
-                float m0 = m[(size_t)(0 + b) * ld + k], m1 = m[(size_t)(4 + b) * ld + k];
-                float m2 = m[(size_t)(8 + b) * ld + k], m3 = m[(size_t)(12 + b) * ld + k];
-                u[0][b] = m0 + m1 + m2, u[1][b] = m1 - m2 - m3;
-            }
-            for (int a = 0; a < 1 + two_rows; a++) {   // (A^T m) A (columns)
-                y[a][0][k] = epilogue(u[a][0] + u[a][1] + u[a][2], w, k, rs[a][0]);
-                if (two_cols) y[a][1][k] = epilogue(u[a][1] - u[a][2] - u[a][3], w, k, rs[a][1]);
-            }
-        }
     }
 }
 
@@ -250,12 +255,13 @@ bnl_status bnl_winograd_forward(float *y, const float *x, const float *U, const 
     size_t mr = (size_t)kt->mr, tb = ((size_t)1 << 20) / (16 * (C + K));
     tb = tb < 4 * mr ? 4 * mr : tb / mr * mr;
     if (tb > T) tb = T;
-    float *buf = bnl_gemm_scratch_get(16 * tb * (C + K) + C);
+    size_t nz = C > K ? C : K, nthreads = (size_t)bnl_threads_effective();
+    float *buf = bnl_gemm_scratch_get(16 * tb * (C + K) + nz + nthreads * K);
     if (!buf) return bnl_fail(BNL_ERR_NOMEM, "winograd: out of memory for %zu tiles of %zu+%zu channels", tb, C, K);
     w.V = buf, w.M = buf + 16 * tb * C;
     float *zeros = w.M + 16 * tb * K;
-    memset(zeros, 0, C * sizeof(float));
-    w.zeros = zeros;
+    memset(zeros, 0, nz * sizeof(float));
+    w.zeros = zeros, w.sink = zeros + nz;
     bnl_first_error_init(&w.err);
     for (w.t0 = 0; w.t0 < T; w.t0 += tb) {
         w.tb = T - w.t0 < tb ? T - w.t0 : tb;

@@ -339,6 +339,7 @@ int main(void) {
         test_ukernel();
         test_edges();
         test_epilogue((size_t)bnl_gemm_kernels_active()->kc + 9);
+        test_epilogue(4 * (size_t)bnl_gemm_kernels_active()->kc + 9);    // K outer: the epilogue on the last pass only
         test_epilogue(16 * (size_t)bnl_gemm_kernels_active()->kc + 9);   // split reduction
         test_conv();
         printf("isa %s: %s\n", bnl_isa_name((bnl_isa)isa), g_failures == before ? "ok" : "FAILED");

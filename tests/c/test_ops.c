@@ -373,6 +373,24 @@ static void test_pool(void) {
         bnl_maxpool_forward(y, am, x, 1, 3, 3, 1, 3, 2, 1, 2, 2);
         CHECK(isnan(y[0]) && am[0] == 4 && isnan(y[3]) && am[3] == 4, "maxpool NaN: y0=%g am0=%d", y[0], am[0]);
     }
+    // the same through the 4-channel vector path (C = 9: two vectors and a scalar channel): a NaN
+    // in channel c of pixel 4 wins every window holding it, in that channel only, with or without argmax
+    for (int c = 0; c < 9; c++) {
+        float x[81], y[36], y2[36];
+        int32_t am[36];
+        for (int i = 0; i < 81; i++) x[i] = (float)(i / 9) - 0.5f * (float)(i % 9);
+        x[4 * 9 + c] = NAN;
+        bnl_maxpool_forward(y, am, x, 1, 3, 3, 9, 3, 2, 1, 2, 2);
+        bnl_maxpool_forward(y2, NULL, x, 1, 3, 3, 9, 3, 2, 1, 2, 2);
+        for (int o = 0; o < 4; o++)
+            for (int d = 0; d < 9; d++) {
+                int want_nan = d == c;
+                CHECK(isnan(y[o * 9 + d]) == want_nan && isnan(y2[o * 9 + d]) == want_nan &&
+                          (!want_nan || am[o * 9 + d] == 4),
+                      "maxpool NaN (vector path) in channel %d: output %d channel %d = %g (argmax %d)", c, o, d,
+                      y[o * 9 + d], am[o * 9 + d]);
+            }
+    }
 
     // finite differences, max pool: distinct values, so no window is near a tie
     {
