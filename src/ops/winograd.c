@@ -22,6 +22,9 @@
 #include "ops/winograd.h"
 
 #include <string.h>
+#ifdef __wasm_simd128__
+#include <wasm_simd128.h>
+#endif
 
 static int g_winograd = 1;
 
@@ -166,8 +169,12 @@ typedef int v4i __attribute__((vector_size(16)));
 // `v < 0 ? 0 : v` becomes wasm's f32.max, which V8 compiles to compares and branches that
 // mispredict on activations of random sign (and turns -0 into +0).
 static inline v4f v4_relu(v4f v) {
+#ifdef __wasm_simd128__
+    return (v4f)wasm_f32x4_pmax((v128_t)v, wasm_f32x4_splat(0.0f));   // clang makes the mask below f32x4.max: 7 instructions in V8
+#else
     v4i neg = v < (v4f){0.0f, 0.0f, 0.0f, 0.0f};
     return (v4f)((v4i)v & ~neg);
+#endif
 }
 
 // One 2x2 output tile, 4 output channels from k: y = A^T m A (+ bias, + res, ReLU). m: the 16
