@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The README's test command: installs what is missing, builds native + wasm, runs every test
 # (C tests through ctest, the wasm build through node:test, tests/c/wasm_parallel.sh and
-# tests/c/wasm_fused.sh, the browser
-# tests through node:test and headless chromium), then the C tests again under AddressSanitizer +
-# UndefinedBehaviorSanitizer (build/asan) and the fuzz targets (build/fuzz).
+# tests/c/wasm_fused.sh, the browser tests through node:test and headless chromium), then the C
+# tests again under AddressSanitizer + UndefinedBehaviorSanitizer (build/asan) and the fuzz targets
+# (build/fuzz).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/build.sh
