@@ -561,7 +561,8 @@ bnl_status bnl_batchnorm_apply(float *y, const float *x, const float *mean, cons
         simd_apply(k, y, x, mean, w.scale, w.beta, M, C, cfg->relu);
     } else {
         for (size_t r = 0; r < M; r++)
-            for (size_t c = 0; c < C; c++) y[r * C + c] = ref_apply_one(x[r * C + c], mean, invstd, gamma, beta, c, cfg);
+            for (size_t c = 0; c < C; c++)
+                y[r * C + c] = ref_apply_one(x[r * C + c], mean, invstd, gamma, beta, c, cfg);
     }
     work_free(&w);
     return BNL_OK;

@@ -80,8 +80,8 @@ static bnl_bn_side side_of(const side_buf *s, const float *x) {
 
 // down: the shortcut is a BatchNorm (else identity); alias: 0 none, 1 y = a's input, 2 y = the shortcut's.
 static void one_case(size_t M, size_t C, int down, int relu_a, int relu_s, int alias, int scale_bias, uint64_t seed) {
-    snprintf(g_ctx, sizeof g_ctx, "[%s M=%zu C=%zu %s relu=%d,%d alias=%d scale_bias=%d]", bnl_isa_name(bnl_isa_active()),
-             M, C, down ? "downsample" : "identity", relu_a, relu_s, alias, scale_bias);
+    snprintf(g_ctx, sizeof g_ctx, "[%s M=%zu C=%zu %s relu=%d,%d alias=%d scale_bias=%d]",
+             bnl_isa_name(bnl_isa_active()), M, C, down ? "downsample" : "identity", relu_a, relu_s, alias, scale_bias);
     bnl_rng r = bnl_rng_seed(seed);
     const size_t n = M * C;
     side_buf a, s;
