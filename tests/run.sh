@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The README's test command: installs what is missing, builds native + wasm, runs every test
-# (C tests through ctest, the wasm build through node:test, tests/c/wasm_parallel.sh, the browser
-# tests through node:test and headless chromium), then the C tests again under AddressSanitizer +
-# UndefinedBehaviorSanitizer (build/asan) and the fuzz targets (build/fuzz).
+# (C tests through ctest, the wasm build through node:test, tests/c/wasm_parallel.sh and
+# tests/c/wasm_fused.sh, the browser tests through node:test and headless chromium), then the C
+# tests again under AddressSanitizer + UndefinedBehaviorSanitizer (build/asan) and the fuzz targets
+# (build/fuzz).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash tests/build.sh
@@ -15,6 +16,9 @@ node --test tests/node/
 
 echo "== the parallel-for in the threaded wasm build (tests/c/wasm_parallel.sh)"
 bash tests/c/wasm_parallel.sh
+
+echo "== the fused residual output pass in the wasm build, fused vs unfused (tests/c/wasm_fused.sh)"
+bash tests/c/wasm_fused.sh
 
 echo "== browser tests (node --test tests/browser/, headless chromium)"
 node --test tests/browser/

@@ -329,7 +329,7 @@ bnl_status bnl_context_plan(bnl_resnet *m, int N, int H, int W, int keep) {
             x->H = at_in ? h : ho, x->W = at_in ? w : wo;
             uint64_t n = (uint64_t)x->H * x->W * L->bns[bns[j]].C;
             if (n > maxact) maxact = n;
-            total += 2 * n;
+            total += (j == 3 ? 1 : 2) * n;   // keep: the downsample's output lives in scratch
         }
         h = ho, w = wo;
     }
@@ -379,8 +379,8 @@ bnl_status bnl_context_plan(bnl_resnet *m, int N, int H, int W, int keep) {
                 bnl_act_bn *x = &m->act[bns[j]];
                 size_t n = nimg * (size_t)x->H * x->W * L->bns[bns[j]].C;
                 x->pre = p, p += n;
-                x->post = p, p += n;
-                if (j == 3) x->post = NULL;   // set to scratch below: only read by the add
+                x->post = NULL;   // the downsample's: scratch, set below (only the unfused add reads it)
+                if (j != 3) x->post = p, p += n;
                 if (j == last) ab->out = x->post;   // out = relu(post + shortcut), in place
             }
             in = ab->out;

@@ -59,7 +59,7 @@ static bnl_status conv_bwd_ex(bnl_resnet *m, const bnl_lconv *cv, float *dx, con
 // Synchronized BatchNorm forward in one collective: every replica's (count, mean, M2) per channel
 // is gathered and merged with Chan's formula in replica order, so every replica computes the same
 // bits (exact and stable: no sum of squares), then the usual normalization.
-static bnl_status bn_fwd_sync(bnl_resnet *m, int i, size_t M, const bnl_bn_config *cfg) {
+static bnl_status bn_fwd_sync(bnl_resnet *m, int i, size_t M, const bnl_bn_config *cfg, int *deferred) {
     const bnl_lbn *x = &m->L->bns[i];
     const bnl_act_bn *a = &m->act[i];
     const size_t C = (size_t)x->C, n = 2 * C + 1;
@@ -94,6 +94,10 @@ static bnl_status bn_fwd_sync(bnl_resnet *m, int i, size_t M, const bnl_bn_confi
                         x->name);
     float *rs = bnl_ctx_stats(m);
     TRY(bnl_batchnorm_update_running(rs + x->rm, rs + x->rv, bnl_ctx_tracked(m) + i, bm, m2, (size_t)Mt, C, cfg));
+    if (deferred) {   // the block's fused output pass applies it (bn_side: the same call's arithmetic)
+        *deferred = 1;
+        return BNL_OK;
+    }
     const float *p = m->st->params;
     return bnl_batchnorm_apply(a->post, a->pre, bm, bis, p + x->gamma, p + x->beta, M, C, cfg);
 }
@@ -163,7 +167,11 @@ static bnl_status bn_bwd_other(bnl_resnet *m, int i, float *dx, const float *dy,
     }
 }
 
-static bnl_status bn_fwd(bnl_resnet *m, int i, int N, int train) {
+// deferred not NULL: the layer's output feeds a residual add; plain and synchronized BatchNorm in
+// train mode may then leave its apply to the block's fused output pass (*deferred = 1; bn_side).
+static bnl_status bn_fwd(bnl_resnet *m, int i, int N, int train, int *deferred) {
+    if (deferred) *deferred = 0;
+    if (m->unfused) deferred = NULL;
     const bnl_lbn *x = &m->L->bns[i];
     const bnl_act_bn *a = &m->act[i];
     const float *p = m->st->params;
@@ -177,7 +185,13 @@ static bnl_status bn_fwd(bnl_resnet *m, int i, int N, int train) {
     } else if (m->info.norm == BNL_NORM_NONE) {   // no statistics at all: the same in train and eval mode
         return bnl_channel_affine_forward(a->post, a->pre, p + x->gamma, p + x->beta, M, (size_t)x->C, &cfg);
     } else if (train && m->sync_fn) {
-        s = bn_fwd_sync(m, i, M, &cfg);
+        s = bn_fwd_sync(m, i, M, &cfg, deferred);
+    } else if (train && deferred) {
+        int applied = 1;
+        s = bnl_batchnorm_forward_train_defer(a->post, &applied, m->batch + x->bm, m->batch + x->bis,
+                                              m->batch + x->bv, rs + x->rm, rs + x->rv, bnl_ctx_tracked(m) + i, a->pre,
+                                              p + x->gamma, p + x->beta, M, (size_t)x->C, &cfg);
+        *deferred = s == BNL_OK && !applied;
     } else if (train) {
         s = bnl_batchnorm_forward_train(a->post, m->batch + x->bm, m->batch + x->bis, m->batch + x->bv, rs + x->rm,
                                         rs + x->rv, bnl_ctx_tracked(m) + i, a->pre, p + x->gamma, p + x->beta, M,
@@ -192,6 +206,39 @@ static bnl_status bn_fwd(bnl_resnet *m, int i, int N, int train) {
         return bnl_fail(s, "%s: %s", x->name, msg);
     }
     return s;
+}
+
+// Layer i's deferred apply as one side of the residual add: its input and the batch statistics
+// its forward saved, as bn_fwd_sync's bnl_batchnorm_apply and the SIMD train forward's apply use them.
+static bnl_bn_side bn_side(const bnl_resnet *m, int i, bnl_bn_config *cfg) {
+    const bnl_lbn *x = &m->L->bns[i];
+    const float *p = m->st->params;
+    *cfg = m->bn;
+    cfg->relu = x->relu;
+    bnl_bn_side sd = {m->act[i].pre, m->batch + x->bm, m->batch + x->bis, p + x->gamma, p + x->beta, cfg};
+    return sd;
+}
+
+// Block b's output relu(main + shortcut). dl, dd: the main path's last BatchNorm and the
+// downsample's left their apply here (bn_fwd); then one pass from the convolutions' outputs, not
+// three (apply, apply, add) over memory-bound arrays. The same bits either way.
+static bnl_status block_output(bnl_resnet *m, int b, int N, int dl, int dd) {
+    const bnl_lblock *blk = &m->L->blocks[b];
+    const bnl_act_block *ab = &m->ablk[b];
+    const int il = blk->bn3 >= 0 ? blk->bn3 : blk->bn2;
+    const size_t M = (size_t)N * ab->Hout * ab->Wout, C = (size_t)blk->cout;
+    bnl_bn_config ca, cs;
+    bnl_bn_side a = bn_side(m, il, &ca), s = {ab->in, NULL, NULL, NULL, NULL, NULL};
+    if (blk->dbn >= 0 && dd) s = bn_side(m, blk->dbn, &cs);
+    else if (blk->dbn >= 0) s.x = m->act[blk->dbn].post;
+    if (dl) return bnl_bn_add_relu_forward(ab->out, &a, &s, M, C);
+    if (dd) {   // (both layers defer alike; kept correct all the same)
+        const bnl_act_bn *d = &m->act[blk->dbn];
+        TRY(bnl_batchnorm_apply(d->post, d->pre, s.mean, s.invstd, s.gamma, s.beta, M, C, &cs));
+        s.x = d->post;
+    }
+    bnl_add_relu_forward(ab->out, m->act[il].post, s.x, M * C);
+    return BNL_OK;
 }
 
 static bnl_status bn_bwd(bnl_resnet *m, int i, float *dx, const float *dy, int N) {
@@ -306,12 +353,13 @@ static bnl_status forward_impl(bnl_resnet *m, float *logits, const float *x, int
     const bnl_layout *L = m->L;
     const float *params = m->st->params;
     const int before = stop <= -2 ? -2 - stop : -1;
-#define BN_FWD(i)                                                                                                      \
+#define BN_FWD_D(i, deferred)                                                                                          \
     do {                                                                                                               \
         if ((i) == before) goto done;                                                                                  \
-        TRY(bn_fwd(m, (i), N, train));                                                                                 \
+        TRY(bn_fwd(m, (i), N, train, (deferred)));                                                                     \
         if ((i) == stop) goto done;                                                                                    \
     } while (0)
+#define BN_FWD(i) BN_FWD_D(i, NULL)
     TRY(bnl_context_norm_plan(m, N));
     if (train && m->update_running) {
         bnl_state_changed(m->st);   // running statistics move: every context's eval cache is stale
@@ -332,22 +380,21 @@ static bnl_status forward_impl(bnl_resnet *m, float *logits, const float *x, int
         BN_FWD(blk->bn1);
         int h2 = m->info.bottleneck ? ab->Hin : ab->Hout, w2 = m->info.bottleneck ? ab->Win : ab->Wout;
         TRY(conv_fwd(m, &L->convs[blk->conv2], b2->pre, b1->post, N, h2, w2));
-        BN_FWD(blk->bn2);
-        const bnl_act_bn *last = b2;
+        // the BatchNorms before the add may leave their applies to block_output's one pass (a
+        // stop right after them returns with their statistics; nothing reads their outputs)
+        int dl = 0, dd = 0;
+        BN_FWD_D(blk->bn2, blk->bn3 >= 0 ? NULL : &dl);
         if (blk->bn3 >= 0) {
-            last = &m->act[blk->bn3];
-            TRY(conv_fwd(m, &L->convs[blk->conv3], last->pre, b2->post, N, ab->Hout, ab->Wout));
-            BN_FWD(blk->bn3);
+            const bnl_act_bn *b3 = &m->act[blk->bn3];
+            TRY(conv_fwd(m, &L->convs[blk->conv3], b3->pre, b2->post, N, ab->Hout, ab->Wout));
+            BN_FWD_D(blk->bn3, &dl);
         }
-        const float *shortcut = ab->in;
         if (blk->dbn >= 0) {
             const bnl_act_bn *db = &m->act[blk->dbn];
             TRY(conv_fwd(m, &L->convs[blk->dconv], db->pre, ab->in, N, ab->Hin, ab->Win));
-            BN_FWD(blk->dbn);
-            shortcut = db->post;
+            BN_FWD_D(blk->dbn, &dd);
         }
-        size_t n = (size_t)N * ab->Hout * ab->Wout * blk->cout;
-        bnl_add_relu_forward(ab->out, last->post, shortcut, n);
+        TRY(block_output(m, b, N, dl, dd));
     }
     const bnl_act_block *lb = &m->ablk[L->nblocks - 1];
     TRY(bnl_avgpool_forward(m->feat, lb->out, N, lb->Hout * lb->Wout, L->blocks[L->nblocks - 1].cout));
@@ -355,6 +402,7 @@ static bnl_status forward_impl(bnl_resnet *m, float *logits, const float *x, int
                            m->info.num_classes));
 done:
 #undef BN_FWD
+#undef BN_FWD_D
     if (train && (m->info.norm == BNL_NORM_BATCH || m->info.norm == BNL_NORM_RENORM || m->info.norm == BNL_NORM_GHOST))
         m->has_batch = 1;
     if (m->info.norm == BNL_NORM_GROUP || (train && (m->info.norm == BNL_NORM_RENORM || m->info.norm == BNL_NORM_GHOST)))

@@ -168,6 +168,9 @@ struct bnl_resnet {
     bnl_conv_packed **pkt;
     int pkt_valid, fwd_only;
     uint64_t pkt_version;
+    // Tests only: 1 runs each residual block's output as three passes (BatchNorm apply, the
+    // shortcut's apply, add + ReLU) instead of block_output's one, to compare the bits.
+    int unfused;
 };
 
 // A new context over st (takes one reference): eval mode, default BatchNorm config, BatchNorm

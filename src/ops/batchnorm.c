@@ -5,6 +5,7 @@
 #include "core/common.h"
 #include "core/parallel.h"
 #include "ops/dispatch.h"
+#include "ops/ops.h"
 
 #include <math.h>
 #include <stdint.h>
@@ -312,12 +313,12 @@ static void fill_scale(bn_work *w, const float *gamma, const float *beta, const 
     }
 }
 
-bnl_status bnl_batchnorm_forward_train(float *y, float *mean, float *invstd, float *var_out,
-                                       float *running_mean, float *running_var,
-                                       int64_t *num_batches_tracked, const float *x,
-                                       const float *gamma, const float *beta, size_t M, size_t C,
-                                       const bnl_bn_config *cfg) {
-    const char *who = "batchnorm train forward";
+// defer: leave y to a later bnl_batchnorm_apply (or bnl_bn_add_relu_forward) where that gives the
+// same bits, i.e. where SIMD kernels run; *applied says whether y was written.
+static bnl_status forward_train(const char *who, float *y, int *applied, int defer, float *mean, float *invstd,
+                                float *var_out, float *running_mean, float *running_var,
+                                int64_t *num_batches_tracked, const float *x, const float *gamma, const float *beta,
+                                size_t M, size_t C, const bnl_bn_config *cfg) {
     bnl_status s = check_common(who, y, x, gamma, beta, M, C, cfg);
     if (s != BNL_OK) return s;
     if (!mean || !invstd) return bnl_fail(BNL_ERR_ARG, "%s: mean/invstd outputs are NULL", who);
@@ -328,6 +329,7 @@ bnl_status bnl_batchnorm_forward_train(float *y, float *mean, float *invstd, flo
     if ((s = work_alloc(&w, C, who)) != BNL_OK) return s;
     double *var = w.dbl;
     const bnl_bn_kernels *k = bnl_bn_kernels_for(bnl_isa_active());
+    *applied = 1;
     if (!k) {
         ref_forward_train(y, mean, invstd, var, x, gamma, beta, M, C, cfg);
     } else {
@@ -338,14 +340,37 @@ bnl_status bnl_batchnorm_forward_train(float *y, float *mean, float *invstd, flo
         }
         for (size_t c = 0; c < C; c++) mean[c] = (float)dmean[c];
         for (size_t c = 0; c < C; c++) invstd[c] = (float)(1.0 / sqrt(var[c] + (double)cfg->eps));
-        fill_scale(&w, gamma, beta, invstd, C, cfg);
-        simd_apply(k, y, x, mean, w.scale, w.beta, M, C, cfg->relu);
+        if (defer) {
+            *applied = 0;
+        } else {
+            fill_scale(&w, gamma, beta, invstd, C, cfg);
+            simd_apply(k, y, x, mean, w.scale, w.beta, M, C, cfg->relu);
+        }
     }
     if (var_out)
         for (size_t c = 0; c < C; c++) var_out[c] = (float)var[c];
     update_running(running_mean, running_var, num_batches_tracked, mean, var, M, C, cfg);
     work_free(&w);
     return BNL_OK;
+}
+
+bnl_status bnl_batchnorm_forward_train(float *y, float *mean, float *invstd, float *var_out,
+                                       float *running_mean, float *running_var,
+                                       int64_t *num_batches_tracked, const float *x,
+                                       const float *gamma, const float *beta, size_t M, size_t C,
+                                       const bnl_bn_config *cfg) {
+    int applied;
+    return forward_train("batchnorm train forward", y, &applied, 0, mean, invstd, var_out, running_mean, running_var,
+                         num_batches_tracked, x, gamma, beta, M, C, cfg);
+}
+
+bnl_status bnl_batchnorm_forward_train_defer(float *y, int *applied, float *mean, float *invstd, float *var_out,
+                                             float *running_mean, float *running_var, int64_t *num_batches_tracked,
+                                             const float *x, const float *gamma, const float *beta, size_t M,
+                                             size_t C, const bnl_bn_config *cfg) {
+    if (!applied) return bnl_fail(BNL_ERR_ARG, "batchnorm train forward: applied is NULL");
+    return forward_train("batchnorm train forward", y, applied, 1, mean, invstd, var_out, running_mean, running_var,
+                         num_batches_tracked, x, gamma, beta, M, C, cfg);
 }
 
 // y = (x - mean)*invstd*gamma + beta (+ReLU) with constant per-channel statistics: the eval
@@ -514,6 +539,13 @@ bnl_status bnl_batchnorm_stats(double *mean, double *m2, const float *x, size_t 
     return BNL_OK;
 }
 
+// bnl_batchnorm_apply's scalar arithmetic for one value of channel c (in double, rounded once).
+static inline float ref_apply_one(float x, const float *mean, const float *invstd, const float *gamma,
+                                  const float *beta, size_t c, const bnl_bn_config *cfg) {
+    double t = ((double)x - mean[c]) * invstd[c] * (cfg->use_scale ? gamma[c] : 1.0) + (cfg->use_bias ? beta[c] : 0.0);
+    return cfg->relu && !(t > 0.0) ? 0.0f : (float)t;
+}
+
 bnl_status bnl_batchnorm_apply(float *y, const float *x, const float *mean, const float *invstd,
                                const float *gamma, const float *beta, size_t M, size_t C,
                                const bnl_bn_config *cfg) {
@@ -529,13 +561,72 @@ bnl_status bnl_batchnorm_apply(float *y, const float *x, const float *mean, cons
         simd_apply(k, y, x, mean, w.scale, w.beta, M, C, cfg->relu);
     } else {
         for (size_t r = 0; r < M; r++)
-            for (size_t c = 0; c < C; c++) {
-                double t = ((double)x[r * C + c] - mean[c]) * invstd[c] * (cfg->use_scale ? gamma[c] : 1.0) +
-                           (cfg->use_bias ? beta[c] : 0.0);
-                y[r * C + c] = cfg->relu && !(t > 0.0) ? 0.0f : (float)t;
-            }
+            for (size_t c = 0; c < C; c++)
+                y[r * C + c] = ref_apply_one(x[r * C + c], mean, invstd, gamma, beta, c, cfg);
     }
     work_free(&w);
+    return BNL_OK;
+}
+
+// ---------------------------------------------------------------------------------------------
+// The residual block's output: BatchNorm apply (+ the shortcut's) + add + ReLU in one pass
+
+typedef struct {
+    const bnl_bn_kernels *k;
+    float *y;
+    const bnl_bn_side *a, *s;
+    const float *sc[2], *be[2];   // per side: gamma*invstd and the effective beta (SIMD path)
+    size_t C;
+    int stream;
+} bn_add_relu_t;
+
+static void add_relu_rows(void *vc, size_t r0, size_t r1, int tid) {
+    const bn_add_relu_t *p = vc;
+    const bnl_bn_side *a = p->a, *s = p->s;
+    const size_t C = p->C;
+    float *y = p->y + r0 * C;
+    const float *xa = a->x + r0 * C, *xs = s->x + r0 * C;
+    if (p->k) {
+        p->k->apply_add_relu(y, xa, a->mean, p->sc[0], p->be[0], a->cfg->relu, xs, s->mean, p->sc[1], p->be[1],
+                             s->mean ? s->cfg->relu : 0, r1 - r0, C, p->stream);
+        return;
+    }
+    for (size_t i = 0; i < (r1 - r0) * C; i += C)   // bnl_batchnorm_apply's scalar path, then the add's
+        for (size_t c = 0; c < C; c++) {
+            float u = s->mean ? ref_apply_one(xs[i + c], s->mean, s->invstd, s->gamma, s->beta, c, s->cfg) : xs[i + c];
+            float v = ref_apply_one(xa[i + c], a->mean, a->invstd, a->gamma, a->beta, c, a->cfg) + u;
+            y[i + c] = v < 0.0f ? 0.0f : v;
+        }
+}
+
+static bnl_status check_side(const char *who, const bnl_bn_side *b, size_t M, size_t C, float *y) {
+    if (!b->mean) return b->x ? BNL_OK : bnl_fail(BNL_ERR_ARG, "%s: the shortcut is NULL", who);
+    bnl_status s = check_common(who, y, b->x, b->gamma, b->beta, M, C, b->cfg);
+    if (s == BNL_OK && !b->invstd) s = bnl_fail(BNL_ERR_ARG, "%s: invstd is NULL", who);
+    return s;
+}
+
+bnl_status bnl_bn_add_relu_forward(float *y, const bnl_bn_side *a, const bnl_bn_side *s, size_t M, size_t C) {
+    const char *who = "batchnorm add relu";
+    if (!y || !a || !s) return bnl_fail(BNL_ERR_ARG, "%s: NULL argument", who);
+    if (!a->mean) return bnl_fail(BNL_ERR_ARG, "%s: the first side needs its statistics (mean is NULL)", who);
+    bnl_status st = check_side(who, a, M, C, y);
+    if (st == BNL_OK) st = check_side(who, s, M, C, y);
+    if (st != BNL_OK) return st;
+    bn_work w[2];
+    if ((st = work_alloc(&w[0], C, who)) != BNL_OK) return st;
+    if ((st = work_alloc(&w[1], C, who)) != BNL_OK) {
+        work_free(&w[0]);
+        return st;
+    }
+    fill_scale(&w[0], a->gamma, a->beta, a->invstd, C, a->cfg);
+    if (s->mean) fill_scale(&w[1], s->gamma, s->beta, s->invstd, C, s->cfg);
+    const bnl_bn_kernels *k = bnl_bn_kernels_for(bnl_isa_active());
+    // streaming stores as simd_apply's: a large output that is neither input
+    int stream = y != a->x && y != s->x && M * C * sizeof(float) >= ((size_t)8 << 20);
+    bn_add_relu_t p = {k, y, a, s, {w[0].scale, w[1].scale}, {w[0].beta, w[1].beta}, C, stream};
+    bnl_parallel_for(M, thread_count(M / 64 + 1), add_relu_rows, &p);
+    work_free(&w[0]), work_free(&w[1]);
     return BNL_OK;
 }
 

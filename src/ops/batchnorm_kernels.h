@@ -15,6 +15,13 @@ typedef struct bnl_bn_kernels {
     // around the cache (x86 non-temporal stores).
     void (*apply)(float *y, const float *x, const float *mean, const float *scale,
                   const float *beta, size_t R, size_t C, int relu, int stream);
+    // The residual block's output, one pass: y = relu(t + u) with t = apply(x) as above (relu: its
+    // own ReLU) and u = apply(xs; smean, sscale, sbeta, srelu) or, smean NULL, u = xs as it is (an
+    // identity shortcut); the final ReLU as bnl_add_relu_forward computes it. The same operations
+    // per element as apply, apply, then bnl_add_relu_forward: the same bits. y may alias x or xs.
+    void (*apply_add_relu)(float *y, const float *x, const float *mean, const float *scale, const float *beta,
+                           int relu, const float *xs, const float *smean, const float *sscale, const float *sbeta,
+                           int srelu, size_t R, size_t C, int stream);
     // g = dy, masked where (x - mean)*scale + beta <= 0 if relu.
     // sum_g[c] = sum g, sum_gxc[c] = sum g*(x - mean) over the R rows (written, not added).
     void (*bwd_reduce)(float *sum_g, float *sum_gxc, const float *dy, const float *x,

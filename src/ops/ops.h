@@ -91,6 +91,28 @@ void bnl_add_relu_forward(float *y, const float *a, const float *b, size_t n);
 // (y is that ReLU's output). b NULL: a alone; y NULL: no ReLU. g may alias a or b.
 void bnl_add_relu_backward(float *g, const float *a, const float *b, const float *y, size_t n);
 
+// ---- the residual block's output: BatchNorm apply + shortcut + add + ReLU in one pass ----------
+// One side of the add: bnl_batchnorm_apply(x; mean, invstd, gamma, beta, cfg), or x as it is when
+// mean is NULL (an identity shortcut; the other fields unused).
+typedef struct bnl_bn_side {
+    const float *x;              // (M,C)
+    const float *mean, *invstd;  // (C)
+    const float *gamma, *beta;   // (C)
+    const bnl_bn_config *cfg;
+} bnl_bn_side;
+// y = relu(apply(a) + apply(s)), ReLU as bnl_add_relu_forward: the same bits as the two applies
+// then bnl_add_relu_forward, on every ISA, in one pass over memory. a needs its statistics; y may
+// alias a->x or s->x.
+bnl_status bnl_bn_add_relu_forward(float *y, const bnl_bn_side *a, const bnl_bn_side *s, size_t M, size_t C);
+// bnl_batchnorm_forward_train that leaves y to a later apply where that gives the same bits (where
+// the active ISA's SIMD kernels run: *applied = 0, y untouched); the scalar reference normalizes
+// with double statistics no float carries, so there it writes y itself (*applied = 1). Statistics,
+// invstd and the running update as bnl_batchnorm_forward_train.
+bnl_status bnl_batchnorm_forward_train_defer(float *y, int *applied, float *mean, float *invstd, float *var_out,
+                                             float *running_mean, float *running_var, int64_t *num_batches_tracked,
+                                             const float *x, const float *gamma, const float *beta, size_t M,
+                                             size_t C, const bnl_bn_config *cfg);
+
 // ---- loss ------------------------------------------------------------------------------------
 // Softmax cross-entropy, mean over the batch. logits: (N,K), labels: (N) in [0,K) (else BNL_ERR_ARG
 // naming the row), probs: (N,K) softmax written for backward. *loss = mean of -log p[label].
