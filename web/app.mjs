@@ -318,7 +318,7 @@ async function doRun() {
     P.lastRun = r;
     debug.runs++;
     debug.last = {
-      mode: r.mode, B: r.B, layer: r.layer, msTrain: r.msTrain, msEval: r.msEval, roundTripMs: r.roundTripMs,
+      mode: r.mode, B: r.B, layer: r.layer, msTrain: r.msTrain, msEval: r.msEval, roundTripMs: r.roundTripMs, probeCached: r.probeCached,
       layerDist: r.layerDist, overview: r.overview.map((o) => ({ ...o })), probe: r.probe, accEval: r.accEval, accTrain: r.accTrain,
       view: 'run', ranTo: r.overview.length - 1, layers: r.overview.length,
     };

@@ -266,6 +266,8 @@ export interface Model {
    * forwards never move the shared running statistics. Dispose each; the weights go with the last.
    */
   cloneContext(): Model;
+  /** Moves with every write to the weights or running statistics (through this handle or a clone), and only then. */
+  readonly stateVersion: number;
   /** Frees the wasm memory of this model; any later use throws. Calling it again is harmless. */
   dispose(): void;
 }

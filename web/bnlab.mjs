@@ -544,6 +544,10 @@ class Model {
 
   // read from the C side, which owns the switch (no JS mirror to drift from it)
   get training() { return this._lab._ex.bnl_wasm_model_training(this._live()) !== 0; }
+  // Changes whenever the weights or running statistics may have changed (through this handle or
+  // any clone of it: steps, train-mode forwards that update the running statistics, PreciseBN,
+  // setRunningStats, loads), and only then: equal versions, same outputs for the same input.
+  get stateVersion() { return this._lab._ex.bnl_wasm_model_state_version(this._live()); }
   train() { this._lab._ex.bnl_wasm_model_set_training(this._live(), 1); return this; }
   eval() { this._lab._ex.bnl_wasm_model_set_training(this._live(), 0); return this; }
 

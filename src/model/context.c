@@ -219,6 +219,7 @@ bnl_norm_spec bnl_resnet_norm_spec(const bnl_resnet *m) { return m->ns; }
 
 void bnl_resnet_set_training(bnl_resnet *m, int training) { m->training = training != 0; }
 int bnl_resnet_training(const bnl_resnet *m) { return m->training; }
+uint64_t bnl_resnet_state_version(const bnl_resnet *m) { return m ? m->st->version : 0; }
 
 bnl_status bnl_resnet_set_bn_config(bnl_resnet *m, const bnl_bn_config *cfg) {
     if (!cfg) return bnl_fail(BNL_ERR_ARG, "bn config is NULL");

@@ -147,6 +147,12 @@ bnl_status bnl_resnet_norm_stats(const bnl_resnet *m, bnl_norm_view *out, int i)
 // Smith 2020), the usual way to make a deep ResNet trainable without normalization.
 void bnl_resnet_zero_init_residual(bnl_resnet *m);
 
+// A counter of the model state's writes: it changes whenever the parameters or the running
+// statistics may have changed (a step, a train-mode forward that updates the running statistics,
+// PreciseBN, a *_mut writer, a load), through any context over that state, and never otherwise.
+// Equal counters: every forward of the same input gives the same bits (callers cache on it).
+uint64_t bnl_resnet_state_version(const bnl_resnet *m);
+
 // One switch for every BatchNorm layer (nnx .train()/.eval()).
 void bnl_resnet_set_training(bnl_resnet *m, int training);
 int bnl_resnet_training(const bnl_resnet *m);

@@ -113,6 +113,8 @@ EMSCRIPTEN_KEEPALIVE const char *bnl_wasm_model_meta(const bnl_resnet *m, const 
 EMSCRIPTEN_KEEPALIVE const char *bnl_wasm_model_bn_name(const bnl_resnet *m, int i) { return bnl_resnet_bn_name(m, i); }
 EMSCRIPTEN_KEEPALIVE void bnl_wasm_model_set_training(bnl_resnet *m, int t) { bnl_resnet_set_training(m, t); }
 EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_training(const bnl_resnet *m) { return bnl_resnet_training(m); }
+// a double: exact up to 2^53 writes
+EMSCRIPTEN_KEEPALIVE double bnl_wasm_model_state_version(const bnl_resnet *m) { return (double)bnl_resnet_state_version(m); }
 
 EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_set_bn(bnl_resnet *m, float momentum, float eps, int flags) {
     bnl_bn_config c = cfg_from(eps, momentum, flags);

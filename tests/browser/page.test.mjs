@@ -97,13 +97,28 @@ test('switching mode changes what the stats panel shows; train mode leaves the r
   // train-mode forwards ran on a copy: the loaded model's batch counter did not move
   const again = await runStats(() => page.selectOption(tid('mode'), 'train'));
   assert.equal(again.numBatchesTracked, train.numBatchesTracked);
+  // the probe image alone (eval and train mode) depends only on the image and the model's state: the
+  // same model again reuses it, bit for bit
+  const probeOf = async () => (await debug()).last;
+  const p0 = await probeOf();
+  assert.equal(p0.probeCached, true, 'the third run of an unchanged model reuses the probe image alone');
   // ... unless asked to: then every train-mode forward updates the loaded model
   const upd = await runStats(() => page.check('#update-running'));
   assert.equal(Number(upd.numBatchesTracked), Number(train.numBatchesTracked) + 1);
+  const p1 = await probeOf();
+  assert.equal(p1.probeCached, false, 'running statistics moved: the probe image alone is computed again');
+  assert.notDeepEqual(p1.probe.eval, p0.probe.eval, 'its eval-mode answer moved with the running statistics');
   await runStats(() => page.uncheck('#update-running'));
+  const p2 = await probeOf();
+  assert.equal(p2.probeCached, true, 'nothing moved since the last one was computed');
+  assert.deepEqual(p2.probe.eval, p1.probe.eval);
   await runStats(() => page.click('#reset-model'));
+  assert.equal((await probeOf()).probeCached, false, 'a reset model is computed again');
   const reset = await runStats(() => page.click(tid('run')));
   assert.equal(reset.numBatchesTracked, train.numBatchesTracked, 'reset restores the file');
+  const p3 = await probeOf();
+  assert.equal(p3.probeCached, true);
+  assert.deepEqual(p3.probe.eval, p0.probe.eval, 'the file\'s own answer again');
 });
 
 test('a larger batch narrows the spread of batch means, as 1/sqrt(B)', { skip: SKIP, timeout: WAIT }, async () => {

@@ -137,3 +137,32 @@ test('the state outlives the first handle: a clone keeps working after main is d
   assert.throws(() => clone.forward(x, shape), /disposed/);
   assert.equal(heap(), h0, 'every byte came back');
 });
+
+// model.stateVersion (bnl_resnet_state_version): moves with every write to the shared weights or
+// running statistics, through either handle, and with nothing else; the page's worker reuses the
+// probe image's single-image forwards while it stands still.
+test('stateVersion moves with every state write (either handle) and only then', () => {
+  const m = lab.loadModel(bytes), c = m.cloneContext();
+  const v = () => m.stateVersion;
+  try {
+    let last = v();
+    assert.equal(c.stateVersion, last, 'one state, one version');
+    const still = (what) => assert.equal(v(), last, `${what} wrote nothing`);
+    const moved = (what) => { assert.ok(v() > last, `${what} wrote the state`); assert.equal(c.stateVersion, v()); last = v(); };
+    m.eval().forward(x, shape); still('an eval forward');
+    c.train().forward(x, shape); still("the clone's train-mode forward (running statistics untouched)");
+    c.forwardTo(x, shape, 3); still("the clone's forwardTo");
+    c.eval();
+    m.bnStats(0); m.saveState(); still('reading statistics and saving');
+    m.train().forward(x, shape); moved('a train-mode forward that updates the running statistics');
+    m.eval();
+    const s0 = m.bnStats(0);
+    m.setRunningStats(m.info.bnLayers[0], { mean: s0.runningMean, variance: s0.runningVar }); moved('setRunningStats');
+    c.train().step(x, shape, labels, { lr: 0.01 }); moved("a step through the clone");
+    c.eval();
+    m.preciseBN([{ x, shape }]); moved('PreciseBN');
+  } finally {
+    c.dispose();
+    m.dispose();
+  }
+});
