@@ -11,7 +11,7 @@
 // showChannel(); a panel of the shown layer is also drawn from doLayerView() (a change of the layer
 // alone, whose forward stops at that layer).
 
-import { initChannelPanel, showChannel } from './panel_channel.mjs';
+import { initChannelPanel, showChannel, pickedChannel, lastChannel } from './panel_channel.mjs';
 import { initAccuracyPanel, accuracyModelChanged } from './panel_accuracy.mjs';
 import { initGuide } from './panel_guide.mjs';
 import { initKeyboard } from './a11y.mjs';
@@ -311,7 +311,7 @@ async function doRun() {
   const s = settings();
   const t0 = performance.now();
   try {
-    const r = await call('run', s, { label: `busy: ${s.mode}-mode batch of ${s.batchSize}…` });
+    const r = await call('run', { ...s, channel: pickedChannel() }, { label: `busy: ${s.mode}-mode batch of ${s.batchSize}…` });
     const t1 = performance.now();
     r.roundTripMs = t1 - t0;
     r.requested = s;
@@ -339,9 +339,10 @@ async function doRun() {
     drawTimes();
     drawThumbs(r);
     markStale();
-    debug.last.drawMs = performance.now() - t1;   // the panels of this run drawn (the channel view follows)
+    showChannel(r.channelView);   // computed by the run's own forward: drawn now (web/panel_channel.mjs)
+    debug.last.drawMs = performance.now() - t1;   // every panel of this run drawn, the channel view included
+    debug.last.channelFromRun = !!(r.channelView && lastChannel() && lastChannel().fromRun);
     ready();
-    showChannel();   // the channel view follows the run (web/panel_channel.mjs)
     return r;
   } catch (e) {
     fail('run', e, 'batch');

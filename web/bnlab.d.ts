@@ -238,6 +238,9 @@ export interface Model {
    * of that input (the convolution's output before BatchNorm, N*H*W values), that channel's gamma and beta, and eps. */
   bnInput(x: Float32Array, shape: [number, number, number, number], layer: string | number, channel: number):
     { values: Float32Array; gamma: number; beta: number; eps: number };
+  /** Train mode: a whole forward (its logits) that also returns what bnInput gives for (layer, channel), bit for bit. */
+  forwardBnInput(x: Float32Array, shape: [number, number, number, number], layer: string | number, channel: number):
+    { logits: Float32Array; input: { values: Float32Array; gamma: number; beta: number; eps: number } };
   /**
    * Replaces one layer's running statistics (channels values each; finite, variance >= 0). Throws, changing nothing,
    * on a wrong count or value or a kind without running statistics ('none', 'group').

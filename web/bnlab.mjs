@@ -601,6 +601,24 @@ class Model {
     });
   }
 
+  // Train mode: a whole forward that also returns what bnInput(x, shape, layer, channel) gives, bit
+  // for bit: { logits, input: { values, gamma, beta, eps } }, one forward instead of two.
+  forwardBnInput(x, shape, layer, channel) {
+    const h = this._live(), L = this._lab;
+    const i = this._bnIndex(layer);
+    const n = checkShape(shape, 'forwardBnInput');
+    if (!Number.isInteger(channel)) throw new Error(`bnlab: forwardBnInput: channel must be an integer, got ${showShape(channel)}`);
+    return L._scoped((alloc) => {
+      const px = L._putF32(alloc, x, n, 'input');
+      const K = this.info.numClasses, pl = alloc(shape[0] * K * 4);
+      const capOut = shape[0] * shape[1] * shape[2];
+      const po = alloc(4 * capOut), pn = alloc(4), pg = alloc(12);
+      L._check(L._ex.bnl_wasm_model_forward_bn_input(h, pl, po, capOut, pn, pg, px, shape[0], shape[1], shape[2], shape[3], i, channel));
+      const [gamma, beta, eps] = L._getF32(pg, 3);
+      return { logits: L._getF32(pl, shape[0] * K), input: { values: L._getF32(po, I32(L, pn, 1)[0]), gamma, beta, eps } };
+    });
+  }
+
   _bnIndex(name) {
     const i = typeof name === 'number' ? name : this.info.bnLayers.indexOf(name);
     if (!Number.isInteger(i) || i < 0 || i >= this.info.bnLayers.length)

@@ -49,7 +49,15 @@ function channelAt(container, ev) {
   return m ? Number(m[1]) : null;
 }
 
-export async function showChannel() {
+// The channel the picker asks for (the run computes its view in the same forward: see showChannel).
+export function pickedChannel() {
+  const c = Math.round(Number(D ? D.$('channel-pick').value : 0));
+  return Number.isFinite(c) && c >= 0 ? c : 0;
+}
+
+// fromRun: the view the run's own forward computed (model.forwardBnInput), used when it is of this
+// run's batch, layer and channel; otherwise the worker's `channel` command computes it.
+export async function showChannel(fromRun = null) {
   const { $, call, fail } = D, r = D.getRun();
   if (!r) return;
   const C = r.channels;
@@ -64,6 +72,11 @@ export async function showChannel() {
   if (norm && norm !== 'batch') {
     note.textContent = `this model's normalization is '${norm}', not BatchNorm: the view below shows what plain BatchNorm would do with this channel's values`;
   } else note.textContent = '';
+  if (fromRun && fromRun.layer === r.layer && fromRun.channel === c && fromRun.seed === r.seed && fromRun.B === r.B) {
+    last = { ...fromRun, fromRun: true };
+    draw(last);
+    return;
+  }
   try {
     const v = await call('channel', { seed: r.seed, batchSize: r.B, layer: r.layer, channel: c }, { label: `busy: ${r.layer} channel ${c}…` });
     last = v;

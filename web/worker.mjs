@@ -433,7 +433,7 @@ function argmaxAcc(logits, labels, K) {
 // ---- commands ---------------------------------------------------------------------------------
 // One batch: a train-mode forward (scratch, or main when updateRunning), an eval-mode forward
 // (main), the probe image alone in both modes, and the statistics of every BatchNorm layer.
-function run({ mode, batchSize, layer, seed, updateRunning }, progress = () => {}) {
+function run({ mode, batchSize, layer, seed, updateRunning, channel }, progress = () => {}) {
   const B = batchSize, K = S.main.info.numClasses;
   const ms1 = S.msPerImage, what = `${B} images at ${S.H}×${S.W}`;
   if (S.source.kind === 'photos') progress({ phase: `cropping ${what}`, est: 2 * B });
@@ -441,7 +441,17 @@ function run({ mode, batchSize, layer, seed, updateRunning }, progress = () => {
   const T = updateRunning && mode === 'train' ? S.main : S.scratch;
   T.train();
   progress({ phase: `train-mode forward of ${what}`, est: 1.2 * ms1 * B });
-  const [logitsTrain, msTrain] = timed(() => T.forward(x, shape));
+  // the channel view of the shown layer comes from this forward too (forwardBnInput: bnInput's values,
+  // bit for bit), so the page need not run a second forward for it
+  const li0 = Math.max(0, S.main.info.bnLayers.indexOf(layer));
+  let chan = null;
+  const [logitsTrain, msTrain] = timed(() => {
+    if (!Number.isInteger(channel)) return T.forward(x, shape);
+    const c = Math.min(Math.max(channel, 0), S.main.bnStats(li0).channels - 1);
+    const r = T.forwardBnInput(x, shape, li0, c);
+    chan = { c, input: r.input };
+    return r.logits;
+  });
   if (T === S.main) S.modified = true;
   T.eval();
   // every layer's batch statistics now, before the probe forwards below replace them
@@ -450,8 +460,12 @@ function run({ mode, batchSize, layer, seed, updateRunning }, progress = () => {
     const b = T.bnStats(i), r = T === S.main ? b : S.main.bnStats(i);
     return { name, ...distances(b.batchMean, b.batchVar, r.runningMean, r.runningVar) };
   });
-  const li = Math.max(0, layers.indexOf(layer));
+  const li = li0;
   const bs = T.bnStats(li), rs = S.main.bnStats(li);
+  const channelResult = chan && {
+    layer: layers[li], channel: chan.c, B, seed, norm: S.main.info.norm,
+    ...channelView({ ...chan.input, runningMean: rs.runningMean[chan.c], runningVar: rs.runningVar[chan.c] }),
+  };
   const normTrain = T.normStats(li); // issue 14: GroupNorm / Renorm / Ghost statistics of the train forward
   // the eval forward of the whole batch is only needed in eval mode; in train mode it is done for
   // the timing plot when it is cheap
@@ -472,7 +486,7 @@ function run({ mode, batchSize, layer, seed, updateRunning }, progress = () => {
     norm,
     layerDist: distances(bs.batchMean, bs.batchVar, rs.runningMean, rs.runningVar),
     overview,
-    msTrain, msEval, probeCached,
+    msTrain, msEval, probeCached, channelView: channelResult,
     probe: {
       fromUser: thumbUser[0] === true, name: probeName,
       label: labels[0] >= 0 ? labels[0] : null,

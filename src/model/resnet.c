@@ -340,6 +340,28 @@ static void zero_range(void *p, size_t i0, size_t i1, int tid) {
     memset((float *)p + i0, 0, (i1 - i0) * sizeof(float));
 }
 
+// Channel c of BatchNorm layer `layer`'s input (its convolution's output), copied out by
+// bnl_resnet_bn_input after a forward stopped before the layer, or during a whole forward
+// (bnl_resnet_forward_bn_input): the same values.
+typedef struct bnl_bn_capture {
+    int layer, c;
+    float *out;
+    size_t cap, *n;
+    float *gbe;
+} bnl_bn_capture;
+
+static bnl_status copy_bn_input(const bnl_resnet *m, const bnl_bn_capture *k, int N) {
+    const bnl_lbn *b = &m->L->bns[k->layer];
+    const bnl_act_bn *a = &m->act[k->layer];
+    const size_t M = (size_t)N * a->H * a->W, C = (size_t)b->C;
+    if (M > k->cap) return bnl_fail(BNL_ERR_ARG, "bn_input: %zu values do not fit in %zu", M, k->cap);
+    for (size_t i = 0; i < M; i++) k->out[i] = a->pre[i * C + (size_t)k->c];
+    *k->n = M;
+    k->gbe[0] = m->st->params[b->gamma + (size_t)k->c], k->gbe[1] = m->st->params[b->beta + (size_t)k->c];
+    k->gbe[2] = m->bn.eps;
+    return BNL_OK;
+}
+
 // stop >= 0 (train mode): return right after BatchNorm layer `stop` (bns order, which is the order
 // they run in), logits not computed. stop <= -2: return right before BatchNorm layer -2 - stop runs
 // (its input, act->pre, is then the convolution's output).
@@ -356,6 +378,7 @@ static bnl_status forward_impl(bnl_resnet *m, float *logits, const float *x, int
 #define BN_FWD_D(i, deferred)                                                                                          \
     do {                                                                                                               \
         if ((i) == before) goto done;                                                                                  \
+        if (m->cap && (i) == m->cap->layer) TRY(copy_bn_input(m, m->cap, N));                                         \
         TRY(bn_fwd(m, (i), N, train, (deferred)));                                                                     \
         if ((i) == stop) goto done;                                                                                    \
     } while (0)
@@ -430,26 +453,39 @@ bnl_status bnl_resnet_forward(bnl_resnet *m, float *logits, const float *x, int 
     return forward_impl(m, logits, x, N, H, W, m->training, -1);
 }
 
-bnl_status bnl_resnet_bn_input(bnl_resnet *m, float *out, size_t cap, size_t *n, float gbe[3], const float *x, int N,
-                               int H, int W, int layer, int c) {
-    if (!m || !out || !n || !gbe) return bnl_fail(BNL_ERR_ARG, "bn_input: NULL argument");
+static bnl_status check_bn_input(const bnl_resnet *m, const float *out, const size_t *n, const float *gbe,
+                                 const float *x, int N, int H, int W, int layer, int c, const char *who) {
+    if (!out || !n || !gbe) return bnl_fail(BNL_ERR_ARG, "%s: NULL argument", who);
     const bnl_layout *L = m->L;
     if (layer < 0 || layer >= L->nbn)
-        return bnl_fail(BNL_ERR_ARG, "bn_input: no BatchNorm layer #%d (the model has %d)", layer, L->nbn);
+        return bnl_fail(BNL_ERR_ARG, "%s: no BatchNorm layer #%d (the model has %d)", who, layer, L->nbn);
     if (!m->training)
-        return bnl_fail(BNL_ERR_ARG, "bn_input: the model is in eval mode (it reads running statistics; train() first)");
+        return bnl_fail(BNL_ERR_ARG, "%s: the model is in eval mode (it reads running statistics; train() first)", who);
     const bnl_lbn *b = &L->bns[layer];
-    if (c < 0 || c >= b->C) return bnl_fail(BNL_ERR_ARG, "bn_input: no channel %d in %s (%d channels)", c, b->name, b->C);
-    TRY(check_input(m, x, N, H, W, "bn_input"));
+    if (c < 0 || c >= b->C) return bnl_fail(BNL_ERR_ARG, "%s: no channel %d in %s (%d channels)", who, c, b->name, b->C);
+    return check_input(m, x, N, H, W, who);
+}
+
+bnl_status bnl_resnet_bn_input(bnl_resnet *m, float *out, size_t cap, size_t *n, float gbe[3], const float *x, int N,
+                               int H, int W, int layer, int c) {
+    if (!m) return bnl_fail(BNL_ERR_ARG, "bn_input: NULL argument");
+    TRY(check_bn_input(m, out, n, gbe, x, N, H, W, layer, c, "bn_input"));
     TRY(plan_forward(m, N, H, W));
     TRY(forward_impl(m, NULL, x, N, H, W, 1, -2 - layer));
-    const bnl_act_bn *a = &m->act[layer];
-    const size_t M = (size_t)N * a->H * a->W, C = (size_t)b->C;
-    if (M > cap) return bnl_fail(BNL_ERR_ARG, "bn_input: %zu values do not fit in %zu", M, cap);
-    for (size_t i = 0; i < M; i++) out[i] = a->pre[i * C + (size_t)c];
-    *n = M;
-    gbe[0] = m->st->params[b->gamma + (size_t)c], gbe[1] = m->st->params[b->beta + (size_t)c], gbe[2] = m->bn.eps;
-    return BNL_OK;
+    bnl_bn_capture k = {layer, c, out, cap, n, gbe};
+    return copy_bn_input(m, &k, N);
+}
+
+bnl_status bnl_resnet_forward_bn_input(bnl_resnet *m, float *logits, float *out, size_t cap, size_t *n, float gbe[3],
+                                       const float *x, int N, int H, int W, int layer, int c) {
+    if (!m || !logits) return bnl_fail(BNL_ERR_ARG, "forward_bn_input: NULL argument");
+    TRY(check_bn_input(m, out, n, gbe, x, N, H, W, layer, c, "forward_bn_input"));
+    TRY(plan_forward(m, N, H, W));
+    bnl_bn_capture k = {layer, c, out, cap, n, gbe};
+    m->cap = &k;
+    bnl_status s = forward_impl(m, logits, x, N, H, W, 1, -1);
+    m->cap = NULL;
+    return s;
 }
 
 bnl_status bnl_resnet_forward_to(bnl_resnet *m, const float *x, int N, int H, int W, int stop) {

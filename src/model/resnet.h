@@ -175,6 +175,10 @@ bnl_status bnl_resnet_forward_to(bnl_resnet *m, const float *x, int N, int H, in
 // *n written); gbe: that channel's gamma, beta and the layers' eps.
 bnl_status bnl_resnet_bn_input(bnl_resnet *m, float *out, size_t cap, size_t *n, float gbe[3], const float *x, int N,
                                int H, int W, int layer, int c);
+// Train mode: a whole forward (as bnl_resnet_forward, logits written) that also copies out what
+// bnl_resnet_bn_input gives for (layer, c), bit for bit: one forward instead of two.
+bnl_status bnl_resnet_forward_bn_input(bnl_resnet *m, float *logits, float *out, size_t cap, size_t *n, float gbe[3],
+                                       const float *x, int N, int H, int W, int layer, int c);
 
 // Train-mode forward + softmax cross-entropy (mean over the batch) + backward: gradients are
 // overwritten (zero-grad is part of it). *loss gets the loss; logits (may be NULL) the logits.

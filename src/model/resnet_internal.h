@@ -167,6 +167,9 @@ struct bnl_resnet {
     // pkt_valid and pkt_version == st->pversion. fwd_only is 0 while a training step's forward runs.
     bnl_conv_packed **pkt;
     int pkt_valid, fwd_only;
+    // set only during bnl_resnet_forward_bn_input: the input of one BatchNorm layer's channel is
+    // copied out as the forward reaches that layer
+    struct bnl_bn_capture *cap;
     uint64_t pkt_version;
     // Tests only: 1 runs each residual block's output as three passes (BatchNorm apply, the
     // shortcut's apply, add + ReLU) instead of block_output's one, to compare the bits.

@@ -149,6 +149,19 @@ EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_bn_input(bnl_resnet *m, float *out, int 
     return s;
 }
 
+EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_forward_bn_input(bnl_resnet *m, float *logits, float *out, int cap, int32_t *n,
+                                                         float *gbe, const float *x, int N, int H, int W, int C,
+                                                         int layer, int c) {
+    const bnl_resnet_info *in = bnl_resnet_get_info(m);
+    if (C != in->in_channels)
+        return bnl_fail(BNL_ERR_SHAPE, "forwardBnInput: input has %d channels, the model expects %d (NHWC [N,H,W,%d])",
+                        C, in->in_channels, in->in_channels);
+    size_t got = 0;
+    bnl_status s = bnl_resnet_forward_bn_input(m, logits, out, cap < 0 ? 0 : (size_t)cap, &got, gbe, x, N, H, W, layer, c);
+    *n = (int32_t)got;
+    return s;
+}
+
 // out: [channels, has_batch, tracked_lo, tracked_hi], ptrs: batch_mean, batch_var, running_mean, running_var
 EMSCRIPTEN_KEEPALIVE int bnl_wasm_model_bn_stats(const bnl_resnet *m, int32_t *out, const float **ptrs, int i) {
     bnl_bn_view v;

@@ -101,6 +101,24 @@ test('the view follows the layer', { skip: SKIP, timeout: WAIT }, async () => {
   assert.deepEqual(consoleErrors, []);
 });
 
+test('a run draws its channel view from its own forward: the same numbers the channel command computes, no second job', { skip: SKIP, timeout: WAIT }, async () => {
+  await page.fill('#channel-pick', '3');
+  const runs = await page.evaluate(() => window.__bnlab.runs);
+  await page.click('[data-testid="run"]');
+  await page.waitForFunction((k) => window.__bnlab.runs > k && document.querySelector('[data-testid="status"]').dataset.state === 'ready',
+    runs, { timeout: WAIT });
+  const last = await page.evaluate(() => window.__bnlab.last);
+  assert.equal(last.channelFromRun, true, 'the run carried the picked channel\'s view');
+  await waitChannel(3, last.layer);
+  const fromRun = await channelData();
+  await check(3);
+  // the worker's channel command (a forward up to the layer) gives the same numbers
+  await page.evaluate(() => { document.getElementById('channel-panel').dataset.channel = ''; });
+  await page.click('#channel-show');
+  await waitChannel(3, last.layer);
+  assert.deepEqual(await channelData(), fromRun);
+});
+
 test('accuracy against B: train mode below eval mode at small B, the page batch scored the same as the run', { skip: SKIP, timeout: 4 * WAIT }, async () => {
   assert.equal(await page.getAttribute('#acc-panel', 'data-available'), 'true');
   // the page's batch at B = 32 in eval mode: its accuracy is the sweep's first batch at B = 32

@@ -64,3 +64,36 @@ test('bnInput: bad calls are Errors naming the problem; the model stays usable',
   m.dispose();
   lab.terminate();
 });
+
+// forwardBnInput: the page's run gets its channel view from the run's own forward. Its logits are a
+// train-mode forward's and its input values bnInput's, bit for bit, at every kind of layer (stem,
+// inside a block, the last layer of a block whose apply is fused into the block's output, a downsample).
+test('forwardBnInput: the logits of forward and the values of bnInput, bit for bit, in one forward', async () => {
+  const lab = await createBnLab({ threads: 2 });
+  const bits = (a) => Array.from(new Uint32Array(a.buffer, a.byteOffset, a.length));
+  try {
+    const bytes = new Uint8Array((await import('node:fs')).readFileSync(FILE));
+    const m = lab.loadModel(bytes), ref = lab.loadModel(bytes);
+    m.cloneContext().dispose();
+    const names = m.info.bnLayers;
+    const logits = ref.train().forward(X, SHAPE);
+    for (const i of [0, 1, names.indexOf('layer1.0.bn3'), names.indexOf('layer2.0.downsample.1'), names.length - 1]) {
+      const C = m.bnStats(i).channels;
+      for (const c of [0, C - 1]) {
+        const want = ref.bnInput(X, SHAPE, i, c);
+        const got = m.train().forwardBnInput(X, SHAPE, i, c);
+        assert.deepEqual(bits(got.input.values), bits(want.values), `${names[i]}[${c}] values`);
+        assert.deepEqual([got.input.gamma, got.input.beta, got.input.eps], [want.gamma, want.beta, want.eps]);
+        assert.deepEqual(bits(got.logits), bits(ref.forward(X, SHAPE)), `${names[i]}[${c}] logits`);
+      }
+    }
+    assert.throws(() => m.eval().forwardBnInput(X, SHAPE, 0, 0), /forward_bn_input: the model is in eval mode/);
+    assert.throws(() => m.train().forwardBnInput(X, SHAPE, 0, 99), /no channel 99 in bn1/);
+    assert.throws(() => m.forwardBnInput(X, SHAPE, 0, 0.5), /integer/);
+    // after an error the next forward is a plain one again (no copy left armed)
+    assert.deepEqual(bits(m.forward(X, SHAPE)), bits(ref.forward(X, SHAPE)));
+    m.dispose(), ref.dispose();
+  } finally {
+    lab.terminate();
+  }
+});
