@@ -319,6 +319,7 @@ async function doRun() {
     debug.runs++;
     debug.last = {
       mode: r.mode, B: r.B, layer: r.layer, msTrain: r.msTrain, msEval: r.msEval, roundTripMs: r.roundTripMs, probeCached: r.probeCached,
+      msBatch: r.msBatch, msChannel: r.msChannel, msProbe: r.msProbe,
       layerDist: r.layerDist, overview: r.overview.map((o) => ({ ...o })), probe: r.probe, accEval: r.accEval, accTrain: r.accTrain,
       view: 'run', ranTo: r.overview.length - 1, layers: r.overview.length,
     };

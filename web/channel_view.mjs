@@ -17,13 +17,23 @@ export function channelView({ values, gamma, beta, eps, runningMean, runningVar,
   for (let i = 0; i < n; i++) q += (values[i] - mB) ** 2;
   const vB = q / n;   // biased, as BatchNorm normalizes with
   const mR = runningMean, vR = Math.max(runningVar, 0);
-  const norm = (m, v) => { const k = 1 / Math.sqrt(v + eps); return Float64Array.from(values, (x) => (x - m) * k); };
+  // plain indexed loops: Float64Array.from with a callback and .map took ~0.15 s for a batch of 32 at 112x112
+  const norm = (m, v) => {
+    const k = 1 / Math.sqrt(v + eps), out = new Float64Array(n);
+    for (let i = 0; i < n; i++) out[i] = (values[i] - m) * k;
+    return out;
+  };
   const normTrain = norm(mB, vB), normEval = norm(mR, vR);
-  const affine = (a) => a.map((z) => gamma * z + beta);
+  const affine = (a) => {
+    const out = new Float64Array(n);
+    for (let i = 0; i < n; i++) out[i] = gamma * a[i] + beta;
+    return out;
+  };
   const outTrain = affine(normTrain), outEval = affine(normEval);
   const pair = (a, b) => {
     let lo = Infinity, hi = -Infinity;
-    for (const arr of b ? [a, b] : [a]) for (const v of arr) { if (v < lo) lo = v; if (v > hi) hi = v; }
+    for (const arr of b ? [a, b] : [a])
+      for (let i = 0; i < arr.length; i++) { const v = arr[i]; if (v < lo) lo = v; if (v > hi) hi = v; }
     if (!(hi > lo)) { lo -= 0.5; hi += 0.5; }
     return b ? [hist(a, lo, hi, bins), hist(b, lo, hi, bins)] : [hist(a, lo, hi, bins)];
   };
@@ -38,11 +48,12 @@ export function channelView({ values, gamma, beta, eps, runningMean, runningVar,
 function hist(a, lo, hi, bins) {
   const counts = new Array(bins).fill(0), w = (hi - lo) / bins;
   let s = 0, q = 0;
-  for (const v of a) {
+  for (let i = 0; i < a.length; i++) {
+    const v = a[i];
     counts[Math.min(bins - 1, Math.max(0, Math.floor((v - lo) / w)))]++;
     s += v;
   }
   const mean = s / a.length;
-  for (const v of a) q += (v - mean) ** 2;
+  for (let i = 0; i < a.length; i++) q += (a[i] - mean) ** 2;
   return { lo, hi, counts, mean, std: Math.sqrt(q / a.length) };
 }

@@ -437,7 +437,8 @@ function run({ mode, batchSize, layer, seed, updateRunning, channel }, progress 
   const B = batchSize, K = S.main.info.numClasses;
   const ms1 = S.msPerImage, what = `${B} images at ${S.H}×${S.W}`;
   if (S.source.kind === 'photos') progress({ phase: `cropping ${what}`, est: 2 * B });
-  const { x, labels, shape, thumbs, thumbUser, probeName, crops, thumbIndex, thumbLabel } = makeBatch(seed, B);
+  const [batch, msBatch] = timed(() => makeBatch(seed, B));
+  const { x, labels, shape, thumbs, thumbUser, probeName, crops, thumbIndex, thumbLabel } = batch;
   const T = updateRunning && mode === 'train' ? S.main : S.scratch;
   T.train();
   progress({ phase: `train-mode forward of ${what}`, est: 1.2 * ms1 * B });
@@ -462,10 +463,10 @@ function run({ mode, batchSize, layer, seed, updateRunning, channel }, progress 
   });
   const li = li0;
   const bs = T.bnStats(li), rs = S.main.bnStats(li);
-  const channelResult = chan && {
+  const [channelResult, msChannel] = timed(() => chan && {
     layer: layers[li], channel: chan.c, B, seed, norm: S.main.info.norm,
     ...channelView({ ...chan.input, runningMean: rs.runningMean[chan.c], runningVar: rs.runningVar[chan.c] }),
-  };
+  });
   const normTrain = T.normStats(li); // issue 14: GroupNorm / Renorm / Ghost statistics of the train forward
   // the eval forward of the whole batch is only needed in eval mode; in train mode it is done for
   // the timing plot when it is cheap
@@ -476,8 +477,8 @@ function run({ mode, batchSize, layer, seed, updateRunning, channel }, progress 
   }
   const norm = { kind: S.main.info.norm, train: normTrain, eval: logitsEval ? S.main.normStats(li) : null };
   const D = S.H * S.W * 3, probe = x.subarray(0, D), pshape = [1, S.H, S.W, 3];
-  const { aloneEval, aloneTrain, aloneTrainError, cached: probeCached } = probeAlone(probe, pshape, () =>
-    progress({ phase: 'the probe image alone, eval and train mode', est: 2.5 * ms1 }));
+  const [{ aloneEval, aloneTrain, aloneTrainError, cached: probeCached }, msProbe] = timed(() => probeAlone(probe, pshape, () =>
+    progress({ phase: 'the probe image alone, eval and train mode', est: 2.5 * ms1 })));
   return {
     mode, B, layer: layers[li], seed, updateRunning: T === S.main, modified: S.modified,
     channels: rs.channels,
@@ -486,7 +487,7 @@ function run({ mode, batchSize, layer, seed, updateRunning, channel }, progress 
     norm,
     layerDist: distances(bs.batchMean, bs.batchVar, rs.runningMean, rs.runningVar),
     overview,
-    msTrain, msEval, probeCached, channelView: channelResult,
+    msTrain, msEval, probeCached, channelView: channelResult, msBatch, msChannel, msProbe,
     probe: {
       fromUser: thumbUser[0] === true, name: probeName,
       label: labels[0] >= 0 ? labels[0] : null,

@@ -101,7 +101,9 @@ test('full-size ResNet-50 at 224x224, train mode, batch of 32 photo crops: click
     `load of the 102 MB file, first run included: ${loadS.toFixed(1)} s`,
     `click -> every plot drawn, train mode, B = 32 at 224x224: ${(m.clickToDrawnMs / 1000).toFixed(2)} s`,
     `  train-mode forward ${(m.msTrain / 1000).toFixed(2)} s; eval-mode forward ${m.msEval == null ? 'skipped (train forward >= 0.5 s)' : (m.msEval / 1000).toFixed(2) + ' s'}; ` +
-      `worker round trip ${(m.roundTripMs / 1000).toFixed(2)} s (crops, probe forwards, statistics: ${((m.roundTripMs - m.msTrain - (m.msEval || 0)) / 1000).toFixed(2)} s); ` +
+      `worker round trip ${(m.roundTripMs / 1000).toFixed(2)} s (the rest: ${((m.roundTripMs - m.msTrain - (m.msEval || 0)) / 1000).toFixed(2)} s, of which ` +
+      `crops ${(m.msBatch / 1000).toFixed(2)} s, probe image alone ${(m.msProbe / 1000).toFixed(2)} s${m.probeCached ? ' (reused)' : ''}, ` +
+      `channel view ${(m.msChannel / 1000).toFixed(2)} s); ` +
       `drawing ${(m.drawMs / 1000).toFixed(3)} s`,
     `1/sqrt(B) sweep of ${sweep.layer}, K = ${sweep.K}, B = ${sweep.sizes.join(',')}: ${(sweep.ms / 1000).toFixed(1)} s`,
     `batch 256: the progress line and bar showed ("${b256.status}"); then: ${end256}`,
