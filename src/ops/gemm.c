@@ -442,7 +442,7 @@ static void run_task(const engine_t *e, float *scratch, size_t i0, size_t i1, si
             if (nb == nr) {   // full tiles: one epilogue record moved down the rows, direct kernel calls
                 size_t mpk = mb / mr * mr;
                 tile_run run;
-                run_start(&run, g, i0 + p0, j, last);
+                run_start(&run, g, i0, j, last);
                 for (; p0 < mfull; p0 += mr, run_next(&run, g, mr))
                     kt->ukernel_lda(kb, g->a.p + (i0 + p0) * g->a.s0 + g->koff + k0, g->a.s0, b, run.c, g->ldc, load_c,
                                     run.ep);
