@@ -586,36 +586,30 @@ class Model {
   // as in forwardTo, `layer` itself does not run); returns channel `channel` of that input, the
   // convolution's output before BatchNorm: { values: Float32Array of N*H*W values (image-major),
   // gamma, beta (that channel's), eps (the layers') }.
-  bnInput(x, shape, layer, channel) {
+  bnInput(x, shape, layer, channel) { return this._bnInputCall('bnInput', x, shape, layer, channel, false).input; }
+
+  // Train mode: a whole forward that also returns what bnInput(x, shape, layer, channel) gives, bit
+  // for bit: { logits, input: { values, gamma, beta, eps } }, one forward instead of two.
+  forwardBnInput(x, shape, layer, channel) { return this._bnInputCall('forwardBnInput', x, shape, layer, channel, true); }
+
+  // bnInput (forward up to the layer) or forwardBnInput (whole forward, logits too): one channel of
+  // the layer's input with its gamma, beta and eps.
+  _bnInputCall(who, x, shape, layer, channel, whole) {
     const h = this._live(), L = this._lab;
     const i = this._bnIndex(layer);
-    const n = checkShape(shape, 'bnInput');
-    if (!Number.isInteger(channel)) throw new Error(`bnlab: bnInput: channel must be an integer, got ${showShape(channel)}`);
+    const n = checkShape(shape, who);
+    if (!Number.isInteger(channel)) throw new Error(`bnlab: ${who}: channel must be an integer, got ${showShape(channel)}`);
     return L._scoped((alloc) => {
       const px = L._putF32(alloc, x, n, 'input');
       const capOut = shape[0] * shape[1] * shape[2];   // every layer's N*H*W is at most the input's
       const po = alloc(4 * capOut), pn = alloc(4), pg = alloc(12);
-      L._check(L._ex.bnl_wasm_model_bn_input(h, po, capOut, pn, pg, px, shape[0], shape[1], shape[2], shape[3], i, channel));
+      const K = this.info.numClasses, pl = whole ? alloc(shape[0] * K * 4) : 0;
+      const [N, H, W, C] = shape;
+      L._check(whole ? L._ex.bnl_wasm_model_forward_bn_input(h, pl, po, capOut, pn, pg, px, N, H, W, C, i, channel)
+        : L._ex.bnl_wasm_model_bn_input(h, po, capOut, pn, pg, px, N, H, W, C, i, channel));
       const [gamma, beta, eps] = L._getF32(pg, 3);
-      return { values: L._getF32(po, I32(L, pn, 1)[0]), gamma, beta, eps };
-    });
-  }
-
-  // Train mode: a whole forward that also returns what bnInput(x, shape, layer, channel) gives, bit
-  // for bit: { logits, input: { values, gamma, beta, eps } }, one forward instead of two.
-  forwardBnInput(x, shape, layer, channel) {
-    const h = this._live(), L = this._lab;
-    const i = this._bnIndex(layer);
-    const n = checkShape(shape, 'forwardBnInput');
-    if (!Number.isInteger(channel)) throw new Error(`bnlab: forwardBnInput: channel must be an integer, got ${showShape(channel)}`);
-    return L._scoped((alloc) => {
-      const px = L._putF32(alloc, x, n, 'input');
-      const K = this.info.numClasses, pl = alloc(shape[0] * K * 4);
-      const capOut = shape[0] * shape[1] * shape[2];
-      const po = alloc(4 * capOut), pn = alloc(4), pg = alloc(12);
-      L._check(L._ex.bnl_wasm_model_forward_bn_input(h, pl, po, capOut, pn, pg, px, shape[0], shape[1], shape[2], shape[3], i, channel));
-      const [gamma, beta, eps] = L._getF32(pg, 3);
-      return { logits: L._getF32(pl, shape[0] * K), input: { values: L._getF32(po, I32(L, pn, 1)[0]), gamma, beta, eps } };
+      const input = { values: L._getF32(po, I32(L, pn, 1)[0]), gamma, beta, eps };
+      return whole ? { logits: L._getF32(pl, shape[0] * K), input } : { input };
     });
   }
 

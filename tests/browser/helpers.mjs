@@ -87,3 +87,17 @@ export async function runAfter(page, action) {
   await waitReady(page);
   return page.evaluate(() => window.__bnlab.last);
 }
+
+// Fills the plots that need jobs of their own: the 1/sqrt(B) sweep (K = 4, B up to 32) and three
+// "train here" steps, each waited for until the page is ready again.
+export async function fillSweepAndSteps(page) {
+  await page.selectOption('#spread-k', '4');
+  await page.selectOption('#spread-max', '32');
+  await page.click('#spread-run');
+  await page.waitForFunction(() => window.__bnlab.spread && window.__bnlab.spread.points.length === 6, null, { timeout: WAIT });
+  await waitReady(page);
+  await page.fill('#train-steps', '3');
+  await page.click('#train-start');
+  await page.waitForFunction(() => window.__bnlab.train.length === 3, null, { timeout: WAIT });
+  await waitReady(page);
+}

@@ -10,7 +10,7 @@
 //   node --test tests/browser/page_views.test.mjs
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { SKIP_NO_CHROMIUM as SKIP, WAIT, launchBrowser, openPage, runAfter, shutDown, startServer, tid, waitReady } from './helpers.mjs';
+import { SKIP_NO_CHROMIUM as SKIP, WAIT, fillSweepAndSteps, launchBrowser, openPage, runAfter, shutDown, startServer, tid, waitReady } from './helpers.mjs';
 
 let server, browser, page;
 
@@ -102,15 +102,7 @@ test('PreciseBN of only the layer shown: forwards stop there, that layer alone c
 
 test('every drawn plot answers a hover over a point with its values', { skip: SKIP, timeout: 4 * WAIT }, async () => {
   // fill the plots that need a job: the spread, train here, PreciseBN, accuracy against B, the channel view
-  await page.selectOption('#spread-k', '4');
-  await page.selectOption('#spread-max', '32');
-  await page.click('#spread-run');
-  await page.waitForFunction(() => window.__bnlab.spread && window.__bnlab.spread.points.length === 6, null, { timeout: WAIT });
-  await waitReady(page);
-  await page.fill('#train-steps', '3');
-  await page.click('#train-start');
-  await page.waitForFunction(() => window.__bnlab.train.length === 3, null, { timeout: WAIT });
-  await waitReady(page);
+  await fillSweepAndSteps(page);
   await page.fill('#precise-k', '2');
   await runView(() => page.click('#precise-run'));
   await page.selectOption('#acc-k', '2');

@@ -11,8 +11,7 @@ import { readFileSync } from 'node:fs';
 import path from 'node:path';
 import { IMAGENET_CLASSES } from '../../web/imagenet_classes.mjs';
 import { parseSafetensors, writeSafetensors } from '../node/safetensors.mjs';
-import { ARTIFACTS, ROOT, SKIP_NO_CHROMIUM as SKIP, WAIT, launchBrowser, openPage, runAfter, shutDown, startServer, tid,
-  waitReady } from './helpers.mjs';
+import { ARTIFACTS, ROOT, SKIP_NO_CHROMIUM as SKIP, WAIT, fillSweepAndSteps, launchBrowser, openPage, runAfter, shutDown, startServer, tid, waitReady } from './helpers.mjs';
 
 const IN1K = path.join(ROOT, 'tests', 'fixtures', 'imagenet', 'resnet50-narrow-1000.safetensors');
 const R50 = path.join(ROOT, 'tests', 'fixtures', 'resnet', 'resnet50.weights.safetensors');
@@ -205,15 +204,7 @@ async function hoverText(id, k = 0) {
 test('every plot answers a hover with its values', { skip: SKIP, timeout: 4 * WAIT }, async () => {
   // fill every plot on the (fast) demo model: a batch, the 1/sqrt(B) sweep, 3 SGD steps, PreciseBN
   await runBatch(16);
-  await page.selectOption('#spread-k', '4');
-  await page.selectOption('#spread-max', '32');
-  await page.click('#spread-run');
-  await page.waitForFunction(() => window.__bnlab.spread && window.__bnlab.spread.points.length === 6, null, { timeout: WAIT });
-  await waitReady(page);
-  await page.fill('#train-steps', '3');
-  await page.click('#train-start');
-  await page.waitForFunction(() => window.__bnlab.train.length === 3, null, { timeout: WAIT });
-  await waitReady(page);
+  await fillSweepAndSteps(page);
   await page.fill('#precise-k', '2');
   await page.fill('#precise-b', '8');
   await page.click('#precise-run');

@@ -42,15 +42,6 @@ static int close_to(const char *what, const float *got, const float *want, size_
     return check_close(label, got, want, n, atol * (scale > 1.0 ? scale : 1.0), rtol);
 }
 
-static float *falloc(size_t n) {
-    float *p = calloc(n ? n : 1, sizeof(float));
-    if (!p) {
-        fprintf(stderr, "out of memory (%zu floats)\n", n);
-        exit(2);
-    }
-    return p;
-}
-
 static float *fdup(const float *a, size_t n) {
     float *p = falloc(n);
     memcpy(p, a, n * sizeof(float));

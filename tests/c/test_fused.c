@@ -20,15 +20,6 @@
 
 static char g_ctx[256];
 
-static float *falloc(size_t n) {
-    float *p = calloc(n ? n : 1, sizeof(float));
-    if (!p) {
-        fprintf(stderr, "out of memory (%zu floats)\n", n);
-        exit(2);
-    }
-    return p;
-}
-
 static void fill(float *p, size_t n, bnl_rng *r, double scale, double shift) {
     for (size_t i = 0; i < n; i++) p[i] = (float)(bnl_rng_normal(r) * scale + shift);
 }

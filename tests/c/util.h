@@ -9,6 +9,16 @@
 
 static int g_failures = 0, g_checks = 0;
 
+// n zeroed floats, or exit(2): a test cannot go on without them
+static inline float *falloc(size_t n) {
+    float *p = calloc(n ? n : 1, sizeof(float));
+    if (!p) {
+        fprintf(stderr, "out of memory (%zu floats)\n", n);
+        exit(2);
+    }
+    return p;
+}
+
 #define CHECK(cond, ...)                                                               \
     do {                                                                               \
         g_checks++;                                                                    \

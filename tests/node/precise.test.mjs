@@ -7,16 +7,9 @@
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
 import { readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { createBnLab } from '../../web/bnlab.mjs';
+import { H, ROOT, SIZES, W, WEIGHTS, batches } from './precise_batches.mjs';
 
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const WEIGHTS = new Uint8Array(readFileSync(`${ROOT}demo-models/resnet50-procedural.safetensors`));
-const H = 32, W = 32, SIZES = [3, 5, 4];
-const batches = SIZES.map((n, b) => ({
-  x: new Float32Array(n * H * W * 3).map((_, i) => Math.sin(i * 0.37 + b) * 1.3 + 0.6 * b),
-  shape: [n, H, W, 3],
-}));
 const lab = await createBnLab();
 
 test('preciseBN equals the pooled statistics of all batches; accumulation moves nothing until the end', () => {

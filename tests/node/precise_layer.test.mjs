@@ -3,18 +3,10 @@
 // forwards) gives that layer, over batches of different sizes; bad calls are Errors.
 import { test } from 'node:test';
 import assert from 'node:assert/strict';
-import { readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
 import { createBnLab } from '../../web/bnlab.mjs';
+import { SIZES, WEIGHTS, batches } from './precise_batches.mjs';
 import { preciseLayerBegin } from '../../web/precise_layer.mjs';
 
-const ROOT = fileURLToPath(new URL('../../', import.meta.url));
-const WEIGHTS = new Uint8Array(readFileSync(`${ROOT}demo-models/resnet50-procedural.safetensors`));
-const H = 32, W = 32, SIZES = [3, 5, 4];
-const batches = SIZES.map((n, b) => ({
-  x: new Float32Array(n * H * W * 3).map((_, i) => Math.sin(i * 0.37 + b) * 1.3 + 0.6 * b),
-  shape: [n, H, W, 3],
-}));
 const same = (a, b) => a.length === b.length && a.every((v, k) => Object.is(v, b[k]));
 
 test('one layer\'s PreciseBN from forwards up to it equals the C PreciseBN of the whole network, bitwise', async () => {
