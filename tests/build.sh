@@ -58,3 +58,16 @@ if [ ! -f build/wasm-threads/CMakeCache.txt ]; then
 fi
 cmake --build build/wasm-threads -j"$jobs"
 ls -l web/threads/bnlab-threads.wasm
+
+# The same two with the GEMM kernel's multiply-add as relaxed-SIMD FMA (README: relaxed SIMD):
+# web/bnlab-relaxed.wasm and web/threads/bnlab-threads-relaxed.*, loaded where the engine runs it.
+echo "== wasm relaxed-SIMD builds (web/bnlab-relaxed.wasm, web/threads/bnlab-threads-relaxed.*)"
+if [ ! -f build/wasm-relaxed/CMakeCache.txt ]; then
+  emcmake cmake -S . -B build/wasm-relaxed -DCMAKE_BUILD_TYPE=Release -DBNL_WASM_RELAXED=ON >/dev/null
+fi
+cmake --build build/wasm-relaxed -j"$jobs"
+if [ ! -f build/wasm-threads-relaxed/CMakeCache.txt ]; then
+  emcmake cmake -S . -B build/wasm-threads-relaxed -DCMAKE_BUILD_TYPE=Release -DBNL_WASM_THREADS=ON -DBNL_WASM_RELAXED=ON >/dev/null
+fi
+cmake --build build/wasm-threads-relaxed -j"$jobs"
+ls -l web/bnlab-relaxed.wasm web/threads/bnlab-threads-relaxed.wasm

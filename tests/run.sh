@@ -11,8 +11,11 @@ bash tests/build.sh
 echo "== C tests (ctest)"
 ctest --test-dir build/native --output-on-failure -j2
 
-echo "== wasm tests (node --test)"
+echo "== wasm tests (node --test): the plain simd128 builds (Node 20 runs no relaxed SIMD by default)"
 node --test tests/node/
+
+echo "== wasm tests again on the relaxed-SIMD builds (node --experimental-wasm-relaxed-simd --test)"
+BNL_EXPECT_RELAXED=1 node --experimental-wasm-relaxed-simd --test tests/node/
 
 echo "== the parallel-for in the threaded wasm build (tests/c/wasm_parallel.sh)"
 bash tests/c/wasm_parallel.sh

@@ -506,7 +506,7 @@ async function start() {
   try {
     const r = await call('init', {}, { label: 'starting WebAssembly…' });
     debug.isa = r.isa;
-    P.lab = { threads: r.threads, build: r.build };
+    P.lab = { threads: r.threads, build: r.build, relaxed: r.relaxed, kernel: r.kernel };
     debug.lab = { ...r };
     if (r.photosError) debug.errors.push(`photos: ${r.photosError}`);
   } catch (e) {

@@ -26,10 +26,20 @@ export interface CreateBnLabOptions {
   build?: 'simd' | 'simd-threads';
   /** The bytes of threads/bnlab-threads.wasm; default: fetched (or read) from there. */
   threadsWasmBytes?: BufferSource;
+  /**
+   * true: the relaxed-SIMD files (bnlab-relaxed.wasm, threads/bnlab-threads-relaxed.*: the GEMM
+   * kernel's multiply-add as f32x4.relaxed_madd, an FMA where the CPU has one); throws where the
+   * engine does not run relaxed SIMD. false: the plain simd128 files. Default: relaxed where the
+   * engine runs it (Chromium; Node 20 with --experimental-wasm-relaxed-simd), falling back to the
+   * plain files with a warning if the relaxed ones cannot be loaded.
+   */
+  relaxed?: boolean;
 }
 
 /** Loads and instantiates bnlab.wasm (or the threaded build). */
 export declare function createBnLab(options?: CreateBnLabOptions): Promise<BnLab>;
+/** Whether this engine runs relaxed SIMD (validates a module holding one f32x4.relaxed_madd). */
+export declare function relaxedSimdSupported(): boolean;
 
 export interface BnLab {
   /** Loads a safetensors state dict with torchvision ResNet names (F32/F16/BF16); the architecture is read from it. */
@@ -48,6 +58,10 @@ export interface BnLab {
   readonly threads: number;
   /** 'simd' (bnlab.wasm, one thread) or 'simd-threads' (the same core on pthreads). */
   readonly build: 'simd' | 'simd-threads';
+  /** The relaxed-SIMD files run (the GEMM kernel uses f32x4.relaxed_madd). */
+  readonly relaxed: boolean;
+  /** The GEMM micro-kernel the module runs: 'gemm_4x8__wasmsimd' or 'gemm_4x8__wasmrelaxed'. */
+  readonly kernel: string;
   /** The threaded build: ends its worker threads; the lab is unusable afterwards (no-op for 'simd'). */
   terminate(): void;
 }

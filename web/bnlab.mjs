@@ -7,6 +7,7 @@
 //   import { createBnLab } from './bnlab.mjs';
 //   const lab = await createBnLab();                // or createBnLab({ wasmBytes, threads })
 //   lab.threads, lab.build;                         // 4, 'simd-threads' (or 1, 'simd')
+//   lab.relaxed, lab.kernel;                        // true, 'gemm_4x8__wasmrelaxed' (relaxed SIMD FMA)
 //   const { y, mean, var: v } = lab.batchNorm.forwardTrain(x, M, C, { gamma, beta });
 //
 // Errors are thrown as Error with the C core's message; the instance stays usable afterwards.
@@ -15,8 +16,23 @@ import { IMAGENET_CLASSES } from './imagenet_classes.mjs';
 
 const IS_NODE = typeof process !== 'undefined' && !!(process.versions && process.versions.node);
 
-async function loadWasmBytes() {
-  const url = new URL('./bnlab.wasm', import.meta.url);
+// A module holding one f32x4.relaxed_madd (final encoding 0xfd 0x85 0x02): whether this engine runs
+// relaxed SIMD (Chromium by default; Node 20 with --experimental-wasm-relaxed-simd).
+const RELAXED_PROBE = new Uint8Array([0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00,
+  0x01, 0x08, 0x01, 0x60, 0x03, 0x7b, 0x7b, 0x7b, 0x01, 0x7b,   // type: (v128 v128 v128) -> v128
+  0x03, 0x02, 0x01, 0x00,                                       // one function of that type
+  0x0a, 0x0d, 0x01, 0x0b, 0x00, 0x20, 0x00, 0x20, 0x01, 0x20, 0x02, 0xfd, 0x85, 0x02, 0x0b]);
+
+export function relaxedSimdSupported() {
+  try {
+    return WebAssembly.validate(RELAXED_PROBE);
+  } catch {
+    return false;
+  }
+}
+
+async function loadWasmBytes(relaxed) {
+  const url = new URL(relaxed ? './bnlab-relaxed.wasm' : './bnlab.wasm', import.meta.url);
   if (IS_NODE && url.protocol === 'file:') {
     const { readFile } = await import('node:fs/promises');
     const { fileURLToPath } = await import('node:url');
@@ -113,19 +129,20 @@ const MAX_THREADS = 64;   // src/core/parallel.c's pool limit
 
 // The threaded build on `threads` threads: the caller plus threads - 1 pthreads, started before
 // this resolves (Emscripten's PTHREAD_POOL_SIZE, read from bnlPoolSize).
-async function loadThreaded(threads, options) {
+async function loadThreaded(threads, options, relaxed) {
   const base = new URL('./threads/', import.meta.url);
+  const stem = relaxed ? 'bnlab-threads-relaxed' : 'bnlab-threads';
   let factory;
   if (IS_NODE && base.protocol === 'file:') {
     const { createRequire } = await import('node:module');
-    factory = createRequire(import.meta.url)('./threads/bnlab-threads.js');
+    factory = createRequire(import.meta.url)(`./threads/${stem}.js`);
   } else {
     // a classic script: evaluated here (module workers have no importScripts); its pthread
     // workers load it again by URL
-    const text = new TextDecoder().decode(await readUrl(new URL('bnlab-threads.js', base)));
+    const text = new TextDecoder().decode(await readUrl(new URL(`${stem}.js`, base)));
     factory = new Function(`${text}\nreturn bnlabThreads;`)();
   }
-  const wasmBinary = options.threadsWasmBytes || await readUrl(new URL('bnlab-threads.wasm', base));
+  const wasmBinary = options.threadsWasmBytes || await readUrl(new URL(`${stem}.wasm`, base));
   const state = { memory: null, failed: null };
   const nodeFiles = IS_NODE && base.protocol === 'file:';
   const where = (path) => (nodeFiles ? decodeURIComponent(new URL(path, base).pathname) : new URL(path, base).href);
@@ -144,7 +161,7 @@ async function loadThreaded(threads, options) {
   const opts = {
     // at least one worker: with none, Emscripten 3.1.6's glue never finishes loading
     wasmBinary, bnlPoolSize: Math.max(1, threads - 1),
-    mainScriptUrlOrBlob: where('bnlab-threads.js'), locateFile: where,
+    mainScriptUrlOrBlob: where(`${stem}.js`), locateFile: where,
     print: (t) => console.log(t), printErr: (t) => console.error(t),
     // instantiated here so that the workers are watched from the moment they get the module
     instantiateWasm: (info, receive) => {
@@ -183,7 +200,30 @@ async function loadThreaded(threads, options) {
 // page's worker), else 1; and 1 when only options.wasmBytes (a single-thread module) is given.
 // options.build ('simd' | 'simd-threads') picks the build explicitly (tests: the threaded build on
 // one thread); options.threadsWasmBytes: the threaded build's module bytes.
+// options.relaxed: true = the relaxed-SIMD files (bnlab-relaxed.wasm, threads/bnlab-threads-relaxed.*:
+// the GEMM kernel's multiply-add is f32x4.relaxed_madd, an FMA where the CPU has one), false = the
+// plain ones; default: relaxed where the engine runs relaxed SIMD, falling back to the plain files
+// if the relaxed ones cannot be loaded. Given bytes are used as they are (lab.relaxed says which).
 export async function createBnLab(options = {}) {
+  if (options.relaxed !== undefined && typeof options.relaxed !== 'boolean')
+    throw new Error(`bnlab: relaxed must be true or false (got ${showShape(options.relaxed)})`);
+  const relaxedOk = relaxedSimdSupported();
+  if (options.relaxed === true && !relaxedOk)
+    throw new Error('bnlab: this engine does not run relaxed SIMD (Node 20: --experimental-wasm-relaxed-simd; Chromium 114+ runs it)');
+  const relaxed = options.relaxed ?? relaxedOk;
+  if (relaxed && options.relaxed === undefined) {
+    try {
+      return await createWith(options, true);
+    } catch (e) {
+      if (/threads must be|build must be|runs one thread|needs shared memory/.test(e.message)) throw e;
+      console.warn(`bnlab: the relaxed-SIMD build did not load (${e.message}); using the plain simd128 build`);
+    }
+    return createWith(options, false);
+  }
+  return createWith(options, relaxed);
+}
+
+async function createWith(options, relaxed) {
   let threads = options.threads;
   if (threads === undefined) threads = options.wasmBytes && !options.threadsWasmBytes ? 1 : await defaultThreads();
   if (!Number.isInteger(threads) || threads < 1 || threads > MAX_THREADS)
@@ -195,16 +235,16 @@ export async function createBnLab(options = {}) {
   if (build === 'simd-threads') {
     if (!canShareMemory())
       throw new Error('bnlab: threads > 1 needs shared memory: Node, or a Web Worker of a cross-origin-isolated page');
-    if (options.threads !== undefined || options.build !== undefined) return loadThreaded(threads, options);
+    if (options.threads !== undefined || options.build !== undefined) return loadThreaded(threads, options, relaxed);
     // threads by default: the single-thread build is the fallback when the threaded one cannot start
     try {
-      return await loadThreaded(threads, options);
+      return await loadThreaded(threads, options, relaxed);
     } catch (e) {
       console.warn(`bnlab: the threaded build did not start (${e.message}); using the single-thread build`);
     }
     threads = 1;
   }
-  const bytes = options.wasmBytes || await loadWasmBytes();
+  const bytes = options.wasmBytes || await loadWasmBytes(relaxed);
   const module = await WebAssembly.compile(bytes);
   const state = { memory: null };
   const instance = await WebAssembly.instantiate(module, makeImports(module, state));
@@ -222,6 +262,8 @@ class BnLab {
     this.batchNorm = new BatchNormOps(this);
     this.threads = threads;   // threads the parallel loops run on
     this.build = build;       // 'simd' (bnlab.wasm) or 'simd-threads' (threads/bnlab-threads.wasm)
+    this.kernel = this._cstr(ex.bnl_wasm_gemm_kernel());   // the GEMM micro-kernel the module runs
+    this.relaxed = this.kernel.endsWith('__wasmrelaxed');  // the relaxed-SIMD files (FMA)
   }
 
   // The threaded build: ends its workers, and the lab is unusable afterwards (no-op for the

@@ -15,7 +15,8 @@ export function renderCard(d) {
   };
   const names = i.labels ? (p.labels.from === 'file' ? `${i.labels.length} names (${i.labels.slice(0, 3).join(', ')}, …)`
     : `the ${i.labels.length} ImageNet class names`) : 'none (numbered)';
-  const threads = `${P.lab.threads} ${P.lab.threads === 1 ? 'thread' : 'threads'} (${P.lab.build} build)`;
+  const threads = `${P.lab.threads} ${P.lab.threads === 1 ? 'thread' : 'threads'} (${P.lab.build} build` +
+    `${P.lab.relaxed ? ', relaxed-SIMD FMA' : ''})`;
   const rows = [
     ['architecture', `ResNet-${depth}: ${i.block} blocks [${i.blocks.join(', ')}], widths [${i.widths.join(', ')}], ` +
       `${(i.numParams / 1e6).toFixed(i.numParams < 1e6 ? 3 : 1)} M parameters, ${i.bnLayers.length} BatchNorm layers`],
@@ -49,7 +50,7 @@ export function renderCard(d) {
   Object.assign(dl.dataset, {
     inputSize: `${d.inputH}x${d.inputW}`, classes: String(i.numClasses), source: d.source.kind, trainData: i.trainData || '',
     assumed: JSON.stringify(Object.keys(p).filter((k) => p[k].from === 'assumed')), problems: String(problems.length),
-    threads: String(P.lab.threads), build: P.lab.build,
+    threads: String(P.lab.threads), build: P.lab.build, relaxed: String(!!P.lab.relaxed), kernel: P.lab.kernel || '',
   });
   $('time-threads').textContent = threads;
 }

@@ -750,7 +750,7 @@ const COMMANDS = {
     try { await loadShippedPhotos(); } catch (e) { photosError = e.message; }
     return {
       isa: S.lab.isa, crossOriginIsolated: self.crossOriginIsolated === true,
-      threads: S.lab.threads, build: S.lab.build,
+      threads: S.lab.threads, build: S.lab.build, relaxed: S.lab.relaxed, kernel: S.lab.kernel,
       photos: S.photos.length, photosError,
     };
   },

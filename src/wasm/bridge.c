@@ -4,6 +4,8 @@
 #include "bnlab.h"
 #include "core/common.h"
 #include "core/parallel.h"
+#include "ops/dispatch.h"
+#include "ops/gemm_kernels.h"
 
 #include <emscripten.h>
 #include <malloc.h>
@@ -254,3 +256,7 @@ EMSCRIPTEN_KEEPALIVE char *bnl_wasm_model_describe(const bnl_resnet *m) {
              in->num_classes, in->num_features, in->num_params, in->num_bn, norm, renorm);
     return s;
 }
+
+// The GEMM micro-kernel this module runs by default ("gemm_4x8__wasmsimd", or
+// "gemm_4x8__wasmrelaxed" in the relaxed-SIMD build): web/bnlab.mjs's lab.kernel and lab.relaxed.
+EMSCRIPTEN_KEEPALIVE const char *bnl_wasm_gemm_kernel(void) { return bnl_gemm_kernels_for(BNL_ISA_WASMSIMD)->name; }

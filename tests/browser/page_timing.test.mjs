@@ -97,7 +97,7 @@ test('full-size ResNet-50 at 224x224, train mode, batch of 32 photo crops: click
   await page.waitForFunction(() => ['ready', 'error'].includes(document.querySelector('[data-testid="status"]').dataset.state), null, { timeout: WAIT });
   const end256 = `${await page.textContent(tid('status'))} (after ${((Date.now() - t256) / 1000).toFixed(1)} s)`;
   const lines = [
-    `CPU: ${cpuModel()} (${os.cpus().length} cores here); page: ${card.threads} wasm thread(s), ${card.build} build`,
+    `CPU: ${cpuModel()} (${os.cpus().length} cores here); page: ${card.threads} wasm thread(s), ${card.build} build, GEMM kernel ${card.kernel}`,
     `load of the 102 MB file, first run included: ${loadS.toFixed(1)} s`,
     `click -> every plot drawn, train mode, B = 32 at 224x224: ${(m.clickToDrawnMs / 1000).toFixed(2)} s`,
     `  train-mode forward ${(m.msTrain / 1000).toFixed(2)} s; eval-mode forward ${m.msEval == null ? 'skipped (train forward >= 0.5 s)' : (m.msEval / 1000).toFixed(2) + ' s'}; ` +

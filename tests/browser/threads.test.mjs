@@ -21,9 +21,9 @@ after(() => shutDown(browser, server));
 // In a module worker: the demo model, eval and train forward of a fixed batch on `threads`.
 const WORKER = `
 import { createBnLab } from 'ORIGIN/bnlab.mjs';
-onmessage = async ({ data: { threads } }) => {
+onmessage = async ({ data: { threads, relaxed } }) => {
   try {
-    const lab = await createBnLab(threads ? { threads } : {});
+    const lab = await createBnLab({ ...(threads ? { threads } : {}), ...(relaxed !== undefined ? { relaxed } : {}) });
     const bytes = new Uint8Array(await (await fetch('ORIGIN/models/resnet50-procedural.safetensors')).arrayBuffer());
     const m = lab.loadModel(bytes);
     const shape = [8, 64, 64, 3], x = new Float32Array(8 * 64 * 64 * 3);
@@ -31,20 +31,20 @@ onmessage = async ({ data: { threads } }) => {
     m.train();
     const logits = m.forward(x, shape);
     const mean = m.bnStats('bn1').batchMean;
-    postMessage({ threads: lab.threads, build: lab.build, logits: Array.from(logits), mean: Array.from(mean),
+    postMessage({ threads: lab.threads, build: lab.build, relaxed: lab.relaxed, kernel: lab.kernel, logits: Array.from(logits), mean: Array.from(mean),
       isolated: self.crossOriginIsolated, hw: navigator.hardwareConcurrency });
   } catch (e) {
     postMessage({ error: String(e && e.stack || e) });
   }
 };`;
 
-async function inWorker(threads) {
-  return page.evaluate(async ({ src, threads }) => {
+async function inWorker(threads, relaxed) {
+  return page.evaluate(async ({ src, threads, relaxed }) => {
     const w = new Worker(URL.createObjectURL(new Blob([src.replaceAll('ORIGIN', location.origin)], { type: 'text/javascript' })), { type: 'module' });
-    const r = await new Promise((resolve) => { w.onmessage = (e) => resolve(e.data); w.onerror = (e) => resolve({ error: `worker error: ${e.message}` }); w.postMessage({ threads }); });
+    const r = await new Promise((resolve) => { w.onmessage = (e) => resolve(e.data); w.onerror = (e) => resolve({ error: `worker error: ${e.message}` }); w.postMessage({ threads, relaxed }); });
     w.terminate();
     return r;
-  }, { src: WORKER, threads });
+  }, { src: WORKER, threads, relaxed });
 }
 
 test('threaded build in a page worker: threads in use, bitwise the single-thread logits', { skip: SKIP, timeout: WAIT }, async () => {
@@ -63,5 +63,15 @@ test('threaded build in a page worker: threads in use, bitwise the single-thread
     assert.deepEqual(new Float32Array(r.mean), new Float32Array(one.mean), `bn1 batch mean on ${r.threads} threads`);
   }
   assert.equal(three.threads, 3);
-  console.log(`# page worker: default ${def.threads} thread(s) (${def.build}), hardwareConcurrency ${def.hw}`);
+  // Chromium runs relaxed SIMD (since 114): the page gets the relaxed files, on every thread count
+  for (const r of [one, def, three]) assert.equal(r.kernel, 'gemm_4x8__wasmrelaxed', `${r.threads} thread(s): ${r.kernel}`);
+  // the plain files still load when asked for, and agree to rounding (FMA: one rounding, not two)
+  const plain = await inWorker(2, false);
+  assert.ifError(plain.error);
+  assert.equal(plain.relaxed, false);
+  const scale = Math.max(...one.logits.map(Math.abs));
+  const diff = Math.max(...one.logits.map((v, i) => Math.abs(v - plain.logits[i])));
+  assert.ok(diff > 0 && diff < 1e-4 * scale, `relaxed vs plain logits: max difference ${diff} (largest ${scale})`);
+  console.log(`# page worker: default ${def.threads} thread(s) (${def.build}, ${def.kernel}), hardwareConcurrency ${def.hw}; ` +
+    `relaxed vs plain logits differ by at most ${diff.toExponential(2)}`);
 });
