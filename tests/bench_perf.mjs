@@ -92,7 +92,8 @@ function run(cmd, args, what) {
 function benchWasm(a) {
   let rc = 0;
   for (const threads of [...new Set([1, a.threads])]) {
-    const r = spawnSync(process.execPath, [join(ROOT, 'tests/bench_wasm_vs_ort.mjs'), '--runs', String(a.wasmRuns),
+    // with relaxed SIMD on: bnlab's plain and relaxed-SIMD files both run, interleaved with the peers
+    const r = spawnSync(process.execPath, ['--experimental-wasm-relaxed-simd', join(ROOT, 'tests/bench_wasm_vs_ort.mjs'), '--runs', String(a.wasmRuns),
       '--warmup', '2', '--threads', String(threads)], { encoding: 'utf8', maxBuffer: 1 << 26 });
     const lines = (r.stdout || '').split('\n').filter(Boolean);
     for (const l of lines) console.log(/^(#|check=|bench=|SKIP)/.test(l) ? l : `# ${l}`);

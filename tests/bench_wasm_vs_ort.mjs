@@ -3,7 +3,7 @@
 // onnxruntime-web's wasm backend (SIMD), on the same weights, all on --threads threads.
 //
 //   node tests/bench_wasm_vs_ort.mjs [--weights W.safetensors --onnx M.onnx] [--io IO.safetensors]
-//                                    [--runs 5] [--warmup 1] [--threads 1]
+//                                    [--runs 5] [--warmup 1] [--threads 1] [--relaxed auto|on|off]
 //
 // Without --weights/--onnx it uses build/bench/resnet50.{safetensors,onnx,io.safetensors}, making
 // whatever is missing with Debian's /usr/bin/python3 (torch): a seeded random torchvision resnet50
@@ -11,7 +11,11 @@
 // tests/make_onnx_resnet50.py, which also writes the test batch and torch's logits (--io-out).
 // Prints SKIP and exits 0 when that python has no torch.
 //
-// Output (key=value lines, one bench= line per peer; threads= says what each side really ran):
+// bnlab runs in two variants where the engine runs relaxed SIMD (node --experimental-wasm-relaxed-simd;
+// --relaxed auto, the default): the plain simd128 files and the relaxed-SIMD ones (kernel=
+// gemm_4x8__wasmrelaxed), interleaved in the same rounds as the peers; --relaxed on/off: only one.
+//
+// Output (key=value lines, one bench= line per bnlab variant and peer; threads= says what each side really ran):
 //   bench=resnet50.forward.wasm threads=1 ms=<median> peer=tfjs-wasm peer_ms=<median> ratio=<ms/peer_ms> ...
 //   bench=resnet50.forward.wasm threads=1 ms=<median> peer=onnxruntime-web peer_ms=<median> ratio=...
 //   check=resnet50.logits.wasm_vs_ort max_abs_diff=... max_abs_logit=... ok=1   (and wasm_vs_tfjs)
@@ -20,7 +24,7 @@ import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { createBnLab } from '../web/bnlab.mjs';
+import { createBnLab, relaxedSimdSupported } from '../web/bnlab.mjs';
 import { readSafetensors } from './node/safetensors.mjs';
 import { tfjsResNet } from './peer_tfjs.mjs';
 
@@ -31,7 +35,7 @@ const SIZE = 224, BATCH = 1;
 const TARGETS = { 'tfjs-wasm': 0.8, 'onnxruntime-web': 0.6 };
 
 function parseArgs(argv) {
-  const a = { runs: 5, warmup: 1, threads: 1 };
+  const a = { runs: 5, warmup: 1, threads: 1, relaxed: 'auto' };
   for (let i = 0; i < argv.length; i++) {
     const k = argv[i];
     const val = () => {
@@ -44,8 +48,9 @@ function parseArgs(argv) {
     else if (k === '--runs') a.runs = Number(val());
     else if (k === '--warmup') a.warmup = Number(val());
     else if (k === '--threads') a.threads = Number(val());
+    else if (k === '--relaxed') a.relaxed = val();
     else if (k === '--help' || k === '-h') {
-      console.log('usage: node tests/bench_wasm_vs_ort.mjs [--weights W.safetensors --onnx M.onnx] [--io IO.safetensors] [--runs N] [--warmup N] [--threads N]');
+      console.log('usage: node tests/bench_wasm_vs_ort.mjs [--weights W.safetensors --onnx M.onnx] [--io IO.safetensors] [--runs N] [--warmup N] [--threads N] [--relaxed auto|on|off]');
       process.exit(0);
     } else fail(`unknown argument ${k}`);
   }
@@ -53,6 +58,8 @@ function parseArgs(argv) {
   if (!(Number.isInteger(a.runs) && a.runs >= 1) || !(Number.isInteger(a.warmup) && a.warmup >= 0))
     fail('--runs must be >= 1 and --warmup >= 0');
   if (!(Number.isInteger(a.threads) && a.threads >= 1)) fail('--threads must be an integer >= 1');
+  if (!['auto', 'on', 'off'].includes(a.relaxed)) fail('--relaxed must be auto, on or off');
+  if (a.relaxed === 'on' && !relaxedSimdSupported()) fail('--relaxed on: this node runs no relaxed SIMD (add --experimental-wasm-relaxed-simd)');
   return a;
 }
 
@@ -146,14 +153,19 @@ async function main() {
   for (const p of [files.weights, files.onnx]) if (!existsSync(p)) fail(`${p} does not exist`);
   const x = makeInput(files.io);
 
-  // ours: the wasm build exactly as a page loads it, eval mode
-  const lab = await createBnLab({ threads: args.threads });
-  const model = lab.loadModel(new Uint8Array(readFileSync(files.weights)));
-  const info = model.info;
-  if (info.block !== 'bottleneck' || info.blocks.join(',') !== '3,4,6,3')
-    console.log(`# note: ${files.weights} is ${info.block} [${info.blocks}], not ResNet-50`);
-  model.eval();
-  const runOurs = () => model.forward(x.nhwc, x.shape);
+  // ours: the wasm build exactly as a page loads it, eval mode; plain and relaxed SIMD
+  const kinds = args.relaxed === 'on' ? [true] : args.relaxed === 'off' || !relaxedSimdSupported() ? [false] : [false, true];
+  const weightBytes = new Uint8Array(readFileSync(files.weights));
+  const ours = [];   // { lab, model, run }
+  for (const relaxed of kinds) {
+    const lab = await createBnLab({ threads: args.threads, relaxed });
+    const model = lab.loadModel(weightBytes);
+    const info = model.info;
+    if (info.block !== 'bottleneck' || info.blocks.join(',') !== '3,4,6,3')
+      console.log(`# note: ${files.weights} is ${info.block} [${info.blocks}], not ResNet-50`);
+    model.eval();
+    ours.push({ lab, model, run: () => model.forward(x.nhwc, x.shape) });
+  }
   const [N, H, W, C] = x.shape;
   const peers = [];   // { name, run, threads, version, extra }
 
@@ -187,36 +199,42 @@ async function main() {
   }
 
   // interleaved, so that a busy machine slows every side alike
-  const res = await timeRuns([runOurs, ...peers.map((p) => p.run)], args.warmup, args.runs);
-  const ours = res[0], ms = median(ours.ms);
-  if (peers.length === 0)
-    console.log(`bench=resnet50.forward.wasm threads=${lab.threads} ms=${f(ms)} runs=${args.runs} isa=${lab.isa} build=${lab.build}`);
+  const res = await timeRuns([...ours.map((o) => o.run), ...peers.map((p) => p.run)], args.warmup, args.runs);
+  const pres = res.slice(ours.length);
   let bad = 0;
-  peers.forEach((p, k) => {
-    const r = res[k + 1], pms = median(r.ms), target = TARGETS[p.name];
-    // one thread on each side: the CPU-time ratio as well (see timeRuns)
-    const cpu = lab.threads === 1 && p.threads === 1
-      ? ` cpu_ms=${f(median(ours.cpu))} peer_cpu_ms=${f(median(r.cpu))} cpu_ratio=${f(median(ours.cpu) / median(r.cpu), 2)}` : '';
-    console.log(`bench=resnet50.forward.wasm threads=${lab.threads} ms=${f(ms)} peer=${p.name} peer_ms=${f(pms)} ` +
-      `ratio=${f(ms / pms, 2)}${cpu} target=${f(target, 2)} met=${ms / pms <= target ? 1 : 0} batch=${N} size=${H}x${W} ` +
-      `runs=${args.runs} warmup=${args.warmup} isa=${lab.isa} build=${lab.build} peer_threads=${p.threads} ` +
-      `peer_version=${p.version}${p.extra ? ' ' + p.extra : ''}`);
+  ours.forEach(({ lab }, v) => {
+    const mine = res[v], ms = median(mine.ms), tag = `build=${lab.build} kernel=${lab.kernel}`;
+    if (peers.length === 0)
+      console.log(`bench=resnet50.forward.wasm threads=${lab.threads} ms=${f(ms)} runs=${args.runs} isa=${lab.isa} ${tag}`);
+    peers.forEach((p, k) => {
+      const r = pres[k], pms = median(r.ms), target = TARGETS[p.name];
+      // one thread on each side: the CPU-time ratio as well (see timeRuns)
+      const cpu = lab.threads === 1 && p.threads === 1
+        ? ` cpu_ms=${f(median(mine.cpu))} peer_cpu_ms=${f(median(r.cpu))} cpu_ratio=${f(median(mine.cpu) / median(r.cpu), 2)}` : '';
+      console.log(`bench=resnet50.forward.wasm threads=${lab.threads} ms=${f(ms)} peer=${p.name} peer_ms=${f(pms)} ` +
+        `ratio=${f(ms / pms, 2)}${cpu} target=${f(target, 2)} met=${ms / pms <= target ? 1 : 0} batch=${N} size=${H}x${W} ` +
+        `runs=${args.runs} warmup=${args.warmup} isa=${lab.isa} ${tag} peer_threads=${p.threads} ` +
+        `peer_version=${p.version}${p.extra ? ' ' + p.extra : ''}`);
+    });
   });
-  console.log(`# ms per round: bnlab ${ours.ms.map((v) => f(v)).join(' ')}` +
-    peers.map((p, k) => `; ${p.name} ${res[k + 1].ms.map((v) => f(v)).join(' ')}`).join(''));
-  peers.forEach((p, k) => {
-    const out = res[k + 1].out, scale = maxAbs(out), d = maxAbsDiff(ours.out, out), ok = d <= 1e-4 * scale;
-    const tag = p.name === 'onnxruntime-web' ? 'ort' : 'tfjs';
-    console.log(`check=resnet50.logits.wasm_vs_${tag} max_abs_diff=${g(d)} max_abs_logit=${g(scale)} rel=${g(d / scale)} ok=${ok ? 1 : 0}`);
-    if (!ok) {
-      console.log(`MISMATCH: our logits and ${p.name}'s differ by more than 1e-4 of the largest |logit|`);
-      bad = 1;
-    }
+  console.log(`# ms per round: ${ours.map(({ lab }, v) => `bnlab (${lab.kernel}) ${res[v].ms.map((x) => f(x)).join(' ')}`).join('; ')}` +
+    peers.map((p, k) => `; ${p.name} ${pres[k].ms.map((v) => f(v)).join(' ')}`).join(''));
+  ours.forEach(({ lab }, v) => {
+    const kind = lab.relaxed ? '_relaxed' : '';
+    peers.forEach((p, k) => {
+      const out = pres[k].out, scale = maxAbs(out), d = maxAbsDiff(res[v].out, out), ok = d <= 1e-4 * scale;
+      const tag = p.name === 'onnxruntime-web' ? 'ort' : 'tfjs';
+      console.log(`check=resnet50.logits.wasm${kind}_vs_${tag} max_abs_diff=${g(d)} max_abs_logit=${g(scale)} rel=${g(d / scale)} ok=${ok ? 1 : 0}`);
+      if (!ok) {
+        console.log(`MISMATCH: our logits (${lab.kernel}) and ${p.name}'s differ by more than 1e-4 of the largest |logit|`);
+        bad = 1;
+      }
+    });
   });
   if (x.torchLogits)
-    console.log(`check=resnet50.logits.vs_torch wasm_max_abs_diff=${g(maxAbsDiff(ours.out, x.torchLogits))}` +
-      peers.map((p, k) => ` ${p.name}_max_abs_diff=${g(maxAbsDiff(res[k + 1].out, x.torchLogits))}`).join(''));
-  model.dispose();
+    console.log(`check=resnet50.logits.vs_torch ${ours.map(({ lab }, v) => `wasm${lab.relaxed ? '_relaxed' : ''}_max_abs_diff=${g(maxAbsDiff(res[v].out, x.torchLogits))}`).join(' ')}` +
+      peers.map((p, k) => ` ${p.name}_max_abs_diff=${g(maxAbsDiff(pres[k].out, x.torchLogits))}`).join(''));
+  for (const o of ours) o.model.dispose();
   await session?.release?.();
   return bad;
 }

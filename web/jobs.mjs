@@ -110,6 +110,7 @@ function showBusy() {
   btn.disabled = false;
   if (!busyTimer) busyTimer = setInterval(showBusy, 250);
   const t = (performance.now() - current.t0) / 1000;
+  statusEl.dataset.tick = String(Math.floor(t * 2) % 2);   // the busy dot: on for 0.5 s, dim for 0.5 s
   if (current.phase) {
     const pt = (performance.now() - (current.phaseT0 || current.t0)) / 1000;
     setStatus('busy', `busy: ${current.phase} · ${pt.toFixed(1)} s${current.est ? ` of ~${(current.est / 1000).toFixed(1)} s` : ''}`);

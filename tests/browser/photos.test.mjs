@@ -144,6 +144,14 @@ test('a long batch shows its progress and can be cancelled; the page keeps its m
   const seen = await page.evaluate(() => ({ cancel: !document.getElementById('cancel').hidden, bar: !document.getElementById('busy-bar').hidden,
     layer: !document.querySelector('[data-testid="layer"]').disabled }));
   assert.deepEqual(seen, { cancel: true, bar: true, layer: true }, 'cancel and progress bar shown; the controls still answer');
+  // the busy dot blinks from the busy line's timer (no CSS animation repainting every frame)
+  const blink = await page.evaluate(async () => {
+    const el = document.querySelector('[data-testid="status"]'), dot = getComputedStyle(el, '::before');
+    const r = { animation: dot.animationName, dot: dot.content, ticks: new Set() };
+    for (let i = 0; i < 6 && el.dataset.state === 'busy'; i++, await new Promise((res) => setTimeout(res, 130))) r.ticks.add(el.dataset.tick);
+    return { ...r, ticks: [...r.ticks].sort() };
+  });
+  assert.deepEqual(blink, { animation: 'none', dot: '""', ticks: ['0', '1'] }, 'the busy dot');
   const t0 = Date.now();
   await page.click('#cancel');
   await page.waitForFunction(() => /cancelled the batch/.test(document.querySelector('[data-testid="status"]').textContent), null, { timeout: WAIT });
