@@ -77,7 +77,8 @@ test('a 1000-class ResNet without metadata runs at 224x224 on photo crops, with 
   assert.deepEqual(JSON.parse(c.assumed).sort(), ['inputSize', 'labels', 'mean', 'std', 'trainData']);
   assert.match(c.text, /input\s+224×224 · assumed: .*1000 classes: an ImageNet model/);
   assert.match(c.text, /class names\s+the 1000 ImageNet class names · assumed/);
-  assert.match(c.text, /threads\s+\d+ threads? \(/);
+  assert.match(c.text, /threads\s+\d+ threads? \(simd(-threads)? build, relaxed-SIMD FMA\)/);   // Chromium runs relaxed SIMD
+  assert.equal(c.kernel, 'gemm_4x8__wasmrelaxed');
   // the batch really ran at 224x224 on photos, the probe is the cat's centre crop
   const th = await thumbSizes();
   assert.ok(th.length > 1 && th.every((t) => t.startsWith('224x224:')), th.join(', '));
