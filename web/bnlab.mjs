@@ -205,25 +205,7 @@ async function loadThreaded(threads, options, relaxed) {
 // plain ones; default: relaxed where the engine runs relaxed SIMD, falling back to the plain files
 // if the relaxed ones cannot be loaded. Given bytes are used as they are (lab.relaxed says which).
 export async function createBnLab(options = {}) {
-  if (options.relaxed !== undefined && typeof options.relaxed !== 'boolean')
-    throw new Error(`bnlab: relaxed must be true or false (got ${showShape(options.relaxed)})`);
-  const relaxedOk = relaxedSimdSupported();
-  if (options.relaxed === true && !relaxedOk)
-    throw new Error('bnlab: this engine does not run relaxed SIMD (Node 20: --experimental-wasm-relaxed-simd; Chromium 114+ runs it)');
-  const relaxed = options.relaxed ?? relaxedOk;
-  if (relaxed && options.relaxed === undefined) {
-    try {
-      return await createWith(options, true);
-    } catch (e) {
-      if (/threads must be|build must be|runs one thread|needs shared memory/.test(e.message)) throw e;
-      console.warn(`bnlab: the relaxed-SIMD build did not load (${e.message}); using the plain simd128 build`);
-    }
-    return createWith(options, false);
-  }
-  return createWith(options, relaxed);
-}
-
-async function createWith(options, relaxed) {
+  // the options first: a bad one is an Error whatever the files
   let threads = options.threads;
   if (threads === undefined) threads = options.wasmBytes && !options.threadsWasmBytes ? 1 : await defaultThreads();
   if (!Number.isInteger(threads) || threads < 1 || threads > MAX_THREADS)
@@ -232,9 +214,28 @@ async function createWith(options, relaxed) {
   if (build !== 'simd' && build !== 'simd-threads')
     throw new Error(`bnlab: build must be 'simd' or 'simd-threads' (got ${showShape(build)})`);
   if (build === 'simd' && threads > 1) throw new Error(`bnlab: the 'simd' build runs one thread (asked for ${threads})`);
+  if (build === 'simd-threads' && !canShareMemory())
+    throw new Error('bnlab: threads > 1 needs shared memory: Node, or a Web Worker of a cross-origin-isolated page');
+  if (options.relaxed !== undefined && typeof options.relaxed !== 'boolean')
+    throw new Error(`bnlab: relaxed must be true or false (got ${showShape(options.relaxed)})`);
+  const relaxedOk = relaxedSimdSupported();
+  if (options.relaxed === true && !relaxedOk)
+    throw new Error('bnlab: this engine does not run relaxed SIMD (Node 20: --experimental-wasm-relaxed-simd; Chromium 114+ runs it)');
+  const plan = { threads, build };
+  if (options.relaxed === undefined && relaxedOk) {
+    try {
+      return await createWith(options, plan, true);
+    } catch (e) {
+      console.warn(`bnlab: the relaxed-SIMD build did not load (${e.message}); using the plain simd128 build`);
+    }
+    return createWith(options, plan, false);
+  }
+  return createWith(options, plan, options.relaxed ?? false);
+}
+
+// Loads the files the checked options asked for (relaxed: the *-relaxed ones).
+async function createWith(options, { threads, build }, relaxed) {
   if (build === 'simd-threads') {
-    if (!canShareMemory())
-      throw new Error('bnlab: threads > 1 needs shared memory: Node, or a Web Worker of a cross-origin-isolated page');
     if (options.threads !== undefined || options.build !== undefined) return loadThreaded(threads, options, relaxed);
     // threads by default: the single-thread build is the fallback when the threaded one cannot start
     try {
