@@ -504,7 +504,9 @@ async function start() {
   renderPlot($('plot-overview'), { height: 196, x: { type: 'lin', min: 0, max: 1, hideTicks: true }, y: { type: 'lin', min: 0, max: 1 }, empty: '' });
   setControlsEnabled(false);
   try {
-    const r = await call('init', {}, { label: 'starting WebAssembly…' });
+    // ?relaxed=0 loads the plain simd128 files where the relaxed-SIMD ones would run (to compare them)
+    const relaxed = new URLSearchParams(location.search).get('relaxed') === '0' ? false : undefined;
+    const r = await call('init', { relaxed }, { label: 'starting WebAssembly…' });
     debug.isa = r.isa;
     P.lab = { threads: r.threads, build: r.build, relaxed: r.relaxed, kernel: r.kernel };
     debug.lab = { ...r };

@@ -743,9 +743,10 @@ async function train({ lr, momentum, B, steps, layer, seed }, progress) {
 }
 
 const COMMANDS = {
-  async init({ threads } = {}) {
-    // threads: every core where the page is cross-origin isolated (the threaded build), else 1
-    S.lab = await createBnLab(threads ? { threads } : {});
+  async init({ threads, relaxed } = {}) {
+    // threads: every core where the page is cross-origin isolated (the threaded build), else 1;
+    // relaxed: false for the plain simd128 files (the page's ?relaxed=0), else the engine decides
+    S.lab = await createBnLab({ ...(threads ? { threads } : {}), ...(relaxed === false ? { relaxed } : {}) });
     let photosError = null;
     try { await loadShippedPhotos(); } catch (e) { photosError = e.message; }
     return {

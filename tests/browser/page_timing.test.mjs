@@ -8,6 +8,7 @@
 //
 // It takes minutes on a 2-core machine, so it is skipped unless asked for:
 //   BNL_PAGE_TIMING=1 node --test tests/browser/page_timing.test.mjs
+// (BNL_PAGE_RELAXED=0 as well: the page on the plain simd128 files, ?relaxed=0, to compare.)
 // Needs /usr/bin/chromium and /usr/bin/python3 with torch and torchvision (Debian's python3-torchvision).
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -33,7 +34,9 @@ before(async () => {
   assert.equal(gen.status, 0, `convert_torchvision.py failed: ${gen.stderr}`);
   ({ proc: server, url } = await startServer());
   browser = await launchBrowser();
-  page = await openPage(browser, `${url}?model=resnet50-procedural`, { timeout: WAIT });
+  // BNL_PAGE_RELAXED=0: the page on the plain simd128 files (?relaxed=0), to compare
+  const plain = process.env.BNL_PAGE_RELAXED === '0' ? '&relaxed=0' : '';
+  page = await openPage(browser, `${url}?model=resnet50-procedural${plain}`, { timeout: WAIT });
   await waitReady(page, WAIT);
 });
 after(async () => {

@@ -4,7 +4,7 @@
 // node:test + playwright-core + Debian's chromium; skipped without /usr/bin/chromium.
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
-import { SKIP_NO_CHROMIUM as SKIP, WAIT, launchBrowser, shutDown, startServer } from './helpers.mjs';
+import { SKIP_NO_CHROMIUM as SKIP, WAIT, launchBrowser, openPage, shutDown, startServer, tid, waitReady } from './helpers.mjs';
 
 let server, url, browser, page;
 
@@ -74,4 +74,24 @@ test('threaded build in a page worker: threads in use, bitwise the single-thread
   assert.ok(diff > 0 && diff < 1e-4 * scale, `relaxed vs plain logits: max difference ${diff} (largest ${scale})`);
   console.log(`# page worker: default ${def.threads} thread(s) (${def.build}, ${def.kernel}), hardwareConcurrency ${def.hw}; ` +
     `relaxed vs plain logits differ by at most ${diff.toExponential(2)}`);
+});
+
+test('the page: relaxed-SIMD files by default, the plain ones with ?relaxed=0, and its card says which', { skip: SKIP, timeout: WAIT }, async () => {
+  const seen = {};
+  for (const q of ['', '&relaxed=0']) {
+    const p = await openPage(browser, `${url}?model=resnet50-procedural${q}`);
+    try {
+      await waitReady(p, WAIT);
+      const c = await p.$eval(tid('model-card'), (e) => ({ kernel: e.dataset.kernel, relaxed: e.dataset.relaxed, text: e.innerText }));
+      seen[q || 'default'] = c;
+    } finally {
+      await p.close();
+    }
+  }
+  assert.equal(seen.default.kernel, 'gemm_4x8__wasmrelaxed');
+  assert.equal(seen.default.relaxed, 'true');
+  assert.match(seen.default.text, /threads\s+\d+ threads? \([^)]*relaxed-SIMD FMA\)/);
+  assert.equal(seen['&relaxed=0'].kernel, 'gemm_4x8__wasmsimd');
+  assert.equal(seen['&relaxed=0'].relaxed, 'false');
+  assert.doesNotMatch(seen['&relaxed=0'].text, /relaxed/);
 });
