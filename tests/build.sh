@@ -46,28 +46,25 @@ cmake --build build/native -j"$jobs"
 echo "== wasm build (web/bnlab.wasm)"
 # Debian's Emscripten 3.1.6 optimizer needs acorn from Debian's node modules
 export NODE_PATH=/usr/share/nodejs${NODE_PATH:+:$NODE_PATH}
-if [ ! -f build/wasm/CMakeCache.txt ]; then
-  emcmake cmake -S . -B build/wasm -DCMAKE_BUILD_TYPE=Release >/dev/null
-fi
-cmake --build build/wasm -j"$jobs"
+# wasm_build DIR [CMAKE OPTIONS...]: configure once, then build incrementally
+wasm_build() {
+  local dir=$1
+  shift
+  if [ ! -f "$dir/CMakeCache.txt" ]; then
+    emcmake cmake -S . -B "$dir" -DCMAKE_BUILD_TYPE=Release "$@" >/dev/null
+  fi
+  cmake --build "$dir" -j"$jobs"
+}
+wasm_build build/wasm
 ls -l web/bnlab.wasm
 
 echo "== wasm threads build (web/threads/bnlab-threads.{js,wasm,worker.js})"
-if [ ! -f build/wasm-threads/CMakeCache.txt ]; then
-  emcmake cmake -S . -B build/wasm-threads -DCMAKE_BUILD_TYPE=Release -DBNL_WASM_THREADS=ON >/dev/null
-fi
-cmake --build build/wasm-threads -j"$jobs"
+wasm_build build/wasm-threads -DBNL_WASM_THREADS=ON
 ls -l web/threads/bnlab-threads.wasm
 
 # The same two with the GEMM kernel's multiply-add as relaxed-SIMD FMA (README: relaxed SIMD):
 # web/bnlab-relaxed.wasm and web/threads/bnlab-threads-relaxed.*, loaded where the engine runs it.
 echo "== wasm relaxed-SIMD builds (web/bnlab-relaxed.wasm, web/threads/bnlab-threads-relaxed.*)"
-if [ ! -f build/wasm-relaxed/CMakeCache.txt ]; then
-  emcmake cmake -S . -B build/wasm-relaxed -DCMAKE_BUILD_TYPE=Release -DBNL_WASM_RELAXED=ON >/dev/null
-fi
-cmake --build build/wasm-relaxed -j"$jobs"
-if [ ! -f build/wasm-threads-relaxed/CMakeCache.txt ]; then
-  emcmake cmake -S . -B build/wasm-threads-relaxed -DCMAKE_BUILD_TYPE=Release -DBNL_WASM_THREADS=ON -DBNL_WASM_RELAXED=ON >/dev/null
-fi
-cmake --build build/wasm-threads-relaxed -j"$jobs"
+wasm_build build/wasm-relaxed -DBNL_WASM_RELAXED=ON
+wasm_build build/wasm-threads-relaxed -DBNL_WASM_THREADS=ON -DBNL_WASM_RELAXED=ON
 ls -l web/bnlab-relaxed.wasm web/threads/bnlab-threads-relaxed.wasm

@@ -55,18 +55,18 @@ function blocktype(r) {
 }
 
 // 0xfd prefix: the immediates of each SIMD opcode (final numbering; 0xaf is the prototype FMA)
-function simd(r, op, hits, where) {
-  if (op === RELAXED_MADD_F32X4) { hits.final++; return; }
+function simd(r, op, found, where) {
+  if (op === RELAXED_MADD_F32X4) { found.final++; return; }
   if (op <= 0x0b || op === 0x5c || op === 0x5d) return r.memarg();   // loads, store, load*_zero
   if (op === 0x0c || op === 0x0d) return r.skip(16);                 // v128.const, i8x16.shuffle
   if (op >= 0x15 && op <= 0x22) return r.skip(1);                    // extract/replace lane
   if (op >= 0x54 && op <= 0x5b) { r.memarg(); return r.skip(1); }    // load/store lane
-  if (op === PROTO_FMA_F32X4) return hits.push(where);
+  if (op === PROTO_FMA_F32X4) return found.proto.push(where);
   // everything else up to 0x113 (the final relaxed-SIMD instructions) has no immediate
   if (op > 0x113) throw new Error(`relaxed_opcodes: SIMD opcode 0x${op.toString(16)} at byte ${where}: not handled`);
 }
 
-function body(r, hits) {
+function body(r, found) {
   for (let n = r.u32(); n > 0; n--) { r.u32(); r.byte(); }   // locals: count, type
   while (r.pos < r.end) {
     const at = r.pos, op = r.byte();
@@ -93,7 +93,7 @@ function body(r, hits) {
       else throw new Error(`relaxed_opcodes: opcode 0xfc ${sub} at byte ${at}: not handled`);
     } else if (op === 0xfd) {
       const opAt = r.pos, sop = r.u32();
-      simd(r, sop, hits, opAt);
+      simd(r, sop, found, opAt);
     } else if (op === 0xfe) {
       const sub = r.u32();
       if (sub === 0x03) r.byte();   // atomic.fence
@@ -112,8 +112,7 @@ export function relaxOpcodes(input) {
   const magic = [0x00, 0x61, 0x73, 0x6d, 0x01, 0x00, 0x00, 0x00];
   if (b.length < 8 || magic.some((x, i) => b[i] !== x)) throw new Error('relaxed_opcodes: not a WebAssembly module');
   const r = new Reader(b, 8, b.length);
-  const hits = [];
-  hits.final = 0;   // f32x4.relaxed_madd already in the final encoding
+  const found = { proto: [], final: 0 };   // prototype f32x4.fma positions; relaxed_madd already final
   while (r.pos < b.length) {
     const id = r.byte(), size = r.u32(), start = r.pos, end = start + size;
     if (end > b.length) throw new Error(`relaxed_opcodes: section ${id} runs past the end`);
@@ -121,17 +120,17 @@ export function relaxOpcodes(input) {
       const c = new Reader(b, start, end);
       for (let n = c.u32(); n > 0; n--) {
         const len = c.u32(), bstart = c.pos;
-        body(new Reader(b, bstart, bstart + len), hits);
+        body(new Reader(b, bstart, bstart + len), found);
         c.pos = bstart + len;
       }
     }
     r.pos = end;
   }
-  for (const at of hits) {   // 0xaf 0x01 -> 0x85 0x02 (LEB128 of 0xaf and 0x105: two bytes each)
+  for (const at of found.proto) {   // 0xaf 0x01 -> 0x85 0x02 (LEB128 of 0xaf and 0x105: two bytes each)
     if (b[at] !== 0xaf || b[at + 1] !== 0x01) throw new Error(`relaxed_opcodes: unexpected encoding at byte ${at}`);
     b[at] = 0x85, b[at + 1] = 0x02;
   }
-  return { bytes: b, rewritten: hits.length, relaxedMadd: hits.final + hits.length };
+  return { bytes: b, rewritten: found.proto.length, relaxedMadd: found.final + found.proto.length };
 }
 
 if (process.argv[1] && import.meta.url === pathToFileURL(resolve(process.argv[1])).href) {
